@@ -1,0 +1,118 @@
+//! The shared state of one node, handed to every request and background task.
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::clients::Clients;
+use crate::config::Config;
+use crate::keys::Keys;
+use crate::revocation::Table;
+use crate::store::SharedStore;
+
+/// A cheap, cloneable handle to the node's state.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    /// The validated configuration this node started with.
+    pub config: Config,
+    /// Configured clients, for authentication and policy.
+    pub clients: Clients,
+    /// The key ring and the operations that change keys.
+    pub keys: Arc<Keys>,
+    /// The session-version table, fed by the follower.
+    pub table: Arc<Table>,
+    /// Durable state.
+    pub store: SharedStore,
+    /// Pre-rendered RFC 8414 metadata.
+    pub metadata: Bytes,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// How long a revocation entry can match a live token, in ms.
+    pub retention_ms: i64,
+    /// Past this age of the revocation state, requests fail closed, in ms.
+    pub max_staleness_ms: i64,
+    /// Distinguishes this process's request ids from other nodes'.
+    node_tag: String,
+    request_seq: AtomicU64,
+}
+
+impl Deref for App {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        keys: Arc<Keys>,
+        table: Arc<Table>,
+        store: SharedStore,
+        metrics: PrometheusHandle,
+    ) -> App {
+        let clients = Clients::from_config(&config.clients);
+        let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
+        let node_tag = crate::tokens::random_id()[..6].to_string();
+        App {
+            inner: Arc::new(Inner {
+                retention_ms: config.revocation_retention().as_millis() as i64,
+                max_staleness_ms: config.store.max_staleness.as_millis() as i64,
+                config,
+                clients,
+                keys,
+                table,
+                store,
+                metadata,
+                metrics,
+                node_tag,
+                request_seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A new request id, unique across nodes.
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.node_tag)
+    }
+
+    /// Whether the revocation state is fresh enough to decide on at `now_ms`.
+    pub fn is_fresh(&self, now_ms: i64) -> bool {
+        self.table.is_fresh(now_ms, self.max_staleness_ms)
+    }
+}
+
+/// The RFC 8414 authorization server metadata document.
+fn metadata(config: &Config) -> serde_json::Value {
+    let base = config.issuer_base();
+    let mut scopes: Vec<&str> = config
+        .clients
+        .iter()
+        .flat_map(|c| c.scopes.iter().map(String::as_str))
+        .collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    json!({
+        "issuer": config.issuer,
+        "token_endpoint": format!("{base}/token"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "introspection_endpoint": format!("{base}/introspect"),
+        "revocation_endpoint": format!("{base}/revoke"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "response_types_supported": [],
+        "scopes_supported": scopes,
+    })
+}

@@ -1,0 +1,619 @@
+//! Configuration: TOML file, `LATCH_<SECTION>__<KEY>` environment overlay, validation.
+//!
+//! Loading goes file → `toml::Value` → environment overlay → typed [`Config`] → semantic
+//! checks. Every failure is a [`ConfigError`] naming the exact key (`clients[0].roles`) and
+//! the reason, so `latch check` can tell an operator what to fix.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clients::{Grant, Role};
+use crate::keys::Alg;
+
+/// Hard cap on access-token lifetime (SPEC §3). Revocation entries live this long plus
+/// leeway, whatever the configured `access_ttl`, so lowering the TTL never shortens them.
+pub const ACCESS_TTL_CAP: Duration = Duration::from_secs(3600);
+
+/// SHA-256 of the demo secrets shipped in `config/latch.toml` and printed in the README.
+/// A server holding any of them refuses to listen on a non-loopback address.
+pub const DEMO_SECRET_SHA256: &[&str] = &[
+    // demo-orders-secret-0123456789abcdef0123456789
+    "20291ddf6a9a96cc775752e946ed86001a099403e4a970809404560707ec9dff",
+    // demo-resource-secret-0123456789abcdef01234567
+    "f8200fe3e58aed70ced2092963fe980ecc710c9d6220a556d726f902538657ec",
+    // demo-admin-secret-0123456789abcdef0123456789a
+    "b8bbcc769867abdd276bf2ce447ac865a9ab441d8b536beb46f946ef12e86278",
+    // demo-idp-secret-0123456789abcdef0123456789abcd
+    "a4d7a8c5ddb853df14bb45ebe2c6dbe49b4cf4abcbb32ba03917cdeb4f7db52f",
+];
+
+/// A configuration problem: which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `iss` of every token; also the base of the metadata URLs.
+    pub issuer: String,
+    pub listen: SocketAddr,
+    pub metrics: MetricsConfig,
+    pub tokens: TokensConfig,
+    pub keys: KeysConfig,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+    pub clients: Vec<ClientConfig>,
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    #[serde(default = "d_5m", with = "duration")]
+    pub access_ttl: Duration,
+    #[serde(default = "d_30d", with = "duration")]
+    pub refresh_ttl: Duration,
+    #[serde(default = "d_30s", with = "duration")]
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    #[serde(default)]
+    pub algorithm: Alg,
+    #[serde(default = "d_24h", with = "duration")]
+    pub rotate_every: Duration,
+    #[serde(default = "d_1h", with = "duration")]
+    pub publish_ahead: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// Data directory of the embedded store.
+    #[serde(default = "default_path")]
+    pub path: PathBuf,
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default = "d_2s", with = "duration")]
+    pub max_staleness: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_conns")]
+    pub max_connections: usize,
+    #[serde(default = "d_10s", with = "duration")]
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub id: String,
+    pub secret_sha256: String,
+    #[serde(default)]
+    pub grants: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerConfig {
+    pub issuer: String,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jwks: Option<toml::Value>,
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: String,
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default)]
+    metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    tokens: Option<TokensConfig>,
+    #[serde(default)]
+    keys: Option<KeysConfig>,
+    #[serde(default)]
+    store: Option<StoreConfig>,
+    #[serde(default)]
+    limits: Option<LimitsConfig>,
+    #[serde(default)]
+    clients: Vec<ClientConfig>,
+    #[serde(default)]
+    trusted_issuers: Vec<TrustedIssuerConfig>,
+}
+
+/// Top-level scalar keys that `LATCH_<KEY>` may override (everything else needs a section).
+const TOP_LEVEL_KEYS: &[&str] = &["issuer", "listen"];
+
+// === impl Config ===
+
+impl Config {
+    /// Reads `path`, overlays the process environment, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("(file)", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_toml(&text, std::env::vars())
+    }
+
+    /// Parses TOML text with the given environment (name, value) pairs overlaid.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            ConfigError::new(
+                "(syntax)",
+                e.to_string().lines().collect::<Vec<_>>().join(" "),
+            )
+        })?;
+        for (name, raw) in env {
+            overlay_env(&mut value, &name, &raw)?;
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top)".into() } else { key };
+            ConfigError::new(key, e.into_inner().to_string())
+        })?;
+        let config = Config {
+            issuer: raw.issuer,
+            listen: raw.listen,
+            metrics: raw.metrics.unwrap_or_else(|| from_empty()),
+            tokens: raw.tokens.unwrap_or_else(|| from_empty()),
+            keys: raw.keys.unwrap_or_else(|| from_empty()),
+            store: raw.store.unwrap_or_else(|| from_empty()),
+            limits: raw.limits.unwrap_or_else(|| from_empty()),
+            clients: raw.clients,
+            trusted_issuers: raw.trusted_issuers,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks that the types cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let issuer = self.issuer.trim_end_matches('/');
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) || issuer.len() < 9 {
+            return Err(ConfigError::new(
+                "issuer",
+                "must be an http(s) URL, e.g. https://auth.example",
+            ));
+        }
+        if issuer.contains(['?', '#']) {
+            return Err(ConfigError::new(
+                "issuer",
+                "must not have a query or fragment (RFC 8414)",
+            ));
+        }
+        let t = &self.tokens;
+        if t.access_ttl.is_zero() || t.access_ttl > ACCESS_TTL_CAP {
+            return Err(ConfigError::new(
+                "tokens.access_ttl",
+                "must be between 1s and the hard cap of 1h",
+            ));
+        }
+        if t.access_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new("tokens.access_ttl", "must be at least 1s"));
+        }
+        if t.refresh_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "tokens.refresh_ttl",
+                "must be at least 1s",
+            ));
+        }
+        if t.leeway > Duration::from_secs(300) {
+            return Err(ConfigError::new("tokens.leeway", "must be at most 5m"));
+        }
+        let k = &self.keys;
+        if k.rotate_every < Duration::from_secs(1) {
+            return Err(ConfigError::new("keys.rotate_every", "must be at least 1s"));
+        }
+        if k.publish_ahead.is_zero() || k.publish_ahead > k.rotate_every {
+            return Err(ConfigError::new(
+                "keys.publish_ahead",
+                "must be positive and at most keys.rotate_every",
+            ));
+        }
+        if !k.algorithm.can_generate() {
+            return Err(ConfigError::new(
+                "keys.algorithm",
+                "RS256 needs the `rsa-keygen` feature, which this binary was built without",
+            ));
+        }
+        let s = &self.store;
+        if s.kind == StoreKind::Redis && s.redis_url.as_deref().unwrap_or("").is_empty() {
+            return Err(ConfigError::new(
+                "store.redis_url",
+                "required when store.kind = \"redis\"",
+            ));
+        }
+        if s.kind == StoreKind::Embedded && s.path.as_os_str().is_empty() {
+            return Err(ConfigError::new("store.path", "must not be empty"));
+        }
+        if s.max_staleness < Duration::from_millis(10) {
+            return Err(ConfigError::new(
+                "store.max_staleness",
+                "must be at least 10ms",
+            ));
+        }
+        let l = &self.limits;
+        if !(256..=1 << 20).contains(&l.max_body_bytes) {
+            return Err(ConfigError::new(
+                "limits.max_body_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(ConfigError::new(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if l.header_read_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "limits.header_read_timeout",
+                "must be positive",
+            ));
+        }
+        self.validate_clients()?;
+        for (i, ti) in self.trusted_issuers.iter().enumerate() {
+            if ti.issuer.is_empty() {
+                return Err(ConfigError::new(
+                    format!("trusted_issuers[{i}].issuer"),
+                    "must not be empty",
+                ));
+            }
+            if ti.jwks_file.is_some() == ti.jwks.is_some() {
+                return Err(ConfigError::new(
+                    format!("trusted_issuers[{i}].jwks_file"),
+                    "exactly one of jwks_file and jwks must be given",
+                ));
+            }
+        }
+        if self.has_demo_secret() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "listen",
+                "a demo client secret from the shipped config is configured; latch listens only \
+                 on a loopback address until every demo secret is replaced (latch gen-secret)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_clients(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = |k: &str| format!("clients[{i}].{k}");
+            if c.id.is_empty() || c.id.contains([':', ' ']) || c.id.len() > 128 {
+                return Err(ConfigError::new(
+                    key("id"),
+                    "must be 1-128 characters without ':' or spaces",
+                ));
+            }
+            if !seen.insert(c.id.as_str()) {
+                return Err(ConfigError::new(
+                    key("id"),
+                    format!("duplicate client id {:?}", c.id),
+                ));
+            }
+            if c.secret_sha256.len() != 64
+                || !c.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(ConfigError::new(
+                    key("secret_sha256"),
+                    "must be 64 hex characters (sha256 of the secret; see latch gen-secret)",
+                ));
+            }
+            for (j, g) in c.grants.iter().enumerate() {
+                if Grant::parse(g).is_none() {
+                    return Err(ConfigError::new(
+                        format!("clients[{i}].grants[{j}]"),
+                        format!("unknown grant {g:?}"),
+                    ));
+                }
+            }
+            for (j, r) in c.roles.iter().enumerate() {
+                if Role::parse(r).is_none() {
+                    return Err(ConfigError::new(
+                        format!("clients[{i}].roles[{j}]"),
+                        format!("unknown role {r:?} (introspect, admin, session_issuer)"),
+                    ));
+                }
+            }
+            for (j, s) in c.scopes.iter().enumerate() {
+                if s.is_empty()
+                    || !s
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+                {
+                    return Err(ConfigError::new(
+                        format!("clients[{i}].scopes[{j}]"),
+                        "a scope is non-empty printable ASCII without spaces, quotes or backslashes",
+                    ));
+                }
+            }
+            for (j, a) in c.audiences.iter().enumerate() {
+                if a.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("clients[{i}].audiences[{j}]"),
+                        "must not be empty",
+                    ));
+                }
+            }
+            if c.grants.iter().any(|g| g == "client_credentials") && c.audiences.is_empty() {
+                return Err(ConfigError::new(
+                    key("audiences"),
+                    "a client with the client_credentials grant needs at least one audience",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when any configured client uses a secret published with latch.
+    pub fn has_demo_secret(&self) -> bool {
+        self.clients.iter().any(|c| {
+            DEMO_SECRET_SHA256
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&c.secret_sha256))
+        })
+    }
+
+    /// Issuer without a trailing slash: the base of every published URL.
+    pub fn issuer_base(&self) -> &str {
+        self.issuer.trim_end_matches('/')
+    }
+
+    /// How long a revocation entry must be kept: every token it could match has expired.
+    pub fn revocation_retention(&self) -> Duration {
+        ACCESS_TTL_CAP + self.tokens.leeway
+    }
+
+    /// `Cache-Control: max-age` of the JWKS: well inside the pre-publication window, so a
+    /// verifier that caches the document sees a `next` key before it signs.
+    pub fn jwks_max_age(&self) -> Duration {
+        (self.keys.publish_ahead / 2).min(Duration::from_secs(300))
+    }
+}
+
+/// Applies one environment variable to the TOML tree, if it is a config override.
+fn overlay_env(root: &mut toml::Value, name: &str, raw: &str) -> Result<(), ConfigError> {
+    let Some(rest) = name.strip_prefix("LATCH_") else {
+        return Ok(());
+    };
+    let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    if path.len() == 1 && !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
+        // LATCH_KEK, LATCH_ADMIN_CLIENT_ID, ...: not config keys.
+        return Ok(());
+    }
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::new(name, "malformed override variable name"));
+    }
+    let value = parse_env_value(raw);
+    let display = path.join(".");
+    let mut node = root;
+    for (i, seg) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        node = match node {
+            toml::Value::Table(t) => {
+                if last {
+                    t.insert(seg.clone(), value);
+                    return Ok(());
+                }
+                t.entry(seg.clone())
+                    .or_insert_with(|| toml::Value::Table(Default::default()))
+            }
+            toml::Value::Array(a) => {
+                let idx: usize = seg.parse().map_err(|_| {
+                    ConfigError::new(
+                        display.clone(),
+                        format!("from {name}: array index expected, got {seg:?}"),
+                    )
+                })?;
+                let len = a.len();
+                let slot = a.get_mut(idx).ok_or_else(|| {
+                    ConfigError::new(
+                        display.clone(),
+                        format!("from {name}: index {idx} out of range ({len} entries)"),
+                    )
+                })?;
+                if last {
+                    *slot = value;
+                    return Ok(());
+                }
+                slot
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    display,
+                    format!("from {name}: not a section"),
+                ))
+            }
+        };
+    }
+    Ok(())
+}
+
+/// An override value is TOML when it parses as such (`8080`, `true`, `["a","b"]`), else a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+/// A section given no keys at all: every field at its default.
+fn from_empty<T: for<'de> Deserialize<'de>>() -> T {
+    toml::Value::Table(Default::default())
+        .try_into()
+        .expect("every section has defaults for all fields")
+}
+
+/// Parses "500ms", "2s", "5m", "1h30m", "30d".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration {s:?}: expected like \"500ms\", \"5m\", \"1h\""
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            _ => {
+                return Err(format!(
+                    "invalid duration {s:?}: unit must be one of ms, s, m, h, d"
+                ))
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way the config writes it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if s >= n && s % n == 0 {
+            return format!("{}{unit}", s / n);
+        }
+    }
+    format!("{s}s")
+}
+
+mod duration {
+    use super::*;
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Redis => "redis",
+        })
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().unwrap()
+}
+fn default_metrics_listen() -> SocketAddr {
+    "127.0.0.1:9090".parse().unwrap()
+}
+fn default_path() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_body() -> usize {
+    16 * 1024
+}
+fn default_conns() -> usize {
+    4096
+}
+fn d_2s() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_30s() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_5m() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_1h() -> Duration {
+    Duration::from_secs(3600)
+}
+fn d_24h() -> Duration {
+    Duration::from_secs(86400)
+}
+fn d_30d() -> Duration {
+    Duration::from_secs(30 * 86400)
+}
+
+#[cfg(test)]
+mod tests;

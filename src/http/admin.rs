@@ -1,0 +1,186 @@
+//! Admin endpoints (role `admin`, JSON): bulk revocation, key lifecycle, audit.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{json_response, ApiError};
+use super::oauth::require_fresh;
+use super::request::{authenticate, require_content_type, require_role};
+use crate::app::App;
+use crate::clients::{Client, Role};
+use crate::metrics as m;
+use crate::store::{NewRevocation, RevocationKind};
+use crate::time::now_ms;
+
+type Resp = Response<Full<Bytes>>;
+
+/// Longest accepted revocation value or reason.
+const MAX_FIELD: usize = 1024;
+
+/// Authenticates by HTTP Basic and requires role `admin`.
+pub fn admin(app: &App, parts: &Parts) -> Result<std::sync::Arc<Client>, ApiError> {
+    let client = authenticate(&app.clients, parts, None)?;
+    require_role(&client, Role::Admin)?;
+    Ok(client)
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(parts: &Parts, body: &'a [u8]) -> Result<T, ApiError> {
+    require_content_type(parts, "application/json")?;
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    kind: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn revoke(
+    app: &App,
+    parts: &Parts,
+    body: &[u8],
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let client = admin(app, parts)?;
+    let req: RevokeRequest = parse_json(parts, body)?;
+    let kind = RevocationKind::parse(&req.kind).ok_or_else(|| {
+        ApiError::InvalidRequest("kind must be one of token, session, subject, client, all".into())
+    })?;
+    let value = match (kind, req.value) {
+        (RevocationKind::All, None) => String::new(),
+        (RevocationKind::All, Some(v)) if v.is_empty() => String::new(),
+        (RevocationKind::All, Some(_)) => {
+            return Err(ApiError::InvalidRequest("kind all takes no value".into()))
+        }
+        (_, Some(v)) if !v.is_empty() && v.len() <= MAX_FIELD => v,
+        (_, _) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "kind {} needs a value of 1 to {MAX_FIELD} bytes",
+                kind.as_str()
+            )))
+        }
+    };
+    let reason = req.reason.unwrap_or_default();
+    if reason.len() > MAX_FIELD {
+        return Err(ApiError::InvalidRequest(format!(
+            "reason is longer than {MAX_FIELD} bytes"
+        )));
+    }
+    require_fresh(app, now_ms())?;
+    let event = app
+        .store
+        .append_revocation(NewRevocation {
+            kind,
+            value,
+            reason,
+            actor: client.id.clone(),
+            request_id: request_id.to_string(),
+        })
+        .await?;
+    app.table.insert(&event, app.retention_ms);
+    metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => kind.as_str()).increment(1);
+    let value = match kind {
+        RevocationKind::All => serde_json::Value::Null,
+        _ => json!(event.value),
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "seq": event.seq,
+            "kind": kind.as_str(),
+            "value": value,
+            "revoked_at": event.revoked_at_ms.div_euclid(1000),
+        }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// An optional `{"reason"}` body: empty is fine, anything else must be that JSON.
+fn reason(parts: &Parts, body: &[u8]) -> Result<String, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(String::new());
+    }
+    let r: ReasonBody = parse_json(parts, body)?;
+    let reason = r.reason.unwrap_or_default();
+    if reason.len() > MAX_FIELD {
+        return Err(ApiError::InvalidRequest(format!(
+            "reason is longer than {MAX_FIELD} bytes"
+        )));
+    }
+    Ok(reason)
+}
+
+pub fn list_keys(app: &App, parts: &Parts) -> Result<Resp, ApiError> {
+    admin(app, parts)?;
+    Ok(json_response(StatusCode::OK, &app.keys.ring().listing()))
+}
+
+pub async fn rotate_keys(
+    app: &App,
+    parts: &Parts,
+    body: &[u8],
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let client = admin(app, parts)?;
+    let reason = reason(parts, body)?;
+    app.keys.rotate_now(&client.id, &reason, request_id).await?;
+    Ok(json_response(StatusCode::OK, &app.keys.ring().listing()))
+}
+
+pub async fn revoke_key(
+    app: &App,
+    parts: &Parts,
+    kid: &str,
+    body: &[u8],
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let client = admin(app, parts)?;
+    let reason = reason(parts, body)?;
+    app.keys
+        .revoke(kid, &client.id, &reason, request_id)
+        .await?;
+    Ok(json_response(StatusCode::OK, &app.keys.ring().listing()))
+}
+
+pub async fn audit(app: &App, parts: &Parts) -> Result<Resp, ApiError> {
+    admin(app, parts)?;
+    let mut since = 0u64;
+    let mut limit = 100usize;
+    for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "since" => {
+                since = v.parse().map_err(|_| {
+                    ApiError::InvalidRequest("since must be a non-negative integer".into())
+                })?
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ApiError::InvalidRequest("limit must be 1 to 1000".into()))?
+            }
+            _ => {}
+        }
+    }
+    let records = app.store.audit_after(since, limit).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "records": records }),
+    ))
+}

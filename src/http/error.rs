@@ -1,0 +1,147 @@
+//! The one mapping from what went wrong to an HTTP answer: status, OAuth error code,
+//! headers (`WWW-Authenticate`, `Allow`, `Retry-After`). Internals are logged, not shown.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::keys::KeysError;
+use crate::store::StoreError;
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or failed client authentication.
+    #[error("client authentication failed")]
+    InvalidClient,
+    /// Authenticated, but the client lacks the role or grant.
+    #[error("{0}")]
+    UnauthorizedClient(&'static str),
+    /// Like [`ApiError::UnauthorizedClient`], but for a grant type (RFC 6749 §5.2: 400).
+    #[error("{0}")]
+    GrantNotAllowed(&'static str),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    InvalidGrant(&'static str),
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error("{0}")]
+    InvalidTarget(String),
+    #[error("unsupported grant_type")]
+    UnsupportedGrantType,
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// State too stale to decide on, store unreachable, or no signing key: fail closed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an impossible state. Logged in full; the client sees only `server_error`.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            UnauthorizedClient(_) => (StatusCode::FORBIDDEN, "unauthorized_client"),
+            GrantNotAllowed(_) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
+            InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            InvalidTarget(_) => (StatusCode::BAD_REQUEST, "invalid_target"),
+            UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+
+    /// The response for this error.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status_and_code();
+        let description = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(detail = %detail, "internal error");
+                "internal error".to_string()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::debug!(detail = %detail, "unavailable");
+                "the server cannot decide safely right now; retry shortly".to_string()
+            }
+            other => other.to_string(),
+        };
+        let body = json!({ "error": code, "error_description": description });
+        let mut resp = json_response(status, &body);
+        let headers = resp.headers_mut();
+        match self {
+            ApiError::InvalidClient => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"latch\""),
+                );
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<KeysError> for ApiError {
+    fn from(e: KeysError) -> ApiError {
+        match e {
+            KeysError::NotFound => ApiError::NotFound,
+            KeysError::Store(s) => s.into(),
+            KeysError::Contended => ApiError::Unavailable(e.to_string()),
+            KeysError::Key(k) => ApiError::Internal(k.to_string()),
+        }
+    }
+}
+
+/// A JSON response that no cache may keep.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    bytes_response(status, Bytes::from(bytes), "application/json", "no-store")
+}
+
+pub fn bytes_response(
+    status: StatusCode,
+    body: Bytes,
+    content_type: &'static str,
+    cache_control: &str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(cache_control) {
+        h.insert(CACHE_CONTROL, v);
+    }
+    resp
+}

@@ -1,0 +1,249 @@
+//! The HTTP interface: routing, per-request metrics and request ids. Endpoint logic lives
+//! in `oauth.rs` and `admin.rs`; `error.rs` is the single mapping from errors to answers.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::app::App;
+use crate::metrics as m;
+use crate::time::now_ms;
+use error::{bytes_response, json_response, ApiError};
+use request::{read_body, require_content_type, Form};
+
+pub mod admin;
+pub mod error;
+pub mod oauth;
+pub mod request;
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const REQUEST_ID: &str = "x-request-id";
+
+/// Which endpoint a request is for; also the `endpoint` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Metadata,
+    Jwks,
+    Token,
+    Introspect,
+    Revoke,
+    AdminRevoke,
+    AdminKeys,
+    AdminKeysRotate,
+    AdminKeyRevoke,
+    AdminAudit,
+    Healthz,
+    Readyz,
+    NotFound,
+}
+
+impl Route {
+    fn of(path: &str) -> Route {
+        match path {
+            "/.well-known/oauth-authorization-server" => Route::Metadata,
+            "/.well-known/jwks.json" => Route::Jwks,
+            "/token" => Route::Token,
+            "/introspect" => Route::Introspect,
+            "/revoke" => Route::Revoke,
+            "/admin/revoke" => Route::AdminRevoke,
+            "/admin/keys" => Route::AdminKeys,
+            "/admin/keys/rotate" => Route::AdminKeysRotate,
+            "/admin/audit" => Route::AdminAudit,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            p if key_to_revoke(p).is_some() => Route::AdminKeyRevoke,
+            _ => Route::NotFound,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Metadata => "metadata",
+            Route::Jwks => "jwks",
+            Route::Token => "token",
+            Route::Introspect => "introspect",
+            Route::Revoke => "revoke",
+            Route::AdminRevoke => "admin_revoke",
+            Route::AdminKeys => "admin_keys",
+            Route::AdminKeysRotate => "admin_keys_rotate",
+            Route::AdminKeyRevoke => "admin_key_revoke",
+            Route::AdminAudit => "admin_audit",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::NotFound => "not_found",
+        }
+    }
+
+    /// The method this route answers (for 405 and `Allow`).
+    fn method(self) -> &'static str {
+        match self {
+            Route::Metadata
+            | Route::Jwks
+            | Route::AdminKeys
+            | Route::AdminAudit
+            | Route::Healthz
+            | Route::Readyz => "GET",
+            _ => "POST",
+        }
+    }
+}
+
+/// `/admin/keys/{kid}/revoke` → kid.
+fn key_to_revoke(path: &str) -> Option<&str> {
+    let kid = path.strip_prefix("/admin/keys/")?.strip_suffix("/revoke")?;
+    (!kid.is_empty() && !kid.contains('/')).then_some(kid)
+}
+
+/// The service function: every request of the main listener enters here.
+pub async fn handle(app: App, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let route = Route::of(req.uri().path());
+    let request_id = incoming_request_id(&req).unwrap_or_else(|| app.next_request_id());
+    let mut resp = match dispatch(&app, route, req, &request_id).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    let status = resp.status();
+    metrics::counter!(m::REQUESTS_TOTAL, "endpoint" => route.label(), "status" => status_label(status))
+        .increment(1);
+    metrics::histogram!(m::REQUEST_DURATION, "endpoint" => route.label())
+        .record(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+/// A caller-supplied request id, if it is short and plain enough to log and echo.
+fn incoming_request_id(req: &Request<Incoming>) -> Option<String> {
+    let v = req.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| v.to_string())
+}
+
+async fn dispatch(
+    app: &App,
+    route: Route,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if route == Route::NotFound {
+        return Err(ApiError::NotFound);
+    }
+    let allowed = route.method();
+    if req.method().as_str() != allowed {
+        return Err(ApiError::MethodNotAllowed(allowed));
+    }
+    if req.method() == Method::GET {
+        let (parts, _) = req.into_parts();
+        return match route {
+            Route::Metadata => Ok(bytes_response(
+                StatusCode::OK,
+                app.metadata.clone(),
+                "application/json",
+                "public, max-age=3600",
+            )),
+            Route::Jwks => Ok(bytes_response(
+                StatusCode::OK,
+                app.keys.with_ring(|r| r.jwks.clone()),
+                "application/json",
+                &format!("public, max-age={}", app.config.jwks_max_age().as_secs()),
+            )),
+            Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            Route::Readyz => Ok(readyz(app)),
+            Route::AdminKeys => admin::list_keys(app, &parts),
+            Route::AdminAudit => admin::audit(app, &parts).await,
+            _ => Err(ApiError::NotFound),
+        };
+    }
+    let (parts, body) = read_body(req, app.config.limits.max_body_bytes).await?;
+    match route {
+        Route::Token | Route::Introspect | Route::Revoke => {
+            require_content_type(&parts, FORM)?;
+            let form = Form::parse(&body)?;
+            match route {
+                Route::Token => oauth::token(app, &parts, &form).await,
+                Route::Introspect => oauth::introspect(app, &parts, &form).await,
+                _ => oauth::revoke(app, &parts, &form, request_id).await,
+            }
+        }
+        Route::AdminRevoke => admin::revoke(app, &parts, &body, request_id).await,
+        Route::AdminKeysRotate => admin::rotate_keys(app, &parts, &body, request_id).await,
+        Route::AdminKeyRevoke => {
+            let kid = key_to_revoke(parts.uri.path())
+                .unwrap_or_default()
+                .to_string();
+            admin::revoke_key(app, &parts, &kid, &body, request_id).await
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// 200 only when a key signs and the revocation state is fresh; otherwise 503 and why.
+fn readyz(app: &App) -> Response<Full<Bytes>> {
+    let now = now_ms();
+    let reason = if app.keys.with_ring(|r| r.signer().is_none()) {
+        Some("no signing key loaded")
+    } else if !app.is_fresh(now) {
+        Some("revocation state is stale")
+    } else {
+        None
+    };
+    match reason {
+        None => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Some(reason) => {
+            let mut resp = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": reason}),
+            );
+            resp.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
+
+fn status_label(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        500 => "500",
+        503 => "503",
+        c if c < 300 => "2xx",
+        c if c < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The service function of the metrics listener.
+pub async fn handle_metrics(
+    app: App,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => bytes_response(
+            StatusCode::OK,
+            Bytes::from(app.metrics.render()),
+            "text/plain; version=0.0.4",
+            "no-store",
+        ),
+        (_, "/metrics") => ApiError::MethodNotAllowed("GET").into_response(),
+        _ => ApiError::NotFound.into_response(),
+    };
+    Ok(resp)
+}

@@ -1,0 +1,282 @@
+//! The OAuth endpoints: `/token` (RFC 6749, RFC 9068), `/introspect` (RFC 7662),
+//! `/revoke` (RFC 7009).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::error::{bytes_response, json_response, ApiError};
+use super::request::{authenticate, require_role, Form};
+use crate::app::App;
+use crate::clients::{Client, Grant, Role};
+use crate::metrics as m;
+use crate::store::{NewRevocation, RevocationKind};
+use crate::time::now_ms;
+use crate::tokens::{self, AccessClaims, Reason, Verifier};
+
+type Resp = Response<Full<Bytes>>;
+
+/// Fails closed when this node's revocation state is too old to stand behind.
+pub fn require_fresh(app: &App, now: i64) -> Result<(), ApiError> {
+    if app.is_fresh(now) {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(format!(
+            "revocation state is {} ms old (max_staleness {} ms)",
+            app.table.age_ms(now),
+            app.max_staleness_ms
+        )))
+    }
+}
+
+fn verifier<'a>(app: &'a App, ring: &'a crate::keys::KeyRing, now: i64) -> Verifier<'a> {
+    Verifier {
+        ring,
+        table: &app.table,
+        issuer: &app.config.issuer,
+        leeway_secs: app.config.tokens.leeway.as_secs() as i64,
+        now_ms: now,
+    }
+}
+
+// === /token ===
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: &'a str,
+}
+
+pub async fn token(app: &App, parts: &Parts, form: &Form) -> Result<Resp, ApiError> {
+    let client = authenticate(&app.clients, parts, Some(form))?;
+    let grant_type = form.required("grant_type")?;
+    match Grant::parse(grant_type) {
+        Some(Grant::ClientCredentials) => client_credentials(app, &client, form),
+        // Refresh and token exchange arrive with user sessions.
+        Some(_) | None => Err(ApiError::UnsupportedGrantType),
+    }
+}
+
+fn client_credentials(app: &App, client: &Client, form: &Form) -> Result<Resp, ApiError> {
+    if !client.has_grant(Grant::ClientCredentials) {
+        return Err(ApiError::GrantNotAllowed(
+            "this client may not use the client_credentials grant",
+        ));
+    }
+    let scope = granted_scope(client, form.optional("scope"))?;
+    let aud = match form.optional("resource") {
+        Some(r) if client.audiences.iter().any(|a| a == r) => r.to_string(),
+        Some(_) => {
+            return Err(ApiError::InvalidTarget(
+                "resource is not an audience of this client".into(),
+            ))
+        }
+        None => client
+            .audiences
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::InvalidTarget("this client has no audience".into()))?,
+    };
+    let now = now_ms();
+    require_fresh(app, now)?;
+    let ttl = app.config.tokens.access_ttl.as_secs();
+    let iat = now.div_euclid(1000);
+    let claims = AccessClaims {
+        iss: app.config.issuer.clone(),
+        sub: client.id.clone(),
+        aud,
+        exp: iat + ttl as i64,
+        iat,
+        nbf: iat,
+        jti: tokens::random_id(),
+        client_id: client.id.clone(),
+        scope,
+        sid: None,
+        act: None,
+        username: None,
+        rsq: app.table.applied(),
+    };
+    let access_token = app.keys.with_ring(|ring| {
+        let signer = ring
+            .signer()
+            .ok_or_else(|| ApiError::Unavailable("no signing key loaded".into()))?;
+        tokens::sign(signer, &claims).map_err(|e| ApiError::Internal(format!("signing: {e}")))
+    })?;
+    metrics::counter!(m::TOKENS_ISSUED_TOTAL, "grant" => Grant::ClientCredentials.label())
+        .increment(1);
+    let body = TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: ttl,
+        scope: &claims.scope,
+    };
+    Ok(json_body(StatusCode::OK, &body))
+}
+
+/// The scopes granted: the requested ones if all are allowed, else the client's defaults.
+fn granted_scope(client: &Client, requested: Option<&str>) -> Result<String, ApiError> {
+    let Some(requested) = requested else {
+        return Ok(client.scopes.join(" "));
+    };
+    let mut granted: Vec<&str> = Vec::new();
+    for s in requested.split(' ').filter(|s| !s.is_empty()) {
+        if !client.scopes.iter().any(|a| a == s) {
+            return Err(ApiError::InvalidScope(format!(
+                "scope {:?} is not allowed for this client",
+                s.chars().take(64).collect::<String>()
+            )));
+        }
+        if !granted.contains(&s) {
+            granted.push(s);
+        }
+    }
+    Ok(granted.join(" "))
+}
+
+// === /introspect ===
+
+#[derive(Serialize)]
+struct Introspection<'a> {
+    active: bool,
+    scope: &'a str,
+    client_id: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iss: &'a str,
+    exp: i64,
+    iat: i64,
+    nbf: i64,
+    jti: &'a str,
+    token_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+}
+
+const INACTIVE: &[u8] = br#"{"active":false}"#;
+
+pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, ApiError> {
+    let caller = authenticate(&app.clients, parts, Some(form))?;
+    require_role(&caller, Role::Introspect)?;
+    let token = form.required("token")?;
+    let now = now_ms();
+    require_fresh(app, now)?;
+    let decision = app.keys.with_ring(|ring| {
+        let claims = verifier(app, ring, now).decide(token)?;
+        if !caller.may_see_audience(&claims.aud) {
+            return Err(Reason::Audience);
+        }
+        if app.clients.get(&claims.client_id).is_none() {
+            return Err(Reason::UnknownClient);
+        }
+        Ok(claims)
+    });
+    match decision {
+        Ok(c) => {
+            metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "active", "reason" => "")
+                .increment(1);
+            let body = Introspection {
+                active: true,
+                scope: &c.scope,
+                client_id: &c.client_id,
+                sub: &c.sub,
+                aud: &c.aud,
+                iss: &c.iss,
+                exp: c.exp,
+                iat: c.iat,
+                nbf: c.nbf,
+                jti: &c.jti,
+                token_type: "Bearer",
+                sid: c.sid.as_deref(),
+                act: c.act.as_ref(),
+                username: c.username.as_deref(),
+            };
+            Ok(json_body(StatusCode::OK, &body))
+        }
+        Err(reason) => {
+            metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "inactive", "reason" => reason.as_str())
+                .increment(1);
+            tracing::debug!(reason = reason.as_str(), caller = %caller.id, "token inactive");
+            Ok(bytes_response(
+                StatusCode::OK,
+                Bytes::from_static(INACTIVE),
+                "application/json",
+                "no-store",
+            ))
+        }
+    }
+}
+
+// === /revoke ===
+
+pub async fn revoke(
+    app: &App,
+    parts: &Parts,
+    form: &Form,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let caller = authenticate(&app.clients, parts, Some(form))?;
+    let token = form.required("token")?;
+    let now = now_ms();
+    require_fresh(app, now)?;
+    // Only a token latch issued and that can still be alive needs recording; anything
+    // else (unknown, expired, malformed, already revoked) is answered 200 as it stands.
+    let claims = match app
+        .keys
+        .with_ring(|ring| verifier(app, ring, now).authentic(token))
+    {
+        Ok(c) => c,
+        Err(reason) => {
+            tracing::debug!(reason = reason.as_str(), "revocation of an inactive token");
+            return Ok(empty_ok());
+        }
+    };
+    if claims.client_id != caller.id && !caller.has_role(Role::Admin) {
+        return Err(ApiError::UnauthorizedClient(
+            "the token was not issued to this client",
+        ));
+    }
+    if app
+        .table
+        .covers(RevocationKind::Token, &claims.jti, claims.rsq)
+        || app.table.is_revoked(&claims.stamp())
+    {
+        return Ok(empty_ok());
+    }
+    let event = app
+        .store
+        .append_revocation(NewRevocation {
+            kind: RevocationKind::Token,
+            value: claims.jti.clone(),
+            reason: "RFC 7009 revocation".into(),
+            actor: caller.id.clone(),
+            request_id: request_id.to_string(),
+        })
+        .await?;
+    // Effective on this node at once; the follower confirms the watermark.
+    app.table.insert(&event, app.retention_ms);
+    metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => RevocationKind::Token.as_str()).increment(1);
+    Ok(empty_ok())
+}
+
+fn empty_ok() -> Resp {
+    bytes_response(StatusCode::OK, Bytes::new(), "application/json", "no-store")
+}
+
+fn json_body<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => bytes_response(status, Bytes::from(bytes), "application/json", "no-store"),
+        Err(_) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": "server_error"}),
+        ),
+    }
+}

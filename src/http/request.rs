@@ -1,0 +1,246 @@
+//! Reading requests: the body under its size limit, content types, form parameters
+//! (RFC 6749 §3.2: none repeated), and client authentication (RFC 6749 §2.3.1).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::Request;
+use percent_encoding::percent_decode;
+
+use super::error::ApiError;
+use crate::clients::{Client, Clients, Role};
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(Parts, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
+        Err(_) => Err(ApiError::InvalidRequest(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// Requires the media type `expected` (parameters such as charset are allowed).
+pub fn require_content_type(parts: &Parts, expected: &'static str) -> Result<(), ApiError> {
+    let ok = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .is_some_and(|m| m.eq_ignore_ascii_case(expected));
+    if ok {
+        Ok(())
+    } else if expected == "application/json" {
+        Err(ApiError::UnsupportedMediaType(
+            "content type must be application/json",
+        ))
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            "content type must be application/x-www-form-urlencoded",
+        ))
+    }
+}
+
+/// Form parameters, each present at most once.
+#[derive(Debug, Default)]
+pub struct Form {
+    params: HashMap<String, String>,
+}
+
+impl Form {
+    /// Parses `application/x-www-form-urlencoded`. Repeated names and bytes that do not
+    /// decode to UTF-8 are refused.
+    pub fn parse(body: &[u8]) -> Result<Form, ApiError> {
+        let mut params = HashMap::new();
+        for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            let name = decode_component(name)?;
+            let value = decode_component(value)?;
+            if name.is_empty() {
+                continue;
+            }
+            if params.contains_key(&name) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "parameter {} is repeated",
+                    printable(&name)
+                )));
+            }
+            params.insert(name, value);
+        }
+        Ok(Form { params })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// A parameter that must be present and non-empty.
+    pub fn required(&self, name: &'static str) -> Result<&str, ApiError> {
+        match self.get(name) {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(ApiError::InvalidRequest(format!(
+                "missing parameter {name}"
+            ))),
+        }
+    }
+
+    /// An optional parameter; empty counts as absent.
+    pub fn optional(&self, name: &str) -> Option<&str> {
+        self.get(name).filter(|v| !v.is_empty())
+    }
+}
+
+fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
+    let plus_as_space: Vec<u8> = raw
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let bytes: Vec<u8> = percent_decode(&plus_as_space).collect();
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::InvalidRequest("the form body is not valid UTF-8".into()))
+}
+
+/// A parameter name fit for an error message: short and printable.
+fn printable(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect();
+    clean
+}
+
+/// Authenticates the calling client by HTTP Basic (`client_secret_basic`) or, when a form
+/// is given, by `client_id` and `client_secret` in it (`client_secret_post`). Using both
+/// at once is refused (RFC 6749 §2.3).
+pub fn authenticate(
+    clients: &Clients,
+    parts: &Parts,
+    form: Option<&Form>,
+) -> Result<Arc<Client>, ApiError> {
+    let in_body = form.and_then(|f| f.get("client_secret")).is_some();
+    if let Some(header) = parts.headers.get(AUTHORIZATION) {
+        if in_body {
+            return Err(ApiError::InvalidRequest(
+                "use one client authentication method, not two".into(),
+            ));
+        }
+        let (id, secret) = parse_basic(header.as_bytes()).ok_or(ApiError::InvalidClient)?;
+        return check(clients, &id, &secret);
+    }
+    if let Some(form) = form {
+        if let (Some(id), Some(secret)) = (form.get("client_id"), form.get("client_secret")) {
+            return clients
+                .authenticate(id, secret.as_bytes())
+                .ok_or(ApiError::InvalidClient);
+        }
+    }
+    Err(ApiError::InvalidClient)
+}
+
+/// Basic credentials are form-urlencoded before base64 (RFC 6749 §2.3.1); clients that
+/// skip that step are common, so the raw form is tried when decoding changes nothing valid.
+fn check(clients: &Clients, id: &str, secret: &str) -> Result<Arc<Client>, ApiError> {
+    let decoded_id = decode_component(id.as_bytes()).unwrap_or_else(|_| id.to_string());
+    let decoded_secret = decode_component(secret.as_bytes()).unwrap_or_else(|_| secret.to_string());
+    if let Some(c) = clients.authenticate(&decoded_id, decoded_secret.as_bytes()) {
+        return Ok(c);
+    }
+    if (decoded_id.as_str(), decoded_secret.as_str()) != (id, secret) {
+        if let Some(c) = clients.authenticate(id, secret.as_bytes()) {
+            return Ok(c);
+        }
+    }
+    Err(ApiError::InvalidClient)
+}
+
+fn parse_basic(header: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = STANDARD.decode(rest.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((id.to_string(), secret.to_string()))
+}
+
+/// Requires a role of an authenticated client.
+pub fn require_role(client: &Client, role: Role) -> Result<(), ApiError> {
+    if client.has_role(role) {
+        Ok(())
+    } else {
+        Err(ApiError::UnauthorizedClient(
+            "this client is not allowed to use this endpoint",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_rules() {
+        let cases: &[(&[u8], Result<&[(&str, &str)], &str>)] = &[
+            (
+                b"token=abc&token_type_hint=access_token",
+                Ok(&[("token", "abc"), ("token_type_hint", "access_token")]),
+            ),
+            (b"a=1+2&b=%41%42", Ok(&[("a", "1 2"), ("b", "AB")])),
+            (b"&&x=&", Ok(&[("x", "")])),
+            (b"token=a&token=b", Err("repeated")),
+            (b"t=%ff%fe", Err("UTF-8")),
+            (b"\xff\xfe=1", Err("UTF-8")),
+        ];
+        for (body, expected) in cases {
+            let got = Form::parse(body);
+            match (got, expected) {
+                (Ok(form), Ok(pairs)) => {
+                    for (k, v) in pairs.iter() {
+                        assert_eq!(form.get(k), Some(*v), "{body:?}");
+                    }
+                    assert_eq!(form.params.len(), pairs.len());
+                }
+                (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{e}"),
+                (got, _) => panic!("{body:?}: unexpected {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn basic_header() {
+        let h = format!("Basic {}", STANDARD.encode("svc:s3cr%3At"));
+        assert_eq!(
+            parse_basic(h.as_bytes()),
+            Some(("svc".into(), "s3cr%3At".into()))
+        );
+        assert_eq!(parse_basic(b"Bearer abc"), None);
+        assert_eq!(parse_basic(b"Basic !!!"), None);
+        assert_eq!(
+            parse_basic(format!("Basic {}", STANDARD.encode("nocolon")).as_bytes()),
+            None
+        );
+    }
+}

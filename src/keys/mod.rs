@@ -1,0 +1,512 @@
+//! Signing keys: states, the in-memory key ring, rotation, emergency revocation, JWKS.
+//!
+//! A key moves `next` (published, not signing) → `active` (signs; exactly one) →
+//! `retiring` (published, verifies) → `retired` (gone); `revoked` is the exit from any
+//! state. The store holds the records (private keys sealed under the KEK) with a version
+//! number; every change is a compare-and-set on that version, so among racing nodes
+//! exactly one performs each transition and the others follow its announcement.
+//!
+//! The ring that requests read is an immutable snapshot behind an `ArcSwap`: one writer
+//! (this module), many lock-free readers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+use crate::store::{NewAudit, SharedStore, StoreError};
+
+pub mod lifecycle;
+pub mod material;
+
+pub use material::{Kek, KeyError};
+
+/// Signing algorithm (SPEC §3). One configured algorithm signs; each key records its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Alg {
+    #[default]
+    EdDSA,
+    ES256,
+    RS256,
+}
+
+impl Alg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::EdDSA => "EdDSA",
+            Alg::ES256 => "ES256",
+            Alg::RS256 => "RS256",
+        }
+    }
+
+    pub fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Alg::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+            Alg::ES256 => jsonwebtoken::Algorithm::ES256,
+            Alg::RS256 => jsonwebtoken::Algorithm::RS256,
+        }
+    }
+
+    /// Whether this binary can generate keys for the algorithm.
+    pub fn can_generate(self) -> bool {
+        self != Alg::RS256 || cfg!(feature = "rsa-keygen")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Next,
+    Active,
+    Retiring,
+    Retired,
+    Revoked,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Next => "next",
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Retired => "retired",
+            KeyState::Revoked => "revoked",
+        }
+    }
+
+    pub const ALL: [KeyState; 5] = [
+        KeyState::Next,
+        KeyState::Active,
+        KeyState::Retiring,
+        KeyState::Retired,
+        KeyState::Revoked,
+    ];
+}
+
+/// One key as stored. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub alg: Alg,
+    pub state: KeyState,
+    pub created_at_ms: i64,
+    /// When it becomes (next) or became (active, retiring) the signing key.
+    pub activates_at_ms: Option<i64>,
+    /// When it stopped signing.
+    pub retiring_at_ms: Option<i64>,
+    /// When it leaves the JWKS and stops verifying: every token it signed has expired.
+    pub retires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+    /// Public JWK members (kty, crv, x, y / n, e).
+    pub public_jwk: Map<String, Value>,
+    /// Nonce || AES-256-GCM ciphertext of the private key, the kid as associated data.
+    #[serde(with = "sealed_b64")]
+    pub sealed_private: Vec<u8>,
+}
+
+/// Why a key does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Unknown,
+    NotSigning,
+    Retired,
+    Revoked,
+}
+
+/// A key as requests use it for verification.
+pub struct VerifyKey {
+    pub kid: String,
+    pub alg: Alg,
+    pub state: KeyState,
+    pub retires_at_ms: Option<i64>,
+    pub decoding: DecodingKey,
+}
+
+impl VerifyKey {
+    /// Whether tokens signed by this key may be active at `now_ms`. A retiring key past
+    /// its time counts as retired before the rotation task has recorded it.
+    pub fn check(&self, now_ms: i64) -> Result<(), KeyRefusal> {
+        match self.state {
+            KeyState::Active => Ok(()),
+            KeyState::Retiring => match self.retires_at_ms {
+                Some(t) if now_ms >= t => Err(KeyRefusal::Retired),
+                _ => Ok(()),
+            },
+            KeyState::Next => Err(KeyRefusal::NotSigning),
+            KeyState::Retired => Err(KeyRefusal::Retired),
+            KeyState::Revoked => Err(KeyRefusal::Revoked),
+        }
+    }
+}
+
+/// The key that signs now.
+pub struct Signer {
+    pub kid: String,
+    pub alg: Alg,
+    pub encoding: EncodingKey,
+}
+
+/// An immutable snapshot of every key.
+pub struct KeyRing {
+    pub version: u64,
+    /// Sorted by creation time.
+    pub records: Vec<KeyRecord>,
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    signer: Option<Arc<Signer>>,
+    /// The rendered JWKS document.
+    pub jwks: Bytes,
+}
+
+impl KeyRing {
+    pub fn empty() -> KeyRing {
+        KeyRing {
+            version: 0,
+            records: vec![],
+            by_kid: HashMap::new(),
+            signer: None,
+            jwks: Bytes::from_static(br#"{"keys":[]}"#),
+        }
+    }
+
+    /// Builds a snapshot; unseals only the active key's private half.
+    pub fn build(version: u64, mut records: Vec<KeyRecord>, kek: &Kek) -> KeyRing {
+        records.sort_by_key(|r| (r.created_at_ms, r.kid.clone()));
+        let mut by_kid = HashMap::new();
+        let mut signer = None;
+        let mut published = Vec::new();
+        for r in &records {
+            match material::decoding_key(r.alg, &r.kid, &r.public_jwk) {
+                Ok(decoding) => {
+                    by_kid.insert(
+                        r.kid.clone(),
+                        Arc::new(VerifyKey {
+                            kid: r.kid.clone(),
+                            alg: r.alg,
+                            state: r.state,
+                            retires_at_ms: r.retires_at_ms,
+                            decoding,
+                        }),
+                    );
+                }
+                Err(error) => tracing::error!(%error, "key record skipped"),
+            }
+            if matches!(
+                r.state,
+                KeyState::Next | KeyState::Active | KeyState::Retiring
+            ) {
+                let mut jwk = r.public_jwk.clone();
+                jwk.insert("kid".into(), json!(r.kid));
+                jwk.insert("alg".into(), json!(r.alg.as_str()));
+                jwk.insert("use".into(), json!("sig"));
+                published.push(Value::Object(jwk));
+            }
+            if r.state == KeyState::Active {
+                match kek.open(&r.kid, &r.sealed_private) {
+                    Ok(der) => {
+                        signer = Some(Arc::new(Signer {
+                            kid: r.kid.clone(),
+                            alg: r.alg,
+                            encoding: material::encoding_key(r.alg, &der),
+                        }))
+                    }
+                    Err(error) => tracing::error!(%error, "active key cannot sign"),
+                }
+            }
+        }
+        let jwks = serde_json::to_vec(&json!({ "keys": published })).unwrap_or_default();
+        KeyRing {
+            version,
+            records,
+            by_kid,
+            signer,
+            jwks: Bytes::from(jwks),
+        }
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyKey>> {
+        self.by_kid.get(kid)
+    }
+
+    pub fn signer(&self) -> Option<&Arc<Signer>> {
+        self.signer.as_ref()
+    }
+
+    /// The `GET /admin/keys` document (times in Unix seconds).
+    pub fn listing(&self) -> Value {
+        let secs = |ms: Option<i64>| ms.map(|m| m.div_euclid(1000));
+        let keys: Vec<Value> = self
+            .records
+            .iter()
+            .map(|r| {
+                let mut o = Map::new();
+                o.insert("kid".into(), json!(r.kid));
+                o.insert("alg".into(), json!(r.alg.as_str()));
+                o.insert("state".into(), json!(r.state.as_str()));
+                o.insert("created_at".into(), json!(r.created_at_ms.div_euclid(1000)));
+                for (name, v) in [
+                    ("activates_at", r.activates_at_ms),
+                    ("retires_at", r.retires_at_ms),
+                    ("revoked_at", r.revoked_at_ms),
+                ] {
+                    if let Some(s) = secs(v) {
+                        o.insert(name.into(), json!(s));
+                    }
+                }
+                Value::Object(o)
+            })
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// Count of keys per state, for the `latch_signing_keys` gauge.
+    pub fn count(&self, state: KeyState) -> usize {
+        self.records.iter().filter(|r| r.state == state).count()
+    }
+}
+
+/// The timing rules of the key lifecycle, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPolicy {
+    pub alg: Alg,
+    pub rotate_every_ms: i64,
+    pub publish_ahead_ms: i64,
+    /// How long a retiring key keeps verifying: the longest token lifetime plus leeway.
+    pub retire_after_ms: i64,
+}
+
+impl KeyPolicy {
+    pub fn from_config(c: &Config) -> KeyPolicy {
+        KeyPolicy {
+            alg: c.keys.algorithm,
+            rotate_every_ms: c.keys.rotate_every.as_millis() as i64,
+            publish_ahead_ms: c.keys.publish_ahead.as_millis() as i64,
+            retire_after_ms: (c.tokens.access_ttl + c.tokens.leeway).as_millis() as i64,
+        }
+    }
+
+    /// How often the rotation task looks at the clock.
+    pub fn tick(&self) -> Duration {
+        let ms = (self.rotate_every_ms.min(self.publish_ahead_ms) / 8).clamp(50, 1000);
+        Duration::from_millis(ms as u64)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("no such key")]
+    NotFound,
+    #[error("the key set kept changing concurrently; try again")]
+    Contended,
+}
+
+/// The key ring of this node and the operations that change keys. Shared by `Arc`.
+pub struct Keys {
+    /// The snapshot requests read.
+    ring: ArcSwap<KeyRing>,
+    kek: Arc<Kek>,
+    store: SharedStore,
+    policy: KeyPolicy,
+    /// Serializes this node's writes (the store's compare-and-set serializes nodes).
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// Which change an operator asked for.
+enum Change {
+    Scheduled,
+    Rotate,
+    Revoke(String),
+}
+
+impl Keys {
+    pub fn new(store: SharedStore, kek: Kek, policy: KeyPolicy) -> Keys {
+        Keys {
+            ring: ArcSwap::from_pointee(KeyRing::empty()),
+            kek: Arc::new(kek),
+            store,
+            policy,
+            writer: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn ring(&self) -> Arc<KeyRing> {
+        self.ring.load_full()
+    }
+
+    /// Cheap access for the hot path.
+    pub fn with_ring<T>(&self, f: impl FnOnce(&KeyRing) -> T) -> T {
+        f(&self.ring.load())
+    }
+
+    /// Re-reads the key set from the store if it is newer than ours.
+    pub async fn reload(&self) -> Result<(), KeysError> {
+        let set = self.store.load_keys().await?;
+        if set.version >= self.ring.load().version {
+            let kek = self.kek.clone();
+            let ring =
+                tokio::task::spawn_blocking(move || KeyRing::build(set.version, set.keys, &kek))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            // Never move backwards if a newer snapshot was installed meanwhile.
+            if ring.version >= self.ring.load().version {
+                self.ring.store(Arc::new(ring));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies whatever the schedule calls for now (first key, next key, rotation,
+    /// retirement). Called at start and by the rotation task.
+    pub async fn tick(&self) -> Result<(), KeysError> {
+        self.change(Change::Scheduled, "latch", "", "").await
+    }
+
+    /// `POST /admin/keys/rotate`.
+    pub async fn rotate_now(
+        &self,
+        actor: &str,
+        reason: &str,
+        request_id: &str,
+    ) -> Result<(), KeysError> {
+        self.change(Change::Rotate, actor, reason, request_id).await
+    }
+
+    /// `POST /admin/keys/{kid}/revoke`.
+    pub async fn revoke(
+        &self,
+        kid: &str,
+        actor: &str,
+        reason: &str,
+        request_id: &str,
+    ) -> Result<(), KeysError> {
+        self.change(Change::Revoke(kid.to_string()), actor, reason, request_id)
+            .await
+    }
+
+    async fn change(
+        &self,
+        change: Change,
+        actor: &str,
+        reason: &str,
+        request_id: &str,
+    ) -> Result<(), KeysError> {
+        let _writer = self.writer.lock().await;
+        for _attempt in 0..5 {
+            let ring = self.ring();
+            let records = ring.records.clone();
+            let (policy, kek) = (self.policy, self.kek.clone());
+            let now = crate::time::now_ms();
+            let kid = match &change {
+                Change::Revoke(k) => Some(k.clone()),
+                _ => None,
+            };
+            let rotate = matches!(change, Change::Rotate);
+            let plan = tokio::task::spawn_blocking(move || {
+                let mut generate =
+                    |state, activates_at| new_record(&kek, policy.alg, state, activates_at, now);
+                match kid {
+                    Some(kid) => lifecycle::revoke(&records, &kid, now, &policy, &mut generate),
+                    None if rotate => {
+                        lifecycle::rotate_now(&records, now, &policy, &mut generate).map(Some)
+                    }
+                    None => lifecycle::scheduled(&records, now, &policy, &mut generate).map(Some),
+                }
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            let Some(plan) = plan else {
+                return Err(KeysError::NotFound);
+            };
+            if plan.upserts.is_empty() {
+                return Ok(());
+            }
+            let audit = plan
+                .audit
+                .into_iter()
+                .map(|(action, target)| NewAudit {
+                    actor: actor.to_string(),
+                    action: action.to_string(),
+                    target,
+                    reason: reason.to_string(),
+                    request_id: request_id.to_string(),
+                })
+                .collect();
+            match self
+                .store
+                .save_keys(ring.version, plan.upserts, audit)
+                .await
+            {
+                Ok(_) => return self.reload().await,
+                // Another node changed the keys first: follow it, then decide again.
+                Err(StoreError::Conflict) => self.reload().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KeysError::Contended)
+    }
+}
+
+/// Generates and seals a key in the given state.
+fn new_record(
+    kek: &Kek,
+    alg: Alg,
+    state: KeyState,
+    activates_at_ms: i64,
+    now_ms: i64,
+) -> Result<KeyRecord, KeyError> {
+    let generated = material::generate(alg)?;
+    let kid = material::thumbprint(&generated.public_jwk);
+    let sealed_private = kek.seal(&kid, &generated.private_der)?;
+    Ok(KeyRecord {
+        kid,
+        alg,
+        state,
+        created_at_ms: now_ms,
+        activates_at_ms: Some(activates_at_ms),
+        retiring_at_ms: None,
+        retires_at_ms: None,
+        revoked_at_ms: None,
+        public_jwk: generated.public_jwk,
+        sealed_private,
+    })
+}
+
+/// Runs scheduled key changes until `shutdown` fires.
+pub async fn run_rotation(keys: Arc<Keys>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(keys.policy.tick());
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(error) = keys.tick().await {
+            tracing::warn!(%error, "scheduled key change failed; retrying");
+        }
+    }
+}
+
+mod sealed_b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}

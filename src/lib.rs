@@ -1,0 +1,148 @@
+//! latch: a token introspection and revocation server.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, `LATCH_*` overrides, validation (`latch check`).
+//! - [`clients`]: configured clients, roles, constant-time authentication.
+//! - [`keys`]: signing keys, their lifecycle and rotation, KEK sealing, the JWKS.
+//! - [`tokens`]: access-token claims, signing, and the active/inactive decision (no IO).
+//! - [`revocation`]: the session-version table and the follower that feeds it from the store.
+//! - [`store`]: the durable state behind one trait; `store::embedded` is SQLite.
+//! - [`http`]: routing, request parsing, client auth, the one error → response mapping.
+//! - [`server`]: accept loops, limits, graceful drain.
+//! - [`cli`]: the operator verbs that talk to a running server's admin API.
+//!
+//! [`run`] wires them together: open the store, load keys and the table, then listen.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod clients;
+pub mod config;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod revocation;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod tokens;
+
+use app::App;
+use config::{Config, StoreKind};
+use keys::{Kek, KeyPolicy, Keys};
+use revocation::follower::{Follower, FollowerConfig};
+use revocation::Table;
+use store::{SharedStore, StoreError};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeysError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("store kind redis is not available in this version; use kind = \"embedded\"")]
+    RedisUnavailable,
+}
+
+/// Runs a node until `shutdown` resolves, then drains in-flight requests and returns.
+///
+/// Prints `latch listening on http://ADDR (metrics on http://ADDR)` on stdout once both
+/// listeners are bound; `/readyz` answers 200 once keys and revocations are loaded.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let prometheus = metrics::install();
+    let (store, kek) = open_store(&config)?;
+    let keys = Arc::new(Keys::new(
+        store.clone(),
+        kek,
+        KeyPolicy::from_config(&config),
+    ));
+    keys.reload().await?;
+    keys.tick().await?;
+    let table = Arc::new(Table::new());
+    let follower = Follower::new(
+        store.clone(),
+        table.clone(),
+        keys.clone(),
+        FollowerConfig::new(config.revocation_retention(), config.store.max_staleness),
+    );
+    follower.load().await?;
+
+    let listener = bind(config.listen).await?;
+    let metrics_listener = bind(config.metrics.listen).await?;
+    let (addr, metrics_addr) = (local(&listener), local(&metrics_listener));
+    let limits = server::ListenerLimits {
+        max_connections: config.limits.max_connections,
+        header_read_timeout: config.limits.header_read_timeout,
+    };
+    let app = App::new(config, keys.clone(), table, store, prometheus);
+    tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
+    println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = [
+        tokio::spawn(follower.run(stop_rx.clone())),
+        tokio::spawn(keys::run_rotation(keys, stop_rx.clone())),
+        tokio::spawn(server::serve(
+            metrics_listener,
+            app.clone(),
+            http::handle_metrics,
+            server::ListenerLimits {
+                max_connections: 64,
+                ..limits
+            },
+            stop_rx.clone(),
+        )),
+    ];
+    let main = tokio::spawn(server::serve(listener, app, http::handle, limits, stop_rx));
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = main.await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
+    let kek_env = std::env::var("LATCH_KEK").ok();
+    match config.store.kind {
+        StoreKind::Embedded => {
+            let store = store::embedded::EmbeddedStore::open(&config.store.path)?;
+            let kek = Kek::load(kek_env, Some(&config.store.path))?;
+            Ok((Arc::new(store), kek))
+        }
+        StoreKind::Redis => {
+            Kek::load(kek_env, None)?;
+            Err(StartError::RedisUnavailable)
+        }
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+fn local(l: &TcpListener) -> std::net::SocketAddr {
+    l.local_addr().expect("a bound listener has an address")
+}

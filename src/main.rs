@@ -1,0 +1,380 @@
+//! The `latch` command: `serve`, `check`, `gen-secret`, and the operator verbs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use hyper::Method;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::{json, Value};
+
+use latch::cli::{self, AdminClient, CliError};
+use latch::config::{format_duration, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "latch",
+    version,
+    about = "Token introspection and revocation server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ConfigArg),
+    /// Validate a config file; names the exact key and reason on error.
+    Check(ConfigArg),
+    /// Print a random client secret and its secret_sha256.
+    GenSecret,
+    /// Revoke every token of a subject, session, client, one token, or all tokens.
+    Revoke(RevokeArgs),
+    /// List, rotate or revoke signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print audit records.
+    Audit {
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Config file.
+    #[arg(long, env = "LATCH_CONFIG", default_value = "config/latch.toml")]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct Remote {
+    /// Base URL of a running latch (admin credentials from LATCH_ADMIN_CLIENT_ID and
+    /// LATCH_ADMIN_CLIENT_SECRET).
+    #[arg(long, env = "LATCH_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["subject", "session", "client", "token", "all"])))]
+struct RevokeArgs {
+    #[arg(long)]
+    subject: Option<String>,
+    #[arg(long)]
+    session: Option<String>,
+    #[arg(long)]
+    client: Option<String>,
+    /// A token's jti.
+    #[arg(long)]
+    token: Option<String>,
+    /// Every token issued so far.
+    #[arg(long)]
+    all: bool,
+    /// Why: recorded in the audit log.
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List keys and their states.
+    List,
+    /// Rotate now: next signs, the active key starts retiring.
+    Rotate {
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Emergency revocation: the key and its tokens are dead at once.
+    Revoke {
+        kid: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(a) => serve(a.config),
+        Command::Check(a) => check(a.config),
+        Command::GenSecret => gen_secret(),
+        Command::Revoke(a) => operator(&a.remote.server.clone(), a.remote.json, |c| revoke(c, a)),
+        Command::Keys { command, remote } => {
+            operator(&remote.server, remote.json, |c| keys(c, command))
+        }
+        Command::Audit {
+            since,
+            limit,
+            remote,
+        } => operator(&remote.server, remote.json, move |c| audit(c, since, limit)),
+    }
+}
+
+/// Logs go to stderr (stdout carries the announce line and command output). `LATCH_LOG`
+/// or `RUST_LOG` set the filter; default `info`.
+fn init_logging() {
+    let filter = std::env::var("LATCH_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("latch: {}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("latch: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(latch::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("{}: ok", path.display());
+    println!(
+        "  issuer {}, listen {}, metrics {}",
+        config.issuer, config.listen, config.metrics.listen
+    );
+    println!(
+        "  store {} ({}), max_staleness {}",
+        config.store.kind,
+        match config.store.kind {
+            latch::config::StoreKind::Embedded => config.store.path.display().to_string(),
+            latch::config::StoreKind::Redis => "redis".into(),
+        },
+        format_duration(config.store.max_staleness)
+    );
+    println!(
+        "  keys {} rotate every {} published {} ahead; access tokens {}",
+        config.keys.algorithm.as_str(),
+        format_duration(config.keys.rotate_every),
+        format_duration(config.keys.publish_ahead),
+        format_duration(config.tokens.access_ttl)
+    );
+    println!(
+        "  {} clients, {} trusted issuers",
+        config.clients.len(),
+        config.trusted_issuers.len()
+    );
+    if config.has_demo_secret() {
+        println!("  warning: demo secrets configured; latch will listen on loopback only");
+    }
+    ExitCode::SUCCESS
+}
+
+fn gen_secret() -> ExitCode {
+    let mut bytes = [0u8; 32];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        eprintln!("latch: no randomness available");
+        return ExitCode::FAILURE;
+    }
+    let secret = URL_SAFE_NO_PAD.encode(bytes);
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    println!("secret         {secret}");
+    println!("secret_sha256  {hex}");
+    ExitCode::SUCCESS
+}
+
+/// Runs an operator verb against a server; prints its JSON or its table.
+fn operator<F, Fut>(server: &str, json: bool, f: F) -> ExitCode
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(Value, String), CliError>>,
+{
+    let result = AdminClient::from_env(server).and_then(|client| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::Unreachable {
+                server: server.to_string(),
+                reason: e.to_string(),
+            })?;
+        rt.block_on(f(client))
+    });
+    match result {
+        Ok((value, text)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("latch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn revoke(client: AdminClient, a: RevokeArgs) -> Result<(Value, String), CliError> {
+    let (kind, value) = if a.all {
+        ("all", None)
+    } else if let Some(v) = a.subject {
+        ("subject", Some(v))
+    } else if let Some(v) = a.session {
+        ("session", Some(v))
+    } else if let Some(v) = a.client {
+        ("client", Some(v))
+    } else {
+        ("token", a.token)
+    };
+    let mut body = json!({ "kind": kind, "reason": a.reason });
+    if let Some(v) = value {
+        body["value"] = json!(v);
+    }
+    let answer = client
+        .call(Method::POST, "/admin/revoke", Some(body))
+        .await?;
+    let target = match &answer["value"] {
+        Value::String(v) => format!("{kind} {v}"),
+        _ => "all tokens".to_string(),
+    };
+    let text = format!(
+        "revoked {target}: seq {}, at {} UTC",
+        answer["seq"],
+        cli::time_cell(&answer, "revoked_at")
+    );
+    Ok((answer, text))
+}
+
+async fn keys(client: AdminClient, command: KeysCommand) -> Result<(Value, String), CliError> {
+    let answer = match command {
+        KeysCommand::List => client.call(Method::GET, "/admin/keys", None).await?,
+        KeysCommand::Rotate { reason } => {
+            let body = json!({ "reason": reason });
+            client
+                .call(Method::POST, "/admin/keys/rotate", Some(body))
+                .await?
+        }
+        KeysCommand::Revoke { kid, reason } => {
+            let path = format!(
+                "/admin/keys/{}/revoke",
+                form_urlencoded::byte_serialize(kid.as_bytes()).collect::<String>()
+            );
+            client
+                .call(Method::POST, &path, Some(json!({ "reason": reason })))
+                .await?
+        }
+    };
+    let rows: Vec<Vec<String>> = answer["keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|k| {
+            vec![
+                cli::text_cell(k, "kid"),
+                cli::text_cell(k, "state"),
+                cli::text_cell(k, "alg"),
+                cli::time_cell(k, "created_at"),
+                cli::time_cell(k, "activates_at"),
+                cli::time_cell(k, "retires_at"),
+            ]
+        })
+        .collect();
+    let text = cli::table(
+        &[
+            "KID",
+            "STATE",
+            "ALG",
+            "CREATED (UTC)",
+            "ACTIVATES",
+            "RETIRES",
+        ],
+        &rows,
+    );
+    Ok((answer, text))
+}
+
+async fn audit(client: AdminClient, since: u64, limit: u32) -> Result<(Value, String), CliError> {
+    let path = format!("/admin/audit?since={since}&limit={limit}");
+    let answer = client.call(Method::GET, &path, None).await?;
+    let rows: Vec<Vec<String>> = answer["records"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            vec![
+                cli::text_cell(r, "seq"),
+                cli::time_cell(r, "time"),
+                cli::text_cell(r, "actor"),
+                cli::text_cell(r, "action"),
+                cli::text_cell(r, "target"),
+                cli::text_cell(r, "reason"),
+            ]
+        })
+        .collect();
+    let text = cli::table(
+        &["SEQ", "TIME (UTC)", "ACTOR", "ACTION", "TARGET", "REASON"],
+        &rows,
+    );
+    Ok((answer, text))
+}

@@ -1,0 +1,76 @@
+//! Every metric name and label of latch (SPEC §10), and the Prometheus recorder.
+//!
+//! Labels are bounded: endpoints, statuses, reasons, grants and kinds come from fixed sets.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "latch_requests_total";
+pub const REQUEST_DURATION: &str = "latch_request_duration_seconds";
+pub const INTROSPECTIONS_TOTAL: &str = "latch_introspections_total";
+pub const TOKENS_ISSUED_TOTAL: &str = "latch_tokens_issued_total";
+pub const REVOCATIONS_TOTAL: &str = "latch_revocations_total";
+pub const PROPAGATION: &str = "latch_revocation_propagation_seconds";
+pub const TABLE_ENTRIES: &str = "latch_revocation_table_entries";
+pub const STATE_AGE: &str = "latch_revocation_state_age_seconds";
+pub const SIGNING_KEYS: &str = "latch_signing_keys";
+pub const STORE_UP: &str = "latch_store_up";
+pub const CONNECTIONS_REFUSED: &str = "latch_connections_refused_total";
+
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .expect("static bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (a host embedding latch);
+            // rendering then shows nothing, which is visible, not wrong.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS_TOTAL, "HTTP requests by endpoint and status");
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by endpoint"
+    );
+    describe_counter!(INTROSPECTIONS_TOTAL, "Introspections by result and reason");
+    describe_counter!(TOKENS_ISSUED_TOTAL, "Access tokens issued by grant");
+    describe_counter!(
+        REVOCATIONS_TOTAL,
+        "Revocations accepted on this node by kind"
+    );
+    describe_histogram!(
+        PROPAGATION,
+        Unit::Seconds,
+        "Revocation event creation to applied on this node"
+    );
+    describe_gauge!(TABLE_ENTRIES, "Entries in the session-version table");
+    describe_gauge!(
+        STATE_AGE,
+        Unit::Seconds,
+        "Age of this node's confirmed view of the revocation log"
+    );
+    describe_gauge!(SIGNING_KEYS, "Signing keys by state");
+    describe_gauge!(STORE_UP, "1 when the last store round trip succeeded");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at the connection cap"
+    );
+}

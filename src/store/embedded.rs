@@ -1,0 +1,434 @@
+//! The embedded store: SQLite (WAL, `synchronous = FULL`) in the data directory.
+//!
+//! One process owns a data directory at a time (an advisory lock on `latch.lock`). All
+//! statements run on the blocking pool under one mutex, which also orders announcements:
+//! a revocation is committed, then announced, before the next one gets its seq.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::broadcast;
+
+use super::{
+    revocation_target, AuditRecord, BoxFuture, Head, KeySet, NewAudit, NewRevocation,
+    RevocationEvent, RevocationKind, Store, StoreError, StoreEvent,
+};
+use crate::keys::KeyRecord;
+use crate::time::now_ms;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    revoked_at_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    request_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    kid TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+";
+
+/// SQLite-backed [`Store`]. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The one connection; every statement runs under this lock on the blocking pool.
+    conn: Mutex<Connection>,
+    /// Announcements, sent while `conn` is held so they leave in commit order.
+    events: broadcast::Sender<StoreEvent>,
+    /// Held for the life of the store: the advisory lock on the data directory.
+    _lock: File,
+}
+
+// === impl EmbeddedStore ===
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Open(format!("create {}: {e}", dir.display())))?;
+        let lock_path = dir.join("latch.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open(format!("open {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Open(format!(
+                "{} is in use by another latch process",
+                dir.display()
+            ))
+        })?;
+        let conn = Connection::open(db_path(dir))
+            .map_err(|e| StoreError::Open(format!("open database: {e}")))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(|e| StoreError::Open(format!("configure database: {e}")))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| StoreError::Open(e.to_string()))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Open(format!(
+                "database schema {version} is newer than this latch ({SCHEMA_VERSION})"
+            )));
+        }
+        conn.execute_batch(SCHEMA)
+            .and_then(|_| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
+            .map_err(|e| StoreError::Open(format!("create schema: {e}")))?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                events,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    fn with_conn<T, F>(&self, f: F) -> BoxFuture<'_, Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &broadcast::Sender<StoreEvent>) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut conn, &inner.events)
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        })
+    }
+}
+
+fn db_path(dir: &Path) -> PathBuf {
+    dir.join("latch.db")
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn insert_audit(tx: &Connection, a: &NewAudit, time_ms: i64) -> rusqlite::Result<i64> {
+    tx.execute(
+        "INSERT INTO audit (time_ms, actor, action, target, reason, request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![time_ms, a.actor, a.action, a.target, a.reason, a.request_id],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn keys_version(conn: &Connection) -> rusqlite::Result<u64> {
+    let v: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'keys_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.unwrap_or(0) as u64)
+}
+
+fn audit_record(seq: i64, time_ms: i64, a: &NewAudit) -> AuditRecord {
+    AuditRecord {
+        seq: seq as u64,
+        time: time_ms.div_euclid(1000),
+        actor: a.actor.clone(),
+        action: a.action.clone(),
+        target: a.target.clone(),
+        reason: a.reason.clone(),
+        request_id: a.request_id.clone(),
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn append_revocation(
+        &self,
+        rev: NewRevocation,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        self.with_conn(move |conn, events| {
+            let now = now_ms();
+            let tx = conn.transaction().map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO revocations (kind, value, revoked_at_ms, reason, actor)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![rev.kind.as_str(), rev.value, now, rev.reason, rev.actor],
+            )
+            .map_err(unavailable)?;
+            let seq = tx.last_insert_rowid() as u64;
+            let audit = NewAudit {
+                actor: rev.actor.clone(),
+                action: "revoke".into(),
+                target: revocation_target(rev.kind, &rev.value),
+                reason: rev.reason.clone(),
+                request_id: rev.request_id.clone(),
+            };
+            let audit_seq = insert_audit(&tx, &audit, now).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            crate::audit::log(&audit_record(audit_seq, now, &audit));
+            let event = RevocationEvent {
+                seq,
+                kind: rev.kind,
+                value: rev.value,
+                revoked_at_ms: now,
+            };
+            let _ = events.send(StoreEvent::Revocation(event.clone()));
+            Ok(event)
+        })
+    }
+
+    fn revocations_after(
+        &self,
+        after: u64,
+        since_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<RevocationEvent>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, kind, value, revoked_at_ms FROM revocations
+                     WHERE seq > ?1 AND revoked_at_ms >= ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after as i64, since_ms, limit as i64], |r| {
+                    let kind: String = r.get(1)?;
+                    Ok(RevocationEvent {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        // Rows are only ever written from a parsed kind.
+                        kind: RevocationKind::parse(&kind).unwrap_or(RevocationKind::All),
+                        value: r.get(2)?,
+                        revoked_at_ms: r.get(3)?,
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<Head, StoreError>> {
+        self.with_conn(|conn, _| {
+            let seq: i64 = conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM revocations", [], |r| {
+                    r.get(0)
+                })
+                .map_err(unavailable)?;
+            Ok(Head {
+                revocation_seq: seq as u64,
+                keys_version: keys_version(conn).map_err(unavailable)?,
+            })
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn load_keys(&self) -> BoxFuture<'_, Result<KeySet, StoreError>> {
+        self.with_conn(|conn, _| {
+            let version = keys_version(conn).map_err(unavailable)?;
+            let mut stmt = conn
+                .prepare_cached("SELECT record FROM keys")
+                .map_err(unavailable)?;
+            let records = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            let keys = records
+                .iter()
+                .map(|json| {
+                    serde_json::from_str(json)
+                        .map_err(|e| StoreError::Unavailable(format!("corrupt key record: {e}")))
+                })
+                .collect::<Result<Vec<KeyRecord>, _>>()?;
+            Ok(KeySet { version, keys })
+        })
+    }
+
+    fn save_keys(
+        &self,
+        expected_version: u64,
+        upserts: Vec<KeyRecord>,
+        audit: Vec<NewAudit>,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.with_conn(move |conn, events| {
+            let now = now_ms();
+            let tx = conn.transaction().map_err(unavailable)?;
+            if keys_version(&tx).map_err(unavailable)? != expected_version {
+                return Err(StoreError::Conflict);
+            }
+            for k in &upserts {
+                let json =
+                    serde_json::to_string(k).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO keys (kid, record) VALUES (?1, ?2)
+                     ON CONFLICT(kid) DO UPDATE SET record = excluded.record",
+                    params![k.kid, json],
+                )
+                .map_err(unavailable)?;
+            }
+            let version = expected_version + 1;
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES ('keys_version', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![version as i64],
+            )
+            .map_err(unavailable)?;
+            let mut records = Vec::with_capacity(audit.len());
+            for a in &audit {
+                let seq = insert_audit(&tx, a, now).map_err(unavailable)?;
+                records.push(audit_record(seq, now, a));
+            }
+            tx.commit().map_err(unavailable)?;
+            records.iter().for_each(crate::audit::log);
+            let _ = events.send(StoreEvent::KeysChanged { version });
+            Ok(version)
+        })
+    }
+
+    fn append_audit(&self, audit: NewAudit) -> BoxFuture<'_, Result<AuditRecord, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let now = now_ms();
+            let seq = insert_audit(conn, &audit, now).map_err(unavailable)?;
+            let record = audit_record(seq, now, &audit);
+            crate::audit::log(&record);
+            Ok(record)
+        })
+    }
+
+    fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, time_ms, actor, action, target, reason, request_id FROM audit
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![after.min(i64::MAX as u64) as i64, limit as i64],
+                    |r| {
+                        Ok(AuditRecord {
+                            seq: r.get::<_, i64>(0)? as u64,
+                            time: r.get::<_, i64>(1)?.div_euclid(1000),
+                            actor: r.get(2)?,
+                            action: r.get(3)?,
+                            target: r.get(4)?,
+                            reason: r.get(5)?,
+                            request_id: r.get(6)?,
+                        })
+                    },
+                )
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(kind: RevocationKind, value: &str) -> NewRevocation {
+        NewRevocation {
+            kind,
+            value: value.into(),
+            reason: "test".into(),
+            actor: "admin".into(),
+            request_id: "r1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn revocations_get_gapless_seqs_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let mut feed = store.subscribe();
+            let a = store
+                .append_revocation(rev(RevocationKind::Subject, "alice"))
+                .await
+                .unwrap();
+            let b = store
+                .append_revocation(rev(RevocationKind::All, ""))
+                .await
+                .unwrap();
+            assert_eq!((a.seq, b.seq), (1, 2));
+            match feed.recv().await.unwrap() {
+                StoreEvent::Revocation(e) => assert_eq!(e, a),
+                other => panic!("unexpected {other:?}"),
+            }
+            let audit = store.audit_after(0, 10).await.unwrap();
+            let targets: Vec<_> = audit.iter().map(|r| r.target.as_str()).collect();
+            assert_eq!(targets, ["subject:alice", "all"]);
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.head().await.unwrap().revocation_seq, 2);
+        let all = store.revocations_after(0, 0, 100).await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].value, "alice");
+        let later = store.revocations_after(1, 0, 100).await.unwrap();
+        assert_eq!(later.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            EmbeddedStore::open(dir.path()),
+            Err(StoreError::Open(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn save_keys_is_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let v1 = store.save_keys(0, vec![], vec![]).await.unwrap();
+        assert_eq!(v1, 1);
+        assert!(matches!(
+            store.save_keys(0, vec![], vec![]).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(store.load_keys().await.unwrap().version, 1);
+    }
+}

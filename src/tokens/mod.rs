@@ -1,0 +1,191 @@
+//! Access tokens (RFC 9068 JWT profile): claims, issuance, and the decision whether a
+//! presented token is active.
+//!
+//! **Architecture Invariant:** no IO and no clock here. Callers pass the key ring, the
+//! revocation table and `now`; the answer is a [`Decision`], and "inactive" is a decision
+//! with a [`Reason`], never an error.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Header, Validation};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::keys::{KeyRefusal, KeyRing, Signer};
+use crate::revocation::{Stamp, Table};
+
+/// `typ` of every access token (RFC 9068 §2.1).
+pub const TYP: &str = "at+jwt";
+
+/// Longest token text worth parsing; ours are far shorter. Longer is malformed.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// The claims latch puts in an access token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Revocation stamp: the issuing node's `applied` watermark (SPEC §5).
+    pub rsq: u64,
+}
+
+impl AccessClaims {
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            jti: &self.jti,
+            sid: self.sid.as_deref(),
+            sub: &self.sub,
+            client_id: &self.client_id,
+            rsq: self.rsq,
+        }
+    }
+}
+
+/// Why a token is not active. Goes to metrics and debug logs, never to the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Malformed,
+    TooLarge,
+    UnknownKey,
+    KeyNotSigning,
+    RetiredKey,
+    RevokedKey,
+    WrongAlgorithm,
+    WrongType,
+    BadSignature,
+    WrongIssuer,
+    Expired,
+    NotYetValid,
+    Revoked,
+    Audience,
+    UnknownClient,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::TooLarge => "too_large",
+            Reason::UnknownKey => "unknown_key",
+            Reason::KeyNotSigning => "key_not_signing",
+            Reason::RetiredKey => "retired_key",
+            Reason::RevokedKey => "revoked_key",
+            Reason::WrongAlgorithm => "wrong_algorithm",
+            Reason::WrongType => "wrong_type",
+            Reason::BadSignature => "bad_signature",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::Revoked => "revoked",
+            Reason::Audience => "audience",
+            Reason::UnknownClient => "unknown_client",
+        }
+    }
+}
+
+/// Everything a decision depends on.
+pub struct Verifier<'a> {
+    pub ring: &'a KeyRing,
+    pub table: &'a Table,
+    pub issuer: &'a str,
+    pub leeway_secs: i64,
+    pub now_ms: i64,
+}
+
+impl Verifier<'_> {
+    /// Signature, key state, type, issuer and time: whether latch issued this token and
+    /// it can be alive now. Revocation is [`Verifier::decide`]'s next step.
+    pub fn authentic(&self, token: &str) -> Result<AccessClaims, Reason> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(Reason::TooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Reason::Malformed)?;
+        let kid = header.kid.as_deref().ok_or(Reason::UnknownKey)?;
+        let key = self.ring.get(kid).ok_or(Reason::UnknownKey)?;
+        key.check(self.now_ms).map_err(|r| match r {
+            KeyRefusal::Unknown => Reason::UnknownKey,
+            KeyRefusal::NotSigning => Reason::KeyNotSigning,
+            KeyRefusal::Retired => Reason::RetiredKey,
+            KeyRefusal::Revoked => Reason::RevokedKey,
+        })?;
+        // Only the algorithm recorded with the key: no `none`, no HMAC with a public key.
+        if header.alg != key.alg.jwt() {
+            return Err(Reason::WrongAlgorithm);
+        }
+        if !header.typ.as_deref().is_some_and(is_access_token_type) {
+            return Err(Reason::WrongType);
+        }
+        let mut validation = Validation::new(key.alg.jwt());
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => Reason::BadSignature,
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => Reason::WrongAlgorithm,
+                _ => Reason::Malformed,
+            })?;
+        let claims = data.claims;
+        if claims.iss != self.issuer {
+            return Err(Reason::WrongIssuer);
+        }
+        let now = self.now_ms.div_euclid(1000);
+        if now >= claims.exp.saturating_add(self.leeway_secs) {
+            return Err(Reason::Expired);
+        }
+        if now.saturating_add(self.leeway_secs) < claims.nbf {
+            return Err(Reason::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// The full decision: authentic and not revoked.
+    pub fn decide(&self, token: &str) -> Result<AccessClaims, Reason> {
+        let claims = self.authentic(token)?;
+        if self.table.is_revoked(&claims.stamp()) {
+            return Err(Reason::Revoked);
+        }
+        Ok(claims)
+    }
+}
+
+/// RFC 9068 §4: `at+jwt`, or the full media type, case-insensitively.
+fn is_access_token_type(typ: &str) -> bool {
+    typ.eq_ignore_ascii_case(TYP) || typ.eq_ignore_ascii_case("application/at+jwt")
+}
+
+/// Signs claims with the active key.
+pub fn sign(signer: &Signer, claims: &AccessClaims) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut header = Header::new(signer.alg.jwt());
+    header.typ = Some(TYP.to_string());
+    header.kid = Some(signer.kid.clone());
+    jsonwebtoken::encode(&header, claims, &signer.encoding)
+}
+
+/// 128 random bits, base64url: token ids, session ids.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SystemRandom fails only if the OS has no randomness, where nothing is safe anyway.
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("operating system randomness");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests;
