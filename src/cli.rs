@@ -185,7 +185,7 @@ mod tests {
     fn formats_unix_time() {
         assert_eq!(format_unix(0), "1970-01-01 00:00:00");
         assert_eq!(format_unix(951_782_400), "2000-02-29 00:00:00");
-        assert_eq!(format_unix(1_795_000_000), "2026-11-19 09:46:40");
+        assert_eq!(format_unix(1_795_000_000), "2026-11-18 11:06:40");
     }
 
     #[test]

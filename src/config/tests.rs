@@ -1,1 +1,193 @@
+use super::*;
 
+const GOOD: &str = r#"
+issuer = "https://auth.example"
+listen = "127.0.0.1:0"
+[tokens]
+access_ttl = "10m"
+[[clients]]
+id = "svc"
+secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+grants = ["client_credentials"]
+scopes = ["a"]
+audiences = ["https://api"]
+"#;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml(
+        text,
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+fn err_key(text: &str, env: &[(&str, &str)]) -> String {
+    load(text, env).expect_err("must be refused").key
+}
+
+#[test]
+fn defaults_fill_missing_sections() {
+    let c = load(GOOD, &[]).unwrap();
+    assert_eq!(c.tokens.access_ttl, Duration::from_secs(600));
+    assert_eq!(c.tokens.leeway, Duration::from_secs(30));
+    assert_eq!(c.keys.algorithm, Alg::EdDSA);
+    assert_eq!(c.keys.rotate_every, Duration::from_secs(86400));
+    assert_eq!(c.store.kind, StoreKind::Embedded);
+    assert_eq!(c.store.max_staleness, Duration::from_secs(2));
+    assert_eq!(c.limits.max_body_bytes, 16384);
+    assert_eq!(c.metrics.listen, "127.0.0.1:9090".parse().unwrap());
+    assert!(c.jwks_max_age() < c.keys.publish_ahead);
+}
+
+#[test]
+fn environment_overrides_keys_and_sections() {
+    let c = load(
+        GOOD,
+        &[
+            ("LATCH_TOKENS__ACCESS_TTL", "2m"),
+            ("LATCH_LIMITS__MAX_BODY_BYTES", "4096"),
+            ("LATCH_STORE__PATH", "/var/lib/latch"),
+            ("LATCH_ISSUER", "https://other.example"),
+            ("LATCH_CLIENTS__0__SCOPES", r#"["a", "b"]"#),
+            ("LATCH_KEK", "not a config key"),
+            ("UNRELATED", "x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.tokens.access_ttl, Duration::from_secs(120));
+    assert_eq!(c.limits.max_body_bytes, 4096);
+    assert_eq!(c.store.path, PathBuf::from("/var/lib/latch"));
+    assert_eq!(c.issuer, "https://other.example");
+    assert_eq!(c.clients[0].scopes, ["a", "b"]);
+}
+
+#[test]
+fn errors_name_the_exact_key() {
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        ("[tokens]\naccess_ttl = \"2h\"", &[], "tokens.access_ttl"),
+        (
+            "[tokens]\naccess_ttl = \"5 parsecs\"",
+            &[],
+            "tokens.access_ttl",
+        ),
+        ("[tokens]\nleeway = \"1h\"", &[], "tokens.leeway"),
+        ("[keys]\npublish_ahead = \"48h\"", &[], "keys.publish_ahead"),
+        ("[keys]\nalgorithm = \"HS256\"", &[], "keys.algorithm"),
+        (
+            "[store]\nkind = \"redis\"\nredis_url = \"\"",
+            &[],
+            "store.redis_url",
+        ),
+        ("[store]\nbogus = 1", &[], "store"),
+        ("[limits]\nmax_body_bytes = 1", &[], "limits.max_body_bytes"),
+        (
+            "",
+            &[("LATCH_TOKENS__ACCESS_TTL", "3h")],
+            "tokens.access_ttl",
+        ),
+        ("", &[("LATCH_CLIENTS__5__ID", "x")], "clients.5.id"),
+    ];
+    for (extra, env, key) in cases {
+        // Sections in `extra` must come before the [[clients]] array of GOOD.
+        let base = GOOD.replace("[tokens]\naccess_ttl = \"10m\"\n", "");
+        let (head, clients) = base.split_at(base.find("[[clients]]").unwrap());
+        let text = format!("{head}\n{extra}\n{clients}");
+        let got = err_key(&text, env);
+        assert!(
+            got.starts_with(key),
+            "{extra:?} {env:?}: got key {got:?}, want {key:?}"
+        );
+    }
+}
+
+#[test]
+fn client_errors_name_index_and_field() {
+    let bad = |field: &str, value: &str| GOOD.replace(field, value);
+    assert_eq!(
+        err_key(
+            &bad("secret_sha256 = \"0000", "secret_sha256 = \"zz00"),
+            &[]
+        ),
+        "clients[0].secret_sha256"
+    );
+    assert_eq!(
+        err_key(
+            &bad(
+                "grants = [\"client_credentials\"]",
+                "grants = [\"password\"]"
+            ),
+            &[]
+        ),
+        "clients[0].grants[0]"
+    );
+    assert_eq!(
+        err_key(
+            &bad(
+                "audiences = [\"https://api\"]",
+                "audiences = []\nroles = [\"root\"]"
+            ),
+            &[]
+        ),
+        "clients[0].roles[0]"
+    );
+    assert_eq!(
+        err_key(&bad("audiences = [\"https://api\"]", "audiences = []"), &[]),
+        "clients[0].audiences"
+    );
+    let twice = format!("{GOOD}{}", &GOOD[GOOD.find("[[clients]]").unwrap()..]);
+    assert_eq!(err_key(&twice, &[]), "clients[1].id");
+    assert_eq!(
+        err_key(
+            &GOOD.replace("issuer = \"https://auth.example\"", "issuer = \"auth\""),
+            &[]
+        ),
+        "issuer"
+    );
+}
+
+#[test]
+fn demo_secrets_keep_latch_on_loopback() {
+    let demo = GOOD.replace(
+        "0000000000000000000000000000000000000000000000000000000000000001",
+        DEMO_SECRET_SHA256[0],
+    );
+    assert!(load(&demo, &[]).unwrap().has_demo_secret());
+    let e = load(&demo, &[("LATCH_LISTEN", "0.0.0.0:8080")]).unwrap_err();
+    assert_eq!(e.key, "listen");
+    assert!(load(&demo, &[("LATCH_LISTEN", "[::1]:8080")]).is_ok());
+    assert!(load(GOOD, &[("LATCH_LISTEN", "0.0.0.0:8080")]).is_ok());
+}
+
+#[test]
+fn the_shipped_config_is_valid_and_demo() {
+    let text = include_str!("../../config/latch.toml");
+    let c = load(text, &[]).unwrap();
+    assert!(c.has_demo_secret());
+    assert_eq!(c.store.kind, StoreKind::Embedded);
+}
+
+#[test]
+fn durations() {
+    let ok = [
+        ("500ms", 500),
+        ("2s", 2000),
+        ("5m", 300_000),
+        ("1h30m", 5_400_000),
+        ("30d", 2_592_000_000),
+    ];
+    for (text, ms) in ok {
+        assert_eq!(
+            parse_duration(text).unwrap(),
+            Duration::from_millis(ms),
+            "{text}"
+        );
+        assert_eq!(
+            parse_duration(&format_duration(Duration::from_millis(ms)))
+                .unwrap()
+                .as_millis(),
+            ms as u128
+        );
+    }
+    for bad in ["", "5", "m", "5 m", "1y", "-1s", "1.5h"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+    }
+}
