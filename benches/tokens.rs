@@ -1,1 +1,88 @@
-fn main() {}
+//! Sign and verify per algorithm, and the full in-process decision for an active token.
+//!
+//! `cargo bench --bench tokens`; results and the machine are in docs/PERFORMANCE.md.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+
+use latch::keys::{material, Alg, Kek, KeyRecord, KeyRing, KeyState};
+use latch::revocation::Table;
+use latch::store::{RevocationEvent, RevocationKind};
+use latch::tokens::{self, AccessClaims, Verifier};
+
+const NOW_MS: i64 = 1_800_000_000_000;
+
+fn ring(alg: Alg) -> KeyRing {
+    let kek = Kek::from_bytes(&[1u8; 32]).unwrap();
+    let g = material::generate(alg).unwrap();
+    let kid = material::thumbprint(&g.public_jwk);
+    let record = KeyRecord {
+        sealed_private: kek.seal(&kid, &g.private_der).unwrap(),
+        kid,
+        alg,
+        state: KeyState::Active,
+        created_at_ms: NOW_MS,
+        activates_at_ms: Some(NOW_MS),
+        retiring_at_ms: None,
+        retires_at_ms: None,
+        revoked_at_ms: None,
+        public_jwk: g.public_jwk,
+    };
+    KeyRing::build(1, vec![record], &kek)
+}
+
+fn claims() -> AccessClaims {
+    let now = NOW_MS / 1000;
+    AccessClaims {
+        iss: "https://latch.bench".into(),
+        sub: "orders-service".into(),
+        aud: "https://orders.example".into(),
+        exp: now + 300,
+        iat: now,
+        nbf: now,
+        jti: tokens::random_id(),
+        client_id: "orders-service".into(),
+        scope: "orders:read orders:write".into(),
+        sid: None,
+        act: None,
+        username: None,
+        rsq: 42,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    for alg in [Alg::EdDSA, Alg::ES256, Alg::RS256] {
+        let ring = ring(alg);
+        let table = Table::new();
+        // Some unrelated revocations, so the table lookups are not against empty maps.
+        for i in 0..10_000u64 {
+            table.insert(
+                &RevocationEvent {
+                    seq: i + 1,
+                    kind: RevocationKind::Subject,
+                    value: format!("user-{i}"),
+                    revoked_at_ms: NOW_MS,
+                },
+                3_600_000,
+            );
+        }
+        let signer = ring.signer().unwrap();
+        let token = tokens::sign(signer, &claims()).unwrap();
+        let verifier = Verifier {
+            ring: &ring,
+            table: &table,
+            issuer: "https://latch.bench",
+            leeway_secs: 30,
+            now_ms: NOW_MS,
+        };
+        let name = alg.as_str();
+        c.bench_function(&format!("sign/{name}"), |b| {
+            b.iter(|| tokens::sign(signer, black_box(&claims())).unwrap())
+        });
+        c.bench_function(&format!("decide/{name}"), |b| {
+            b.iter(|| verifier.decide(black_box(&token)).unwrap())
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -212,11 +212,11 @@ impl Config {
         let config = Config {
             issuer: raw.issuer,
             listen: raw.listen,
-            metrics: raw.metrics.unwrap_or_else(|| from_empty()),
-            tokens: raw.tokens.unwrap_or_else(|| from_empty()),
-            keys: raw.keys.unwrap_or_else(|| from_empty()),
-            store: raw.store.unwrap_or_else(|| from_empty()),
-            limits: raw.limits.unwrap_or_else(|| from_empty()),
+            metrics: raw.metrics.unwrap_or_else(from_empty),
+            tokens: raw.tokens.unwrap_or_else(from_empty),
+            keys: raw.keys.unwrap_or_else(from_empty),
+            store: raw.store.unwrap_or_else(from_empty),
+            limits: raw.limits.unwrap_or_else(from_empty),
             clients: raw.clients,
             trusted_issuers: raw.trusted_issuers,
         };
@@ -547,12 +547,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Formats a duration the way the config writes it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();
     for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if s >= n && s % n == 0 {
+        if s >= n && s.is_multiple_of(n) {
             return format!("{}{unit}", s / n);
         }
     }

@@ -62,7 +62,8 @@ fn environment_overrides_keys_and_sections() {
 
 #[test]
 fn errors_name_the_exact_key() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("[tokens]\naccess_ttl = \"2h\"", &[], "tokens.access_ttl"),
         (
             "[tokens]\naccess_ttl = \"5 parsecs\"",

@@ -203,7 +203,8 @@ mod tests {
 
     #[test]
     fn form_rules() {
-        let cases: &[(&[u8], Result<&[(&str, &str)], &str>)] = &[
+        type Case<'a> = (&'a [u8], Result<&'a [(&'a str, &'a str)], &'a str>);
+        let cases: &[Case] = &[
             (
                 b"token=abc&token_type_hint=access_token",
                 Ok(&[("token", "abc"), ("token_type_hint", "access_token")]),
