@@ -62,6 +62,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub clients: Vec<ClientConfig>,
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
+    /// SHA-256 (hex, first 16 chars) of the effective config, environment included:
+    /// recorded in the audit log at every start, so config changes are visible there.
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +207,13 @@ impl Config {
         for (name, raw) in env {
             overlay_env(&mut value, &name, &raw)?;
         }
+        let effective = toml::to_string(&value).unwrap_or_default();
+        let digest: String = ring::digest::digest(&ring::digest::SHA256, effective.as_bytes())
+            .as_ref()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { "(top)".into() } else { key };
@@ -219,6 +229,7 @@ impl Config {
             limits: raw.limits.unwrap_or_else(from_empty),
             clients: raw.clients,
             trusted_issuers: raw.trusted_issuers,
+            digest,
         };
         config.validate()?;
         Ok(config)

@@ -83,6 +83,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         FollowerConfig::new(config.revocation_retention(), config.store.max_staleness),
     );
     follower.load().await?;
+    store
+        .append_audit(store::NewAudit {
+            actor: "latch".into(),
+            action: "config_load".into(),
+            target: format!("config:{}", config.digest),
+            reason: format!("node start, {} clients", config.clients.len()),
+            request_id: String::new(),
+        })
+        .await?;
 
     let listener = bind(config.listen).await?;
     let metrics_listener = bind(config.metrics.listen).await?;
