@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -57,8 +58,6 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("store kind redis is not available in this version; use kind = \"embedded\"")]
-    RedisUnavailable,
 }
 
 /// Runs a node until `shutdown` resolves, then drains in-flight requests and returns.
@@ -67,7 +66,7 @@ pub enum StartError {
 /// listeners are bound; `/readyz` answers 200 once keys and revocations are loaded.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let prometheus = metrics::install();
-    let (store, kek) = open_store(&config)?;
+    let (store, kek) = open_store(&config).await?;
     let keys = Arc::new(Keys::new(
         store.clone(),
         kek,
@@ -131,7 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
+async fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
     let kek_env = std::env::var("LATCH_KEK").ok();
     match config.store.kind {
         StoreKind::Embedded => {
@@ -140,8 +139,13 @@ fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
             Ok((Arc::new(store), kek))
         }
         StoreKind::Redis => {
-            Kek::load(kek_env, None)?;
-            Err(StartError::RedisUnavailable)
+            // Refuse before connecting: without LATCH_KEK there is nothing to do.
+            let kek = Kek::load(kek_env, None)?;
+            let url = config.store.redis_url.as_deref().unwrap_or_default();
+            let timeout = (config.store.max_staleness / 2)
+                .clamp(Duration::from_millis(100), Duration::from_secs(2));
+            let store = store::redis::RedisStore::connect(url, timeout).await?;
+            Ok((Arc::new(store), kek))
         }
     }
 }

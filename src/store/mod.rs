@@ -5,7 +5,8 @@
 //! announcement alone: [`Store::head`] tells how far the log goes, and the follower
 //! (`revocation::follower`) fills any gap from [`Store::revocations_after`].
 //!
-//! `embedded.rs` is SQLite in the data directory. Nothing else in latch speaks SQL.
+//! `embedded.rs` is SQLite in the data directory, `redis.rs` is Redis; nothing else in
+//! latch speaks SQL or Redis.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::keys::KeyRecord;
 
 pub mod embedded;
+pub mod redis;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
