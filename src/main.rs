@@ -143,7 +143,7 @@ fn init_logging() {
         .init();
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("latch: {}: {e}", path.display());
         ExitCode::from(2)
