@@ -131,6 +131,16 @@ impl Follower {
     async fn poll(&self) -> Result<(), StoreError> {
         let started = now_ms();
         let head = self.store.head().await?;
+        if head.revocation_seq < self.table.applied() {
+            // The store lost acknowledged revocations (e.g. Redis restarted without its
+            // AOF). Nothing this node could answer would be safe: stay stale, loudly.
+            return Err(StoreError::Unavailable(format!(
+                "the store's revocation log went back from seq {} to {}; restart this node \
+                 after checking the store's persistence",
+                self.table.applied(),
+                head.revocation_seq
+            )));
+        }
         if head.revocation_seq > self.table.applied() {
             self.catch_up(head, true).await?;
         }
