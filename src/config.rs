@@ -335,12 +335,18 @@ impl Config {
                 ));
             }
         }
-        if self.has_demo_secret() && !self.listen.ip().is_loopback() {
-            return Err(ConfigError::new(
-                "listen",
-                "a demo client secret from the shipped config is configured; latch listens only \
-                 on a loopback address until every demo secret is replaced (latch gen-secret)",
-            ));
+        if let Some(i) = self.demo_secret_client() {
+            if !self.listen.ip().is_loopback() {
+                return Err(ConfigError::new(
+                    "listen",
+                    format!(
+                        "client {:?} (clients[{i}].secret_sha256) uses a published demo secret; \
+                         latch listens only on a loopback address until every demo secret is \
+                         replaced (latch gen-secret)",
+                        self.clients[i].id
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -417,7 +423,12 @@ impl Config {
 
     /// True when any configured client uses a secret published with latch.
     pub fn has_demo_secret(&self) -> bool {
-        self.clients.iter().any(|c| {
+        self.demo_secret_client().is_some()
+    }
+
+    /// Index of the first client whose secret is a published demo secret.
+    fn demo_secret_client(&self) -> Option<usize> {
+        self.clients.iter().position(|c| {
             DEMO_SECRET_SHA256
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(&c.secret_sha256))

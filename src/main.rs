@@ -65,10 +65,15 @@ struct ConfigArg {
 struct Remote {
     /// Base URL of a running latch (admin credentials from LATCH_ADMIN_CLIENT_ID and
     /// LATCH_ADMIN_CLIENT_SECRET).
-    #[arg(long, env = "LATCH_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "LATCH_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     server: String,
     /// Print the server's JSON answer instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -106,7 +111,7 @@ enum KeysCommand {
     /// Emergency revocation: the key and its tokens are dead at once.
     Revoke {
         kid: String,
-        #[arg(long)]
+        #[arg(long, default_value = "")]
         reason: String,
     },
 }

@@ -28,10 +28,18 @@ pub fn admin(app: &App, parts: &Parts) -> Result<std::sync::Arc<Client>, ApiErro
     Ok(client)
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(parts: &Parts, body: &'a [u8]) -> Result<T, ApiError> {
+/// A JSON object body. (serde would also accept an array for a struct, by position.)
+fn parse_json<T: serde::de::DeserializeOwned>(parts: &Parts, body: &[u8]) -> Result<T, ApiError> {
     require_content_type(parts, "application/json")?;
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+    let invalid =
+        |e: serde_json::Error| ApiError::InvalidRequest(format!("invalid JSON body: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+    if !value.is_object() {
+        return Err(ApiError::InvalidRequest(
+            "the JSON body must be an object".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(invalid)
 }
 
 #[derive(Deserialize)]
