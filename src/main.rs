@@ -110,6 +110,8 @@ enum KeysCommand {
     },
     /// Emergency revocation: the key and its tokens are dead at once.
     Revoke {
+        /// The key id (a thumbprint; it may start with '-').
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         #[arg(long, default_value = "")]
         reason: String,

@@ -729,7 +729,13 @@ pub fn form(params: &[(&str, &str)]) -> String {
 
 impl Http {
     pub fn new(addr: SocketAddr) -> Http {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        // Idle connections are dropped well before the shortest server-side
+        // header_read_timeout used in tests (1s), which also closes idle keep-alives:
+        // reusing such a connection races with its close.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_millis(500))
+            .build_http();
         Http { addr, client }
     }
 
