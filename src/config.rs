@@ -286,11 +286,16 @@ impl Config {
             ));
         }
         let s = &self.store;
-        if s.kind == StoreKind::Redis && s.redis_url.as_deref().unwrap_or("").is_empty() {
-            return Err(ConfigError::new(
-                "store.redis_url",
-                "required when store.kind = \"redis\"",
-            ));
+        if s.kind == StoreKind::Redis {
+            let url = s.redis_url.as_deref().unwrap_or("");
+            if url.is_empty() {
+                return Err(ConfigError::new(
+                    "store.redis_url",
+                    "required when store.kind = \"redis\"",
+                ));
+            }
+            crate::store::redis::topology::Target::parse(url)
+                .map_err(|reason| ConfigError::new("store.redis_url", reason))?;
         }
         if s.kind == StoreKind::Embedded && s.path.as_os_str().is_empty() {
             return Err(ConfigError::new("store.path", "must not be empty"));

@@ -79,6 +79,16 @@ fn errors_name_the_exact_key() {
             "store.redis_url",
         ),
         ("[store]\nbogus = 1", &[], "store"),
+        (
+            "[store]\nkind = \"redis\"\nredis_url = \"http://x\"",
+            &[],
+            "store.redis_url",
+        ),
+        (
+            "[store]\nkind = \"redis\"\nredis_url = \"redis+sentinel://a:1\"",
+            &[],
+            "store.redis_url",
+        ),
         ("[limits]\nmax_body_bytes = 1", &[], "limits.max_body_bytes"),
         (
             "",

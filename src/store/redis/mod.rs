@@ -18,15 +18,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
+
+use topology::{Conn, Target, Topology};
 
 use super::{
     revocation_target, AuditRecord, BoxFuture, Head, KeySet, NewAudit, NewRevocation,
     RevocationEvent, RevocationKind, Store, StoreError, StoreEvent,
 };
 use crate::keys::KeyRecord;
+
+pub mod topology;
 
 const REV_SEQ: &str = "{latch}:rev:seq";
 const REV_LOG: &str = "{latch}:rev:log";
@@ -80,6 +83,11 @@ redis.call('PUBLISH', ARGV[2], 'keys\\n' .. nv)
 return out
 ";
 
+/// The key set and its version, read together. KEYS: keys keys:version.
+const LOAD_KEYS: &str = "
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HVALS', KEYS[1])}
+";
+
 /// KEYS: audit:seq audit:log. ARGV: actor action target reason request_id.
 const AUDIT: &str = "
 local aseq = redis.call('INCR', KEYS[1])
@@ -96,10 +104,11 @@ pub struct RedisStore {
 
 struct Inner {
     /// Commands; reconnects by itself, fails fast while Redis is away.
-    conn: ConnectionManager,
+    conn: Conn,
     events: broadcast::Sender<StoreEvent>,
     revoke: Script,
     save_keys: Script,
+    load_keys: Script,
     audit: Script,
 }
 
@@ -115,15 +124,11 @@ impl RedisStore {
     /// Connects, and starts the task that forwards announcements. `timeout` bounds every
     /// round trip, so a hung Redis shows up as staleness, not as a stuck request.
     pub async fn connect(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|e| StoreError::Open(format!("redis_url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
+        let target = Target::parse(url).map_err(|e| StoreError::Open(format!("redis_url {e}")))?;
+        let topology = Topology::new(target, timeout)
+            .map_err(|e| StoreError::Open(format!("redis_url: {e}")))?;
+        let conn = topology
+            .connect()
             .await
             .map_err(|e| StoreError::Open(format!("cannot connect to redis: {e}")))?;
         let (events, _) = broadcast::channel(4096);
@@ -132,13 +137,14 @@ impl RedisStore {
             events,
             revoke: script(REVOKE),
             save_keys: script(SAVE_KEYS),
+            load_keys: Script::new(LOAD_KEYS),
             audit: script(AUDIT),
         });
-        tokio::spawn(forward_announcements(client, Arc::downgrade(&inner)));
+        tokio::spawn(forward_announcements(topology, Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 }
@@ -146,14 +152,18 @@ impl RedisStore {
 /// Subscribes to the announcement channel and forwards what arrives, reconnecting with
 /// backoff. Lost messages are not a correctness problem: the follower's head checks
 /// find the gap and read the log.
-async fn forward_announcements(client: redis::Client, store: std::sync::Weak<Inner>) {
+async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>) {
     let mut backoff = Duration::from_millis(50);
-    loop {
+    for attempt in 0.. {
         // Ends with the store.
         let Some(tx) = store.upgrade().map(|inner| inner.events.clone()) else {
             return;
         };
-        match client.get_async_pubsub().await {
+        let pubsub = match topology.pubsub_client(attempt).await {
+            Ok(client) => client.get_async_pubsub().await,
+            Err(e) => Err(e),
+        };
+        match pubsub {
             Ok(mut pubsub) => match pubsub.subscribe(CHANNEL).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
@@ -350,12 +360,12 @@ impl Store for RedisStore {
 
     fn load_keys(&self) -> BoxFuture<'_, Result<KeySet, StoreError>> {
         Box::pin(async move {
-            // One round trip, so the records and the version belong together.
-            let (records, version): (Vec<String>, Option<u64>) = redis::pipe()
-                .atomic()
-                .hvals(KEYS)
-                .get(KEYS_VERSION)
-                .query_async(&mut self.conn())
+            let (version, records): (u64, Vec<String>) = self
+                .inner
+                .load_keys
+                .key(KEYS)
+                .key(KEYS_VERSION)
+                .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
             let keys = records
@@ -365,10 +375,7 @@ impl Store for RedisStore {
                         .map_err(|e| StoreError::Unavailable(format!("corrupt key record: {e}")))
                 })
                 .collect::<Result<Vec<KeyRecord>, _>>()?;
-            Ok(KeySet {
-                version: version.unwrap_or(0),
-                keys,
-            })
+            Ok(KeySet { version, keys })
         })
     }
 
