@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use super::{
-    revocation_target, AuditRecord, BoxFuture, Head, KeySet, NewAudit, NewRevocation,
-    RevocationEvent, RevocationKind, Store, StoreError, StoreEvent,
+    decode_key_records, encode_key_record, revocation_target, AuditRecord, BoxFuture, Head, KeySet,
+    NewAudit, NewRevocation, RevocationEvent, RevocationKind, Store, StoreError, StoreEvent,
 };
 use crate::keys::KeyRecord;
 use crate::time::now_ms;
@@ -138,13 +138,13 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn insert_audit(tx: &Connection, a: &NewAudit, time_ms: i64) -> rusqlite::Result<i64> {
+fn insert_audit(tx: &Connection, a: &NewAudit, time_ms: i64) -> rusqlite::Result<u64> {
     tx.execute(
         "INSERT INTO audit (time_ms, actor, action, target, reason, request_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![time_ms, a.actor, a.action, a.target, a.reason, a.request_id],
     )?;
-    Ok(tx.last_insert_rowid())
+    Ok(tx.last_insert_rowid() as u64)
 }
 
 fn keys_version(conn: &Connection) -> rusqlite::Result<u64> {
@@ -156,18 +156,6 @@ fn keys_version(conn: &Connection) -> rusqlite::Result<u64> {
         )
         .optional()?;
     Ok(v.unwrap_or(0) as u64)
-}
-
-fn audit_record(seq: i64, time_ms: i64, a: &NewAudit) -> AuditRecord {
-    AuditRecord {
-        seq: seq as u64,
-        time: time_ms.div_euclid(1000),
-        actor: a.actor.clone(),
-        action: a.action.clone(),
-        target: a.target.clone(),
-        reason: a.reason.clone(),
-        request_id: a.request_id.clone(),
-    }
 }
 
 impl Store for EmbeddedStore {
@@ -198,7 +186,7 @@ impl Store for EmbeddedStore {
             };
             let audit_seq = insert_audit(&tx, &audit, now).map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
-            crate::audit::log(&audit_record(audit_seq, now, &audit));
+            crate::audit::log(&audit.recorded(audit_seq, now));
             let event = RevocationEvent {
                 seq,
                 kind: rev.kind,
@@ -268,13 +256,7 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(unavailable)?;
-            let keys = records
-                .iter()
-                .map(|json| {
-                    serde_json::from_str(json)
-                        .map_err(|e| StoreError::Unavailable(format!("corrupt key record: {e}")))
-                })
-                .collect::<Result<Vec<KeyRecord>, _>>()?;
+            let keys = decode_key_records(&records)?;
             Ok(KeySet { version, keys })
         })
     }
@@ -292,8 +274,7 @@ impl Store for EmbeddedStore {
                 return Err(StoreError::Conflict);
             }
             for k in &upserts {
-                let json =
-                    serde_json::to_string(k).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let json = encode_key_record(k)?;
                 tx.execute(
                     "INSERT INTO keys (kid, record) VALUES (?1, ?2)
                      ON CONFLICT(kid) DO UPDATE SET record = excluded.record",
@@ -311,7 +292,7 @@ impl Store for EmbeddedStore {
             let mut records = Vec::with_capacity(audit.len());
             for a in &audit {
                 let seq = insert_audit(&tx, a, now).map_err(unavailable)?;
-                records.push(audit_record(seq, now, a));
+                records.push(a.recorded(seq, now));
             }
             tx.commit().map_err(unavailable)?;
             records.iter().for_each(crate::audit::log);
@@ -324,7 +305,7 @@ impl Store for EmbeddedStore {
         self.with_conn(move |conn, _| {
             let now = now_ms();
             let seq = insert_audit(conn, &audit, now).map_err(unavailable)?;
-            let record = audit_record(seq, now, &audit);
+            let record = audit.recorded(seq, now);
             crate::audit::log(&record);
             Ok(record)
         })

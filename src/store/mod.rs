@@ -92,6 +92,21 @@ pub struct NewAudit {
     pub request_id: String,
 }
 
+impl NewAudit {
+    /// The record as stored under `seq` at `time_ms`.
+    pub fn recorded(&self, seq: u64, time_ms: i64) -> AuditRecord {
+        AuditRecord {
+            seq,
+            time: time_ms.div_euclid(1000),
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            reason: self.reason.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub seq: u64,
@@ -187,6 +202,21 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>>;
+}
+
+/// Key records are stored as JSON by every store.
+pub fn encode_key_record(k: &KeyRecord) -> Result<String, StoreError> {
+    serde_json::to_string(k).map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+pub fn decode_key_records(jsons: &[String]) -> Result<Vec<KeyRecord>, StoreError> {
+    jsons
+        .iter()
+        .map(|json| {
+            serde_json::from_str(json)
+                .map_err(|e| StoreError::Unavailable(format!("corrupt key record: {e}")))
+        })
+        .collect()
 }
 
 /// The audit target of a revocation: `subject:alice`, `token:<jti>`, `all`.

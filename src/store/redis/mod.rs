@@ -24,8 +24,8 @@ use tokio::sync::broadcast;
 use topology::{Conn, Target, Topology};
 
 use super::{
-    revocation_target, AuditRecord, BoxFuture, Head, KeySet, NewAudit, NewRevocation,
-    RevocationEvent, RevocationKind, Store, StoreError, StoreEvent,
+    decode_key_records, encode_key_record, revocation_target, AuditRecord, BoxFuture, Head, KeySet,
+    NewAudit, NewRevocation, RevocationEvent, RevocationKind, Store, StoreError, StoreEvent,
 };
 use crate::keys::KeyRecord;
 
@@ -206,6 +206,24 @@ fn parse_announcement(payload: &[u8]) -> Option<StoreEvent> {
 /// Stream entries as (id, flat field list).
 type Entries = Vec<(String, Vec<String>)>;
 
+/// Up to `count` entries of a stream whose ids are `<seq>-0`, after `after`.
+async fn xrange_after(
+    conn: &mut Conn,
+    key: &str,
+    after: u64,
+    count: usize,
+) -> Result<Entries, StoreError> {
+    redis::cmd("XRANGE")
+        .arg(key)
+        .arg(format!("({after}-0"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)
+}
+
 fn field<'a>(fields: &'a [String], name: &str) -> &'a str {
     fields
         .chunks(2)
@@ -234,18 +252,6 @@ fn audit_entry(id: &str, f: &[String]) -> AuditRecord {
         target: field(f, "target").into(),
         reason: field(f, "reason").into(),
         request_id: field(f, "request_id").into(),
-    }
-}
-
-fn audit_record(seq: u64, ms: i64, a: &NewAudit) -> AuditRecord {
-    AuditRecord {
-        seq,
-        time: ms.div_euclid(1000),
-        actor: a.actor.clone(),
-        action: a.action.clone(),
-        target: a.target.clone(),
-        reason: a.reason.clone(),
-        request_id: a.request_id.clone(),
     }
 }
 
@@ -284,7 +290,7 @@ impl Store for RedisStore {
                 reason: rev.reason,
                 request_id: rev.request_id,
             };
-            crate::audit::log(&audit_record(aseq, ms, &audit));
+            crate::audit::log(&audit.recorded(aseq, ms));
             Ok(RevocationEvent {
                 seq,
                 kind: rev.kind,
@@ -306,15 +312,7 @@ impl Store for RedisStore {
             // Entries older than `since_ms` are skipped here, so keep reading until
             // `limit` newer ones are found or the log ends.
             loop {
-                let page: Entries = redis::cmd("XRANGE")
-                    .arg(REV_LOG)
-                    .arg(format!("({cursor}-0"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit)
-                    .query_async(&mut self.conn())
-                    .await
-                    .map_err(unavailable)?;
+                let page = xrange_after(&mut self.conn(), REV_LOG, cursor, limit).await?;
                 let full = page.len() == limit;
                 for (id, f) in &page {
                     cursor = entry_seq(id);
@@ -368,13 +366,7 @@ impl Store for RedisStore {
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            let keys = records
-                .iter()
-                .map(|json| {
-                    serde_json::from_str(json)
-                        .map_err(|e| StoreError::Unavailable(format!("corrupt key record: {e}")))
-                })
-                .collect::<Result<Vec<KeyRecord>, _>>()?;
+            let keys = decode_key_records(&records)?;
             Ok(KeySet { version, keys })
         })
     }
@@ -396,8 +388,7 @@ impl Store for RedisStore {
                 .arg(CHANNEL)
                 .arg(upserts.len());
             for k in &upserts {
-                let json =
-                    serde_json::to_string(k).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let json = encode_key_record(k)?;
                 invocation.arg(&k.kid).arg(json);
             }
             for a in &audit {
@@ -416,7 +407,7 @@ impl Store for RedisStore {
                 [-1] => Err(StoreError::Conflict),
                 [version, ms, seqs @ ..] => {
                     for (seq, a) in seqs.iter().zip(&audit) {
-                        crate::audit::log(&audit_record(*seq as u64, *ms, a));
+                        crate::audit::log(&a.recorded(*seq as u64, *ms));
                     }
                     Ok(*version as u64)
                 }
@@ -440,7 +431,7 @@ impl Store for RedisStore {
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            let record = audit_record(seq, ms, &audit);
+            let record = audit.recorded(seq, ms);
             crate::audit::log(&record);
             Ok(record)
         })
@@ -452,15 +443,7 @@ impl Store for RedisStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
         Box::pin(async move {
-            let page: Entries = redis::cmd("XRANGE")
-                .arg(AUDIT_LOG)
-                .arg(format!("({after}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit)
-                .query_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
+            let page = xrange_after(&mut self.conn(), AUDIT_LOG, after, limit).await?;
             Ok(page.iter().map(|(id, f)| audit_entry(id, f)).collect())
         })
     }
