@@ -35,8 +35,6 @@ pub struct Inner {
     pub metadata: Bytes,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// How long a revocation entry can match a live token, in ms.
-    pub retention_ms: i64,
     /// Past this age of the revocation state, requests fail closed, in ms.
     pub max_staleness_ms: i64,
     /// Distinguishes this process's request ids from other nodes'.
@@ -64,7 +62,6 @@ impl App {
         let node_tag = crate::tokens::random_id()[..6].to_string();
         App {
             inner: Arc::new(Inner {
-                retention_ms: config.revocation_retention().as_millis() as i64,
                 max_staleness_ms: config.store.max_staleness.as_millis() as i64,
                 config,
                 clients,

@@ -445,9 +445,17 @@ impl Config {
         self.issuer.trim_end_matches('/')
     }
 
-    /// How long a revocation entry must be kept: every token it could match has expired.
-    pub fn revocation_retention(&self) -> Duration {
-        ACCESS_TTL_CAP + self.tokens.leeway
+    /// How long a revocation entry must be kept: until every token it could match has
+    /// expired. Access tokens: the hard cap plus leeway, whatever `access_ttl` says, so
+    /// lowering it never shortens an entry. Sessions, subjects, clients, all: also every
+    /// refresh token.
+    pub fn revocation_retention(&self) -> crate::revocation::Retention {
+        let token = ACCESS_TTL_CAP + self.tokens.leeway;
+        let session = token.max(self.tokens.refresh_ttl + self.tokens.leeway);
+        crate::revocation::Retention {
+            token_ms: token.as_millis() as i64,
+            session_ms: session.as_millis() as i64,
+        }
     }
 
     /// `Cache-Control: max-age` of the JWKS: well inside the pre-publication window, so a

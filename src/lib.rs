@@ -74,12 +74,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     keys.reload().await?;
     keys.tick().await?;
-    let table = Arc::new(Table::new());
+    let table = Arc::new(Table::new(config.revocation_retention()));
     let follower = Follower::new(
         store.clone(),
         table.clone(),
         keys.clone(),
-        FollowerConfig::new(config.revocation_retention(), config.store.max_staleness),
+        FollowerConfig::new(config.store.max_staleness),
     );
     follower.load().await?;
     store

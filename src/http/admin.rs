@@ -94,7 +94,7 @@ pub async fn revoke(
             request_id: request_id.to_string(),
         })
         .await?;
-    app.table.insert(&event, app.retention_ms);
+    app.table.insert(&event);
     metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => kind.as_str()).increment(1);
     let value = match kind {
         RevocationKind::All => serde_json::Value::Null,

@@ -262,7 +262,7 @@ pub async fn revoke(
         })
         .await?;
     // Effective on this node at once; the follower confirms the watermark.
-    app.table.insert(&event, app.retention_ms);
+    app.table.insert(&event);
     metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => RevocationKind::Token.as_str()).increment(1);
     Ok(empty_ok())
 }

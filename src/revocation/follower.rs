@@ -20,22 +20,15 @@ use crate::time::now_ms;
 /// How the follower runs.
 #[derive(Debug, Clone, Copy)]
 pub struct FollowerConfig {
-    /// How long a revocation can match a live token (the longest lifetime plus leeway).
-    pub retention: Duration,
     /// How often the store's head is checked; a fraction of `max_staleness`.
     pub poll: Duration,
 }
 
 impl FollowerConfig {
-    pub fn new(retention: Duration, max_staleness: Duration) -> FollowerConfig {
+    pub fn new(max_staleness: Duration) -> FollowerConfig {
         FollowerConfig {
-            retention,
             poll: (max_staleness / 8).clamp(Duration::from_millis(5), Duration::from_millis(250)),
         }
-    }
-
-    fn retention_ms(&self) -> i64 {
-        self.retention.as_millis() as i64
     }
 }
 
@@ -78,12 +71,12 @@ impl Follower {
     /// Reads the log after `applied` up to at least `head`, then moves `applied` to it.
     /// Revocations older than the retention are skipped: no live token can match them.
     async fn catch_up(&self, head: Head, live: bool) -> Result<(), StoreError> {
-        let since = now_ms() - self.config.retention_ms();
+        let since = now_ms() - self.table.retention().longest_ms();
         let mut after = self.table.applied();
         while after < head.revocation_seq {
             let batch = self.store.revocations_after(after, since, CHUNK).await?;
             for e in &batch {
-                self.table.insert(e, self.config.retention_ms());
+                self.table.insert(e);
                 if live {
                     observe_propagation(e.revoked_at_ms);
                 }
@@ -106,7 +99,7 @@ impl Follower {
                     return Ok(());
                 }
                 if e.seq == applied + 1 {
-                    self.table.insert(&e, self.config.retention_ms());
+                    self.table.insert(&e);
                     self.table.set_applied(e.seq);
                     observe_propagation(e.revoked_at_ms);
                     return Ok(());

@@ -25,6 +25,38 @@ struct Entry {
     expires_at_ms: i64,
 }
 
+/// How long after a revocation a token it matches can still be alive, by kind: access
+/// tokens live at most the hard cap (plus leeway); a session, subject, client or `all`
+/// revocation must also outlive every refresh token it kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub token_ms: i64,
+    pub session_ms: i64,
+}
+
+impl Retention {
+    pub fn for_kind(&self, kind: RevocationKind) -> i64 {
+        match kind {
+            RevocationKind::Token => self.token_ms,
+            _ => self.session_ms,
+        }
+    }
+
+    /// The longest of them: how far back the log can still matter.
+    pub fn longest_ms(&self) -> i64 {
+        self.token_ms.max(self.session_ms)
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            token_ms: 3_600_000,
+            session_ms: 3_600_000,
+        }
+    }
+}
+
 /// The claims of a token that revocation looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp<'a> {
@@ -49,11 +81,19 @@ pub struct Table {
     /// Unix ms at which the follower last confirmed `applied` had reached the store's
     /// head (0: never). Requests fail closed once this is older than `max_staleness`.
     fresh_at_ms: AtomicI64,
+    retention: Retention,
 }
 
 impl Table {
-    pub fn new() -> Table {
-        Table::default()
+    pub fn new(retention: Retention) -> Table {
+        Table {
+            retention,
+            ..Table::default()
+        }
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.retention
     }
 
     fn map(&self, kind: RevocationKind) -> Option<&DashMap<Box<str>, Entry>> {
@@ -66,10 +106,12 @@ impl Table {
         }
     }
 
-    /// Records a revocation (idempotent; keeps the highest seq per key). `retention_ms`
-    /// is how long after `revoked_at` a token it matches can still be alive.
-    pub fn insert(&self, e: &RevocationEvent, retention_ms: i64) {
-        let expires_at_ms = e.revoked_at_ms.saturating_add(retention_ms);
+    /// Records a revocation (idempotent; keeps the highest seq per key). It is kept for
+    /// the retention of its kind after `revoked_at`.
+    pub fn insert(&self, e: &RevocationEvent) {
+        let expires_at_ms = e
+            .revoked_at_ms
+            .saturating_add(self.retention.for_kind(e.kind));
         let Some(map) = self.map(e.kind) else {
             self.all.fetch_max(e.seq, Ordering::AcqRel);
             return;
@@ -156,6 +198,11 @@ impl Table {
 mod tests {
     use super::*;
 
+    const TEST_RETENTION: Retention = Retention {
+        token_ms: 1000,
+        session_ms: 1000,
+    };
+
     fn ev(seq: u64, kind: RevocationKind, value: &str, at: i64) -> RevocationEvent {
         RevocationEvent {
             seq,
@@ -185,8 +232,8 @@ mod tests {
             (RevocationKind::All, ""),
         ];
         for (kind, value) in cases {
-            let t = Table::new();
-            t.insert(&ev(5, kind, value, 0), 1000);
+            let t = Table::new(TEST_RETENTION);
+            t.insert(&ev(5, kind, value, 0));
             assert!(t.is_revoked(&stamp(4)), "{kind:?} must revoke rsq 4");
             assert!(!t.is_revoked(&stamp(5)), "{kind:?} must spare rsq 5");
             assert!(t.covers(kind, value, 4));
@@ -195,9 +242,9 @@ mod tests {
 
     #[test]
     fn other_values_are_not_touched() {
-        let t = Table::new();
-        t.insert(&ev(9, RevocationKind::Subject, "bob", 0), 1000);
-        t.insert(&ev(10, RevocationKind::Session, "s2", 0), 1000);
+        let t = Table::new(TEST_RETENTION);
+        t.insert(&ev(9, RevocationKind::Subject, "bob", 0));
+        t.insert(&ev(10, RevocationKind::Session, "s2", 0));
         assert!(!t.is_revoked(&stamp(1)));
         let no_sid = Stamp {
             sid: None,
@@ -208,9 +255,9 @@ mod tests {
 
     #[test]
     fn keeps_the_highest_seq_and_sweeps_expired_entries() {
-        let t = Table::new();
-        t.insert(&ev(7, RevocationKind::Subject, "alice", 100), 1000);
-        t.insert(&ev(3, RevocationKind::Subject, "alice", 50), 1000);
+        let t = Table::new(TEST_RETENTION);
+        t.insert(&ev(7, RevocationKind::Subject, "alice", 100));
+        t.insert(&ev(3, RevocationKind::Subject, "alice", 50));
         assert!(t.is_revoked(&stamp(6)));
         assert_eq!(t.len(), 1);
         assert_eq!(t.sweep(1099), 0);
@@ -220,8 +267,22 @@ mod tests {
     }
 
     #[test]
+    fn session_kinds_outlive_token_entries() {
+        let t = Table::new(Retention {
+            token_ms: 100,
+            session_ms: 1000,
+        });
+        t.insert(&ev(1, RevocationKind::Token, "j1", 0));
+        t.insert(&ev(2, RevocationKind::Subject, "alice", 0));
+        assert_eq!(t.sweep(100), 1);
+        assert!(t.covers(RevocationKind::Subject, "alice", 1));
+        assert!(!t.covers(RevocationKind::Token, "j1", 0));
+        assert_eq!(t.sweep(1000), 1);
+    }
+
+    #[test]
     fn watermark_and_freshness() {
-        let t = Table::new();
+        let t = Table::new(TEST_RETENTION);
         assert_eq!(t.age_ms(1_000), i64::MAX);
         assert!(!t.is_fresh(1_000, 2_000));
         t.mark_fresh(1_000);

@@ -79,7 +79,7 @@ fn every_algorithm_signs_and_verifies() {
     for alg in [Alg::EdDSA, Alg::ES256, Alg::RS256] {
         let (r, _) = record(alg, KeyState::Active);
         let ring = KeyRing::build(1, vec![r], &kek());
-        let table = Table::new();
+        let table = Table::default();
         let token = sign(ring.signer().unwrap(), &claims()).unwrap();
         let got = verifier(&ring, &table).decide(&token);
         assert_eq!(got, Ok(claims()), "{alg:?}");
@@ -107,16 +107,13 @@ fn hostile_and_stale_tokens_are_inactive_with_the_right_reason() {
         ],
         &kek(),
     );
-    let table = Table::new();
-    table.insert(
-        &RevocationEvent {
-            seq: 9,
-            kind: RevocationKind::Subject,
-            value: "mallory".into(),
-            revoked_at_ms: NOW_MS,
-        },
-        3_600_000,
-    );
+    let table = Table::default();
+    table.insert(&RevocationEvent {
+        seq: 9,
+        kind: RevocationKind::Subject,
+        value: "mallory".into(),
+        revoked_at_ms: NOW_MS,
+    });
     let ed = |d: &[u8]| EncodingKey::from_ed_der(d);
     let good = sign(ring.signer().unwrap(), &claims()).unwrap();
     let with = |f: &dyn Fn(&mut AccessClaims)| {
