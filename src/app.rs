@@ -12,6 +12,7 @@ use crate::clients::Clients;
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::revocation::Table;
+use crate::sessions::trusted::TrustedIssuers;
 use crate::store::SharedStore;
 
 /// A cheap, cloneable handle to the node's state.
@@ -25,6 +26,8 @@ pub struct Inner {
     pub config: Config,
     /// Configured clients, for authentication and policy.
     pub clients: Clients,
+    /// Identity providers whose assertions open user sessions.
+    pub trusted: TrustedIssuers,
     /// The key ring and the operations that change keys.
     pub keys: Arc<Keys>,
     /// The session-version table, fed by the follower.
@@ -52,6 +55,7 @@ impl Deref for App {
 impl App {
     pub fn new(
         config: Config,
+        trusted: TrustedIssuers,
         keys: Arc<Keys>,
         table: Arc<Table>,
         store: SharedStore,
@@ -65,6 +69,7 @@ impl App {
                 max_staleness_ms: config.store.max_staleness.as_millis() as i64,
                 config,
                 clients,
+                trusted,
                 keys,
                 table,
                 store,
@@ -105,7 +110,11 @@ fn metadata(config: &Config) -> serde_json::Value {
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{base}/introspect"),
         "revocation_endpoint": format!("{base}/revoke"),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": [
+            "client_credentials",
+            "refresh_token",
+            crate::clients::TOKEN_EXCHANGE,
+        ],
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,

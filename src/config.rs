@@ -340,6 +340,8 @@ impl Config {
                 ));
             }
         }
+        // Reads and parses every JWKS, so `latch check` reports a bad one.
+        crate::sessions::trusted::TrustedIssuers::load(&self.trusted_issuers, &self.issuer)?;
         if let Some(i) = self.demo_secret_client() {
             if !self.listen.ip().is_loopback() {
                 return Err(ConfigError::new(

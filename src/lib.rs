@@ -6,6 +6,7 @@
 //! - [`clients`]: configured clients, roles, constant-time authentication.
 //! - [`keys`]: signing keys, their lifecycle and rotation, KEK sealing, the JWKS.
 //! - [`tokens`]: access-token claims, signing, and the active/inactive decision (no IO).
+//! - [`sessions`]: refresh tokens, trusted identity providers and their assertions.
 //! - [`revocation`]: the session-version table and the follower that feeds it from the store.
 //! - [`store`]: the durable state behind one trait; `store::embedded` is SQLite.
 //! - [`http`]: routing, request parsing, client auth, the one error → response mapping.
@@ -31,6 +32,7 @@ pub mod keys;
 pub mod metrics;
 pub mod revocation;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod time;
 pub mod tokens;
@@ -99,7 +101,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_connections: config.limits.max_connections,
         header_read_timeout: config.limits.header_read_timeout,
     };
-    let app = App::new(config, keys.clone(), table, store, prometheus);
+    let trusted = sessions::trusted::TrustedIssuers::load(&config.trusted_issuers, &config.issuer)?;
+    let app = App::new(config, trusted, keys.clone(), table, store, prometheus);
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
     println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");
 

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod error;
 pub mod oauth;
 pub mod request;
+pub mod sessions;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const REQUEST_ID: &str = "x-request-id";
@@ -171,7 +172,7 @@ async fn dispatch(
             require_content_type(&parts, FORM)?;
             let form = Form::parse(&body)?;
             match route {
-                Route::Token => oauth::token(app, &parts, &form).await,
+                Route::Token => oauth::token(app, &parts, &form, request_id).await,
                 Route::Introspect => oauth::introspect(app, &parts, &form).await,
                 _ => oauth::revoke(app, &parts, &form, request_id).await,
             }

@@ -32,7 +32,7 @@ pub fn require_fresh(app: &App, now: i64) -> Result<(), ApiError> {
     }
 }
 
-fn verifier<'a>(app: &'a App, ring: &'a crate::keys::KeyRing, now: i64) -> Verifier<'a> {
+pub fn verifier<'a>(app: &'a App, ring: &'a crate::keys::KeyRing, now: i64) -> Verifier<'a> {
     Verifier {
         ring,
         table: &app.table,
@@ -50,84 +50,72 @@ struct TokenResponse<'a> {
     token_type: &'static str,
     expires_in: u64,
     scope: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<&'static str>,
 }
 
-pub async fn token(app: &App, parts: &Parts, form: &Form) -> Result<Resp, ApiError> {
+pub async fn token(
+    app: &App,
+    parts: &Parts,
+    form: &Form,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
     let client = authenticate(&app.clients, parts, Some(form))?;
     let grant_type = form.required("grant_type")?;
-    match Grant::parse(grant_type) {
-        Some(Grant::ClientCredentials) => client_credentials(app, &client, form),
-        // Refresh and token exchange arrive with user sessions.
-        Some(_) | None => Err(ApiError::UnsupportedGrantType),
+    let grant = Grant::parse(grant_type).ok_or(ApiError::UnsupportedGrantType)?;
+    if !client.has_grant(grant) {
+        return Err(ApiError::GrantNotAllowed(
+            "this client may not use this grant type",
+        ));
+    }
+    match grant {
+        Grant::ClientCredentials => client_credentials(app, &client, form),
+        Grant::RefreshToken => super::sessions::refresh(app, &client, form, request_id).await,
+        Grant::TokenExchange => super::sessions::exchange(app, &client, form, request_id).await,
     }
 }
 
 fn client_credentials(app: &App, client: &Client, form: &Form) -> Result<Resp, ApiError> {
-    if !client.has_grant(Grant::ClientCredentials) {
-        return Err(ApiError::GrantNotAllowed(
-            "this client may not use the client_credentials grant",
-        ));
-    }
-    let scope = granted_scope(client, form.optional("scope"))?;
-    let aud = match form.optional("resource") {
-        Some(r) if client.audiences.iter().any(|a| a == r) => r.to_string(),
-        Some(_) => {
-            return Err(ApiError::InvalidTarget(
-                "resource is not an audience of this client".into(),
-            ))
-        }
+    let scope = scope_within(&client.scopes, form.optional("scope"))?;
+    let aud = audience(client, form)?;
+    let now = now_ms();
+    require_fresh(app, now)?;
+    let claims = access_claims(app, now, &client.id, &client.id, aud, scope);
+    issue(app, &claims, Grant::ClientCredentials, None)
+}
+
+/// The audience asked for with `resource` (RFC 8707), which must be one of the client's;
+/// the client's first audience by default.
+pub fn audience(client: &Client, form: &Form) -> Result<String, ApiError> {
+    match form.optional("resource") {
+        Some(r) if client.audiences.iter().any(|a| a == r) => Ok(r.to_string()),
+        Some(_) => Err(ApiError::InvalidTarget(
+            "resource is not an audience of this client".into(),
+        )),
         None => client
             .audiences
             .first()
             .cloned()
-            .ok_or_else(|| ApiError::InvalidTarget("this client has no audience".into()))?,
-    };
-    let now = now_ms();
-    require_fresh(app, now)?;
-    let ttl = app.config.tokens.access_ttl.as_secs();
-    let iat = now.div_euclid(1000);
-    let claims = AccessClaims {
-        iss: app.config.issuer.clone(),
-        sub: client.id.clone(),
-        aud,
-        exp: iat + ttl as i64,
-        iat,
-        nbf: iat,
-        jti: tokens::random_id(),
-        client_id: client.id.clone(),
-        scope,
-        sid: None,
-        act: None,
-        username: None,
-        rsq: app.table.applied(),
-    };
-    let access_token = app.keys.with_ring(|ring| {
-        let signer = ring
-            .signer()
-            .ok_or_else(|| ApiError::Unavailable("no signing key loaded".into()))?;
-        tokens::sign(signer, &claims).map_err(|e| ApiError::Internal(format!("signing: {e}")))
-    })?;
-    metrics::counter!(m::TOKENS_ISSUED_TOTAL, "grant" => Grant::ClientCredentials.label())
-        .increment(1);
-    let body = TokenResponse {
-        access_token,
-        token_type: "Bearer",
-        expires_in: ttl,
-        scope: &claims.scope,
-    };
-    Ok(json_body(StatusCode::OK, &body))
+            .ok_or_else(|| ApiError::InvalidTarget("this client has no audience".into())),
+    }
 }
 
-/// The scopes granted: the requested ones if all are allowed, else the client's defaults.
-fn granted_scope(client: &Client, requested: Option<&str>) -> Result<String, ApiError> {
+/// The scopes granted: the requested ones if all are in `allowed`, else all of `allowed`.
+pub fn scope_within<S: AsRef<str>>(
+    allowed: &[S],
+    requested: Option<&str>,
+) -> Result<String, ApiError> {
+    let allowed: Vec<&str> = allowed.iter().map(AsRef::as_ref).collect();
     let Some(requested) = requested else {
-        return Ok(client.scopes.join(" "));
+        return Ok(allowed.join(" "));
     };
     let mut granted: Vec<&str> = Vec::new();
     for s in requested.split(' ').filter(|s| !s.is_empty()) {
-        if !client.scopes.iter().any(|a| a == s) {
+        if !allowed.contains(&s) {
             return Err(ApiError::InvalidScope(format!(
-                "scope {:?} is not allowed for this client",
+                "scope {:?} is not allowed here",
                 s.chars().take(64).collect::<String>()
             )));
         }
@@ -136,6 +124,59 @@ fn granted_scope(client: &Client, requested: Option<&str>) -> Result<String, Api
         }
     }
     Ok(granted.join(" "))
+}
+
+/// Claims of a new access token, stamped with this node's watermark.
+pub fn access_claims(
+    app: &App,
+    now_ms: i64,
+    sub: &str,
+    client_id: &str,
+    aud: String,
+    scope: String,
+) -> AccessClaims {
+    let iat = now_ms.div_euclid(1000);
+    AccessClaims {
+        iss: app.config.issuer.clone(),
+        sub: sub.to_string(),
+        aud,
+        exp: iat + app.config.tokens.access_ttl.as_secs() as i64,
+        iat,
+        nbf: iat,
+        jti: tokens::random_id(),
+        client_id: client_id.to_string(),
+        scope,
+        sid: None,
+        act: None,
+        username: None,
+        rsq: app.table.applied(),
+    }
+}
+
+/// Signs `claims` and answers the token response (with a refresh token for sessions).
+pub fn issue(
+    app: &App,
+    claims: &AccessClaims,
+    grant: Grant,
+    refresh_token: Option<String>,
+) -> Result<Resp, ApiError> {
+    let access_token = app.keys.with_ring(|ring| {
+        let signer = ring
+            .signer()
+            .ok_or_else(|| ApiError::Unavailable("no signing key loaded".into()))?;
+        tokens::sign(signer, claims).map_err(|e| ApiError::Internal(format!("signing: {e}")))
+    })?;
+    metrics::counter!(m::TOKENS_ISSUED_TOTAL, "grant" => grant.label()).increment(1);
+    let body = TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: (claims.exp - claims.iat).max(0) as u64,
+        scope: &claims.scope,
+        refresh_token,
+        issued_token_type: (grant == Grant::TokenExchange)
+            .then_some("urn:ietf:params:oauth:token-type:access_token"),
+    };
+    Ok(json_body(StatusCode::OK, &body))
 }
 
 // === /introspect ===
@@ -163,12 +204,35 @@ struct Introspection<'a> {
 
 const INACTIVE: &[u8] = br#"{"active":false}"#;
 
+fn inactive() -> Resp {
+    bytes_response(
+        StatusCode::OK,
+        Bytes::from_static(INACTIVE),
+        "application/json",
+        "no-store",
+    )
+}
+
 pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, ApiError> {
     let caller = authenticate(&app.clients, parts, Some(form))?;
     require_role(&caller, Role::Introspect)?;
     let token = form.required("token")?;
     let now = now_ms();
     require_fresh(app, now)?;
+    if crate::sessions::is_refresh_token(token) {
+        let answer = super::sessions::introspect_refresh(app, &caller, token).await?;
+        let result = if answer.is_some() {
+            "active"
+        } else {
+            "inactive"
+        };
+        metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => result, "reason" => "refresh_token")
+            .increment(1);
+        return Ok(match answer {
+            Some(v) => json_response(StatusCode::OK, &v),
+            None => inactive(),
+        });
+    }
     let decision = app.keys.with_ring(|ring| {
         let claims = verifier(app, ring, now).decide(token)?;
         if !caller.may_see_audience(&claims.aud) {
@@ -205,12 +269,7 @@ pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, A
             metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "inactive", "reason" => reason.as_str())
                 .increment(1);
             tracing::debug!(reason = reason.as_str(), caller = %caller.id, "token inactive");
-            Ok(bytes_response(
-                StatusCode::OK,
-                Bytes::from_static(INACTIVE),
-                "application/json",
-                "no-store",
-            ))
+            Ok(inactive())
         }
     }
 }
@@ -227,6 +286,9 @@ pub async fn revoke(
     let token = form.required("token")?;
     let now = now_ms();
     require_fresh(app, now)?;
+    if crate::sessions::is_refresh_token(token) {
+        return super::sessions::revoke_refresh(app, &caller, token, request_id).await;
+    }
     // Only a token latch issued and that can still be alive needs recording; anything
     // else (unknown, expired, malformed, already revoked) is answered 200 as it stands.
     let claims = match app
@@ -236,7 +298,7 @@ pub async fn revoke(
         Ok(c) => c,
         Err(reason) => {
             tracing::debug!(reason = reason.as_str(), "revocation of an inactive token");
-            return Ok(empty_ok());
+            return Ok(super::sessions::empty_ok());
         }
     };
     if claims.client_id != caller.id && !caller.has_role(Role::Admin) {
@@ -249,7 +311,7 @@ pub async fn revoke(
         .covers(RevocationKind::Token, &claims.jti, claims.rsq)
         || app.table.is_revoked(&claims.stamp())
     {
-        return Ok(empty_ok());
+        return Ok(super::sessions::empty_ok());
     }
     let event = app
         .store
@@ -264,11 +326,7 @@ pub async fn revoke(
     // Effective on this node at once; the follower confirms the watermark.
     app.table.insert(&event);
     metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => RevocationKind::Token.as_str()).increment(1);
-    Ok(empty_ok())
-}
-
-fn empty_ok() -> Resp {
-    bytes_response(StatusCode::OK, Bytes::new(), "application/json", "no-store")
+    Ok(super::sessions::empty_ok())
 }
 
 fn json_body<T: Serialize>(status: StatusCode, body: &T) -> Resp {

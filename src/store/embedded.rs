@@ -12,13 +12,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use super::{
-    decode_key_records, encode_key_record, revocation_target, AuditRecord, BoxFuture, Head, KeySet,
-    NewAudit, NewRevocation, RevocationEvent, RevocationKind, Store, StoreError, StoreEvent,
+    decode_key_records, decode_refresh as decode, encode_key_record, encode_refresh as encode,
+    revocation_target, AuditRecord, BoxFuture, Head, KeySet, NewAudit, NewRevocation,
+    RefreshRecord, RevocationEvent, RevocationKind, Rotation, Store, StoreError, StoreEvent,
 };
 use crate::keys::KeyRecord;
 use crate::time::now_ms;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revocations (
@@ -41,6 +42,16 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE TABLE IF NOT EXISTS keys (
     kid TEXT PRIMARY KEY,
     record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    hash TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (
+    key TEXT PRIMARY KEY,
+    until_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -308,6 +319,108 @@ impl Store for EmbeddedStore {
             let record = audit.recorded(seq, now);
             crate::audit::log(&record);
             Ok(record)
+        })
+    }
+
+    fn claim_once(&self, key: String, until_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let now = now_ms();
+            let tx = conn.transaction().map_err(unavailable)?;
+            tx.execute("DELETE FROM seen WHERE until_ms < ?1", params![now])
+                .map_err(unavailable)?;
+            let inserted = tx
+                .execute(
+                    "INSERT OR IGNORE INTO seen (key, until_ms) VALUES (?1, ?2)",
+                    params![key, until_ms],
+                )
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(inserted == 1)
+        })
+    }
+
+    fn open_session(
+        &self,
+        hash: String,
+        record: RefreshRecord,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with_conn(move |conn, _| {
+            let now = now_ms();
+            let json = encode(&record)?;
+            let tx = conn.transaction().map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO refresh_tokens (hash, record, used, expires_ms) VALUES (?1, ?2, 0, ?3)",
+                params![hash, json, record.expires_at_ms],
+            )
+            .map_err(unavailable)?;
+            let seq = insert_audit(&tx, &audit, now).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            crate::audit::log(&audit.recorded(seq, now));
+            Ok(())
+        })
+    }
+
+    fn refresh_token(
+        &self,
+        hash: String,
+    ) -> BoxFuture<'_, Result<Option<(RefreshRecord, bool)>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let row: Option<(String, i64)> = conn
+                .query_row(
+                    "SELECT record, used FROM refresh_tokens WHERE hash = ?1",
+                    params![hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            row.map(|(json, used)| Ok((decode(&json)?, used != 0)))
+                .transpose()
+        })
+    }
+
+    fn rotate_refresh(
+        &self,
+        old_hash: String,
+        new_hash: String,
+        new: RefreshRecord,
+    ) -> BoxFuture<'_, Result<Rotation, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let json = encode(&new)?;
+            let tx = conn.transaction().map_err(unavailable)?;
+            // The compare-and-set: only a live token is spent, by exactly one caller.
+            let spent = tx
+                .execute(
+                    "UPDATE refresh_tokens SET used = 1 WHERE hash = ?1 AND used = 0",
+                    params![old_hash],
+                )
+                .map_err(unavailable)?;
+            if spent == 0 {
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT record FROM refresh_tokens WHERE hash = ?1",
+                        params![old_hash],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                return match old {
+                    Some(json) => Ok(Rotation::Reused(decode(&json)?)),
+                    None => Ok(Rotation::Unknown),
+                };
+            }
+            tx.execute(
+                "INSERT INTO refresh_tokens (hash, record, used, expires_ms) VALUES (?1, ?2, 0, ?3)",
+                params![new_hash, json, new.expires_at_ms],
+            )
+            .map_err(unavailable)?;
+            tx.execute(
+                "DELETE FROM refresh_tokens WHERE expires_ms < ?1",
+                params![now_ms()],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(Rotation::Rotated)
         })
     }
 

@@ -119,6 +119,34 @@ pub struct AuditRecord {
     pub request_id: String,
 }
 
+/// A refresh token as stored. The token itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    pub sid: String,
+    pub sub: String,
+    pub client_id: String,
+    pub scope: String,
+    pub aud: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The session's revocation stamp, inherited by every refresh token of the session:
+    /// a revocation of the session, subject or client after it opened kills the chain.
+    pub rsq: u64,
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// The outcome of spending a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// It was live; it is now spent and the new one is live.
+    Rotated,
+    /// It had been spent before (or concurrently, by a request that won): reuse.
+    Reused(RefreshRecord),
+    /// No such token (never issued, or expired and gone).
+    Unknown,
+}
+
 /// Every key record with the version of the set, for compare-and-set updates.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
@@ -196,6 +224,32 @@ pub trait Store: Send + Sync + 'static {
 
     fn append_audit(&self, audit: NewAudit) -> BoxFuture<'_, Result<AuditRecord, StoreError>>;
 
+    /// Records `key` until `until_ms` if it is not recorded yet; `false` if it was (replay).
+    fn claim_once(&self, key: String, until_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Stores the first refresh token of a new session, with its audit record.
+    fn open_session(
+        &self,
+        hash: String,
+        record: RefreshRecord,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// A refresh token's record and whether it was spent.
+    fn refresh_token(
+        &self,
+        hash: String,
+    ) -> BoxFuture<'_, Result<Option<(RefreshRecord, bool)>, StoreError>>;
+
+    /// Spends `old_hash` and stores `new_hash` in one compare-and-set: of concurrent
+    /// callers exactly one gets [`Rotation::Rotated`].
+    fn rotate_refresh(
+        &self,
+        old_hash: String,
+        new_hash: String,
+        new: RefreshRecord,
+    ) -> BoxFuture<'_, Result<Rotation, StoreError>>;
+
     /// Audit records with seq > `after`, oldest first.
     fn audit_after(
         &self,
@@ -217,6 +271,15 @@ pub fn decode_key_records(jsons: &[String]) -> Result<Vec<KeyRecord>, StoreError
                 .map_err(|e| StoreError::Unavailable(format!("corrupt key record: {e}")))
         })
         .collect()
+}
+
+pub fn encode_refresh(r: &RefreshRecord) -> Result<String, StoreError> {
+    serde_json::to_string(r).map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+pub fn decode_refresh(json: &str) -> Result<RefreshRecord, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Unavailable(format!("corrupt refresh record: {e}")))
 }
 
 /// The audit target of a revocation: `subject:alice`, `token:<jti>`, `all`.

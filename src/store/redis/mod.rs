@@ -24,8 +24,9 @@ use tokio::sync::broadcast;
 use topology::{Conn, Target, Topology};
 
 use super::{
-    decode_key_records, encode_key_record, revocation_target, AuditRecord, BoxFuture, Head, KeySet,
-    NewAudit, NewRevocation, RevocationEvent, RevocationKind, Store, StoreError, StoreEvent,
+    decode_key_records, decode_refresh, encode_key_record, encode_refresh, revocation_target,
+    AuditRecord, BoxFuture, Head, KeySet, NewAudit, NewRevocation, RefreshRecord, RevocationEvent,
+    RevocationKind, Rotation, Store, StoreError, StoreEvent,
 };
 use crate::keys::KeyRecord;
 
@@ -38,6 +39,11 @@ const AUDIT_LOG: &str = "{latch}:audit:log";
 const KEYS: &str = "{latch}:keys";
 const KEYS_VERSION: &str = "{latch}:keys:version";
 const CHANNEL: &str = "{latch}:events";
+
+/// A refresh token's key, by the SHA-256 of the token.
+fn refresh_key(hash: &str) -> String {
+    format!("{{latch}}:rt:{hash}")
+}
 
 /// Store time in ms, inside a script.
 const NOW_MS: &str = "local t = redis.call('TIME')
@@ -88,6 +94,30 @@ const LOAD_KEYS: &str = "
 return {redis.call('GET', KEYS[2]) or '0', redis.call('HVALS', KEYS[1])}
 ";
 
+/// A session's first refresh token and its audit record.
+/// KEYS: rt:<hash> audit:seq audit:log. ARGV: record expires_at_ms actor action target reason request_id.
+const OPEN_SESSION: &str = "
+redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'used', '0')
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+local aseq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], aseq .. '-0', 'time', ms, 'actor', ARGV[3], 'action', ARGV[4],
+  'target', ARGV[5], 'reason', ARGV[6], 'request_id', ARGV[7])
+return {aseq, ms}
+";
+
+/// Spends a refresh token and stores its successor, or says why not.
+/// KEYS: rt:<old> rt:<new>. ARGV: new record, new expires_at_ms.
+/// Returns {1} rotated, {2, old record} reused, {0} unknown.
+const ROTATE_REFRESH: &str = "
+local used = redis.call('HGET', KEYS[1], 'used')
+if not used then return {0} end
+if used == '1' then return {2, redis.call('HGET', KEYS[1], 'rec')} end
+redis.call('HSET', KEYS[1], 'used', '1')
+redis.call('HSET', KEYS[2], 'rec', ARGV[1], 'used', '0')
+redis.call('PEXPIREAT', KEYS[2], ARGV[2])
+return {1}
+";
+
 /// KEYS: audit:seq audit:log. ARGV: actor action target reason request_id.
 const AUDIT: &str = "
 local aseq = redis.call('INCR', KEYS[1])
@@ -110,6 +140,8 @@ struct Inner {
     save_keys: Script,
     load_keys: Script,
     audit: Script,
+    open_session: Script,
+    rotate_refresh: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -139,6 +171,8 @@ impl RedisStore {
             save_keys: script(SAVE_KEYS),
             load_keys: Script::new(LOAD_KEYS),
             audit: script(AUDIT),
+            open_session: script(OPEN_SESSION),
+            rotate_refresh: Script::new(ROTATE_REFRESH),
         });
         tokio::spawn(forward_announcements(topology, Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
@@ -434,6 +468,104 @@ impl Store for RedisStore {
             let record = audit.recorded(seq, ms);
             crate::audit::log(&record);
             Ok(record)
+        })
+    }
+
+    fn claim_once(&self, key: String, until_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(format!("{{latch}}:seen:{key}"))
+                .arg("1")
+                .arg("NX")
+                .arg("PXAT")
+                .arg(until_ms.max(crate::time::now_ms() + 1))
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn open_session(
+        &self,
+        hash: String,
+        record: RefreshRecord,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (seq, ms): (u64, i64) = self
+                .inner
+                .open_session
+                .key(refresh_key(&hash))
+                .key(AUDIT_SEQ)
+                .key(AUDIT_LOG)
+                .arg(encode_refresh(&record)?)
+                .arg(record.expires_at_ms)
+                .arg(&audit.actor)
+                .arg(&audit.action)
+                .arg(&audit.target)
+                .arg(&audit.reason)
+                .arg(&audit.request_id)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            crate::audit::log(&audit.recorded(seq, ms));
+            Ok(())
+        })
+    }
+
+    fn refresh_token(
+        &self,
+        hash: String,
+    ) -> BoxFuture<'_, Result<Option<(RefreshRecord, bool)>, StoreError>> {
+        Box::pin(async move {
+            let (rec, used): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(refresh_key(&hash))
+                .arg("rec")
+                .arg("used")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            match rec {
+                Some(json) => Ok(Some((decode_refresh(&json)?, used.as_deref() == Some("1")))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn rotate_refresh(
+        &self,
+        old_hash: String,
+        new_hash: String,
+        new: RefreshRecord,
+    ) -> BoxFuture<'_, Result<Rotation, StoreError>> {
+        Box::pin(async move {
+            let reply: (i64, Option<String>) = {
+                let v: Vec<redis::Value> = self
+                    .inner
+                    .rotate_refresh
+                    .key(refresh_key(&old_hash))
+                    .key(refresh_key(&new_hash))
+                    .arg(encode_refresh(&new)?)
+                    .arg(new.expires_at_ms)
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                let code = v
+                    .first()
+                    .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+                    .unwrap_or(-1);
+                let rec = v
+                    .get(1)
+                    .and_then(|x| redis::from_redis_value_ref::<String>(x).ok());
+                (code, rec)
+            };
+            match reply {
+                (1, _) => Ok(Rotation::Rotated),
+                (2, Some(json)) => Ok(Rotation::Reused(decode_refresh(&json)?)),
+                (0, _) => Ok(Rotation::Unknown),
+                _ => Err(StoreError::Unavailable("unexpected script reply".into())),
+            }
         })
     }
 

@@ -1,0 +1,350 @@
+//! User sessions at the OAuth endpoints: token exchange (RFC 8693) to open a session or
+//! to delegate, the rotating `refresh_token` grant with reuse detection, and refresh
+//! tokens at `/introspect` and `/revoke`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::error::{bytes_response, ApiError};
+use super::oauth::{access_claims, audience, issue, require_fresh, scope_within, verifier};
+use super::request::{require_role, Form};
+use crate::app::App;
+use crate::clients::{Client, Grant, Role};
+use crate::metrics as m;
+use crate::revocation::Stamp;
+use crate::sessions;
+use crate::store::{NewAudit, NewRevocation, RefreshRecord, RevocationKind, Rotation};
+use crate::time::now_ms;
+
+type Resp = Response<Full<Bytes>>;
+
+pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+fn stamp(r: &RefreshRecord) -> Stamp<'_> {
+    Stamp {
+        jti: "",
+        sid: Some(&r.sid),
+        sub: &r.sub,
+        client_id: &r.client_id,
+        rsq: r.rsq,
+    }
+}
+
+// === token exchange ===
+
+pub async fn exchange(
+    app: &App,
+    client: &Client,
+    form: &Form,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let subject_token = form.required("subject_token")?;
+    match form.required("subject_token_type")? {
+        TYPE_JWT => {
+            require_role(client, Role::SessionIssuer)?;
+            open_session(app, client, form, subject_token, request_id).await
+        }
+        TYPE_ACCESS_TOKEN => delegate(app, client, form, subject_token),
+        _ => Err(ApiError::InvalidRequest(format!(
+            "subject_token_type must be {TYPE_JWT} or {TYPE_ACCESS_TOKEN}"
+        ))),
+    }
+}
+
+/// An IdP hook hands latch a user: a new session, its first access and refresh tokens.
+async fn open_session(
+    app: &App,
+    client: &Client,
+    form: &Form,
+    assertion: &str,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let now = now_ms();
+    require_fresh(app, now)?;
+    let leeway = app.config.tokens.leeway.as_secs();
+    let a = app.trusted.verify(assertion, leeway).map_err(|reason| {
+        tracing::debug!(reason, client = %client.id, "assertion refused");
+        ApiError::InvalidGrant("the subject token is not a valid assertion of a trusted issuer")
+    })?;
+    let scope = scope_within(&client.scopes, form.optional("scope"))?;
+    let aud = audience(client, form)?;
+    // One use per assertion, remembered until it could no longer be accepted anyway.
+    let replay_key = sessions::hash(&format!("{}\n{}", a.iss, a.jti));
+    let until = (a.exp + leeway as i64 + 1) * 1000;
+    if !app.store.claim_once(replay_key, until).await? {
+        tracing::debug!(client = %client.id, "assertion replayed");
+        return Err(ApiError::InvalidGrant("the assertion was already used"));
+    }
+    let mut claims = access_claims(app, now, &a.sub, &client.id, aud, scope);
+    claims.sid = Some(crate::tokens::random_id());
+    claims.username = a.username;
+    let (refresh_token, hash) = sessions::new_refresh_token();
+    let record = refresh_record(app, &claims, now, claims.rsq);
+    let audit = NewAudit {
+        actor: client.id.clone(),
+        action: "session_create".into(),
+        target: format!("session:{}", record.sid),
+        reason: format!("subject {} from {}", a.sub, a.iss),
+        request_id: request_id.to_string(),
+    };
+    app.store.open_session(hash, record, audit).await?;
+    issue(app, &claims, Grant::TokenExchange, Some(refresh_token))
+}
+
+fn refresh_record(
+    app: &App,
+    claims: &crate::tokens::AccessClaims,
+    now: i64,
+    rsq: u64,
+) -> RefreshRecord {
+    RefreshRecord {
+        sid: claims.sid.clone().unwrap_or_default(),
+        sub: claims.sub.clone(),
+        client_id: claims.client_id.clone(),
+        scope: claims.scope.clone(),
+        aud: claims.aud.clone(),
+        username: claims.username.clone(),
+        rsq,
+        issued_at_ms: now,
+        expires_at_ms: now + app.config.tokens.refresh_ttl.as_millis() as i64,
+    }
+}
+
+/// A service acting for a user: a down-scoped token for another audience, with the
+/// service recorded in `act` (RFC 8693 §4.1). It keeps the user's `sub` and `sid`, so
+/// revoking the user or the session revokes it too.
+fn delegate(
+    app: &App,
+    client: &Client,
+    form: &Form,
+    subject_token: &str,
+) -> Result<Resp, ApiError> {
+    let now = now_ms();
+    require_fresh(app, now)?;
+    let subject = app
+        .keys
+        .with_ring(|ring| verifier(app, ring, now).decide(subject_token))
+        .map_err(|reason| {
+            tracing::debug!(reason = reason.as_str(), client = %client.id, "subject token refused");
+            ApiError::InvalidGrant("the subject token is not active")
+        })?;
+    let allowed: Vec<&str> = subject
+        .scope
+        .split(' ')
+        .filter(|s| client.scopes.iter().any(|c| c == s))
+        .collect();
+    let scope = scope_within(&allowed, form.optional("scope"))?;
+    if scope.is_empty() {
+        return Err(ApiError::InvalidScope(
+            "no scope is shared by the subject token and this client".into(),
+        ));
+    }
+    let aud = audience(client, form)?;
+    let mut claims = access_claims(app, now, &subject.sub, &client.id, aud, scope);
+    claims.exp = claims.exp.min(subject.exp);
+    claims.sid = subject.sid.clone();
+    claims.username = subject.username.clone();
+    let mut act = json!({ "sub": client.id });
+    if let Some(prior) = subject.act {
+        act["act"] = prior;
+    }
+    claims.act = Some(act);
+    issue(app, &claims, Grant::TokenExchange, None)
+}
+
+// === refresh_token grant ===
+
+pub async fn refresh(
+    app: &App,
+    client: &Client,
+    form: &Form,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let token = form.required("refresh_token")?;
+    let now = now_ms();
+    require_fresh(app, now)?;
+    let invalid = || ApiError::InvalidGrant("the refresh token is not valid");
+    if !sessions::is_refresh_token(token) {
+        return Err(invalid());
+    }
+    let hash = sessions::hash(token);
+    sync_revocations(app).await?;
+    let (record, spent) = app
+        .store
+        .refresh_token(hash.clone())
+        .await?
+        .ok_or_else(invalid)?;
+    if record.client_id != client.id {
+        tracing::debug!(client = %client.id, "refresh token of another client");
+        return Err(invalid());
+    }
+    if spent {
+        return reuse(app, &record, request_id).await;
+    }
+    if record.expires_at_ms <= now || app.table.is_revoked(&stamp(&record)) {
+        return Err(invalid());
+    }
+    let session_scope: Vec<&str> = record.scope.split(' ').filter(|s| !s.is_empty()).collect();
+    let scope = scope_within(&session_scope, form.optional("scope"))?;
+    let mut claims = access_claims(app, now, &record.sub, &client.id, record.aud.clone(), scope);
+    claims.sid = Some(record.sid.clone());
+    claims.username = record.username.clone();
+    let (next_token, next_hash) = sessions::new_refresh_token();
+    // The session keeps its scope and its stamp; only the token and its expiry move.
+    let next = RefreshRecord {
+        issued_at_ms: now,
+        expires_at_ms: now + app.config.tokens.refresh_ttl.as_millis() as i64,
+        ..record.clone()
+    };
+    match app.store.rotate_refresh(hash, next_hash, next).await? {
+        Rotation::Rotated => issue(app, &claims, Grant::RefreshToken, Some(next_token)),
+        Rotation::Reused(r) => reuse(app, &r, request_id).await,
+        Rotation::Unknown => Err(invalid()),
+    }
+}
+
+/// A spent refresh token came back: whoever holds it, the session is compromised.
+async fn reuse(app: &App, record: &RefreshRecord, request_id: &str) -> Result<Resp, ApiError> {
+    tracing::warn!(sid = %record.sid, client = %record.client_id, "refresh token reuse; revoking the session");
+    if !app
+        .table
+        .covers(RevocationKind::Session, &record.sid, record.rsq)
+    {
+        let event = app
+            .store
+            .append_revocation(NewRevocation {
+                kind: RevocationKind::Session,
+                value: record.sid.clone(),
+                reason: "refresh token reuse".into(),
+                actor: "latch".into(),
+                request_id: request_id.to_string(),
+            })
+            .await?;
+        app.table.insert(&event);
+        metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => "session").increment(1);
+    }
+    app.store
+        .append_audit(NewAudit {
+            actor: record.client_id.clone(),
+            action: "refresh_reuse".into(),
+            target: format!("session:{}", record.sid),
+            reason: format!(
+                "spent refresh token presented again; subject {}",
+                record.sub
+            ),
+            request_id: request_id.to_string(),
+        })
+        .await?;
+    Err(ApiError::InvalidGrant(
+        "the refresh token was already used; the session is revoked",
+    ))
+}
+
+/// Waits until this node has applied every revocation the store has, so a refresh right
+/// after a revocation on another node is refused here too. Bounded by `max_staleness`.
+async fn sync_revocations(app: &App) -> Result<(), ApiError> {
+    let head = app.store.head().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(app.max_staleness_ms as u64);
+    while app.table.applied() < head.revocation_seq {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Unavailable("revocations not yet applied".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+// === refresh tokens at /introspect and /revoke ===
+
+#[derive(Serialize)]
+struct RefreshIntrospection<'a> {
+    active: bool,
+    token_type: &'static str,
+    client_id: &'a str,
+    sub: &'a str,
+    sid: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    iss: &'a str,
+    exp: i64,
+    iat: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+}
+
+/// The introspection answer for a refresh token, or `None` for `{"active":false}`.
+pub async fn introspect_refresh(
+    app: &App,
+    caller: &Client,
+    token: &str,
+) -> Result<Option<Value>, ApiError> {
+    let Some((r, spent)) = app.store.refresh_token(sessions::hash(token)).await? else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    if spent
+        || r.expires_at_ms <= now
+        || app.table.is_revoked(&stamp(&r))
+        || !caller.may_see_audience(&r.aud)
+        || app.clients.get(&r.client_id).is_none()
+    {
+        return Ok(None);
+    }
+    let body = RefreshIntrospection {
+        active: true,
+        token_type: "refresh_token",
+        client_id: &r.client_id,
+        sub: &r.sub,
+        sid: &r.sid,
+        scope: &r.scope,
+        aud: &r.aud,
+        iss: &app.config.issuer,
+        exp: r.expires_at_ms.div_euclid(1000),
+        iat: r.issued_at_ms.div_euclid(1000),
+        username: r.username.as_deref(),
+    };
+    Ok(serde_json::to_value(body).ok())
+}
+
+/// RFC 7009 for a refresh token: its whole session is revoked.
+pub async fn revoke_refresh(
+    app: &App,
+    caller: &Client,
+    token: &str,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let Some((r, _)) = app.store.refresh_token(sessions::hash(token)).await? else {
+        return Ok(empty_ok());
+    };
+    if r.client_id != caller.id && !caller.has_role(Role::Admin) {
+        return Err(ApiError::UnauthorizedClient(
+            "the token was not issued to this client",
+        ));
+    }
+    if r.expires_at_ms <= now_ms() || app.table.covers(RevocationKind::Session, &r.sid, r.rsq) {
+        return Ok(empty_ok());
+    }
+    let event = app
+        .store
+        .append_revocation(NewRevocation {
+            kind: RevocationKind::Session,
+            value: r.sid.clone(),
+            reason: "RFC 7009 revocation of a refresh token".into(),
+            actor: caller.id.clone(),
+            request_id: request_id.to_string(),
+        })
+        .await?;
+    app.table.insert(&event);
+    metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => "session").increment(1);
+    Ok(empty_ok())
+}
+
+pub fn empty_ok() -> Resp {
+    bytes_response(StatusCode::OK, Bytes::new(), "application/json", "no-store")
+}

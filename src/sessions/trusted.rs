@@ -1,0 +1,192 @@
+//! Trusted identity providers (`[[trusted_issuers]]`) and the user assertions they sign:
+//! the subject tokens an IdP hook exchanges for a new session (RFC 8693).
+
+use std::collections::HashMap;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::{ConfigError, TrustedIssuerConfig};
+
+/// How old an assertion may be (by its `iat`) when it is exchanged.
+pub const MAX_ASSERTION_AGE_SECS: i64 = 300;
+
+/// One trusted issuer: its audience and its verification keys by kid.
+struct Issuer {
+    audience: String,
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+}
+
+/// Every trusted issuer, by `iss`.
+#[derive(Default)]
+pub struct TrustedIssuers {
+    by_iss: HashMap<String, Issuer>,
+}
+
+/// What latch takes from a valid assertion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assertion {
+    pub iss: String,
+    pub sub: String,
+    pub jti: String,
+    pub exp: i64,
+    pub username: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    sub: String,
+    #[serde(default)]
+    jti: Option<String>,
+    exp: i64,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    preferred_username: Option<String>,
+}
+
+impl TrustedIssuers {
+    /// Loads every issuer's JWKS (from its file or inline). `default_audience` is latch's
+    /// own issuer, used when an entry names no `audience`.
+    pub fn load(
+        configs: &[TrustedIssuerConfig],
+        default_audience: &str,
+    ) -> Result<TrustedIssuers, ConfigError> {
+        let mut by_iss = HashMap::new();
+        for (i, c) in configs.iter().enumerate() {
+            let (key, text) = match (&c.jwks_file, &c.jwks) {
+                (Some(path), _) => (
+                    format!("trusted_issuers[{i}].jwks_file"),
+                    std::fs::read_to_string(path).map_err(|e| {
+                        ConfigError::new(
+                            format!("trusted_issuers[{i}].jwks_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?,
+                ),
+                (None, Some(toml::Value::String(s))) => {
+                    (format!("trusted_issuers[{i}].jwks"), s.clone())
+                }
+                (None, Some(other)) => (
+                    format!("trusted_issuers[{i}].jwks"),
+                    serde_json::to_string(other).unwrap_or_default(),
+                ),
+                (None, None) => {
+                    return Err(ConfigError::new(
+                        format!("trusted_issuers[{i}].jwks_file"),
+                        "exactly one of jwks_file and jwks must be given",
+                    ))
+                }
+            };
+            let keys = parse_jwks(&text).map_err(|reason| ConfigError::new(key, reason))?;
+            let audience = c
+                .audience
+                .clone()
+                .unwrap_or_else(|| default_audience.to_string());
+            by_iss.insert(c.issuer.clone(), Issuer { audience, keys });
+        }
+        Ok(TrustedIssuers { by_iss })
+    }
+
+    /// Checks an assertion: signature by a key of a trusted issuer, `iss`, `aud`, `exp`,
+    /// `iat` within [`MAX_ASSERTION_AGE_SECS`], `sub` and `jti` present. Replay of `jti`
+    /// is the caller's to check (it needs the store). The error is a reason for logs.
+    pub fn verify(&self, token: &str, leeway_secs: u64) -> Result<Assertion, &'static str> {
+        if token.len() > crate::tokens::MAX_TOKEN_LEN {
+            return Err("assertion too large");
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed assertion")?;
+        let unverified = unverified_issuer(token).ok_or("malformed assertion")?;
+        let issuer = self.by_iss.get(&unverified).ok_or("untrusted issuer")?;
+        let (alg, key) = match header.kid.as_deref() {
+            Some(kid) => issuer.keys.get(kid).ok_or("unknown key")?,
+            // Without a kid, only an issuer with a single key is unambiguous.
+            None if issuer.keys.len() == 1 => issuer.keys.values().next().expect("one key"),
+            None => return Err("assertion has no kid"),
+        };
+        if header.alg != *alg {
+            return Err("algorithm does not match the key");
+        }
+        let mut v = Validation::new(*alg);
+        v.leeway = leeway_secs;
+        v.set_issuer(&[&unverified]);
+        v.set_audience(&[&issuer.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<AssertionClaims>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind::*;
+            match e.kind() {
+                ExpiredSignature => "assertion expired",
+                InvalidAudience => "wrong audience",
+                InvalidIssuer => "wrong issuer",
+                ImmatureSignature => "assertion not yet valid",
+                InvalidSignature => "bad signature",
+                _ => "invalid assertion",
+            }
+        })?;
+        let c = data.claims;
+        let now = crate::time::now_secs();
+        let iat = c.iat.ok_or("assertion has no iat")?;
+        if now - iat > MAX_ASSERTION_AGE_SECS + leeway_secs as i64 {
+            return Err("assertion too old");
+        }
+        if iat > now + leeway_secs as i64 {
+            return Err("assertion issued in the future");
+        }
+        let jti = c
+            .jti
+            .filter(|j| !j.is_empty())
+            .ok_or("assertion has no jti")?;
+        if c.sub.is_empty() {
+            return Err("assertion has no sub");
+        }
+        Ok(Assertion {
+            iss: c.iss,
+            sub: c.sub,
+            jti,
+            exp: c.exp,
+            username: c.preferred_username,
+        })
+    }
+}
+
+/// The `iss` claim before verification, only to pick the issuer's keys.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_string)
+}
+
+/// Verification keys by kid; only EdDSA (Ed25519), ES256 (P-256) and RS256.
+fn parse_jwks(text: &str) -> Result<HashMap<String, (Algorithm, DecodingKey)>, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = HashMap::new();
+    for (n, jwk) in set.keys.iter().enumerate() {
+        let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{n}"));
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                Algorithm::EdDSA
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            _ => {
+                return Err(format!(
+                    "key {kid}: only Ed25519, P-256 and RSA keys are accepted"
+                ))
+            }
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid}: {e}"))?;
+        keys.insert(kid, (alg, key));
+    }
+    if keys.is_empty() {
+        return Err("the JWKS has no keys".into());
+    }
+    Ok(keys)
+}
