@@ -513,6 +513,71 @@ mod tests {
         ));
     }
 
+    fn session(sid: &str) -> RefreshRecord {
+        RefreshRecord {
+            sid: sid.into(),
+            sub: "alice".into(),
+            client_id: "idp".into(),
+            scope: "profile".into(),
+            aud: "https://api".into(),
+            username: None,
+            rsq: 3,
+            issued_at_ms: now_ms(),
+            expires_at_ms: now_ms() + 60_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_rotation_is_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .open_session("h0".into(), session("s1"), NewAudit::default())
+            .await
+            .unwrap();
+        // Many concurrent spends of one token: exactly one wins.
+        let attempts = (1..=8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .rotate_refresh("h0".into(), format!("h{i}"), session("s1"))
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut rotated = 0;
+        for a in attempts {
+            match a.await.unwrap() {
+                Rotation::Rotated => rotated += 1,
+                Rotation::Reused(r) => assert_eq!(r.sid, "s1"),
+                Rotation::Unknown => panic!("the token exists"),
+            }
+        }
+        assert_eq!(rotated, 1);
+        let (_, spent) = store.refresh_token("h0".into()).await.unwrap().unwrap();
+        assert!(spent);
+        assert_eq!(
+            store
+                .rotate_refresh("nope".into(), "x".into(), session("s1"))
+                .await
+                .unwrap(),
+            Rotation::Unknown
+        );
+    }
+
+    #[tokio::test]
+    async fn claim_once_refuses_replays_until_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let until = now_ms() + 60_000;
+        assert!(store.claim_once("a".into(), until).await.unwrap());
+        assert!(!store.claim_once("a".into(), until).await.unwrap());
+        assert!(store.claim_once("b".into(), until).await.unwrap());
+        // An expired claim is forgotten.
+        assert!(store.claim_once("c".into(), now_ms() - 1).await.unwrap());
+        assert!(store.claim_once("c".into(), until).await.unwrap());
+    }
+
     #[tokio::test]
     async fn save_keys_is_compare_and_set() {
         let dir = tempfile::tempdir().unwrap();
