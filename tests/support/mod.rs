@@ -1012,3 +1012,247 @@ pub async fn run_cli(mut cmd: tokio::process::Command) -> (ExitStatus, String, S
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+// ---------------------------------------------------------------------------
+// Redis and clusters (redis mode)
+// ---------------------------------------------------------------------------
+
+/// A private `redis-server` child on a free loopback port (never 6379), with the AOF on
+/// and fsynced before every reply, in its own temporary directory. Killed on drop; the
+/// AOF survives [`RedisProcess::stop`] so that [`RedisProcess::start_again`] replays it.
+pub struct RedisProcess {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    generation: u32,
+}
+
+/// A free loopback port, as the OS hands it out (it may be taken again before use).
+pub fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}
+
+/// One `PING` over a fresh TCP connection: `Ok` on `+PONG`, the reply or error otherwise
+/// (`-LOADING` while the AOF is replayed).
+pub async fn redis_ping(port: u16) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(b"PING\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if reply.starts_with("+PONG") {
+            Ok(())
+        } else {
+            Err(format!("reply {reply:?}"))
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(2), fut).await {
+        Ok(r) => r,
+        Err(_) => Err("PING timed out".into()),
+    }
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` on a free port and waits until it answers `PING`.
+    pub async fn start() -> RedisProcess {
+        let dir = tempfile::tempdir().expect("tempdir for redis");
+        let mut r = RedisProcess {
+            port: 0,
+            dir,
+            child: None,
+            generation: 0,
+        };
+        let mut last = String::new();
+        for _ in 0..20 {
+            r.port = free_port();
+            match r.spawn().await {
+                Ok(()) => return r,
+                // Most likely someone took the port between the probe and the start.
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start: {last}\n{}", r.logs());
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self, generation: u32) -> PathBuf {
+        self.dir.path().join(format!("redis.{generation}.log"))
+    }
+
+    async fn spawn(&mut self) -> Result<(), String> {
+        let log = self.log_path(self.generation);
+        self.generation += 1;
+        let mut child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "yes"])
+            .args(["--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("spawn redis-server (is it on PATH? scripts/test installs it): {e}")
+            })?;
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return Err(format!(
+                    "redis-server on port {} exited with {st}",
+                    self.port
+                ));
+            }
+            match redis_ping(self.port).await {
+                Ok(()) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(e) if start.elapsed() > DEADLINE => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("redis-server never answered PING: {e}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// The child's pid (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis running").id()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL (a crash: no SHUTDOWN, no final save) and reap. The AOF stays in the
+    /// directory; with `appendfsync always` it holds every acknowledged write.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts Redis again on the same port and directory (the AOF is replayed) and waits
+    /// until it answers `PING`.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "start_again while redis is running");
+        let mut last = String::new();
+        // The port was ours a moment ago; retry briefly in case it is still held.
+        for _ in 0..10 {
+            match self.spawn().await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "redis-server did not start again on port {}: {last}\n{}",
+            self.port,
+            self.logs()
+        );
+    }
+
+    /// Every log line Redis wrote, all runs.
+    pub fn logs(&self) -> String {
+        (0..self.generation)
+            .map(|g| std::fs::read_to_string(self.log_path(g)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Runs one command on a fresh connection.
+    pub async fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> Result<T, String> {
+        let fut = async {
+            let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut cmd = redis::cmd(args[0]);
+            for a in &args[1..] {
+                cmd.arg(*a);
+            }
+            cmd.query_async::<T>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(DEADLINE, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("redis {args:?} timed out")),
+        }
+    }
+
+    /// Runs one command; panics on error.
+    pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        self.try_cmd(args)
+            .await
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Nodes of one cluster: identical configs in redis mode against one Redis.
+pub struct Cluster;
+
+impl Cluster {
+    /// `cfg` with the environment that selects redis mode on `redis` (the KEK is the
+    /// config's, [`TEST_KEK`] by default, the same on every node).
+    pub fn node_config(cfg: &ServerConfig, redis: &RedisProcess) -> ServerConfig {
+        let mut cfg = cfg.clone();
+        cfg.env
+            .retain(|(k, _)| k != "LATCH_STORE__KIND" && k != "LATCH_STORE__REDIS_URL");
+        cfg.env.push(("LATCH_STORE__KIND".into(), "redis".into()));
+        cfg.env.push(("LATCH_STORE__REDIS_URL".into(), redis.url()));
+        cfg
+    }
+
+    /// Starts `n` ready nodes: the first alone (it creates the keys), then the rest
+    /// together.
+    pub async fn start(n: usize, cfg: &ServerConfig, redis: &RedisProcess) -> Vec<TestServer> {
+        assert!(n >= 1);
+        let cfg = Self::node_config(cfg, redis);
+        let mut nodes = vec![TestServer::start(&cfg).await];
+        let rest: Vec<_> = (1..n)
+            .map(|_| {
+                let cfg = cfg.clone();
+                tokio::spawn(async move { TestServer::start(&cfg).await })
+            })
+            .collect();
+        for h in rest {
+            match h.await {
+                Ok(s) => nodes.push(s),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        nodes
+    }
+}
