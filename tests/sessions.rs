@@ -1,0 +1,1594 @@
+//! User sessions: RFC 8693 token exchange of an IdP assertion (session opening) and of
+//! an access token (delegation), rotating refresh tokens with reuse detection, session
+//! cascades through `/revoke` and `/admin/revoke`, refresh-token introspection, and the
+//! cluster behaviour of sessions in redis mode.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::rand::SecureRandom as _;
+use serde_json::{json, Value};
+use support::clients::{self, ORDERS_AUD};
+use support::*;
+
+const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const AT_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// latch's own issuer (the default audience of a trusted issuer).
+const LATCH_ISS: &str = "http://latch.test";
+const IDP_ISS: &str = "https://idp.test";
+const IDP_KID: &str = "idp-1";
+/// A second trusted issuer, configured inline with an explicit audience.
+const OTHER_ISS: &str = "https://other-idp.test";
+const OTHER_KID: &str = "other-1";
+const OTHER_AUD: &str = "https://latch-api.test";
+
+const PROFILE_AUD: &str = "https://profile.example";
+const REPORTS_AUD: &str = "https://reports.example";
+const REPORTS_AUD2: &str = "https://reports-internal.example";
+
+// ---------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------
+
+/// The IdP hook: opens sessions and refreshes them.
+fn idp_hook() -> ClientDef {
+    ClientDef::new("idp-hook")
+        .grants(&[TE, "refresh_token"])
+        .scopes(&["profile", "orders:read", "orders:write"])
+        .audiences(&[ORDERS_AUD, PROFILE_AUD])
+        .roles(&["session_issuer"])
+}
+
+/// A second session issuer (to present another client's refresh tokens).
+fn idp_hook2() -> ClientDef {
+    ClientDef::new("idp-hook-2")
+        .grants(&[TE, "refresh_token"])
+        .scopes(&["profile", "orders:read", "orders:write"])
+        .audiences(&[ORDERS_AUD, PROFILE_AUD])
+        .roles(&["session_issuer"])
+}
+
+/// A delegating service: token exchange only, no roles.
+fn reports() -> ClientDef {
+    ClientDef::new("reports-service")
+        .grants(&[TE])
+        .scopes(&["orders:read", "reports:write"])
+        .audiences(&[REPORTS_AUD, REPORTS_AUD2])
+}
+
+/// Has the `session_issuer` role but not the token-exchange grant.
+fn issuer_without_grant() -> ClientDef {
+    ClientDef::new("idp-no-grant")
+        .grants(&["client_credentials"])
+        .scopes(&["profile"])
+        .audiences(&[PROFILE_AUD])
+        .roles(&["session_issuer"])
+}
+
+fn session_clients() -> Vec<ClientDef> {
+    let mut v = clients::standard();
+    v.extend([idp_hook(), idp_hook2(), reports(), issuer_without_grant()]);
+    v
+}
+
+// ---------------------------------------------------------------------------
+// The identity provider the test controls
+// ---------------------------------------------------------------------------
+
+struct Idp {
+    pkcs8: Vec<u8>,
+    public: Vec<u8>,
+    kid: String,
+    iss: String,
+    aud: String,
+}
+
+impl Idp {
+    fn generate(iss: &str, kid: &str, aud: &str) -> Idp {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        use ring::signature::KeyPair as _;
+        Idp {
+            pkcs8: pkcs8.as_ref().to_vec(),
+            public: kp.public_key().as_ref().to_vec(),
+            kid: kid.to_string(),
+            iss: iss.to_string(),
+            aud: aud.to_string(),
+        }
+    }
+
+    fn jwks(&self) -> Value {
+        json!({"keys": [{
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": b64url(&self.public),
+            "kid": self.kid,
+            "alg": "EdDSA",
+            "use": "sig",
+        }]})
+    }
+
+    /// EdDSA-signs `claims` with this key, header `kid` = `kid`.
+    fn sign_kid(&self, kid: &str, claims: &Value) -> String {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&self.pkcs8)).unwrap()
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_kid(&self.kid, claims)
+    }
+
+    /// Valid assertion claims for `sub` (fresh jti).
+    fn claims(&self, sub: &str) -> Value {
+        let now = now_secs();
+        json!({
+            "iss": self.iss,
+            "sub": sub,
+            "aud": self.aud,
+            "iat": now,
+            "exp": now + 120,
+            "jti": unique("jti"),
+            "preferred_username": format!("{sub}@example.com"),
+        })
+    }
+
+    /// A valid, fresh assertion for `sub`.
+    fn assertion(&self, sub: &str) -> String {
+        self.sign(&self.claims(sub))
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new().fill(&mut b).unwrap();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{prefix}-{hex}-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `[[trusted_issuers]]` with a JWKS file.
+fn trusted_issuer_file(iss: &str, jwks_path: &std::path::Path) -> String {
+    format!(
+        "[[trusted_issuers]]\nissuer = {}\njwks_file = {}\n\n",
+        json!(iss),
+        json!(jwks_path.to_str().unwrap())
+    )
+}
+
+/// `[[trusted_issuers]]` with inline JWKS (TOML literal string) and optional audience.
+fn trusted_issuer_inline(iss: &str, audience: Option<&str>, jwks: &Value) -> String {
+    let jwks = serde_json::to_string(jwks).unwrap();
+    assert!(!jwks.contains('\''));
+    let mut s = format!("[[trusted_issuers]]\nissuer = {}\n", json!(iss));
+    if let Some(a) = audience {
+        s.push_str(&format!("audience = {}\n", json!(a)));
+    }
+    s.push_str(&format!("jwks = '{jwks}'\n\n"));
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Fixture
+// ---------------------------------------------------------------------------
+
+struct Env {
+    s: TestServer,
+    idp: Idp,
+    other: Idp,
+    _jwks_dir: tempfile::TempDir,
+}
+
+/// Config: the session clients; `https://idp.test` from a JWKS file with the default
+/// audience (latch's issuer); `https://other-idp.test` inline with its own audience.
+fn env_config(idp: &Idp, other: &Idp, dir: &tempfile::TempDir) -> ServerConfig {
+    let path = dir.path().join("idp-jwks.json");
+    std::fs::write(&path, serde_json::to_vec(&idp.jwks()).unwrap()).unwrap();
+    ServerConfig {
+        clients: session_clients(),
+        extra_toml: format!(
+            "{}{}",
+            trusted_issuer_file(IDP_ISS, &path),
+            trusted_issuer_inline(OTHER_ISS, Some(OTHER_AUD), &other.jwks())
+        ),
+        ..ServerConfig::default()
+    }
+}
+
+async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Env {
+    let idp = Idp::generate(IDP_ISS, IDP_KID, LATCH_ISS);
+    let other = Idp::generate(OTHER_ISS, OTHER_KID, OTHER_AUD);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = env_config(&idp, &other, &dir);
+    tweak(&mut cfg);
+    let s = TestServer::start(&cfg).await;
+    Env {
+        s,
+        idp,
+        other,
+        _jwks_dir: dir,
+    }
+}
+
+async fn start() -> Env {
+    start_with(|_| {}).await
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    access: String,
+    refresh: String,
+    sid: String,
+    body: Value,
+}
+
+fn claims_of(token: &str) -> Value {
+    decode_jwt(token).1
+}
+
+/// A session from a 200 token response with access and refresh token.
+#[track_caller]
+fn session_from(r: &Resp, what: &str) -> Session {
+    assert_eq!(r.status, 200, "{what}: {}", r.text());
+    let body = r.json();
+    let access = body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no access_token in {body}"))
+        .to_string();
+    let refresh = body["refresh_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no refresh_token in {body}"))
+        .to_string();
+    let sid = claims_of(&access)["sid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no sid in {}", claims_of(&access)))
+        .to_string();
+    Session {
+        access,
+        refresh,
+        sid,
+        body,
+    }
+}
+
+/// Token exchange of a user assertion (session opening).
+async fn exchange(
+    s: &TestServer,
+    client: &ClientDef,
+    assertion: &str,
+    extra: &[(&str, &str)],
+) -> Resp {
+    let mut p = vec![
+        ("grant_type", TE),
+        ("subject_token", assertion),
+        ("subject_token_type", JWT_TYPE),
+    ];
+    p.extend_from_slice(extra);
+    s.post_form("/token", &p, client.auth()).await
+}
+
+/// Opens a session for `sub` through the IdP hook; panics unless 200.
+async fn open_on(s: &TestServer, idp: &Idp, sub: &str, extra: &[(&str, &str)]) -> Session {
+    let r = exchange(s, &idp_hook(), &idp.assertion(sub), extra).await;
+    session_from(&r, &format!("open session for {sub}"))
+}
+
+async fn refresh_resp(
+    s: &TestServer,
+    client: &ClientDef,
+    rt: &str,
+    extra: &[(&str, &str)],
+) -> Resp {
+    let mut p = vec![("grant_type", "refresh_token"), ("refresh_token", rt)];
+    p.extend_from_slice(extra);
+    s.post_form("/token", &p, client.auth()).await
+}
+
+/// Refreshes through the IdP hook; panics unless 200.
+async fn refresh_ok(s: &TestServer, rt: &str) -> Session {
+    let r = refresh_resp(s, &idp_hook(), rt, &[]).await;
+    session_from(&r, "refresh")
+}
+
+/// Token exchange of an access token (delegation).
+async fn delegate(
+    s: &TestServer,
+    client: &ClientDef,
+    subject: &str,
+    extra: &[(&str, &str)],
+) -> Resp {
+    let mut p = vec![
+        ("grant_type", TE),
+        ("subject_token", subject),
+        ("subject_token_type", AT_TYPE),
+    ];
+    p.extend_from_slice(extra);
+    s.post_form("/token", &p, client.auth()).await
+}
+
+/// A delegated token from a 200 response (no refresh token).
+#[track_caller]
+fn delegated_from(r: &Resp, what: &str) -> String {
+    assert_eq!(r.status, 200, "{what}: {}", r.text());
+    let body = r.json();
+    assert!(
+        body.get("refresh_token").is_none(),
+        "{what}: delegation must not return a refresh token: {body}"
+    );
+    body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no access_token in {body}"))
+        .to_string()
+}
+
+fn set(items: &[&str]) -> std::collections::BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The refresh is refused with 400 invalid_grant.
+async fn assert_refresh_refused(s: &TestServer, rt: &str, what: &str) {
+    let r = refresh_resp(s, &idp_hook(), rt, &[]).await;
+    assert_eq!(
+        r.status,
+        400,
+        "{what}: refresh must be refused with 400 invalid_grant; got {} {}",
+        r.status,
+        r.text()
+    );
+    r.assert_error(400, "invalid_grant");
+}
+
+async fn assert_inactive(s: &TestServer, token: &str, what: &str) {
+    let v = s.introspect(token).await;
+    assert_eq!(v, inactive(), "{what}: must be exactly {{active:false}}");
+}
+
+async fn assert_active(s: &TestServer, token: &str, what: &str) {
+    let v = s.introspect(token).await;
+    assert_eq!(v["active"], true, "{what}: must be active; got {v}");
+}
+
+// ---------------------------------------------------------------------------
+// 1. Session opening
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn session_opening_happy_path() {
+    let env = start().await;
+    let s = &env.s;
+    let hook = idp_hook();
+
+    let r = exchange(s, &hook, &env.idp.assertion("alice"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.assert_no_store();
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("application/json"));
+    let sess = session_from(&r, "open");
+    let body = &sess.body;
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert_eq!(body["issued_token_type"], AT_TYPE, "{body}");
+    let expires_in = body["expires_in"].as_u64().expect("expires_in integer");
+    assert!(expires_in > 0 && expires_in <= 300, "{body}");
+    assert_eq!(
+        scope_set(&body["scope"]),
+        set(&["profile", "orders:read", "orders:write"]),
+        "default scope: all of the client's scopes; {body}"
+    );
+    assert!(!sess.refresh.is_empty());
+    assert_ne!(sess.refresh, sess.access);
+
+    let (h, c, _) = decode_jwt(&sess.access);
+    assert_eq!(h["typ"], "at+jwt", "{h}");
+    assert_eq!(c["iss"], LATCH_ISS, "{c}");
+    assert_eq!(c["sub"], "alice", "{c}");
+    assert_eq!(c["client_id"], "idp-hook", "{c}");
+    assert_eq!(c["username"], "alice@example.com", "{c}");
+    assert_eq!(aud_list(&c["aud"]), vec![ORDERS_AUD.to_string()], "{c}");
+    assert_eq!(scope_set(&c["scope"]), scope_set(&body["scope"]), "{c}");
+    assert!(!sess.sid.is_empty());
+    assert!(c.get("act").is_none(), "a session token has no act: {c}");
+
+    // Introspection shows the session.
+    let v = s.introspect(&sess.access).await;
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["sub"], "alice", "{v}");
+    assert_eq!(v["sid"], sess.sid.as_str(), "{v}");
+    assert_eq!(v["client_id"], "idp-hook", "{v}");
+    assert_eq!(v["username"], "alice@example.com", "{v}");
+    assert_eq!(v["token_type"], "Bearer", "{v}");
+
+    // Every exchange opens a fresh session.
+    let sess2 = open_on(s, &env.idp, "alice", &[]).await;
+    assert_ne!(sess2.sid, sess.sid, "each exchange must get a fresh sid");
+    assert_ne!(sess2.refresh, sess.refresh);
+
+    // Explicit scope and resource.
+    let r = exchange(
+        s,
+        &hook,
+        &env.idp.assertion("bob"),
+        &[("scope", "profile"), ("resource", PROFILE_AUD)],
+    )
+    .await;
+    let sess3 = session_from(&r, "open with scope and resource");
+    assert_eq!(scope_set(&sess3.body["scope"]), set(&["profile"]));
+    let c3 = claims_of(&sess3.access);
+    assert_eq!(aud_list(&c3["aud"]), vec![PROFILE_AUD.to_string()], "{c3}");
+    assert_eq!(scope_set(&c3["scope"]), set(&["profile"]), "{c3}");
+    assert_eq!(c3["sub"], "bob", "{c3}");
+    assert_ne!(sess3.sid, sess.sid);
+
+    // Without preferred_username there is no username claim.
+    let mut cl = env.idp.claims("carol");
+    cl.as_object_mut().unwrap().remove("preferred_username");
+    let sess4 = session_from(
+        &exchange(s, &hook, &env.idp.sign(&cl), &[]).await,
+        "open without preferred_username",
+    );
+    let c4 = claims_of(&sess4.access);
+    assert_eq!(c4["sub"], "carol");
+    assert!(c4.get("username").is_none(), "{c4}");
+
+    // Audit: one session_create per session, actor the IdP hook.
+    let records = s.audit(0).await;
+    let creates: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"] == "session_create")
+        .collect();
+    assert_eq!(creates.len(), 4, "session_create records: {records:?}");
+    for rec in creates {
+        assert_eq!(rec["actor"], "idp-hook", "{rec}");
+    }
+}
+
+#[tokio::test]
+async fn session_opening_validates_scope_and_resource() {
+    let env = start().await;
+    let s = &env.s;
+    let hook = idp_hook();
+    for (scope, what) in [
+        ("billing:read", "scope the client does not have"),
+        ("profile billing:read", "one scope outside the client's"),
+        ("reports:write", "another client's scope"),
+    ] {
+        let r = exchange(s, &hook, &env.idp.assertion("alice"), &[("scope", scope)]).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        r.assert_error(400, "invalid_scope");
+    }
+    for res in [REPORTS_AUD, "https://unknown.example"] {
+        let r = exchange(s, &hook, &env.idp.assertion("alice"), &[("resource", res)]).await;
+        r.assert_error(400, "invalid_target");
+    }
+    // A valid request still works afterwards.
+    open_on(s, &env.idp, "alice", &[("scope", "orders:read")]).await;
+}
+
+#[tokio::test]
+async fn only_session_issuers_with_the_grant_open_sessions() {
+    let env = start().await;
+    let s = &env.s;
+    // Token-exchange grant but no session_issuer role: 403.
+    let r = exchange(s, &reports(), &env.idp.assertion("alice"), &[]).await;
+    r.assert_error(403, "unauthorized_client");
+    // session_issuer role but no token-exchange grant: 400.
+    let r = exchange(s, &issuer_without_grant(), &env.idp.assertion("alice"), &[]).await;
+    r.assert_error(400, "unauthorized_client");
+    // No client authentication: 401.
+    let p = [
+        ("grant_type", TE),
+        ("subject_token", &env.idp.assertion("alice")),
+        ("subject_token_type", JWT_TYPE),
+    ];
+    let r = s.post_form("/token", &p, None).await;
+    r.assert_error(401, "invalid_client");
+    let r = s
+        .post_form(
+            "/token",
+            &p,
+            Some(("idp-hook", "wrong-secret-0123456789abcdef0123456789")),
+        )
+        .await;
+    r.assert_error(401, "invalid_client");
+    // The legitimate hook succeeds.
+    open_on(s, &env.idp, "alice", &[]).await;
+}
+
+#[tokio::test]
+async fn second_issuer_inline_jwks_and_explicit_audience() {
+    let env = start().await;
+    let s = &env.s;
+    let hook = idp_hook();
+    // Its assertions, for its configured audience, work.
+    let sess = session_from(
+        &exchange(s, &hook, &env.other.assertion("dave"), &[]).await,
+        "other issuer",
+    );
+    assert_eq!(claims_of(&sess.access)["sub"], "dave");
+    // Its configured audience is not latch's issuer: an assertion for latch's issuer fails.
+    let mut cl = env.other.claims("dave");
+    cl["aud"] = json!(LATCH_ISS);
+    exchange(s, &hook, &env.other.sign(&cl), &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    // Key confusion: each issuer's assertions verify only with that issuer's keys.
+    // iss = idp.test, signed by the other issuer's key (with its kid).
+    let mut cl = env.idp.claims("mallory");
+    cl["iss"] = json!(IDP_ISS);
+    exchange(s, &hook, &env.other.sign(&cl), &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    // iss = other-idp.test with its audience, signed by idp.test's key (with idp's kid).
+    let mut cl = env.other.claims("mallory");
+    cl["iss"] = json!(OTHER_ISS);
+    exchange(s, &hook, &env.idp.sign(&cl), &[])
+        .await
+        .assert_error(400, "invalid_grant");
+}
+
+// ---------------------------------------------------------------------------
+// 6. Hostile assertions
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn hostile_assertions_are_invalid_grant() {
+    let env = start().await;
+    let s = &env.s;
+    let hook = idp_hook();
+    let idp = &env.idp;
+    let now = now_secs();
+    let attacker = Idp::generate(IDP_ISS, IDP_KID, LATCH_ISS);
+
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = idp.claims("alice");
+        f(&mut c);
+        c
+    };
+    let without = |k: &str| {
+        let mut c = idp.claims("alice");
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+
+    let mut cases: Vec<(&str, String)> = vec![
+        (
+            "untrusted issuer (signed by the trusted key)",
+            idp.sign(&with(&|c| c["iss"] = json!("https://evil.test"))),
+        ),
+        (
+            "untrusted issuer (signed by its own key)",
+            Idp::generate("https://evil.test", IDP_KID, LATCH_ISS).assertion("alice"),
+        ),
+        (
+            "signed by an unknown key with the trusted kid",
+            attacker.assertion("alice"),
+        ),
+        (
+            "signed by an unknown key with an unknown kid",
+            attacker.sign_kid("idp-2", &idp.claims("alice")),
+        ),
+        (
+            "trusted key but a kid not in the JWKS",
+            idp.sign_kid("idp-2", &idp.claims("alice")),
+        ),
+        (
+            "expired",
+            idp.sign(&with(&|c| {
+                c["iat"] = json!(now - 180);
+                c["exp"] = json!(now - 120);
+            })),
+        ),
+        (
+            "iat 10 minutes old",
+            idp.sign(&with(&|c| c["iat"] = json!(now - 600))),
+        ),
+        ("no iat", idp.sign(&without("iat"))),
+        ("no jti", idp.sign(&without("jti"))),
+        ("no sub", idp.sign(&without("sub"))),
+        ("no aud", idp.sign(&without("aud"))),
+        (
+            "wrong audience",
+            idp.sign(&with(&|c| c["aud"] = json!("https://someone-else.example"))),
+        ),
+        (
+            "wrong audience array",
+            idp.sign(&with(&|c| {
+                c["aud"] = json!(["https://a.example", "https://b.example"])
+            })),
+        ),
+        (
+            "the other issuer's audience",
+            idp.sign(&with(&|c| c["aud"] = json!(OTHER_AUD))),
+        ),
+    ];
+
+    // Structural forgeries of a valid assertion.
+    let good = idp.assertion("alice");
+    let (h, c, sig) = decode_jwt(&good);
+    let mut c_admin = c.clone();
+    c_admin["sub"] = json!("admin");
+    cases.push((
+        "claims changed after signing",
+        format!("{}.{}.{}", encode_part(&h), encode_part(&c_admin), sig),
+    ));
+    let none_h = json!({"alg": "none", "typ": "JWT", "kid": IDP_KID});
+    cases.push((
+        "alg none, empty signature",
+        format!(
+            "{}.{}.",
+            encode_part(&none_h),
+            encode_part(&idp.claims("alice"))
+        ),
+    ));
+    cases.push((
+        "alg none, original signature",
+        format!(
+            "{}.{}.{}",
+            encode_part(&none_h),
+            encode_part(&idp.claims("alice")),
+            sig
+        ),
+    ));
+    let hs_h = json!({"alg": "HS256", "typ": "JWT", "kid": IDP_KID});
+    cases.push((
+        "HS256 with the public key bytes as secret",
+        sign_hs256(&idp.public, &hs_h, &idp.claims("alice")),
+    ));
+    cases.push((
+        "HS256 with the JWK x as secret",
+        sign_hs256(b64url(&idp.public).as_bytes(), &hs_h, &idp.claims("alice")),
+    ));
+    cases.push(("garbage", "garbage".to_string()));
+    cases.push(("three dots of nothing", "a.b.c".to_string()));
+    // A latch access token is not a user assertion.
+    cases.push((
+        "a latch access token",
+        s.issue(&clients::orders(), &[]).await,
+    ));
+
+    for (what, assertion) in &cases {
+        let r = exchange(s, &hook, assertion, &[]).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{what}: expected 400 invalid_grant, got {} {}",
+            r.status,
+            r.text()
+        );
+        r.assert_error(400, "invalid_grant");
+        r.assert_no_store();
+    }
+
+    // Positive controls: an aud array containing latch's issuer works, and a valid
+    // assertion still works after all of that.
+    let cl = with(&|c| c["aud"] = json!(["https://a.example", LATCH_ISS]));
+    let sess = session_from(
+        &exchange(s, &hook, &idp.sign(&cl), &[]).await,
+        "aud array containing the audience",
+    );
+    assert_eq!(claims_of(&sess.access)["sub"], "alice");
+    open_on(s, idp, "alice", &[]).await;
+    // An assertion issued 4 minutes ago is still young enough.
+    let cl = with(&|c| c["iat"] = json!(now_secs() - 240));
+    session_from(
+        &exchange(s, &hook, &idp.sign(&cl), &[]).await,
+        "assertion with iat 4 minutes old",
+    );
+    // None of the failures opened a session.
+    let creates = s
+        .audit(0)
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "session_create")
+        .count();
+    assert_eq!(creates, 3, "only the three valid assertions open sessions");
+}
+
+#[tokio::test]
+async fn replayed_assertion_is_refused_also_after_a_restart() {
+    let mut env = start().await;
+    let hook = idp_hook();
+    let claims = env.idp.claims("alice");
+    let jti = claims["jti"].as_str().unwrap().to_string();
+    let assertion = env.idp.sign(&claims);
+    let sess = session_from(&exchange(&env.s, &hook, &assertion, &[]).await, "first use");
+
+    // The same assertion again.
+    exchange(&env.s, &hook, &assertion, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    // A new assertion reusing the jti (different iat/sub).
+    let mut c2 = env.idp.claims("bob");
+    c2["jti"] = json!(jti);
+    c2["iat"] = json!(now_secs() - 1);
+    let replay2 = env.idp.sign(&c2);
+    exchange(&env.s, &hook, &replay2, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    // Through another session issuer.
+    exchange(&env.s, &idp_hook2(), &assertion, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+
+    env.s.restart().await;
+    exchange(&env.s, &hook, &assertion, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    exchange(&env.s, &hook, &replay2, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    // The session survived the restart: its refresh token still rotates.
+    let next = refresh_ok(&env.s, &sess.refresh).await;
+    assert_eq!(next.sid, sess.sid);
+    // Fresh assertions still work.
+    open_on(&env.s, &env.idp, "alice", &[]).await;
+}
+
+// ---------------------------------------------------------------------------
+// 2. Refresh
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn refresh_rotates_and_keeps_the_session() {
+    let env = start().await;
+    let s = &env.s;
+    let sess = open_on(s, &env.idp, "alice", &[("scope", "profile orders:read")]).await;
+
+    let r = refresh_resp(s, &idp_hook(), &sess.refresh, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.assert_no_store();
+    let next = session_from(&r, "refresh");
+    assert_eq!(next.body["token_type"], "Bearer", "{}", next.body);
+    assert!(next.body["expires_in"].as_u64().is_some_and(|e| e > 0));
+    assert_ne!(next.access, sess.access, "a new access token");
+    assert_ne!(next.refresh, sess.refresh, "a new refresh token");
+    assert_eq!(next.sid, sess.sid, "same session");
+    let c = claims_of(&next.access);
+    let c0 = claims_of(&sess.access);
+    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["client_id"], "idp-hook");
+    assert_eq!(c["username"], c0["username"], "{c}");
+    assert_ne!(c["jti"], c0["jti"]);
+    assert_eq!(aud_list(&c["aud"]), aud_list(&c0["aud"]));
+    assert_eq!(
+        scope_set(&next.body["scope"]),
+        set(&["profile", "orders:read"]),
+        "default: the session's scope"
+    );
+    assert_eq!(scope_set(&c["scope"]), set(&["profile", "orders:read"]));
+    assert_active(s, &next.access, "refreshed access token").await;
+
+    // Down-scoping within the session's scope.
+    let r = refresh_resp(s, &idp_hook(), &next.refresh, &[("scope", "orders:read")]).await;
+    let narrow = session_from(&r, "down-scoped refresh");
+    assert_eq!(scope_set(&narrow.body["scope"]), set(&["orders:read"]));
+    assert_eq!(
+        scope_set(&claims_of(&narrow.access)["scope"]),
+        set(&["orders:read"])
+    );
+    assert_eq!(narrow.sid, sess.sid);
+
+    // Escalation beyond the session's scope (but within the client's): invalid_scope.
+    let other = open_on(s, &env.idp, "bob", &[("scope", "profile")]).await;
+    for scope in ["profile orders:write", "orders:write", "billing:read"] {
+        let r = refresh_resp(s, &idp_hook(), &other.refresh, &[("scope", scope)]).await;
+        r.assert_error(400, "invalid_scope");
+    }
+}
+
+#[tokio::test]
+async fn refresh_token_reuse_revokes_the_whole_session() {
+    let mut env = start().await;
+    let s = &env.s;
+    let s1 = open_on(s, &env.idp, "alice", &[]).await;
+    let s2 = refresh_ok(s, &s1.refresh).await;
+    let s3 = refresh_ok(s, &s2.refresh).await;
+    // Another session of the same subject, untouched.
+    let bystander = open_on(s, &env.idp, "alice", &[]).await;
+    for t in [&s1.access, &s2.access, &s3.access] {
+        assert_active(s, t, "before reuse").await;
+    }
+
+    // Replay the first refresh token.
+    let r = refresh_resp(s, &idp_hook(), &s1.refresh, &[]).await;
+    r.assert_error(400, "invalid_grant");
+    r.assert_no_store();
+
+    for (t, what) in [
+        (&s1.access, "first access token"),
+        (&s2.access, "second access token"),
+        (&s3.access, "newest access token"),
+    ] {
+        assert_inactive(s, t, &format!("after reuse: {what}")).await;
+    }
+    assert_refresh_refused(s, &s3.refresh, "newest refresh token after reuse").await;
+    assert_inactive(s, &s3.refresh, "newest refresh token after reuse").await;
+    assert_refresh_refused(s, &s2.refresh, "used refresh token after reuse").await;
+
+    // Only that session: the bystander session of the same subject lives on.
+    assert_active(s, &bystander.access, "other session of the subject").await;
+    let b2 = refresh_ok(s, &bystander.refresh).await;
+    assert_eq!(b2.sid, bystander.sid);
+
+    let records = s.audit(0).await;
+    assert!(
+        records.iter().any(|r| r["action"] == "refresh_reuse"),
+        "no refresh_reuse audit record: {records:?}"
+    );
+
+    // The reuse revocation is durable.
+    env.s.restart().await;
+    let s = &env.s;
+    assert_inactive(s, &s3.access, "after reuse and a restart").await;
+    assert_refresh_refused(s, &s3.refresh, "after reuse and a restart").await;
+    assert_active(s, &b2.access, "bystander after a restart").await;
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_exactly_one_wins() {
+    let env = start().await;
+    let s = &env.s;
+    let hook = idp_hook();
+    for round in 0..10 {
+        let sess = open_on(s, &env.idp, "alice", &[]).await;
+        let (a, b) = tokio::join!(
+            refresh_resp(s, &hook, &sess.refresh, &[]),
+            refresh_resp(s, &hook, &sess.refresh, &[])
+        );
+        let oks = [&a, &b].iter().filter(|r| r.status == 200).count();
+        assert_eq!(
+            oks,
+            1,
+            "round {round}: exactly one concurrent refresh must succeed; got {} {} and {} {}",
+            a.status,
+            a.text(),
+            b.status,
+            b.text()
+        );
+        let loser = if a.status == 200 { &b } else { &a };
+        loser.assert_error(400, "invalid_grant");
+    }
+}
+
+#[tokio::test]
+async fn refresh_token_is_bound_to_its_client() {
+    let env = start().await;
+    let s = &env.s;
+    let sess = open_on(s, &env.idp, "alice", &[]).await;
+    let r = refresh_resp(s, &idp_hook2(), &sess.refresh, &[]).await;
+    r.assert_error(400, "invalid_grant");
+    // Still usable by its owner, and the session was not revoked.
+    assert_active(
+        s,
+        &sess.access,
+        "access token after a foreign refresh attempt",
+    )
+    .await;
+    let next = refresh_ok(s, &sess.refresh).await;
+    assert_eq!(next.sid, sess.sid);
+    assert_active(s, &next.access, "refreshed").await;
+}
+
+#[tokio::test]
+async fn malformed_token_requests() {
+    let env = start().await;
+    let s = &env.s;
+    let hook = idp_hook();
+    let sess = open_on(s, &env.idp, "alice", &[]).await;
+
+    // Refresh tokens: garbage of every kind is invalid_grant.
+    let mut tampered: Vec<char> = sess.refresh.chars().collect();
+    let i = tampered.len().saturating_sub(5);
+    tampered[i] = if tampered[i] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    let garbage_refresh = [
+        "garbage".to_string(),
+        "a.b.c".to_string(),
+        "%00%ff".to_string(),
+        "\u{0}\u{ff}\u{202e}".to_string(),
+        "x".repeat(2000),
+        tampered,
+        format!("{}x", sess.refresh),
+        sess.access.clone(),
+        env.idp.assertion("alice"),
+    ];
+    for rt in &garbage_refresh {
+        let r = refresh_resp(s, &hook, rt, &[]).await;
+        assert_eq!(r.status, 400, "refresh_token {rt:?}: {}", r.text());
+        r.assert_error(400, "invalid_grant");
+    }
+    // None of these harmed the real session.
+    assert_active(s, &sess.access, "session after garbage refreshes").await;
+    let sess = refresh_ok(s, &sess.refresh).await;
+
+    // Missing or unknown parameters: invalid_request.
+    let r = s
+        .post_form("/token", &[("grant_type", "refresh_token")], hook.auth())
+        .await;
+    r.assert_error(400, "invalid_request");
+    let assertion = env.idp.assertion("alice");
+    for (client, token, ty) in [
+        (&hook, assertion.as_str(), JWT_TYPE),
+        (&reports(), sess.access.as_str(), AT_TYPE),
+    ] {
+        let cases: [(&str, Vec<(&str, &str)>); 4] = [
+            (
+                "exchange without subject_token",
+                vec![("grant_type", TE), ("subject_token_type", ty)],
+            ),
+            (
+                "exchange without subject_token_type",
+                vec![("grant_type", TE), ("subject_token", token)],
+            ),
+            (
+                "exchange with an unsupported subject_token_type",
+                vec![
+                    ("grant_type", TE),
+                    ("subject_token", token),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:saml2",
+                    ),
+                ],
+            ),
+            (
+                "exchange with a made-up subject_token_type",
+                vec![
+                    ("grant_type", TE),
+                    ("subject_token", token),
+                    ("subject_token_type", "nonsense"),
+                ],
+            ),
+        ];
+        for (what, params) in &cases {
+            let r = s.post_form("/token", params, client.auth()).await;
+            assert_eq!(r.status, 400, "{what} by {}: {}", client.id, r.text());
+            r.assert_error(400, "invalid_request");
+        }
+    }
+
+    // Garbage subject tokens of both types: invalid_grant.
+    for st in ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.e30."] {
+        exchange(s, &hook, st, &[])
+            .await
+            .assert_error(400, "invalid_grant");
+        delegate(s, &reports(), st, &[("resource", REPORTS_AUD)])
+            .await
+            .assert_error(400, "invalid_grant");
+    }
+    // The session is still fine.
+    refresh_ok(s, &sess.refresh).await;
+}
+
+// ---------------------------------------------------------------------------
+// 3. Delegation
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn delegation_happy_path() {
+    let env = start().await;
+    let s = &env.s;
+    let sess = open_on(s, &env.idp, "alice", &[]).await;
+    let svc = reports();
+
+    let r = delegate(s, &svc, &sess.access, &[("resource", REPORTS_AUD)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.assert_no_store();
+    let body = r.json();
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert_eq!(body["issued_token_type"], AT_TYPE, "{body}");
+    assert!(body["expires_in"]
+        .as_u64()
+        .is_some_and(|e| e > 0 && e <= 300));
+    // Default scope: the intersection of the subject token's and the client's scopes.
+    assert_eq!(scope_set(&body["scope"]), set(&["orders:read"]), "{body}");
+    let d = delegated_from(&r, "delegation");
+    let (h, c, _) = decode_jwt(&d);
+    assert_eq!(h["typ"], "at+jwt");
+    assert_eq!(c["sub"], "alice", "{c}");
+    assert_eq!(c["sid"], sess.sid.as_str(), "{c}");
+    assert_eq!(c["client_id"], "reports-service", "{c}");
+    assert_eq!(c["act"], json!({"sub": "reports-service"}), "{c}");
+    assert_eq!(aud_list(&c["aud"]), vec![REPORTS_AUD.to_string()], "{c}");
+    assert_eq!(scope_set(&c["scope"]), set(&["orders:read"]), "{c}");
+    assert_ne!(c["jti"], claims_of(&sess.access)["jti"]);
+
+    let v = s.introspect(&d).await;
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["act"], json!({"sub": "reports-service"}), "{v}");
+    assert_eq!(v["sub"], "alice", "{v}");
+    assert_eq!(v["sid"], sess.sid.as_str(), "{v}");
+    assert_eq!(v["client_id"], "reports-service", "{v}");
+
+    // Explicit scope and the second audience.
+    let r = delegate(
+        s,
+        &svc,
+        &sess.access,
+        &[("resource", REPORTS_AUD2), ("scope", "orders:read")],
+    )
+    .await;
+    let d2 = delegated_from(&r, "explicit scope");
+    let c2 = claims_of(&d2);
+    assert_eq!(aud_list(&c2["aud"]), vec![REPORTS_AUD2.to_string()]);
+    assert_eq!(scope_set(&c2["scope"]), set(&["orders:read"]));
+    // The subject token is unaffected by being exchanged.
+    assert_active(s, &sess.access, "subject token after delegation").await;
+}
+
+#[tokio::test]
+async fn delegation_scope_and_audience_rules() {
+    let env = start().await;
+    let s = &env.s;
+    let svc = reports();
+    let sess = open_on(s, &env.idp, "alice", &[("scope", "profile orders:read")]).await;
+    for (scope, what) in [
+        (
+            "reports:write",
+            "in the client's scopes but not the subject's",
+        ),
+        ("profile", "in the subject's scopes but not the client's"),
+        ("orders:read reports:write", "partly outside the subject's"),
+        ("orders:write", "in neither"),
+    ] {
+        let r = delegate(
+            s,
+            &svc,
+            &sess.access,
+            &[("resource", REPORTS_AUD), ("scope", scope)],
+        )
+        .await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        r.assert_error(400, "invalid_scope");
+    }
+    // Empty intersection by default.
+    let profile_only = open_on(s, &env.idp, "bob", &[("scope", "profile")]).await;
+    delegate(s, &svc, &profile_only.access, &[("resource", REPORTS_AUD)])
+        .await
+        .assert_error(400, "invalid_scope");
+    // A resource that is not one of the delegating client's audiences.
+    for res in [ORDERS_AUD, "https://unknown.example"] {
+        delegate(s, &svc, &sess.access, &[("resource", res)])
+            .await
+            .assert_error(400, "invalid_target");
+    }
+    // Still fine with valid parameters.
+    delegated_from(
+        &delegate(s, &svc, &sess.access, &[("resource", REPORTS_AUD)]).await,
+        "valid delegation",
+    );
+}
+
+#[tokio::test]
+async fn delegation_refuses_inactive_subject_tokens() {
+    let env = start().await;
+    let s = &env.s;
+    let svc = reports();
+    let res = [("resource", REPORTS_AUD)];
+
+    // Revoked by /revoke (its jti).
+    let sess = open_on(s, &env.idp, "alice", &[]).await;
+    let r = s
+        .post_form("/revoke", &[("token", &sess.access)], idp_hook().auth())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_inactive(s, &sess.access, "revoked subject token").await;
+    delegate(s, &svc, &sess.access, &res)
+        .await
+        .assert_error(400, "invalid_grant");
+
+    // Session revoked.
+    let sess = open_on(s, &env.idp, "bob", &[]).await;
+    s.admin_revoke("session", Some(&sess.sid), "test").await;
+    delegate(s, &svc, &sess.access, &res)
+        .await
+        .assert_error(400, "invalid_grant");
+
+    // Forged: the claims of a real session token signed by an attacker key.
+    let good = open_on(s, &env.idp, "carol", &[]).await;
+    let (h, c, _) = decode_jwt(&good.access);
+    let kp = attacker_ed25519();
+    let forged = sign_ed25519(&kp, &h, &c);
+    delegate(s, &svc, &forged, &res)
+        .await
+        .assert_error(400, "invalid_grant");
+    // Claims tampered (scope widened) with the original signature.
+    let (_, _, sig) = decode_jwt(&good.access);
+    let mut c2 = c.clone();
+    c2["scope"] = json!("orders:read reports:write");
+    let tampered = format!("{}.{}.{}", encode_part(&h), encode_part(&c2), sig);
+    delegate(s, &svc, &tampered, &res)
+        .await
+        .assert_error(400, "invalid_grant");
+    // alg none.
+    let none = format!(
+        "{}.{}.",
+        encode_part(&json!({"alg": "none", "typ": "at+jwt", "kid": h["kid"]})),
+        encode_part(&c)
+    );
+    delegate(s, &svc, &none, &res)
+        .await
+        .assert_error(400, "invalid_grant");
+    // A user assertion is not a latch access token; nor is a refresh token.
+    delegate(s, &svc, &env.idp.assertion("carol"), &res)
+        .await
+        .assert_error(400, "invalid_grant");
+    delegate(s, &svc, &good.refresh, &res)
+        .await
+        .assert_error(400, "invalid_grant");
+    // The genuine token works.
+    delegated_from(&delegate(s, &svc, &good.access, &res).await, "genuine");
+}
+
+#[tokio::test]
+async fn delegated_tokens_die_with_their_session_and_subject() {
+    let env = start().await;
+    let s = &env.s;
+    let svc = reports();
+    let res = [("resource", REPORTS_AUD)];
+
+    // Session revocation.
+    let a = open_on(s, &env.idp, "alice", &[]).await;
+    let da = delegated_from(&delegate(s, &svc, &a.access, &res).await, "delegate a");
+    let other = open_on(s, &env.idp, "alice", &[]).await;
+    let d_other = delegated_from(&delegate(s, &svc, &other.access, &res).await, "other");
+    assert_active(s, &da, "delegated before revocation").await;
+    s.admin_revoke("session", Some(&a.sid), "session compromised")
+        .await;
+    assert_inactive(s, &da, "delegated token after session revocation").await;
+    assert_inactive(s, &a.access, "subject token after session revocation").await;
+    assert_active(s, &d_other, "delegated token of another session").await;
+    assert_active(s, &other.access, "another session of the subject").await;
+
+    // Subject revocation.
+    let b = open_on(s, &env.idp, "bob", &[]).await;
+    let db = delegated_from(&delegate(s, &svc, &b.access, &res).await, "delegate b");
+    let alice_d = delegated_from(&delegate(s, &svc, &other.access, &res).await, "alice again");
+    s.admin_revoke("subject", Some("bob"), "offboarded").await;
+    assert_inactive(s, &db, "delegated token after subject revocation").await;
+    assert_inactive(s, &b.access, "subject's token after subject revocation").await;
+    assert_refresh_refused(s, &b.refresh, "subject's refresh after subject revocation").await;
+    assert_active(s, &alice_d, "another subject's delegated token").await;
+
+    // A session opened after the subject revocation works, delegation included.
+    let b2 = open_on(s, &env.idp, "bob", &[]).await;
+    assert_active(s, &b2.access, "new session after subject revocation").await;
+    let db2 = delegated_from(&delegate(s, &svc, &b2.access, &res).await, "delegate b2");
+    assert_active(s, &db2, "new delegated token").await;
+    let b3 = refresh_ok(s, &b2.refresh).await;
+    assert_active(s, &b3.access, "refreshed new session").await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. Cascades
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn revoking_a_refresh_token_kills_its_session() {
+    let env = start().await;
+    let s = &env.s;
+    let hook = idp_hook();
+
+    for hint in [Some("refresh_token"), None, Some("access_token")] {
+        let s1 = open_on(s, &env.idp, "alice", &[]).await;
+        let s2 = refresh_ok(s, &s1.refresh).await;
+        let bystander = open_on(s, &env.idp, "alice", &[]).await;
+        let mut p = vec![("token", s2.refresh.as_str())];
+        if let Some(h) = hint {
+            p.push(("token_type_hint", h));
+        }
+        let r = s.post_form("/revoke", &p, hook.auth()).await;
+        assert_eq!(r.status, 200, "hint {hint:?}: {}", r.text());
+        assert!(r.body.is_empty(), "RFC 7009: empty body; got {}", r.text());
+        let what = format!("after /revoke of the refresh token (hint {hint:?})");
+        assert_inactive(s, &s1.access, &what).await;
+        assert_inactive(s, &s2.access, &what).await;
+        assert_inactive(s, &s2.refresh, &what).await;
+        assert_refresh_refused(s, &s2.refresh, &what).await;
+        assert_active(s, &bystander.access, "another session").await;
+        // Revoking again: still 200.
+        let r = s.post_form("/revoke", &p, hook.auth()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // Another (non-admin) client may not revoke it: 4xx, and the session lives on.
+    let sess = open_on(s, &env.idp, "bob", &[]).await;
+    for client in [idp_hook2(), reports(), clients::orders()] {
+        let r = s
+            .post_form(
+                "/revoke",
+                &[
+                    ("token", &sess.refresh),
+                    ("token_type_hint", "refresh_token"),
+                ],
+                client.auth(),
+            )
+            .await;
+        assert!(
+            r.status.is_client_error(),
+            "{} revoking another client's refresh token: {} {}",
+            client.id,
+            r.status,
+            r.text()
+        );
+        assert!(r.json()["error"].is_string(), "{}", r.text());
+    }
+    assert_active(s, &sess.access, "after foreign revocation attempts").await;
+    let sess = refresh_ok(s, &sess.refresh).await;
+
+    // The admin may.
+    let r = s
+        .post_form(
+            "/revoke",
+            &[("token", &sess.refresh)],
+            clients::admin().auth(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_inactive(s, &sess.access, "after admin /revoke of the refresh token").await;
+    assert_refresh_refused(s, &sess.refresh, "after admin /revoke").await;
+}
+
+#[tokio::test]
+async fn admin_session_and_subject_revocation_kill_access_and_refresh() {
+    let env = start().await;
+    let s = &env.s;
+
+    // kind = session
+    let a1 = open_on(s, &env.idp, "alice", &[]).await;
+    let a2 = refresh_ok(s, &a1.refresh).await;
+    let a_other = open_on(s, &env.idp, "alice", &[]).await;
+    let v = s
+        .admin_revoke("session", Some(&a1.sid), "stolen laptop")
+        .await;
+    assert_eq!(v["kind"], "session", "{v}");
+    assert_eq!(v["value"], a1.sid.as_str(), "{v}");
+    assert_inactive(s, &a1.access, "session revoked: first access").await;
+    assert_inactive(s, &a2.access, "session revoked: current access").await;
+    assert_inactive(s, &a2.refresh, "session revoked: refresh introspection").await;
+    assert_refresh_refused(s, &a2.refresh, "session revoked: current refresh").await;
+    assert_refresh_refused(s, &a1.refresh, "session revoked: used refresh").await;
+    assert_active(s, &a_other.access, "another session of the subject").await;
+    refresh_ok(s, &a_other.refresh).await;
+
+    // kind = subject
+    let b1 = open_on(s, &env.idp, "bob", &[]).await;
+    let b2 = open_on(s, &env.idp, "bob", &[("resource", PROFILE_AUD)]).await;
+    let b2 = refresh_ok(s, &b2.refresh).await;
+    let c1 = open_on(s, &env.idp, "carol", &[]).await;
+    s.admin_revoke("subject", Some("bob"), "offboarding").await;
+    for (sess, what) in [(&b1, "bob session 1"), (&b2, "bob session 2")] {
+        assert_inactive(s, &sess.access, what).await;
+        assert_inactive(s, &sess.refresh, what).await;
+        assert_refresh_refused(s, &sess.refresh, what).await;
+    }
+    assert_active(s, &c1.access, "another subject").await;
+    refresh_ok(s, &c1.refresh).await;
+
+    // Sessions opened after the subject revocation work normally.
+    let b3 = open_on(s, &env.idp, "bob", &[]).await;
+    assert_active(s, &b3.access, "new session after offboarding").await;
+    let b4 = refresh_ok(s, &b3.refresh).await;
+    assert_active(s, &b4.access, "its refreshed token").await;
+    let b5 = refresh_ok(s, &b4.refresh).await;
+    assert_eq!(b5.sid, b3.sid);
+}
+
+#[tokio::test]
+async fn client_and_all_revocations_kill_sessions() {
+    let env = start().await;
+    let s = &env.s;
+    let svc = reports();
+    let res = [("resource", REPORTS_AUD)];
+
+    // kind = client, the session issuer: its sessions die, refresh included.
+    let a = open_on(s, &env.idp, "alice", &[]).await;
+    let d = delegated_from(&delegate(s, &svc, &a.access, &res).await, "delegate");
+    s.admin_revoke("client", Some("idp-hook"), "hook compromised")
+        .await;
+    assert_inactive(s, &a.access, "session token after client revocation").await;
+    assert_refresh_refused(s, &a.refresh, "refresh after client revocation").await;
+    // The delegated token belongs to reports-service: not matched by client idp-hook.
+    assert_active(s, &d, "delegated token of another client_id").await;
+
+    // kind = client, the delegating service: its delegated tokens die.
+    s.admin_revoke("client", Some("reports-service"), "service compromised")
+        .await;
+    assert_inactive(s, &d, "delegated token after its client's revocation").await;
+
+    // New sessions after the client revocation work.
+    let b = open_on(s, &env.idp, "bob", &[]).await;
+    let b = refresh_ok(s, &b.refresh).await;
+    assert_active(s, &b.access, "new session after client revocation").await;
+
+    // kind = all.
+    s.admin_revoke("all", None, "incident").await;
+    assert_inactive(s, &b.access, "after revoke all").await;
+    assert_refresh_refused(s, &b.refresh, "after revoke all").await;
+    let c = open_on(s, &env.idp, "carol", &[]).await;
+    refresh_ok(s, &c.refresh).await;
+}
+
+/// After a refresh that raced a revocation: refused, or whatever it got is dead.
+async fn assert_raced_refresh_dead(s: &TestServer, r: &Resp, what: &str) {
+    if r.status == 200 {
+        let n = session_from(r, what);
+        assert_inactive(s, &n.access, &format!("{what}: access token it got")).await;
+        assert_refresh_refused(s, &n.refresh, &format!("{what}: refresh token it got")).await;
+    } else {
+        r.assert_error(400, "invalid_grant");
+    }
+}
+
+/// After a delegation that raced a revocation: refused, or the token it got is dead.
+async fn assert_raced_delegation_dead(s: &TestServer, r: &Resp, what: &str) {
+    if r.status == 200 {
+        let d = delegated_from(r, what);
+        assert_inactive(s, &d, &format!("{what}: delegated token it got")).await;
+    } else {
+        r.assert_error(400, "invalid_grant");
+    }
+}
+
+/// Refreshes and delegations racing a session or subject revocation: whichever wins,
+/// once all have answered nothing of the session (or subject) is alive.
+#[tokio::test]
+async fn racing_a_revocation_leaves_nothing_alive() {
+    let env = start().await;
+    let s = &env.s;
+    let hook = idp_hook();
+    let svc = reports();
+    let res = [("resource", REPORTS_AUD)];
+    for round in 0..25 {
+        // kind = session: one refresh and three delegations against the revocation.
+        let sess = open_on(s, &env.idp, "alice", &[]).await;
+        let (r, d1, d2, d3, _) = tokio::join!(
+            refresh_resp(s, &hook, &sess.refresh, &[]),
+            delegate(s, &svc, &sess.access, &res),
+            delegate(s, &svc, &sess.access, &res),
+            delegate(s, &svc, &sess.access, &res),
+            s.admin_revoke("session", Some(&sess.sid), "race")
+        );
+        let what = format!("round {round}, session revocation");
+        assert_inactive(s, &sess.access, &what).await;
+        assert_raced_refresh_dead(s, &r, &format!("{what}: racing refresh")).await;
+        for d in [&d1, &d2, &d3] {
+            assert_raced_delegation_dead(s, d, &format!("{what}: racing delegation")).await;
+        }
+
+        // kind = subject: three sessions refreshed and delegated against the revocation.
+        let sub = format!("user-{round}");
+        let x = open_on(s, &env.idp, &sub, &[]).await;
+        let y = open_on(s, &env.idp, &sub, &[]).await;
+        let z = open_on(s, &env.idp, &sub, &[]).await;
+        let (rx, ry, rz, dx, dy, dz, _) = tokio::join!(
+            refresh_resp(s, &hook, &x.refresh, &[]),
+            refresh_resp(s, &hook, &y.refresh, &[]),
+            refresh_resp(s, &hook, &z.refresh, &[]),
+            delegate(s, &svc, &x.access, &res),
+            delegate(s, &svc, &y.access, &res),
+            delegate(s, &svc, &z.access, &res),
+            s.admin_revoke("subject", Some(&sub), "race")
+        );
+        let what = format!("round {round}, subject revocation");
+        for r in [&rx, &ry, &rz] {
+            assert_raced_refresh_dead(s, r, &format!("{what}: racing refresh")).await;
+        }
+        for d in [&dx, &dy, &dz] {
+            assert_raced_delegation_dead(s, d, &format!("{what}: racing delegation")).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5. Refresh-token introspection
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn refresh_tokens_introspect() {
+    let env = start().await;
+    let s = &env.s;
+    let sess = open_on(s, &env.idp, "alice", &[("scope", "profile")]).await;
+
+    for hint in [None, Some("refresh_token"), Some("access_token")] {
+        let mut p = vec![("token", sess.refresh.as_str())];
+        if let Some(h) = hint {
+            p.push(("token_type_hint", h));
+        }
+        let r = s
+            .post_form("/introspect", &p, clients::rs_all().auth())
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.assert_no_store();
+        let v = r.json();
+        assert_eq!(v["active"], true, "hint {hint:?}: {v}");
+        assert_eq!(v["token_type"], "refresh_token", "{v}");
+        assert_eq!(v["sub"], "alice", "{v}");
+        assert_eq!(v["sid"], sess.sid.as_str(), "{v}");
+    }
+
+    // Used.
+    let next = refresh_ok(s, &sess.refresh).await;
+    assert_inactive(s, &sess.refresh, "used refresh token").await;
+    let v = s.introspect(&next.refresh).await;
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["sid"], sess.sid.as_str(), "{v}");
+
+    // Revoked.
+    let r = s
+        .post_form("/revoke", &[("token", &next.refresh)], idp_hook().auth())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_inactive(s, &next.refresh, "revoked refresh token").await;
+
+    // Garbage.
+    for t in ["garbage", "a.b.c", &"r".repeat(500)] {
+        let v = s.introspect(t).await;
+        assert_eq!(v, inactive(), "garbage {t:?}");
+    }
+}
+
+#[tokio::test]
+async fn expired_refresh_tokens_are_dead() {
+    let env = start_with(|c| {
+        c.refresh_ttl = "3s".into();
+        c.leeway = "1s".into();
+    })
+    .await;
+    let s = &env.s;
+    let issued = Instant::now();
+    let sess = open_on(s, &env.idp, "alice", &[]).await;
+    let v = s.introspect(&sess.refresh).await;
+    if issued.elapsed() < std::time::Duration::from_millis(1500) {
+        assert_eq!(v["active"], true, "fresh refresh token: {v}");
+    }
+    let rt = sess.refresh.as_str();
+    eventually(DEADLINE, "refresh token expires", || async move {
+        let v = s.introspect(rt).await;
+        if v == inactive() {
+            Ok(())
+        } else {
+            Err(format!("still {v}"))
+        }
+    })
+    .await;
+    assert_refresh_refused(s, &sess.refresh, "expired refresh token").await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. Metadata
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn metadata_lists_session_grants() {
+    let env = start().await;
+    let r = env
+        .s
+        .get("/.well-known/oauth-authorization-server", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = r.json();
+    let grants: Vec<&str> = m["grant_types_supported"]
+        .as_array()
+        .unwrap_or_else(|| panic!("grant_types_supported: {m}"))
+        .iter()
+        .map(|g| g.as_str().expect("grant string"))
+        .collect();
+    for g in ["client_credentials", "refresh_token", TE] {
+        assert!(grants.contains(&g), "{g} not in {grants:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 8. Cluster (redis mode)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sessions_across_a_redis_cluster() {
+    let redis = RedisProcess::start().await;
+    let idp = Idp::generate(IDP_ISS, IDP_KID, LATCH_ISS);
+    let cfg = ServerConfig {
+        clients: session_clients(),
+        extra_toml: trusted_issuer_inline(IDP_ISS, None, &idp.jwks()),
+        ..ServerConfig::default()
+    };
+    let nodes = Cluster::start(2, &cfg, &redis).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let hook = idp_hook();
+
+    // An assertion used on A is a replay on B.
+    let assertion = idp.assertion("alice");
+    let s1 = session_from(&exchange(a, &hook, &assertion, &[]).await, "open on A");
+    exchange(b, &hook, &assertion, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+
+    // Refresh state is shared: rotate on B, then the old token is a reuse on A.
+    let s2 = refresh_ok(b, &s1.refresh).await;
+    assert_eq!(s2.sid, s1.sid);
+    let s3 = refresh_ok(a, &s2.refresh).await;
+
+    // Revoke the session on A; after the 200, B refuses the refresh.
+    let v = a
+        .admin_revoke("session", Some(&s1.sid), "cluster test")
+        .await;
+    assert_eq!(v["kind"], "session", "{v}");
+    assert_refresh_refused(b, &s3.refresh, "refresh on B after the revocation on A").await;
+    assert_refresh_refused(a, &s3.refresh, "refresh on A after the revocation on A").await;
+    let at = s3.access.as_str();
+    for (node, name) in [(a, "A"), (b, "B")] {
+        eventually(
+            DEADLINE,
+            &format!("session access token inactive on {name}"),
+            || async move {
+                let v = node.introspect(at).await;
+                if v == inactive() {
+                    Ok(())
+                } else {
+                    Err(format!("{v}"))
+                }
+            },
+        )
+        .await;
+    }
+
+    // Reuse detection across nodes: rotate on A, replay on B, the new token dies on A.
+    let t1 = open_on(a, &idp, "bob", &[]).await;
+    let t2 = refresh_ok(a, &t1.refresh).await;
+    let r = refresh_resp(b, &hook, &t1.refresh, &[]).await;
+    r.assert_error(400, "invalid_grant");
+    assert_refresh_refused(a, &t2.refresh, "newest refresh token after reuse on B").await;
+
+    // Refreshes on B racing session revocations on A: once both have answered, the
+    // refresh tokens are refused at once and the access tokens die on every node.
+    for round in 0..8 {
+        let sess = open_on(a, &idp, "dave", &[]).await;
+        let (r, _) = tokio::join!(
+            refresh_resp(b, &hook, &sess.refresh, &[]),
+            a.admin_revoke("session", Some(&sess.sid), "race")
+        );
+        let what = format!("round {round}: refresh on B racing a revocation on A");
+        let mut tokens = vec![sess.access.clone()];
+        if r.status == 200 {
+            let n = session_from(&r, &what);
+            assert_refresh_refused(a, &n.refresh, &what).await;
+            assert_refresh_refused(b, &n.refresh, &what).await;
+            tokens.push(n.access);
+        } else {
+            r.assert_error(400, "invalid_grant");
+        }
+        for t in &tokens {
+            let t = t.as_str();
+            for (node, name) in [(a, "A"), (b, "B")] {
+                eventually(
+                    DEADLINE,
+                    &format!("{what}: inactive on {name}"),
+                    || async move {
+                        let v = node.introspect(t).await;
+                        if v == inactive() {
+                            Ok(())
+                        } else {
+                            Err(format!("{v}"))
+                        }
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    // /revoke of a refresh token on B; A refuses it.
+    let u1 = open_on(b, &idp, "carol", &[]).await;
+    let r = b
+        .post_form("/revoke", &[("token", &u1.refresh)], hook.auth())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_refresh_refused(a, &u1.refresh, "refresh on A after /revoke on B").await;
+}
