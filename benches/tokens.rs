@@ -1,4 +1,5 @@
-//! Sign and verify per algorithm, and the full in-process decision for an active token.
+//! Sign and verify per algorithm, and the full in-process decision for an active token,
+//! first seen (signature checked) and again (from the verified-token cache).
 //!
 //! `cargo bench --bench tokens`; results and the machine are in docs/PERFORMANCE.md.
 
@@ -7,6 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use latch::keys::{material, Alg, Kek, KeyRecord, KeyRing, KeyState};
 use latch::revocation::Table;
 use latch::store::{RevocationEvent, RevocationKind};
+use latch::tokens::cache::VerifiedCache;
 use latch::tokens::{self, AccessClaims, Verifier};
 
 const NOW_MS: i64 = 1_800_000_000_000;
@@ -70,6 +72,7 @@ fn bench(c: &mut Criterion) {
             issuer: "https://latch.bench",
             leeway_secs: 30,
             now_ms: NOW_MS,
+            cache: None,
         };
         let name = alg.as_str();
         c.bench_function(&format!("sign/{name}"), |b| {
@@ -77,6 +80,16 @@ fn bench(c: &mut Criterion) {
         });
         c.bench_function(&format!("decide/{name}"), |b| {
             b.iter(|| verifier.decide(black_box(&token)).unwrap())
+        });
+        // The hot path: the same token again, from the verified-token cache.
+        let cache = VerifiedCache::new(1024);
+        let cached = Verifier {
+            cache: Some(&cache),
+            ..verifier
+        };
+        cached.decide(&token).unwrap();
+        c.bench_function(&format!("decide_cached/{name}"), |b| {
+            b.iter(|| cached.decide(black_box(&token)).unwrap())
         });
     }
 }

@@ -14,6 +14,7 @@ use crate::keys::Keys;
 use crate::revocation::Table;
 use crate::sessions::trusted::TrustedIssuers;
 use crate::store::SharedStore;
+use crate::tokens::cache::VerifiedCache;
 
 /// A cheap, cloneable handle to the node's state.
 #[derive(Clone)]
@@ -34,6 +35,8 @@ pub struct Inner {
     pub table: Arc<Table>,
     /// Durable state.
     pub store: SharedStore,
+    /// Tokens whose signature was verified, so repeat introspections skip it.
+    pub verified: VerifiedCache,
     /// Pre-rendered RFC 8414 metadata.
     pub metadata: Bytes,
     /// Renders `/metrics`.
@@ -64,10 +67,12 @@ impl App {
         let clients = Clients::from_config(&config.clients);
         let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
         let node_tag = crate::tokens::random_id()[..6].to_string();
+        let verified = VerifiedCache::new(config.limits.token_cache_entries);
         App {
             inner: Arc::new(Inner {
                 max_staleness_ms: config.store.max_staleness.as_millis() as i64,
                 config,
+                verified,
                 clients,
                 trusted,
                 keys,

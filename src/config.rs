@@ -127,6 +127,9 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     #[serde(default = "d_10s", with = "duration")]
     pub header_read_timeout: Duration,
+    /// Verified tokens remembered for fast repeat introspection (0 disables the cache).
+    #[serde(default = "default_token_cache")]
+    pub token_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -626,6 +629,9 @@ fn default_path() -> PathBuf {
 }
 fn default_body() -> usize {
     16 * 1024
+}
+fn default_token_cache() -> usize {
+    100_000
 }
 fn default_conns() -> usize {
     4096

@@ -39,6 +39,7 @@ pub fn verifier<'a>(app: &'a App, ring: &'a crate::keys::KeyRing, now: i64) -> V
         issuer: &app.config.issuer,
         leeway_secs: app.config.tokens.leeway.as_secs() as i64,
         now_ms: now,
+        cache: Some(&app.verified),
     }
 }
 

@@ -151,8 +151,8 @@ fn delegate(
     claims.sid = subject.sid.clone();
     claims.username = subject.username.clone();
     let mut act = json!({ "sub": client.id });
-    if let Some(prior) = subject.act {
-        act["act"] = prior;
+    if let Some(prior) = &subject.act {
+        act["act"] = prior.clone();
     }
     claims.act = Some(act);
     issue(app, &claims, Grant::TokenExchange, None)

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::DecodingKey;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
@@ -165,12 +165,62 @@ pub fn decoding_key(
     }
 }
 
-/// The signing key for unsealed private DER.
-pub fn encoding_key(alg: Alg, der: &[u8]) -> EncodingKey {
-    match alg {
-        Alg::EdDSA => EncodingKey::from_ed_der(der),
-        Alg::ES256 => EncodingKey::from_ec_der(der),
-        Alg::RS256 => EncodingKey::from_rsa_der(der),
+/// A parsed private key, kept for the life of the ring so signing does not re-parse DER
+/// (and, for Ed25519, re-derive the public key) on every token.
+pub enum SigningKey {
+    Ed25519(Ed25519KeyPair),
+    Es256(EcdsaKeyPair),
+    Rs256(ring::rsa::KeyPair),
+}
+
+impl SigningKey {
+    /// Parses unsealed private DER (PKCS#8 for Ed25519 and P-256, PKCS#1 for RSA).
+    pub fn from_der(alg: Alg, kid: &str, der: &[u8]) -> Result<SigningKey, KeyError> {
+        let bad = |e: &dyn std::fmt::Display| KeyError::BadPublic {
+            kid: kid.to_string(),
+            reason: format!("private key: {e}"),
+        };
+        Ok(match alg {
+            Alg::EdDSA => {
+                SigningKey::Ed25519(Ed25519KeyPair::from_pkcs8(der).map_err(|e| bad(&e))?)
+            }
+            Alg::ES256 => SigningKey::Es256(
+                EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    der,
+                    &SystemRandom::new(),
+                )
+                .map_err(|e| bad(&e))?,
+            ),
+            Alg::RS256 => {
+                SigningKey::Rs256(ring::rsa::KeyPair::from_der(der).map_err(|e| bad(&e))?)
+            }
+        })
+    }
+
+    /// The JWS signature of `message` (RFC 7518: raw Ed25519, fixed-size r||s for ES256,
+    /// PKCS#1 v1.5 with SHA-256 for RS256).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let failed = |_| KeyError::Generate("signing failed".into());
+        match self {
+            SigningKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+            SigningKey::Es256(k) => Ok(k
+                .sign(&SystemRandom::new(), message)
+                .map_err(failed)?
+                .as_ref()
+                .to_vec()),
+            SigningKey::Rs256(k) => {
+                let mut sig = vec![0u8; k.public().modulus_len()];
+                k.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    message,
+                    &mut sig,
+                )
+                .map_err(failed)?;
+                Ok(sig)
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -149,7 +149,9 @@ impl VerifyKey {
 pub struct Signer {
     pub kid: String,
     pub alg: Alg,
-    pub encoding: EncodingKey,
+    pub key: material::SigningKey,
+    /// The base64url JWS header (`typ`, `alg`, `kid`), the same for every token.
+    pub header_b64: String,
 }
 
 /// An immutable snapshot of every key.
@@ -207,12 +209,18 @@ impl KeyRing {
                 published.push(Value::Object(jwk));
             }
             if r.state == KeyState::Active {
-                match kek.open(&r.kid, &r.sealed_private) {
-                    Ok(der) => {
+                let key = kek
+                    .open(&r.kid, &r.sealed_private)
+                    .and_then(|der| material::SigningKey::from_der(r.alg, &r.kid, &der));
+                match key {
+                    Ok(key) => {
+                        let header =
+                            json!({"typ": crate::tokens::TYP, "alg": r.alg.as_str(), "kid": r.kid});
                         signer = Some(Arc::new(Signer {
                             kid: r.kid.clone(),
                             alg: r.alg,
-                            encoding: material::encoding_key(r.alg, &der),
+                            key,
+                            header_b64: material::b64url(header.to_string().as_bytes()),
                         }))
                     }
                     Err(error) => tracing::error!(%error, "active key cannot sign"),

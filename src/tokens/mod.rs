@@ -7,16 +7,22 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Header, Validation};
+use jsonwebtoken::Validation;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use std::sync::Arc;
 
 use crate::keys::{KeyRefusal, KeyRing, Signer};
 use crate::revocation::{Stamp, Table};
 
 /// `typ` of every access token (RFC 9068 §2.1).
 pub const TYP: &str = "at+jwt";
+
+pub mod cache;
+
+use cache::{Verified, VerifiedCache};
 
 /// Longest token text worth parsing; ours are far shorter. Longer is malformed.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -104,24 +110,26 @@ pub struct Verifier<'a> {
     pub issuer: &'a str,
     pub leeway_secs: i64,
     pub now_ms: i64,
+    /// Verified tokens; `None` verifies every time.
+    pub cache: Option<&'a VerifiedCache>,
 }
 
 impl Verifier<'_> {
     /// Signature, key state, type, issuer and time: whether latch issued this token and
     /// it can be alive now. Revocation is [`Verifier::decide`]'s next step.
-    pub fn authentic(&self, token: &str) -> Result<AccessClaims, Reason> {
+    pub fn authentic(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
+        if let Some(hit) = self.cache.and_then(|c| c.get(token)) {
+            // The signature and claims stand; what may have changed is checked again.
+            self.key_usable(&hit.kid)?;
+            self.in_time(&hit.claims)?;
+            return Ok(hit.claims.clone());
+        }
         if token.len() > MAX_TOKEN_LEN {
             return Err(Reason::TooLarge);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Reason::Malformed)?;
         let kid = header.kid.as_deref().ok_or(Reason::UnknownKey)?;
-        let key = self.ring.get(kid).ok_or(Reason::UnknownKey)?;
-        key.check(self.now_ms).map_err(|r| match r {
-            KeyRefusal::Unknown => Reason::UnknownKey,
-            KeyRefusal::NotSigning => Reason::KeyNotSigning,
-            KeyRefusal::Retired => Reason::RetiredKey,
-            KeyRefusal::Revoked => Reason::RevokedKey,
-        })?;
+        let key = self.key_usable(kid)?;
         // Only the algorithm recorded with the key: no `none`, no HMAC with a public key.
         if header.alg != key.alg.jwt() {
             return Err(Reason::WrongAlgorithm);
@@ -140,10 +148,35 @@ impl Verifier<'_> {
                 jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => Reason::WrongAlgorithm,
                 _ => Reason::Malformed,
             })?;
-        let claims = data.claims;
+        let claims = Arc::new(data.claims);
         if claims.iss != self.issuer {
             return Err(Reason::WrongIssuer);
         }
+        self.in_time(&claims)?;
+        if let Some(cache) = self.cache {
+            let verified = Verified {
+                kid: kid.into(),
+                claims: claims.clone(),
+            };
+            cache.insert(token, verified, self.now_ms.div_euclid(1000));
+        }
+        Ok(claims)
+    }
+
+    /// The key named `kid`, if tokens it signed may be active now.
+    fn key_usable(&self, kid: &str) -> Result<&crate::keys::VerifyKey, Reason> {
+        let key = self.ring.get(kid).ok_or(Reason::UnknownKey)?;
+        key.check(self.now_ms).map_err(|r| match r {
+            KeyRefusal::Unknown => Reason::UnknownKey,
+            KeyRefusal::NotSigning => Reason::KeyNotSigning,
+            KeyRefusal::Retired => Reason::RetiredKey,
+            KeyRefusal::Revoked => Reason::RevokedKey,
+        })?;
+        Ok(key)
+    }
+
+    /// `exp` and `nbf`, with leeway.
+    fn in_time(&self, claims: &AccessClaims) -> Result<(), Reason> {
         let now = self.now_ms.div_euclid(1000);
         if now >= claims.exp.saturating_add(self.leeway_secs) {
             return Err(Reason::Expired);
@@ -151,11 +184,11 @@ impl Verifier<'_> {
         if now.saturating_add(self.leeway_secs) < claims.nbf {
             return Err(Reason::NotYetValid);
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// The full decision: authentic and not revoked.
-    pub fn decide(&self, token: &str) -> Result<AccessClaims, Reason> {
+    pub fn decide(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
         let claims = self.authentic(token)?;
         if self.table.is_revoked(&claims.stamp()) {
             return Err(Reason::Revoked);
@@ -169,12 +202,19 @@ fn is_access_token_type(typ: &str) -> bool {
     typ.eq_ignore_ascii_case(TYP) || typ.eq_ignore_ascii_case("application/at+jwt")
 }
 
-/// Signs claims with the active key.
-pub fn sign(signer: &Signer, claims: &AccessClaims) -> Result<String, jsonwebtoken::errors::Error> {
-    let mut header = Header::new(signer.alg.jwt());
-    header.typ = Some(TYP.to_string());
-    header.kid = Some(signer.kid.clone());
-    jsonwebtoken::encode(&header, claims, &signer.encoding)
+/// Signs claims with the active key: a JWS compact serialization (RFC 7515 §7.1) of the
+/// signer's fixed header and the claims, signed by ring.
+pub fn sign(signer: &Signer, claims: &AccessClaims) -> Result<String, crate::keys::KeyError> {
+    let payload =
+        serde_json::to_vec(claims).map_err(|e| crate::keys::KeyError::Generate(e.to_string()))?;
+    let mut token = String::with_capacity(signer.header_b64.len() + payload.len() * 2 + 100);
+    token.push_str(&signer.header_b64);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+    let signature = signer.key.sign(token.as_bytes())?;
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+    Ok(token)
 }
 
 /// 128 random bits, base64url: token ids, session ids.

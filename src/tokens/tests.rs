@@ -5,6 +5,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use super::*;
 use crate::keys::{material, Alg, Kek, KeyRecord, KeyRing, KeyState};
 use crate::store::{RevocationEvent, RevocationKind};
+use crate::tokens::cache::VerifiedCache;
 
 const ISS: &str = "https://latch.test";
 const NOW_MS: i64 = 1_800_000_000_000;
@@ -59,6 +60,7 @@ fn verifier<'a>(ring: &'a KeyRing, table: &'a Table) -> Verifier<'a> {
         issuer: ISS,
         leeway_secs: 30,
         now_ms: NOW_MS,
+        cache: None,
     }
 }
 
@@ -82,7 +84,7 @@ fn every_algorithm_signs_and_verifies() {
         let table = Table::default();
         let token = sign(ring.signer().unwrap(), &claims()).unwrap();
         let got = verifier(&ring, &table).decide(&token);
-        assert_eq!(got, Ok(claims()), "{alg:?}");
+        assert_eq!(got.as_deref(), Ok(&claims()), "{alg:?}");
     }
 }
 
@@ -289,4 +291,65 @@ fn ids_are_random_and_url_safe() {
     assert!(a
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+}
+
+#[test]
+fn cached_tokens_are_checked_again_for_everything_that_can_change() {
+    let (active, _) = record(Alg::EdDSA, KeyState::Active);
+    let ring = KeyRing::build(1, vec![active.clone()], &kek());
+    let table = Table::default();
+    let cache = VerifiedCache::new(100);
+    let token = sign(ring.signer().unwrap(), &claims()).unwrap();
+    let with_cache = |ring, table, now_ms| Verifier {
+        cache: Some(&cache),
+        now_ms,
+        ..verifier(ring, table)
+    };
+    assert!(with_cache(&ring, &table, NOW_MS).decide(&token).is_ok());
+    assert_eq!(cache.len(), 1);
+    // A second decision is a hit (nothing new cached) and still active.
+    assert!(with_cache(&ring, &table, NOW_MS).decide(&token).is_ok());
+    assert_eq!(cache.len(), 1);
+    // Time moves past exp + leeway.
+    let late = (claims().exp + 30) * 1000;
+    assert_eq!(
+        with_cache(&ring, &table, late).decide(&token).map(|_| ()),
+        Err(Reason::Expired)
+    );
+    // The key is revoked: a new ring snapshot.
+    let mut revoked = active.clone();
+    revoked.state = KeyState::Revoked;
+    let ring2 = KeyRing::build(2, vec![revoked], &kek());
+    assert_eq!(
+        with_cache(&ring2, &table, NOW_MS)
+            .decide(&token)
+            .map(|_| ()),
+        Err(Reason::RevokedKey)
+    );
+    // The key is gone altogether.
+    let ring3 = KeyRing::build(3, vec![], &kek());
+    assert_eq!(
+        with_cache(&ring3, &table, NOW_MS)
+            .decide(&token)
+            .map(|_| ()),
+        Err(Reason::UnknownKey)
+    );
+    // The session is revoked.
+    table.insert(&RevocationEvent {
+        seq: 4,
+        kind: RevocationKind::Session,
+        value: "sid-1".into(),
+        revoked_at_ms: NOW_MS,
+    });
+    assert_eq!(
+        with_cache(&ring, &table, NOW_MS).decide(&token).map(|_| ()),
+        Err(Reason::Revoked)
+    );
+    // A token differing in one byte is not a hit.
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert!(with_cache(&ring, &Table::default(), NOW_MS)
+        .decide(&tampered)
+        .is_err());
 }
