@@ -1,0 +1,362 @@
+//! Results: rows of latency/throughput numbers, the stdout table, the baseline comparison,
+//! and the JSON report.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::runner::{OpStats, PhaseResult};
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p99_9: u64,
+    pub max: u64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            mean: if h.is_empty() { 0.0 } else { h.mean() },
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p99_9: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// What was measured: the scenario, `baseline`, or `scenario/operation`.
+    pub label: String,
+    pub target: String,
+    pub concurrency: usize,
+    /// Measured window in seconds (warm-up excluded).
+    pub duration_s: f64,
+    /// Successful requests (or samples) in the measured window.
+    pub requests: u64,
+    /// `requests / duration_s`.
+    pub throughput: f64,
+    pub latency_us: Latency,
+    /// Failed requests in the measured window.
+    pub errors: u64,
+    /// Failed requests by kind (`http 503`, `timeout`, `unexpected: ...`).
+    pub error_kinds: BTreeMap<String, u64>,
+    #[serde(skip)]
+    pub hist: Histogram<u64>,
+}
+
+impl Row {
+    pub fn new(
+        label: impl Into<String>,
+        target: &str,
+        concurrency: usize,
+        measured: Duration,
+        hist: Histogram<u64>,
+        error_kinds: BTreeMap<String, u64>,
+    ) -> Row {
+        let secs = measured.as_secs_f64();
+        let requests = hist.len();
+        Row {
+            label: label.into(),
+            target: target.to_string(),
+            concurrency,
+            duration_s: secs,
+            requests,
+            throughput: if secs > 0.0 {
+                requests as f64 / secs
+            } else {
+                0.0
+            },
+            latency_us: Latency::of(&hist),
+            errors: error_kinds.values().sum(),
+            error_kinds,
+            hist,
+        }
+    }
+
+    pub fn from_op(
+        label: impl Into<String>,
+        target: &str,
+        concurrency: usize,
+        phase: &PhaseResult,
+        op: &OpStats,
+    ) -> Row {
+        Row::new(
+            label,
+            target,
+            concurrency,
+            phase.measured,
+            op.hist.clone(),
+            op.errors.clone(),
+        )
+    }
+
+    /// All operations of a phase together.
+    pub fn total(
+        label: impl Into<String>,
+        target: &str,
+        concurrency: usize,
+        phase: &PhaseResult,
+    ) -> Row {
+        let mut hist = crate::runner::new_histogram();
+        let mut errors = BTreeMap::new();
+        for op in &phase.ops {
+            hist.add(&op.hist).expect("same bounds");
+            for (k, n) in &op.errors {
+                *errors.entry(format!("{}: {k}", op.name)).or_default() += n;
+            }
+        }
+        Row::new(label, target, concurrency, phase.measured, hist, errors)
+    }
+}
+
+/// Target against baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// Target throughput divided by baseline throughput.
+    pub throughput_ratio: f64,
+    /// Target latency minus baseline latency (µs).
+    pub extra_mean_us: f64,
+    pub extra_p50_us: f64,
+}
+
+impl Comparison {
+    pub fn of(target: &Row, baseline: &Row) -> Comparison {
+        Comparison {
+            throughput_ratio: if baseline.throughput > 0.0 {
+                target.throughput / baseline.throughput
+            } else {
+                0.0
+            },
+            extra_mean_us: target.latency_us.mean - baseline.latency_us.mean,
+            extra_p50_us: target.latency_us.p50 as f64 - baseline.latency_us.p50 as f64,
+        }
+    }
+}
+
+/// Throughput over time of one phase, for the plot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    pub label: String,
+    pub bucket_s: f64,
+    /// Successful requests per second in each bucket.
+    pub per_second: Vec<f64>,
+}
+
+impl Timeline {
+    pub fn of(label: &str, phase: &PhaseResult) -> Timeline {
+        let b = phase.bucket.as_secs_f64();
+        Timeline {
+            label: label.to_string(),
+            bucket_s: b,
+            per_second: phase.timeline.iter().map(|n| *n as f64 / b).collect(),
+        }
+    }
+}
+
+/// Everything a run produced.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// The exact command line, shell-quoted.
+    pub command_line: String,
+    /// The exact command line (argv).
+    pub command: Vec<String>,
+    /// Start of the run, RFC 3339 UTC.
+    pub timestamp: String,
+    pub unix_time: u64,
+    /// Generator runtime threads.
+    pub threads: usize,
+    /// Rate in req/s, when the load was paced.
+    pub rate: Option<f64>,
+    pub warmup_s: f64,
+    pub rows: Vec<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
+    /// Scenario-specific facts (pool size, issuance time, ...), also printed under the table.
+    pub details: serde_json::Map<String, serde_json::Value>,
+    /// Free-text remarks printed under the table.
+    pub notes: Vec<String>,
+    pub timelines: Vec<Timeline>,
+    /// Successful requests and errors that decide the exit status.
+    #[serde(skip)]
+    pub ok_requests: u64,
+    #[serde(skip)]
+    pub failed_requests: u64,
+}
+
+impl Report {
+    pub fn new(
+        scenario: &str,
+        started: SystemTime,
+        threads: usize,
+        rate: Option<f64>,
+        warmup: Duration,
+    ) -> Report {
+        let unix = started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Report {
+            scenario: scenario.to_string(),
+            command_line: std::env::args()
+                .map(|a| shell_quote(&a))
+                .collect::<Vec<_>>()
+                .join(" "),
+            command: std::env::args().collect(),
+            timestamp: rfc3339(unix),
+            unix_time: unix,
+            threads,
+            rate,
+            warmup_s: warmup.as_secs_f64(),
+            rows: Vec::new(),
+            comparison: None,
+            details: serde_json::Map::new(),
+            notes: Vec::new(),
+            timelines: Vec::new(),
+            ok_requests: 0,
+            failed_requests: 0,
+        }
+    }
+
+    pub fn detail(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.details.insert(key.to_string(), value.into());
+    }
+
+    /// Counts a row toward the exit status.
+    pub fn count(&mut self, row: &Row) {
+        self.ok_requests += row.requests;
+        self.failed_requests += row.errors;
+    }
+
+    /// The human-readable table and the lines under it.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let label_w = self
+            .rows
+            .iter()
+            .map(|r| r.label.len())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        let target_w = self
+            .rows
+            .iter()
+            .map(|r| r.target.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let _ = writeln!(
+            s,
+            "{:<label_w$}  {:<target_w$}  {:>4}  {:>8}  {:>9}  {:>10}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}",
+            "scenario", "target", "conc", "duration", "requests", "req/s", "mean", "p50", "p90", "p99", "p99.9", "max", "errors"
+        );
+        for r in &self.rows {
+            let l = &r.latency_us;
+            let _ = writeln!(
+                s,
+                "{:<label_w$}  {:<target_w$}  {:>4}  {:>7.2}s  {:>9}  {:>10.1}  {:>7.0}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}",
+                r.label, r.target, r.concurrency, r.duration_s, r.requests, r.throughput,
+                l.mean, l.p50, l.p90, l.p99, l.p99_9, l.max, r.errors
+            );
+        }
+        let _ = writeln!(
+            s,
+            "(latency in µs; requests and req/s count successful requests of the measured window)"
+        );
+        if let Some(c) = &self.comparison {
+            let _ = writeln!(s, "throughput target/baseline: {:.3}", c.throughput_ratio);
+            let _ = writeln!(
+                s,
+                "extra latency per request over baseline: mean {:+.0} µs, p50 {:+.0} µs",
+                c.extra_mean_us, c.extra_p50_us
+            );
+        }
+        for r in &self.rows {
+            if r.errors > 0 {
+                let kinds: Vec<String> = r
+                    .error_kinds
+                    .iter()
+                    .map(|(k, n)| format!("{k} × {n}"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "errors of {} ({}): {}",
+                    r.label,
+                    r.target,
+                    kinds.join(", ")
+                );
+            }
+        }
+        for (k, v) in &self.details {
+            let _ = writeln!(s, "{k}: {v}");
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
+        s
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Quotes an argument for a POSIX shell when it needs it.
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time.
+pub fn rfc3339(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let rem = unix % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_445_827), "2026-11-23T14:57:07Z");
+    }
+}
