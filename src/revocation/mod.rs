@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+/// A concurrent map with a fast, per-process seeded hasher.
+type Map<V> = DashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 use crate::store::{RevocationEvent, RevocationKind};
 
 pub mod follower;
@@ -70,10 +73,10 @@ pub struct Stamp<'a> {
 /// The table. Shared by `Arc`; every method takes `&self`.
 #[derive(Debug, Default)]
 pub struct Table {
-    tokens: DashMap<Box<str>, Entry>,
-    sessions: DashMap<Box<str>, Entry>,
-    subjects: DashMap<Box<str>, Entry>,
-    clients: DashMap<Box<str>, Entry>,
+    tokens: Map<Entry>,
+    sessions: Map<Entry>,
+    subjects: Map<Entry>,
+    clients: Map<Entry>,
     /// Seq of the newest `all` revocation (0: none).
     all: AtomicU64,
     /// Every revocation with seq <= applied has been applied here.
@@ -96,7 +99,7 @@ impl Table {
         self.retention
     }
 
-    fn map(&self, kind: RevocationKind) -> Option<&DashMap<Box<str>, Entry>> {
+    fn map(&self, kind: RevocationKind) -> Option<&Map<Entry>> {
         match kind {
             RevocationKind::Token => Some(&self.tokens),
             RevocationKind::Session => Some(&self.sessions),
@@ -131,8 +134,7 @@ impl Table {
 
     /// Whether a token with this stamp is revoked.
     pub fn is_revoked(&self, t: &Stamp<'_>) -> bool {
-        let newer =
-            |map: &DashMap<Box<str>, Entry>, v: &str| map.get(v).is_some_and(|e| e.seq > t.rsq);
+        let newer = |map: &Map<Entry>, v: &str| map.get(v).is_some_and(|e| e.seq > t.rsq);
         self.all.load(Ordering::Acquire) > t.rsq
             || newer(&self.tokens, t.jti)
             || newer(&self.subjects, t.sub)

@@ -24,14 +24,15 @@ pub struct Verified {
 /// A bounded map from token text to [`Verified`].
 #[derive(Debug)]
 pub struct VerifiedCache {
-    map: DashMap<Box<str>, Arc<Verified>>,
+    /// Seeded per process: callers choose the keys.
+    map: DashMap<Box<str>, Arc<Verified>, foldhash::fast::RandomState>,
     capacity: usize,
 }
 
 impl VerifiedCache {
     pub fn new(capacity: usize) -> VerifiedCache {
         VerifiedCache {
-            map: DashMap::new(),
+            map: DashMap::default(),
             capacity,
         }
     }
