@@ -83,7 +83,8 @@ fn client_credentials(app: &App, client: &Client, form: &Form) -> Result<Resp, A
     let aud = audience(client, form)?;
     let now = now_ms();
     require_fresh(app, now)?;
-    let claims = access_claims(app, now, &client.id, &client.id, aud, scope);
+    let rsq = app.table.applied();
+    let claims = access_claims(app, now, &client.id, &client.id, aud, scope, rsq);
     issue(app, &claims, Grant::ClientCredentials, None)
 }
 
@@ -127,7 +128,9 @@ pub fn scope_within<S: AsRef<str>>(
     Ok(granted.join(" "))
 }
 
-/// Claims of a new access token, stamped with this node's watermark.
+/// Claims of a new access token, stamped with `rsq`. Where the grant checked revocations
+/// first (refresh, delegation), `rsq` must be the watermark read *before* that check:
+/// a revocation applied in between then still covers the new token.
 pub fn access_claims(
     app: &App,
     now_ms: i64,
@@ -135,6 +138,7 @@ pub fn access_claims(
     client_id: &str,
     aud: String,
     scope: String,
+    rsq: u64,
 ) -> AccessClaims {
     let iat = now_ms.div_euclid(1000);
     AccessClaims {
@@ -150,7 +154,7 @@ pub fn access_claims(
         sid: None,
         act: None,
         username: None,
-        rsq: app.table.applied(),
+        rsq,
     }
 }
 

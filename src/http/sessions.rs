@@ -81,7 +81,8 @@ async fn open_session(
         tracing::debug!(client = %client.id, "assertion replayed");
         return Err(ApiError::InvalidGrant("the assertion was already used"));
     }
-    let mut claims = access_claims(app, now, &a.sub, &client.id, aud, scope);
+    let rsq = app.table.applied();
+    let mut claims = access_claims(app, now, &a.sub, &client.id, aud, scope, rsq);
     claims.sid = Some(crate::tokens::random_id());
     claims.username = a.username;
     let (refresh_token, hash) = sessions::new_refresh_token();
@@ -127,6 +128,8 @@ fn delegate(
 ) -> Result<Resp, ApiError> {
     let now = now_ms();
     require_fresh(app, now)?;
+    // Read before the subject token's revocation check (see `access_claims`).
+    let rsq = app.table.applied();
     let subject = app
         .keys
         .with_ring(|ring| verifier(app, ring, now).decide(subject_token))
@@ -146,7 +149,7 @@ fn delegate(
         ));
     }
     let aud = audience(client, form)?;
-    let mut claims = access_claims(app, now, &subject.sub, &client.id, aud, scope);
+    let mut claims = access_claims(app, now, &subject.sub, &client.id, aud, scope, rsq);
     claims.exp = claims.exp.min(subject.exp);
     claims.sid = subject.sid.clone();
     claims.username = subject.username.clone();
@@ -187,12 +190,22 @@ pub async fn refresh(
     if spent {
         return reuse(app, &record, request_id).await;
     }
+    // Read before the revocation check (see `access_claims`).
+    let rsq = app.table.applied();
     if record.expires_at_ms <= now || app.table.is_revoked(&stamp(&record)) {
         return Err(invalid());
     }
     let session_scope: Vec<&str> = record.scope.split(' ').filter(|s| !s.is_empty()).collect();
     let scope = scope_within(&session_scope, form.optional("scope"))?;
-    let mut claims = access_claims(app, now, &record.sub, &client.id, record.aud.clone(), scope);
+    let mut claims = access_claims(
+        app,
+        now,
+        &record.sub,
+        &client.id,
+        record.aud.clone(),
+        scope,
+        rsq,
+    );
     claims.sid = Some(record.sid.clone());
     claims.username = record.username.clone();
     let (next_token, next_hash) = sessions::new_refresh_token();
