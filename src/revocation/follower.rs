@@ -152,7 +152,7 @@ impl Follower {
         let mut feed = self.store.subscribe();
         let mut poll = tokio::time::interval(self.config.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval(Duration::from_secs(10));
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let mut store_up = true;
         loop {
             let result = tokio::select! {
@@ -170,11 +170,18 @@ impl Follower {
                 },
                 _ = poll.tick() => self.poll().await,
                 _ = sweep.tick() => {
-                    let removed = self.table.sweep(now_ms());
+                    let now = now_ms();
+                    let removed = self.table.sweep(now);
                     if removed > 0 {
                         tracing::debug!(removed, "expired revocation entries dropped");
                     }
-                    Ok(())
+                    // The log keeps twice the retention: ample for any node catching up.
+                    let before = now - 2 * self.table.retention().longest_ms();
+                    self.store.prune_revocations(before).await.map(|pruned| {
+                        if pruned > 0 {
+                            tracing::debug!(pruned, "old revocations pruned from the log");
+                        }
+                    })
                 }
             };
             let now_up = result.is_ok();

@@ -252,6 +252,20 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn prune_revocations(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.with_conn(move |conn, _| {
+            // The newest row stays: it carries the head seq.
+            let n = conn
+                .execute(
+                    "DELETE FROM revocations WHERE revoked_at_ms < ?1
+                     AND seq < (SELECT MAX(seq) FROM revocations)",
+                    params![before_ms],
+                )
+                .map_err(unavailable)?;
+            Ok(n as u64)
+        })
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.events.subscribe()
     }
@@ -501,6 +515,30 @@ mod tests {
         assert_eq!(all[0].value, "alice");
         let later = store.revocations_after(1, 0, 100).await.unwrap();
         assert_eq!(later.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_head_and_the_retained_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for v in ["a", "b", "c"] {
+            store
+                .append_revocation(rev(RevocationKind::Subject, v))
+                .await
+                .unwrap();
+        }
+        // Everything is older than "the future": all but the newest go.
+        assert_eq!(store.prune_revocations(now_ms() + 60_000).await.unwrap(), 2);
+        assert_eq!(store.head().await.unwrap().revocation_seq, 3);
+        let left = store.revocations_after(0, 0, 10).await.unwrap();
+        assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+        // Nothing is older than the epoch.
+        assert_eq!(store.prune_revocations(0).await.unwrap(), 0);
+        let next = store
+            .append_revocation(rev(RevocationKind::All, ""))
+            .await
+            .unwrap();
+        assert_eq!(next.seq, 4, "seqs never repeat after pruning");
     }
 
     #[tokio::test]

@@ -178,6 +178,18 @@ impl RedisStore {
         Ok(RedisStore { inner })
     }
 
+    /// Removes log entries with seq <= `last`.
+    async fn trim_before(&self, last: Option<u64>) -> Result<u64, StoreError> {
+        let Some(last) = last else { return Ok(0) };
+        redis::cmd("XTRIM")
+            .arg(REV_LOG)
+            .arg("MINID")
+            .arg(format!("{}-0", last + 1))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
     fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
@@ -383,6 +395,30 @@ impl Store for RedisStore {
                 revocation_seq: seq.unwrap_or(0),
                 keys_version: version.unwrap_or(0),
             })
+        })
+    }
+
+    fn prune_revocations(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            // Entries are in seq order, and seqs are assigned in store-time order, so the
+            // old ones form a prefix: find its end, then trim up to it. `rev:seq` (the
+            // head) is a separate key and is never touched.
+            const PAGE: usize = 1000;
+            let mut cursor = 0;
+            let mut cut = None;
+            loop {
+                let page = xrange_after(&mut self.conn(), REV_LOG, cursor, PAGE).await?;
+                for (id, f) in &page {
+                    if field(f, "at").parse::<i64>().unwrap_or(i64::MAX) >= before_ms {
+                        return self.trim_before(cut).await;
+                    }
+                    cursor = entry_seq(id);
+                    cut = Some(cursor);
+                }
+                if page.len() < PAGE {
+                    return self.trim_before(cut).await;
+                }
+            }
         })
     }
 
