@@ -613,3 +613,24 @@ async fn sigterm_with_an_idle_keep_alive_connection() {
     assert!(st.success(), "exit status after SIGTERM: {st:?}");
     drop(sender);
 }
+
+#[tokio::test]
+async fn redis_mode_refuses_to_start_without_a_kek() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(dir.path(), &ServerConfig::default());
+    let mut cmd = latch_cmd_async();
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&p)
+        .env_remove("LATCH_KEK")
+        .env("LATCH_STORE__KIND", "redis")
+        // Nothing listens there: the refusal must come before any connection attempt.
+        .env("LATCH_STORE__REDIS_URL", "redis://127.0.0.1:1");
+    let (st, out, err) = run_cli(cmd).await;
+    assert!(!st.success(), "redis mode started without LATCH_KEK");
+    assert!(!out.contains("latch listening on"), "{out}");
+    assert!(
+        err.contains("LATCH_KEK"),
+        "error does not name LATCH_KEK: {out} {err}"
+    );
+}
