@@ -412,3 +412,40 @@ async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
     // The held connection still works.
     assert_eq!(status_on(&mut b).await, Some(200));
 }
+
+#[tokio::test]
+async fn every_start_audits_the_effective_config() {
+    let cfg = ServerConfig::default();
+    let mut s = TestServer::start(&cfg).await;
+    let loads = |records: Vec<Value>| -> Vec<String> {
+        records
+            .into_iter()
+            .filter(|r| r["action"] == "config_load" && r["actor"] == "latch")
+            .map(|r| r["target"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let first = loads(s.audit(0).await);
+    assert_eq!(
+        first.len(),
+        1,
+        "one config_load record per start: {first:?}"
+    );
+    assert!(first[0].starts_with("config:"), "{first:?}");
+    // Same config again: a second record with the same digest.
+    s.restart().await;
+    let second = loads(s.audit(0).await);
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert_eq!(second[0], second[1], "same config, same digest");
+    // A changed config (through the environment) is a different digest.
+    let changed = ServerConfig {
+        env: vec![("LATCH_TOKENS__ACCESS_TTL".into(), "2m".into())],
+        ..cfg
+    };
+    s.restart_with(&changed).await;
+    let third = loads(s.audit(0).await);
+    assert_eq!(third.len(), 3, "{third:?}");
+    assert_ne!(
+        third[2], third[0],
+        "a changed config must change the digest"
+    );
+}
