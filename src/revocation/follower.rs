@@ -71,11 +71,17 @@ impl Follower {
     /// Reads the log after `applied` up to at least `head`, then moves `applied` to it.
     /// Revocations older than the retention are skipped: no live token can match them.
     async fn catch_up(&self, head: Head, live: bool) -> Result<(), StoreError> {
-        let since = now_ms() - self.table.retention().longest_ms();
+        let now = now_ms();
+        let retention = self.table.retention();
+        let since = now - retention.longest_ms();
         let mut after = self.table.applied();
         while after < head.revocation_seq {
             let batch = self.store.revocations_after(after, since, CHUNK).await?;
             for e in &batch {
+                // Token entries outlive only the access-token cap: older ones match nothing.
+                if e.revoked_at_ms + retention.for_kind(e.kind) <= now {
+                    continue;
+                }
                 self.table.insert(e);
                 if live {
                     observe_propagation(e.revoked_at_ms);
