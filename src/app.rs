@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::keys::Keys;
 use crate::revocation::Table;
 use crate::sessions::trusted::TrustedIssuers;
-use crate::store::SharedStore;
+use crate::store::{NewRevocation, RevocationEvent, SharedStore, StoreError};
 use crate::tokens::cache::VerifiedCache;
 
 /// A cheap, cloneable handle to the node's state.
@@ -90,6 +90,17 @@ impl App {
     pub fn next_request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.node_tag)
+    }
+
+    /// Records a revocation in the store (durable once this returns) and applies it to
+    /// this node's table at once; the follower advances the watermark when the
+    /// announcement arrives. Every endpoint that revokes goes through here.
+    pub async fn revoke(&self, rev: NewRevocation) -> Result<RevocationEvent, StoreError> {
+        let kind = rev.kind;
+        let event = self.store.append_revocation(rev).await?;
+        self.table.insert(&event);
+        metrics::counter!(crate::metrics::REVOCATIONS_TOTAL, "kind" => kind.as_str()).increment(1);
+        Ok(event)
     }
 
     /// Whether the revocation state is fresh enough to decide on at `now_ms`.

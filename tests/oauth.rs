@@ -511,6 +511,11 @@ async fn revoke_response_is_200_empty_no_store() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.body.is_empty(), "revoke body must be empty: {}", r.text());
+    assert!(
+        r.headers.get("content-type").is_none(),
+        "an empty answer claims no media type: {:?}",
+        r.headers.get("content-type")
+    );
     r.assert_no_store();
 }
 

@@ -12,7 +12,6 @@ use super::oauth::require_fresh;
 use super::request::{authenticate, require_content_type, require_role};
 use crate::app::App;
 use crate::clients::{Client, Role};
-use crate::metrics as m;
 use crate::store::{NewRevocation, RevocationKind};
 use crate::time::now_ms;
 
@@ -85,8 +84,7 @@ pub async fn revoke(
     }
     require_fresh(app, now_ms())?;
     let event = app
-        .store
-        .append_revocation(NewRevocation {
+        .revoke(NewRevocation {
             kind,
             value,
             reason,
@@ -94,8 +92,6 @@ pub async fn revoke(
             request_id: request_id.to_string(),
         })
         .await?;
-    app.table.insert(&event);
-    metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => kind.as_str()).increment(1);
     let value = match kind {
         RevocationKind::All => serde_json::Value::Null,
         _ => json!(event.value),

@@ -145,3 +145,11 @@ pub fn bytes_response(
     }
     resp
 }
+
+/// RFC 7009's answer: 200 with no body (so no content type), not to be cached.
+pub fn empty_ok() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -303,7 +303,7 @@ pub async fn revoke(
         Ok(c) => c,
         Err(reason) => {
             tracing::debug!(reason = reason.as_str(), "revocation of an inactive token");
-            return Ok(super::sessions::empty_ok());
+            return Ok(super::error::empty_ok());
         }
     };
     if claims.client_id != caller.id && !caller.has_role(Role::Admin) {
@@ -316,22 +316,17 @@ pub async fn revoke(
         .covers(RevocationKind::Token, &claims.jti, claims.rsq)
         || app.table.is_revoked(&claims.stamp())
     {
-        return Ok(super::sessions::empty_ok());
+        return Ok(super::error::empty_ok());
     }
-    let event = app
-        .store
-        .append_revocation(NewRevocation {
-            kind: RevocationKind::Token,
-            value: claims.jti.clone(),
-            reason: "RFC 7009 revocation".into(),
-            actor: caller.id.clone(),
-            request_id: request_id.to_string(),
-        })
-        .await?;
-    // Effective on this node at once; the follower confirms the watermark.
-    app.table.insert(&event);
-    metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => RevocationKind::Token.as_str()).increment(1);
-    Ok(super::sessions::empty_ok())
+    app.revoke(NewRevocation {
+        kind: RevocationKind::Token,
+        value: claims.jti.clone(),
+        reason: "RFC 7009 revocation".into(),
+        actor: caller.id.clone(),
+        request_id: request_id.to_string(),
+    })
+    .await?;
+    Ok(super::error::empty_ok())
 }
 
 fn json_body<T: Serialize>(status: StatusCode, body: &T) -> Resp {

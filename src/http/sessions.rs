@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Response, StatusCode};
+use hyper::Response;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::error::{bytes_response, ApiError};
+use super::error::ApiError;
 use super::oauth::{access_claims, audience, issue, require_fresh, scope_within, verifier};
 use super::request::{require_role, Form};
 use crate::app::App;
 use crate::clients::{Client, Grant, Role};
-use crate::metrics as m;
 use crate::revocation::Stamp;
 use crate::sessions;
 use crate::store::{NewAudit, NewRevocation, RefreshRecord, RevocationKind, Rotation};
@@ -229,18 +228,14 @@ async fn reuse(app: &App, record: &RefreshRecord, request_id: &str) -> Result<Re
         .table
         .covers(RevocationKind::Session, &record.sid, record.rsq)
     {
-        let event = app
-            .store
-            .append_revocation(NewRevocation {
-                kind: RevocationKind::Session,
-                value: record.sid.clone(),
-                reason: "refresh token reuse".into(),
-                actor: "latch".into(),
-                request_id: request_id.to_string(),
-            })
-            .await?;
-        app.table.insert(&event);
-        metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => "session").increment(1);
+        app.revoke(NewRevocation {
+            kind: RevocationKind::Session,
+            value: record.sid.clone(),
+            reason: "refresh token reuse".into(),
+            actor: "latch".into(),
+            request_id: request_id.to_string(),
+        })
+        .await?;
     }
     app.store
         .append_audit(NewAudit {
@@ -333,7 +328,7 @@ pub async fn revoke_refresh(
     request_id: &str,
 ) -> Result<Resp, ApiError> {
     let Some((r, _)) = app.store.refresh_token(sessions::hash(token)).await? else {
-        return Ok(empty_ok());
+        return Ok(super::error::empty_ok());
     };
     if r.client_id != caller.id && !caller.has_role(Role::Admin) {
         return Err(ApiError::UnauthorizedClient(
@@ -341,23 +336,15 @@ pub async fn revoke_refresh(
         ));
     }
     if r.expires_at_ms <= now_ms() || app.table.covers(RevocationKind::Session, &r.sid, r.rsq) {
-        return Ok(empty_ok());
+        return Ok(super::error::empty_ok());
     }
-    let event = app
-        .store
-        .append_revocation(NewRevocation {
-            kind: RevocationKind::Session,
-            value: r.sid.clone(),
-            reason: "RFC 7009 revocation of a refresh token".into(),
-            actor: caller.id.clone(),
-            request_id: request_id.to_string(),
-        })
-        .await?;
-    app.table.insert(&event);
-    metrics::counter!(m::REVOCATIONS_TOTAL, "kind" => "session").increment(1);
-    Ok(empty_ok())
-}
-
-pub fn empty_ok() -> Resp {
-    bytes_response(StatusCode::OK, Bytes::new(), "application/json", "no-store")
+    app.revoke(NewRevocation {
+        kind: RevocationKind::Session,
+        value: r.sid.clone(),
+        reason: "RFC 7009 revocation of a refresh token".into(),
+        actor: caller.id.clone(),
+        request_id: request_id.to_string(),
+    })
+    .await?;
+    Ok(super::error::empty_ok())
 }

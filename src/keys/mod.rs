@@ -113,7 +113,6 @@ pub struct KeyRecord {
 /// Why a key does not verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyRefusal {
-    Unknown,
     NotSigning,
     Retired,
     Revoked,

@@ -167,7 +167,6 @@ impl Verifier<'_> {
     fn key_usable(&self, kid: &str) -> Result<&crate::keys::VerifyKey, Reason> {
         let key = self.ring.get(kid).ok_or(Reason::UnknownKey)?;
         key.check(self.now_ms).map_err(|r| match r {
-            KeyRefusal::Unknown => Reason::UnknownKey,
             KeyRefusal::NotSigning => Reason::KeyNotSigning,
             KeyRefusal::Retired => Reason::RetiredKey,
             KeyRefusal::Revoked => Reason::RevokedKey,
