@@ -198,16 +198,7 @@ where
         let result = run_phase(&ctx.plan("baseline"), &["baseline"], make(target, true)).await;
         server.stop().await;
         let phase = result.map_err(|e| format!("baseline: {e}"))?;
-        let row = Row::from_op(
-            "baseline",
-            &server_label(body_bytes),
-            ctx.common.concurrency,
-            &phase,
-            &phase.ops[0],
-        );
-        report.timelines.push(Timeline::of("baseline", &phase));
-        report.detail("baseline_answer_bytes", body_bytes);
-        baseline_row = Some(row);
+        baseline_row = Some(baseline_row_of(ctx, report, body_bytes, &phase));
     }
     let phase = run_phase(&ctx.plan(label), &[label], make(ctx.target.clone(), false))
         .await
@@ -228,6 +219,19 @@ where
     }
     report.rows.push(row);
     Ok(())
+}
+
+/// The baseline's row, its timeline and answer size in the report.
+fn baseline_row_of(ctx: &Ctx, report: &mut Report, body_bytes: usize, phase: &PhaseResult) -> Row {
+    report.timelines.push(Timeline::of("baseline", phase));
+    report.detail("baseline_answer_bytes", body_bytes);
+    Row::from_op(
+        "baseline",
+        &server_label(body_bytes),
+        ctx.common.concurrency,
+        phase,
+        &phase.ops[0],
+    )
 }
 
 fn server_label(body_bytes: usize) -> String {
@@ -285,15 +289,7 @@ pub async fn baseline_only(
     let result = run_phase(&ctx.plan("baseline"), &["baseline"], workers).await;
     server.stop().await;
     let phase = result?;
-    let row = Row::from_op(
-        "baseline",
-        &server_label(body_bytes),
-        ctx.common.concurrency,
-        &phase,
-        &phase.ops[0],
-    );
-    report.timelines.push(Timeline::of("baseline", &phase));
-    report.detail("baseline_answer_bytes", body_bytes);
+    let row = baseline_row_of(ctx, &mut report, body_bytes, &phase);
     report.count(&row);
     report.rows.push(row);
     Ok(report)
