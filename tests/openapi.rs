@@ -21,6 +21,9 @@ const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 const AT_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// Form parameters of one request.
+type Params<'a> = Vec<(&'a str, &'a str)>;
 const IDP_ISS: &str = "https://idp.openapi.test";
 const IDP_KID: &str = "idp-openapi-1";
 const REPORTS_AUD: &str = "https://reports.example";
@@ -223,7 +226,7 @@ impl Api {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(format!("body {body} does not match: {}", errors.join("; ")))
+            Err(format!("{body} does not match: {}", errors.join("; ")))
         }
     }
 
@@ -391,7 +394,7 @@ async fn real_answers_match_the_openapi_document() {
     let delegated = r.json()["access_token"].as_str().unwrap().to_string();
 
     // /token errors, each a documented code.
-    let cases: Vec<(Vec<(&str, &str)>, ClientDef, u16, &str)> = vec![
+    let cases: Vec<(Params, ClientDef, u16, &str)> = vec![
         (vec![("scope", "x")], orders.clone(), 400, "invalid_request"),
         (
             vec![("grant_type", "password")],
