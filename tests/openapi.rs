@@ -342,6 +342,28 @@ async fn real_answers_match_the_openapi_document() {
         api.assert(Method::GET, template, &s.get(path, None).await);
     }
 
+    // A plain X-Request-Id is echoed; one that is not plain is replaced.
+    let r = raw(
+        &s,
+        Method::GET,
+        "/healthz",
+        &[("x-request-id", "trace-42.a:b_c")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.header("x-request-id").as_deref(), Some("trace-42.a:b_c"));
+    let r = raw(
+        &s,
+        Method::GET,
+        "/healthz",
+        &[("x-request-id", "not plain!")],
+        b"",
+    )
+    .await;
+    let id = r.header("x-request-id").expect("a request id");
+    assert_ne!(id, "not plain!");
+    api.assert(Method::GET, "/healthz", &r);
+
     // --- /token: client_credentials, session opening, refresh, delegation ---
     let r = s.token_resp(&orders, &[("scope", "orders:read")]).await;
     api.assert(Method::POST, "/token", &r);
