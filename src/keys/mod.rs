@@ -370,6 +370,11 @@ impl Keys {
         }
     }
 
+    /// The key that authenticates refresh-token records (derived from the KEK).
+    pub fn refresh_record_mac(&self) -> &ring::hmac::Key {
+        self.kek.refresh_record_mac()
+    }
+
     /// The current snapshot.
     pub fn ring(&self) -> Arc<KeyRing> {
         self.ring.load_full()

@@ -564,6 +564,7 @@ mod tests {
             rsq: 3,
             issued_at_ms: now_ms(),
             expires_at_ms: now_ms() + 60_000,
+            mac: None,
         }
     }
 

@@ -132,6 +132,11 @@ pub struct RefreshRecord {
     pub rsq: u64,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
+    /// HMAC-SHA256 (key derived from the KEK) over the token hash and this record's JSON
+    /// without this field (`sessions::seal`): every other field, present or future, is
+    /// covered, and a record cannot be moved to another token's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// The outcome of spending a refresh token.
