@@ -274,15 +274,12 @@ pub fn check(mac: &hmac::Key, stored: &[StoredKey], seen: &BTreeMap<String, KeyS
             None => authentic.push((r, stored.written_at)),
         }
     }
-    // An authentic manifest only ever moves states forward, stale or not.
-    if let Some(m) = &manifest {
-        for (kid, state) in &m.states {
-            advance(&mut out.known, kid, *state);
-        }
-    }
     let newest_record = authentic.iter().map(|(_, v)| *v).max().unwrap_or(0);
     let manifest = match manifest {
         Some(m) if m.version >= newest_record => Some(m),
+        // Rolled back. Its states are not merged either: the next manifest is built from
+        // `known`, and a kid listed there is admitted, so a stale list would re-admit the
+        // stale records it names.
         Some(_) => {
             out.rejected
                 .push((MANIFEST.to_string(), Rejection::BadManifest));
@@ -290,6 +287,11 @@ pub fn check(mac: &hmac::Key, stored: &[StoredKey], seen: &BTreeMap<String, KeyS
         }
         None => None,
     };
+    if let Some(m) = &manifest {
+        for (kid, state) in &m.states {
+            advance(&mut out.known, kid, *state);
+        }
+    }
     for (r, _) in authentic {
         let listed = manifest.as_ref().and_then(|m| m.states.get(&r.kid));
         let why = match listed {
@@ -439,6 +441,13 @@ mod tests {
         let newer = set(&k, &[&revoked, &other], 3);
         let rolled_back = vec![old[0].clone(), newer[1].clone(), old[1].clone()];
         let c = check(k.key_record_mac(), &rolled_back, &BTreeMap::new());
+        assert!(c.records.is_empty(), "{:?}", c.records);
+        // The manifest a node then writes (from `known`) must not re-admit the old record.
+        let rebuilt = vec![
+            old[0].clone(),
+            seal_manifest(k.key_record_mac(), &c.known, 4).unwrap(),
+        ];
+        let c = check(k.key_record_mac(), &rebuilt, &BTreeMap::new());
         assert!(c.records.is_empty(), "{:?}", c.records);
     }
 
