@@ -278,7 +278,7 @@ async fn rejected(app: &App, hash: &str, request_id: &str) {
 fn still_allowed(client: &Client, r: &RefreshRecord) -> bool {
     client.has_grant(Grant::RefreshToken)
         && client.has_role(Role::SessionIssuer)
-        && client.audiences.iter().any(|a| *a == r.aud)
+        && client.audiences.contains(&r.aud)
         && r.scope
             .split(' ')
             .filter(|s| !s.is_empty())
