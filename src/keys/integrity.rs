@@ -95,6 +95,8 @@ pub fn advance(known: &mut BTreeMap<String, KeyState>, kid: &str, state: KeyStat
 struct Stored {
     #[serde(flatten)]
     record: KeyRecord,
+    /// Absent in records from before authentication; those also lack `mac`.
+    #[serde(default)]
     written_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<String>,
@@ -401,9 +403,11 @@ mod tests {
         let other = Kek::from_bytes(&[4u8; 32]).unwrap();
         let c = check(other.key_record_mac(), &stored, &BTreeMap::new());
         assert!(c.records.is_empty());
-        // Without its MAC, a record is unauthenticated, not trusted.
+        // Without its MAC (a record from before this version), a record is
+        // unauthenticated, not trusted.
         let mut v: serde_json::Value = serde_json::from_str(&stored[0].json).unwrap();
         v.as_object_mut().unwrap().remove("mac");
+        v.as_object_mut().unwrap().remove("written_at");
         stored[0].json = v.to_string();
         let c = check(k.key_record_mac(), &stored, &BTreeMap::new());
         assert_eq!(reasons(&c), vec![Rejection::Unauthenticated]);
