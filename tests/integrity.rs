@@ -297,3 +297,47 @@ async fn embedded_store_tampering_and_unauthenticated_records() {
     assert_eq!(kid_of(&t2), signing);
     assert!(s.is_active(&t2).await);
 }
+
+#[tokio::test]
+async fn embedded_store_a_replayed_record_does_not_revive_a_revoked_key() {
+    let mut s = TestServer::start(&ServerConfig::default()).await;
+    let token = s.issue(&clients::orders(), &[]).await;
+    let kid = kid_of(&token);
+    let db_path = s.data_path.join("latch.db");
+    let read = |kid: &str| -> String {
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        db.query_row("SELECT record FROM keys WHERE kid = ?1", [kid], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let old_record = read(&kid);
+    let r = s
+        .post_json(
+            &format!("/admin/keys/{kid}/revoke"),
+            &json!({"reason": "compromised"}),
+            clients::admin().auth(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(read(&kid), old_record);
+    s.kill9();
+    {
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        db.execute(
+            "UPDATE keys SET record = ?1 WHERE kid = ?2",
+            [old_record.as_str(), kid.as_str()],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE meta SET value = value + 1 WHERE name = 'keys_version'",
+            [],
+        )
+        .unwrap();
+    }
+    s.restart().await;
+    wait_rejected(&s, &kid, "regressed").await;
+    assert_eq!(s.introspect(&token).await, inactive());
+    assert!(!s.jwks_kids().await.contains(&kid));
+    assert_ne!(kid_of(&s.issue(&clients::orders(), &[]).await), kid);
+}
