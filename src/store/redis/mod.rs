@@ -8,7 +8,7 @@
 //! | `{latch}:rev:seq` | string | last revocation seq (INCR) |
 //! | `{latch}:rev:log` | stream | revocations, entry id `<seq>-0`: kind, value, at (ms), reason, actor |
 //! | `{latch}:audit:seq` / `{latch}:audit:log` | string / stream | audit records, id `<seq>-0` |
-//! | `{latch}:keys` / `{latch}:keys:version` | hash / string | key records (JSON) by kid; the key-set version |
+//! | `{latch}:keys` / `{latch}:keys:version` | hash / string | key records (opaque MAC'd JSON, see `keys::integrity`) by kid, and the manifest under `~manifest`; the key-set version |
 //!
 //! Announcements go to the channel `{latch}:events`, published from inside the same script
 //! that assigned the seq: Redis runs scripts one at a time, so announcements leave in seq
