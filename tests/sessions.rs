@@ -1749,3 +1749,43 @@ async fn a_refresh_rechecks_the_clients_current_grants() {
         .await
         .assert_error(400, "invalid_grant");
 }
+
+#[tokio::test]
+async fn an_altered_refresh_record_in_the_embedded_store_yields_nothing() {
+    let mut env = start().await;
+    let alice = open_on(&env.s, &env.idp, "alice", &[]).await;
+    let bob = open_on(&env.s, &env.idp, "bob", &[]).await;
+    env.s.kill9();
+    {
+        let db = rusqlite::Connection::open(env.s.data_path.join("latch.db")).unwrap();
+        let hash = sha256_hex(alice.refresh.as_bytes());
+        let json: String = db
+            .query_row(
+                "SELECT record FROM refresh_tokens WHERE hash = ?1",
+                [&hash],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut record: Value = serde_json::from_str(&json).unwrap();
+        record["sub"] = json!("root");
+        db.execute(
+            "UPDATE refresh_tokens SET record = ?1 WHERE hash = ?2",
+            [record.to_string(), hash],
+        )
+        .unwrap();
+    }
+    env.s.restart().await;
+    let s = &env.s;
+    assert_eq!(s.introspect(&alice.refresh).await, inactive());
+    refresh_resp(s, &idp_hook(), &alice.refresh, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    // The untouched session still works: the check is on the record, not the store.
+    assert_eq!(s.introspect(&bob.refresh).await["active"], true);
+    refresh_ok(s, &bob.refresh).await;
+    assert!(s
+        .audit(0)
+        .await
+        .iter()
+        .any(|r| r["action"] == "refresh_record_rejected"));
+}
