@@ -103,10 +103,14 @@ struct RevokeArgs {
 enum KeysCommand {
     /// List keys and their states.
     List,
-    /// Rotate now: next signs, the active key starts retiring.
+    /// Rotate now: next signs, the active key starts retiring. Refused while the next key
+    /// is too young for verifiers' cached JWKS to know it, unless --force.
     Rotate {
         #[arg(long, default_value = "")]
         reason: String,
+        /// Rotate even if the promoted key may be unknown to verifiers (audited as forced).
+        #[arg(long)]
+        force: bool,
     },
     /// Emergency revocation: the key and its tokens are dead at once.
     Revoke {
@@ -314,8 +318,8 @@ async fn revoke(client: AdminClient, a: RevokeArgs) -> Result<(Value, String), C
 async fn keys(client: AdminClient, command: KeysCommand) -> Result<(Value, String), CliError> {
     let answer = match command {
         KeysCommand::List => client.call(Method::GET, "/admin/keys", None).await?,
-        KeysCommand::Rotate { reason } => {
-            let body = json!({ "reason": reason });
+        KeysCommand::Rotate { reason, force } => {
+            let body = json!({ "reason": reason, "force": force });
             client
                 .call(Method::POST, "/admin/keys/rotate", Some(body))
                 .await?

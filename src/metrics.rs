@@ -17,6 +17,8 @@ pub const STATE_AGE: &str = "latch_revocation_state_age_seconds";
 pub const SIGNING_KEYS: &str = "latch_signing_keys";
 pub const STORE_UP: &str = "latch_store_up";
 pub const CONNECTIONS_REFUSED: &str = "latch_connections_refused_total";
+pub const KEY_RECORDS_REJECTED: &str = "latch_key_records_rejected_total";
+pub const REFRESH_RECORDS_REJECTED: &str = "latch_refresh_records_rejected_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -69,6 +71,14 @@ fn describe() {
     );
     describe_gauge!(SIGNING_KEYS, "Signing keys by state");
     describe_gauge!(STORE_UP, "1 when the last store round trip succeeded");
+    describe_counter!(
+        KEY_RECORDS_REJECTED,
+        "Stored key records not used, by reason (once per record and reason per process)"
+    );
+    describe_counter!(
+        REFRESH_RECORDS_REJECTED,
+        "Stored refresh-token records whose MAC failed"
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections closed at the connection cap"

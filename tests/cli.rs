@@ -441,8 +441,20 @@ async fn operator_key_verbs() {
     let keys = json_list(&v, "keys");
     assert_eq!(key_state(&keys, &active0).as_deref(), Some("active"));
 
+    // The next key was published a moment ago: refused without --force, naming it.
     let (ok, out, err) = operator(&s, &["keys", "@SERVER", "--json", "rotate"], creds).await;
-    assert!(ok, "keys rotate failed: {out} {err}");
+    assert!(!ok, "keys rotate of a young next key succeeded: {out}");
+    assert!(
+        format!("{out}{err}").contains("--force"),
+        "the refusal must name --force: {out} {err}"
+    );
+    let (ok, out, err) = operator(
+        &s,
+        &["keys", "@SERVER", "--json", "rotate", "--force"],
+        creds,
+    )
+    .await;
+    assert!(ok, "keys rotate --force failed: {out} {err}");
     let after = s.admin_keys().await;
     assert_eq!(key_state(&after, &active0).as_deref(), Some("retiring"));
     let active1 = kids_in_state(&after, "active")[0].clone();

@@ -308,7 +308,7 @@ async fn retired_key_tokens_are_inactive() {
     let r = s
         .post_json(
             "/admin/keys/rotate",
-            &json!({"reason": "test"}),
+            &json!({"reason": "test", "force": true}),
             clients::admin().auth(),
         )
         .await;

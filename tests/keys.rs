@@ -36,8 +36,24 @@ fn check_key_shape(keys: &[Value]) {
     }
 }
 
+/// A forced rotation (most tests rotate right after start, when the next key is young).
 async fn rotate(s: &TestServer, body: Option<Value>) -> Vec<Value> {
-    let r = match body {
+    let mut b = body.unwrap_or_else(|| json!({}));
+    b["force"] = json!(true);
+    rotate_as_asked(s, Some(b)).await
+}
+
+/// A rotation with exactly this body (none if `None`); asserts 200.
+async fn rotate_as_asked(s: &TestServer, body: Option<Value>) -> Vec<Value> {
+    let r = rotate_resp(s, body).await;
+    assert_eq!(r.status, 200, "rotate: {}", r.text());
+    let keys = r.json()["keys"].as_array().expect("keys").clone();
+    check_key_shape(&keys);
+    keys
+}
+
+async fn rotate_resp(s: &TestServer, body: Option<Value>) -> Resp {
+    match body {
         Some(b) => {
             s.post_json("/admin/keys/rotate", &b, clients::admin().auth())
                 .await
@@ -53,11 +69,7 @@ async fn rotate(s: &TestServer, body: Option<Value>) -> Vec<Value> {
                 )
                 .await
         }
-    };
-    assert_eq!(r.status, 200, "rotate: {}", r.text());
-    let keys = r.json()["keys"].as_array().expect("keys").clone();
-    check_key_shape(&keys);
-    keys
+    }
 }
 
 async fn revoke_key(s: &TestServer, kid: &str, reason: &str) -> Resp {
@@ -197,26 +209,48 @@ async fn scheduled_rotation_lifecycle() {
 
 #[tokio::test]
 async fn manual_rotation() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    // JWKS max-age 1s; with max_staleness 2s a next key may sign 3s after it appeared.
+    let cfg = ServerConfig {
+        publish_ahead: "2s".into(),
+        ..ServerConfig::default()
+    };
+    let s = TestServer::start(&cfg).await;
     let keys0 = s.admin_keys().await;
     check_key_shape(&keys0);
     let active0 = exactly_one(&keys0, "active");
-    let next0 = kids_in_state(&keys0, "next");
-    assert!(next0.len() <= 1, "{keys0:?}");
+    // From the first start, a next key is published.
+    let next0 = exactly_one(&keys0, "next");
+    assert!(s.jwks_kids().await.contains(&next0));
     let old = s.issue(&clients::orders(), &[]).await;
     assert_eq!(kid_of(&old), active0);
 
-    let keys1 = rotate(&s, Some(json!({"reason": "drill"}))).await;
+    // Too young for every cached JWKS to know it: refused, naming the override.
+    let r = rotate_resp(&s, Some(json!({"reason": "drill"}))).await;
+    r.assert_error(409, "conflict");
+    assert!(r.text().contains("force"), "{}", r.text());
+    assert_eq!(exactly_one(&s.admin_keys().await, "active"), active0);
+
+    // Once it has been published long enough, the same request rotates.
+    let keys1 = eventually(DEADLINE, "rotation accepted", || {
+        let s = &s;
+        async move {
+            let r = rotate_resp(s, Some(json!({"reason": "drill"}))).await;
+            match r.status.as_u16() {
+                200 => Ok(r.json()["keys"].as_array().unwrap().clone()),
+                409 => Err(r.text()),
+                _ => panic!("rotate: {} {}", r.status, r.text()),
+            }
+        }
+    })
+    .await;
+    check_key_shape(&keys1);
     assert_eq!(
         key_state(&keys1, &active0).as_deref(),
         Some("retiring"),
         "{keys1:?}"
     );
     let active1 = exactly_one(&keys1, "active");
-    assert_ne!(active1, active0);
-    if let Some(n) = next0.first() {
-        assert_eq!(&active1, n, "the next key must become active");
-    }
+    assert_eq!(active1, next0, "the published next key must become active");
     let next1 = exactly_one(&keys1, "next");
     assert!(
         !keys0.iter().any(|k| k["kid"] == next1.as_str()),
@@ -236,22 +270,39 @@ async fn manual_rotation() {
     for k in [&active0, &active1, &next1] {
         assert!(jwks.contains(k), "{k} missing from JWKS {jwks:?}");
     }
-    let rec = s
-        .audit(0)
-        .await
-        .into_iter()
+    let audit = s.audit(0).await;
+    let rec = audit
+        .iter()
         .find(|r| r["action"] == "key_rotate")
         .expect("key_rotate audit record");
     assert_eq!(rec["reason"], "drill", "{rec}");
     assert_eq!(rec["actor"], "security-admin", "{rec}");
+    assert!(
+        !audit.iter().any(|r| r["action"] == "key_rotate_forced"),
+        "{audit:?}"
+    );
 
-    // The body is optional.
-    let keys2 = rotate(&s, None).await;
+    // The body is optional; without force, next1 is too young.
+    rotate_resp(&s, None).await.assert_error(409, "conflict");
+    // Forced: it rotates at once, and the audit says it was forced.
+    let keys2 = rotate_as_asked(
+        &s,
+        Some(json!({"force": true, "reason": "compromise drill"})),
+    )
+    .await;
     assert_eq!(key_state(&keys2, &active1).as_deref(), Some("retiring"));
     assert_eq!(exactly_one(&keys2, "active"), next1);
     assert!(s.is_active(&old).await);
     assert!(s.is_active(&new).await);
     assert_eq!(kid_of(&s.issue(&clients::orders(), &[]).await), next1);
+    let forced = s
+        .audit(0)
+        .await
+        .into_iter()
+        .find(|r| r["action"] == "key_rotate_forced")
+        .expect("key_rotate_forced audit record");
+    assert_eq!(forced["target"], next1.as_str(), "{forced}");
+    assert_eq!(forced["reason"], "compromise drill", "{forced}");
 }
 
 #[tokio::test]

@@ -1592,3 +1592,200 @@ async fn sessions_across_a_redis_cluster() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_refresh_refused(a, &u1.refresh, "refresh on A after /revoke on B").await;
 }
+
+// ---------------------------------------------------------------------------
+// 9. Integrity of refresh-token records
+// ---------------------------------------------------------------------------
+
+/// A refresh token the attacker made up, and its store key in Redis.
+fn planted_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).unwrap();
+    let token = format!("rt.{}", b64url(&bytes));
+    let key = format!("{{latch}}:rt:{}", sha256_hex(token.as_bytes()));
+    (token, key)
+}
+
+async fn metric_value(s: &TestServer, name: &str) -> f64 {
+    let text = Http::new(s.metrics_addr).get("/metrics", None).await.text();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn planted_or_moved_refresh_records_yield_nothing() {
+    let redis = RedisProcess::start().await;
+    let idp = Idp::generate(IDP_ISS, IDP_KID, LATCH_ISS);
+    let cfg = ServerConfig {
+        clients: session_clients(),
+        extra_toml: trusted_issuer_inline(IDP_ISS, None, &idp.jwks()),
+        ..ServerConfig::default()
+    };
+    let nodes = Cluster::start(1, &cfg, &redis).await;
+    let s = &nodes[0];
+    let hook = idp_hook();
+    let real = open_on(s, &idp, "alice", &[]).await;
+    let real_key = format!("{{latch}}:rt:{}", sha256_hex(real.refresh.as_bytes()));
+    let stored: String = redis.cmd(&["HGET", &real_key, "rec"]).await;
+    let mut record: Value = serde_json::from_str(&stored).unwrap();
+    assert!(record["mac"].is_string(), "records carry a MAC: {record}");
+    let expires = (now_secs() + 3600).to_string();
+
+    // 1. A record planted under the attacker's own token: without the MAC, and with a
+    //    MAC copied from a real record (bound to another hash).
+    for (what, mac) in [
+        ("no MAC", None),
+        ("copied MAC", Some(record["mac"].clone())),
+    ] {
+        let (token, key) = planted_token();
+        let mut planted = record.clone();
+        planted["sub"] = json!("mallory");
+        match mac {
+            Some(m) => planted["mac"] = m,
+            None => {
+                planted.as_object_mut().unwrap().remove("mac");
+            }
+        }
+        let _: () = redis
+            .cmd(&["HSET", &key, "rec", &planted.to_string(), "used", "0"])
+            .await;
+        let _: () = redis.cmd(&["EXPIREAT", &key, &expires]).await;
+        refresh_resp(s, &hook, &token, &[])
+            .await
+            .assert_error(400, "invalid_grant");
+        assert_eq!(s.introspect(&token).await, inactive(), "{what}");
+    }
+    // 2. The real, authentic record moved under the attacker's token.
+    let (token, key) = planted_token();
+    let _: () = redis
+        .cmd(&["HSET", &key, "rec", &stored, "used", "0"])
+        .await;
+    let _: () = redis.cmd(&["EXPIREAT", &key, &expires]).await;
+    refresh_resp(s, &hook, &token, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    assert_eq!(s.introspect(&token).await, inactive());
+    // 3. The real record altered in place (another subject): its own token stops working.
+    record["sub"] = json!("root");
+    let _: () = redis
+        .cmd(&["HSET", &real_key, "rec", &record.to_string()])
+        .await;
+    assert_eq!(s.introspect(&real.refresh).await, inactive());
+    refresh_resp(s, &hook, &real.refresh, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    // ... and the authentic record restored, it works again (the checks above can fail).
+    let _: () = redis.cmd(&["HSET", &real_key, "rec", &stored]).await;
+    assert_eq!(s.introspect(&real.refresh).await["active"], true);
+    let next = refresh_ok(s, &real.refresh).await;
+    assert_eq!(next.sid, real.sid);
+
+    assert!(metric_value(s, "latch_refresh_records_rejected_total").await >= 5.0);
+    let audit = s.audit(0).await;
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "refresh_record_rejected" && r["reason"] == "bad_mac"),
+        "{audit:?}"
+    );
+    // Nobody's session was revoked on the attacker's say-so.
+    assert!(
+        !audit.iter().any(|r| r["action"] == "refresh_reuse"),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_rechecks_the_clients_current_grants() {
+    let mut env = start().await;
+    let s = &env.s;
+    let write = open_on(
+        s,
+        &env.idp,
+        "alice",
+        &[("scope", "orders:write"), ("resource", ORDERS_AUD)],
+    )
+    .await;
+    let profile = open_on(
+        s,
+        &env.idp,
+        "bob",
+        &[("scope", "profile"), ("resource", PROFILE_AUD)],
+    )
+    .await;
+    let control = open_on(
+        s,
+        &env.idp,
+        "carol",
+        &[("scope", "orders:read"), ("resource", ORDERS_AUD)],
+    )
+    .await;
+
+    // The hook loses the scope orders:write and the audience PROFILE_AUD.
+    let mut cfg = env.s.cfg.clone();
+    for c in cfg.clients.iter_mut().filter(|c| c.id == "idp-hook") {
+        c.scopes.retain(|s| s != "orders:write");
+        c.audiences.retain(|a| a != PROFILE_AUD);
+    }
+    env.s.restart_with(&cfg).await;
+    let s = &env.s;
+    let hook = idp_hook();
+    for (what, sess) in [("lost scope", &write), ("lost audience", &profile)] {
+        refresh_resp(s, &hook, &sess.refresh, &[])
+            .await
+            .assert_error(400, "invalid_grant");
+        assert_eq!(s.introspect(&sess.refresh).await, inactive(), "{what}");
+    }
+    let control = refresh_ok(s, &control.refresh).await;
+
+    // The hook loses its session_issuer role: its sessions yield nothing more.
+    for c in cfg.clients.iter_mut().filter(|c| c.id == "idp-hook") {
+        c.roles.clear();
+    }
+    env.s.restart_with(&cfg).await;
+    refresh_resp(&env.s, &hook, &control.refresh, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn an_altered_refresh_record_in_the_embedded_store_yields_nothing() {
+    let mut env = start().await;
+    let alice = open_on(&env.s, &env.idp, "alice", &[]).await;
+    let bob = open_on(&env.s, &env.idp, "bob", &[]).await;
+    env.s.kill9();
+    {
+        let db = rusqlite::Connection::open(env.s.data_path.join("latch.db")).unwrap();
+        let hash = sha256_hex(alice.refresh.as_bytes());
+        let json: String = db
+            .query_row(
+                "SELECT record FROM refresh_tokens WHERE hash = ?1",
+                [&hash],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut record: Value = serde_json::from_str(&json).unwrap();
+        record["sub"] = json!("root");
+        db.execute(
+            "UPDATE refresh_tokens SET record = ?1 WHERE hash = ?2",
+            [record.to_string(), hash],
+        )
+        .unwrap();
+    }
+    env.s.restart().await;
+    let s = &env.s;
+    assert_eq!(s.introspect(&alice.refresh).await, inactive());
+    refresh_resp(s, &idp_hook(), &alice.refresh, &[])
+        .await
+        .assert_error(400, "invalid_grant");
+    // The untouched session still works: the check is on the record, not the store.
+    assert_eq!(s.introspect(&bob.refresh).await["active"], true);
+    refresh_ok(s, &bob.refresh).await;
+    assert!(s
+        .audit(0)
+        .await
+        .iter()
+        .any(|r| r["action"] == "refresh_record_rejected"));
+}

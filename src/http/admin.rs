@@ -120,13 +120,27 @@ fn reason(parts: &Parts, body: &[u8]) -> Result<String, ApiError> {
         return Ok(String::new());
     }
     let r: ReasonBody = parse_json(parts, body)?;
-    let reason = r.reason.unwrap_or_default();
+    checked_reason(r.reason)
+}
+
+fn checked_reason(reason: Option<String>) -> Result<String, ApiError> {
+    let reason = reason.unwrap_or_default();
     if reason.len() > MAX_FIELD {
         return Err(ApiError::InvalidRequest(format!(
             "reason is longer than {MAX_FIELD} bytes"
         )));
     }
     Ok(reason)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    #[serde(default)]
+    reason: Option<String>,
+    /// Rotate even if the promoted key may be unknown to verifiers' cached JWKS.
+    #[serde(default)]
+    force: bool,
 }
 
 pub fn list_keys(app: &App, parts: &Parts) -> Result<Resp, ApiError> {
@@ -141,8 +155,15 @@ pub async fn rotate_keys(
     request_id: &str,
 ) -> Result<Resp, ApiError> {
     let client = admin(app, parts)?;
-    let reason = reason(parts, body)?;
-    app.keys.rotate_now(&client.id, &reason, request_id).await?;
+    let req: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        parse_json(parts, body)?
+    };
+    let reason = checked_reason(req.reason)?;
+    app.keys
+        .rotate_now(req.force, &client.id, &reason, request_id)
+        .await?;
     Ok(json_response(StatusCode::OK, &app.keys.ring().listing()))
 }
 

@@ -42,6 +42,9 @@ pub enum ApiError {
     UnsupportedMediaType(&'static str),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// The request conflicts with the current state; the description says how to proceed.
+    #[error("{0}")]
+    Conflict(String),
     /// State too stale to decide on, store unreachable, or no signing key: fail closed.
     #[error("{0}")]
     Unavailable(String),
@@ -66,6 +69,7 @@ impl ApiError {
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         }
@@ -119,6 +123,7 @@ impl From<KeysError> for ApiError {
             KeysError::NotFound => ApiError::NotFound,
             KeysError::Store(s) => s.into(),
             KeysError::Contended => ApiError::Unavailable(e.to_string()),
+            KeysError::RotationRefused(why) => ApiError::Conflict(why),
             KeysError::Key(k) => ApiError::Internal(k.to_string()),
         }
     }

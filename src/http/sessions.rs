@@ -85,7 +85,8 @@ async fn open_session(
     claims.sid = Some(crate::tokens::random_id());
     claims.username = a.username;
     let (refresh_token, hash) = sessions::new_refresh_token();
-    let record = refresh_record(app, &claims, now, claims.rsq);
+    let mut record = refresh_record(app, &claims, now, claims.rsq);
+    sessions::seal(app.keys.refresh_record_mac(), &hash, &mut record);
     let audit = NewAudit {
         actor: client.id.clone(),
         action: "session_create".into(),
@@ -113,6 +114,7 @@ fn refresh_record(
         rsq,
         issued_at_ms: now,
         expires_at_ms: now + app.config.tokens.refresh_ttl.as_millis() as i64,
+        mac: None,
     }
 }
 
@@ -177,13 +179,15 @@ pub async fn refresh(
     }
     let hash = sessions::hash(token);
     sync_revocations(app).await?;
-    let (record, spent) = app
-        .store
-        .refresh_token(hash.clone())
+    let (record, spent) = stored_refresh(app, &hash, request_id)
         .await?
         .ok_or_else(invalid)?;
     if record.client_id != client.id {
         tracing::debug!(client = %client.id, "refresh token of another client");
+        return Err(invalid());
+    }
+    if !still_allowed(client, &record) {
+        tracing::debug!(client = %client.id, "session no longer within the client's grants");
         return Err(invalid());
     }
     if spent {
@@ -209,16 +213,76 @@ pub async fn refresh(
     claims.username = record.username.clone();
     let (next_token, next_hash) = sessions::new_refresh_token();
     // The session keeps its scope and its stamp; only the token and its expiry move.
-    let next = RefreshRecord {
+    let mut next = RefreshRecord {
         issued_at_ms: now,
         expires_at_ms: now + app.config.tokens.refresh_ttl.as_millis() as i64,
         ..record.clone()
     };
-    match app.store.rotate_refresh(hash, next_hash, next).await? {
+    sessions::seal(app.keys.refresh_record_mac(), &next_hash, &mut next);
+    match app
+        .store
+        .rotate_refresh(hash.clone(), next_hash, next)
+        .await?
+    {
         Rotation::Rotated => issue(app, &claims, Grant::RefreshToken, Some(next_token)),
-        Rotation::Reused(r) => reuse(app, &r, request_id).await,
+        Rotation::Reused(r) if sessions::authentic(app.keys.refresh_record_mac(), &hash, &r) => {
+            reuse(app, &r, request_id).await
+        }
+        Rotation::Reused(_) => {
+            rejected(app, &hash, request_id).await;
+            Err(invalid())
+        }
         Rotation::Unknown => Err(invalid()),
     }
+}
+
+/// A refresh token's record and whether it was spent, if the store has one that proves
+/// (by its MAC) that latch wrote it for this token hash. A record that does not is
+/// reported and treated as absent: a record planted in the store yields nothing.
+async fn stored_refresh(
+    app: &App,
+    hash: &str,
+    request_id: &str,
+) -> Result<Option<(RefreshRecord, bool)>, ApiError> {
+    let Some((record, spent)) = app.store.refresh_token(hash.to_string()).await? else {
+        return Ok(None);
+    };
+    if !sessions::authentic(app.keys.refresh_record_mac(), hash, &record) {
+        rejected(app, hash, request_id).await;
+        return Ok(None);
+    }
+    Ok(Some((record, spent)))
+}
+
+/// Logs, counts and audits a refresh-token record whose MAC failed (never its content:
+/// it is the attacker's).
+async fn rejected(app: &App, hash: &str, request_id: &str) {
+    let target = format!("refresh:{}", &hash[..hash.len().min(12)]);
+    tracing::warn!(%target, "refresh-token record with a bad MAC; treated as unknown");
+    metrics::counter!(crate::metrics::REFRESH_RECORDS_REJECTED).increment(1);
+    let audit = NewAudit {
+        actor: "latch".into(),
+        action: "refresh_record_rejected".into(),
+        target,
+        reason: "bad_mac".into(),
+        request_id: request_id.to_string(),
+    };
+    if let Err(error) = app.store.append_audit(audit).await {
+        tracing::warn!(%error, "could not audit a rejected refresh-token record");
+    }
+}
+
+/// Whether the client may still hold this session: the record is checked against the
+/// client's current config, not trusted for what it says (a client that lost the grant,
+/// the role, a scope or the audience gets nothing more from its old sessions).
+fn still_allowed(client: &Client, r: &RefreshRecord) -> bool {
+    client.has_grant(Grant::RefreshToken)
+        && client.has_role(Role::SessionIssuer)
+        && client.audiences.contains(&r.aud)
+        && r.scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .all(|s| client.scopes.iter().any(|c| c == s))
 }
 
 /// A spent refresh token came back: whoever holds it, the session is compromised.
@@ -292,7 +356,7 @@ pub async fn introspect_refresh(
     caller: &Client,
     token: &str,
 ) -> Result<Option<Value>, ApiError> {
-    let Some((r, spent)) = app.store.refresh_token(sessions::hash(token)).await? else {
+    let Some((r, spent)) = stored_refresh(app, &sessions::hash(token), "").await? else {
         return Ok(None);
     };
     let now = now_ms();
@@ -300,7 +364,10 @@ pub async fn introspect_refresh(
         || r.expires_at_ms <= now
         || app.table.is_revoked(&stamp(&r))
         || !caller.may_see_audience(&r.aud)
-        || app.clients.get(&r.client_id).is_none()
+        || !app
+            .clients
+            .get(&r.client_id)
+            .is_some_and(|c| still_allowed(c, &r))
     {
         return Ok(None);
     }
@@ -327,7 +394,7 @@ pub async fn revoke_refresh(
     token: &str,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    let Some((r, _)) = app.store.refresh_token(sessions::hash(token)).await? else {
+    let Some((r, _)) = stored_refresh(app, &sessions::hash(token), request_id).await? else {
         return Ok(super::error::empty_ok());
     };
     if r.client_id != caller.id && !caller.has_role(Role::Admin) {

@@ -38,7 +38,9 @@ impl Draft<'_, '_> {
     }
 
     fn create(&mut self, state: KeyState, activates_at: i64) -> Result<usize, KeyError> {
-        let record = (self.generate)(state, activates_at)?;
+        let mut record = (self.generate)(state, activates_at)?;
+        // Publication time counts from here (see `ready_at`), whatever the factory says.
+        record.created_at_ms = self.now;
         self.audit.push(("key_create", record.kid.clone()));
         self.keys.push(record);
         let i = self.keys.len() - 1;
@@ -77,6 +79,15 @@ impl Draft<'_, '_> {
         Ok(new_active)
     }
 
+    /// When the next key at `n` may sign: its scheduled time, but never before it has been
+    /// published for `min_published` (a verifier's cached JWKS has it by then).
+    fn ready_at(&self, n: usize) -> i64 {
+        let k = &self.keys[n];
+        k.activates_at_ms
+            .unwrap_or(k.created_at_ms)
+            .max(k.created_at_ms + self.policy.min_published_ms)
+    }
+
     /// Everything the schedule calls for at `now`.
     fn schedule(&mut self) -> Result<(), KeyError> {
         for i in 0..self.keys.len() {
@@ -98,6 +109,8 @@ impl Draft<'_, '_> {
             }
         }
         let active = match self.index(KeyState::Active) {
+            // No signing key (first start, or the active key was revoked): the next key
+            // signs at once however young (an emergency does not wait), else a new one.
             None => match self.index(KeyState::Next) {
                 Some(n) => {
                     self.activate(n);
@@ -106,25 +119,21 @@ impl Draft<'_, '_> {
                 }
                 None => self.create(KeyState::Active, self.now)?,
             },
-            Some(a) => {
-                let due =
-                    self.keys[a].activates_at_ms.unwrap_or(self.now) + self.policy.rotate_every_ms;
-                let next_due = self
-                    .index(KeyState::Next)
-                    .map(|n| self.keys[n].activates_at_ms.unwrap_or(due));
-                match next_due {
-                    Some(t) if self.now >= t => self.rotate()?,
-                    None if self.now >= due => self.rotate()?,
-                    _ => a,
-                }
-            }
+            Some(a) => match self.index(KeyState::Next) {
+                Some(n) if self.now >= self.ready_at(n) => self.rotate()?,
+                // Without a next key there is no rotation: one is published below and
+                // promoted once validators have had time to see it.
+                _ => a,
+            },
         };
+        // Always a published next key, from the first start and right after a promotion.
         if self.index(KeyState::Next).is_none() {
             let due =
                 self.keys[active].activates_at_ms.unwrap_or(self.now) + self.policy.rotate_every_ms;
-            if self.now >= due - self.policy.publish_ahead_ms {
-                self.create(KeyState::Next, due)?;
-            }
+            self.create(
+                KeyState::Next,
+                due.max(self.now + self.policy.min_published_ms),
+            )?;
         }
         Ok(())
     }
@@ -158,8 +167,9 @@ fn draft<'g, 'a>(
     }
 }
 
-/// What the schedule calls for: the first key, the next key `publish_ahead` before the
-/// rotation, the rotation itself, retirement of keys whose tokens have all expired.
+/// What the schedule calls for: the first keys (active and next), a new next key right
+/// after every promotion, the rotation itself (never of a next key published for less
+/// than `min_published`), retirement of keys whose tokens have all expired.
 pub fn scheduled(
     keys: &[KeyRecord],
     now: i64,
@@ -171,16 +181,45 @@ pub fn scheduled(
     Ok(d.finish())
 }
 
+/// Why an operator's rotation would promote a key that validators may not know yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// There is no published next key: a new key would sign at once.
+    NoNext,
+    /// The next key has not been published for `min_published` yet.
+    NextTooYoung { kid: String, ready_at_ms: i64 },
+}
+
+/// `Some` when rotating now would promote a key published for less than
+/// `min_published` (so some verifier's cached JWKS may not have it).
+pub fn rotation_refusal(keys: &[KeyRecord], now: i64, policy: &KeyPolicy) -> Option<Refusal> {
+    let next = keys.iter().rev().find(|k| k.state == KeyState::Next);
+    match next {
+        None => Some(Refusal::NoNext),
+        Some(n) if now < n.created_at_ms + policy.min_published_ms => Some(Refusal::NextTooYoung {
+            kid: n.kid.clone(),
+            ready_at_ms: n.created_at_ms + policy.min_published_ms,
+        }),
+        Some(_) => None,
+    }
+}
+
 /// An operator's rotation: the active key starts retiring, `next` signs, and a new `next`
-/// is published at once (it will sign after `rotate_every`).
+/// is published at once (it will sign after `rotate_every`). The caller checks
+/// [`rotation_refusal`] first; `forced` records that the operator overrode it.
 pub fn rotate_now(
     keys: &[KeyRecord],
     now: i64,
     policy: &KeyPolicy,
+    forced: bool,
     generate: &mut Generate<'_>,
 ) -> Result<Plan, KeyError> {
     let mut d = draft(keys, now, policy, generate);
-    d.rotate()?;
+    let active = d.rotate()?;
+    if forced {
+        d.audit
+            .push(("key_rotate_forced", d.keys[active].kid.clone()));
+    }
     if d.index(KeyState::Next).is_none() {
         d.create(KeyState::Next, now + policy.rotate_every_ms)?;
     }

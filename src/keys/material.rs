@@ -13,6 +13,7 @@ use jsonwebtoken::DecodingKey;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use ring::{hkdf, hmac};
 use serde_json::{json, Map, Value};
 
 use super::Alg;
@@ -224,10 +225,29 @@ impl SigningKey {
     }
 }
 
+/// HKDF `info` labels of the MAC keys derived from the KEK. A new label (`v2`) is a new,
+/// unrelated key: records MAC'd under one never verify under another.
+pub const KEY_RECORD_MAC_INFO: &[u8] = b"latch key-record mac v1";
+pub const REFRESH_RECORD_MAC_INFO: &[u8] = b"latch refresh-record mac v1";
+
 /// The key-encryption key: AES-256-GCM over private keys at rest, the kid as associated
-/// data so a sealed key cannot be moved to another record.
+/// data so a sealed key cannot be moved to another record. It also yields, through HKDF,
+/// the HMAC-SHA256 keys that authenticate stored key and refresh-token records: whoever
+/// can write to the store but does not hold the KEK cannot forge either.
 pub struct Kek {
     key: LessSafeKey,
+    key_record_mac: hmac::Key,
+    refresh_record_mac: hmac::Key,
+}
+
+/// HKDF-SHA256 (ring) from the KEK to an HMAC-SHA256 key, separated by `info`.
+fn derive_mac_key(kek: &[u8], info: &'static [u8]) -> hmac::Key {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"latch").extract(kek);
+    let infos = [info];
+    let okm = prk
+        .expand(&infos, hmac::HMAC_SHA256)
+        .expect("HMAC-SHA256 key length is within HKDF-SHA256's limit");
+    hmac::Key::from(okm)
 }
 
 impl Kek {
@@ -236,7 +256,19 @@ impl Kek {
             .map_err(|_| KeyError::BadKek("must decode to exactly 32 bytes".into()))?;
         Ok(Kek {
             key: LessSafeKey::new(unbound),
+            key_record_mac: derive_mac_key(bytes, KEY_RECORD_MAC_INFO),
+            refresh_record_mac: derive_mac_key(bytes, REFRESH_RECORD_MAC_INFO),
         })
+    }
+
+    /// The key that authenticates stored key records (and the key-set manifest).
+    pub fn key_record_mac(&self) -> &hmac::Key {
+        &self.key_record_mac
+    }
+
+    /// The key that authenticates stored refresh-token records.
+    pub fn refresh_record_mac(&self) -> &hmac::Key {
+        &self.refresh_record_mac
     }
 
     /// Parses base64 (standard or URL-safe, padding optional) of 32 bytes.
@@ -355,6 +387,17 @@ mod tests {
         assert_eq!(b.open("k", &sealed).unwrap(), b"x");
         assert!(matches!(Kek::load(None, None), Err(KeyError::KekRequired)));
         assert!(Kek::from_base64("c2hvcnQ=").is_err());
+    }
+
+    #[test]
+    fn mac_keys_are_derived_per_purpose_and_per_kek() {
+        let a = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let b = Kek::from_bytes(&[7u8; 32]).unwrap();
+        let other = Kek::from_bytes(&[8u8; 32]).unwrap();
+        let tag = hmac::sign(a.key_record_mac(), b"record");
+        assert!(hmac::verify(b.key_record_mac(), b"record", tag.as_ref()).is_ok());
+        assert!(hmac::verify(b.refresh_record_mac(), b"record", tag.as_ref()).is_err());
+        assert!(hmac::verify(other.key_record_mac(), b"record", tag.as_ref()).is_err());
     }
 
     #[test]

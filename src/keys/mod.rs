@@ -9,8 +9,8 @@
 //! The ring that requests read is an immutable snapshot behind an `ArcSwap`: one writer
 //! (this module), many lock-free readers.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::store::{NewAudit, SharedStore, StoreError};
+use crate::store::{NewAudit, SharedStore, StoreError, StoredKey};
 
+pub mod integrity;
 pub mod lifecycle;
 pub mod material;
 
@@ -162,6 +163,9 @@ pub struct KeyRing {
     signer: Option<Arc<Signer>>,
     /// The rendered JWKS document.
     pub jwks: Bytes,
+    /// The furthest state known for every kid ever written (`integrity::Checked::known`):
+    /// what the next manifest is built from, and what a replayed record is checked against.
+    pub known: BTreeMap<String, KeyState>,
 }
 
 impl KeyRing {
@@ -172,10 +176,12 @@ impl KeyRing {
             by_kid: HashMap::new(),
             signer: None,
             jwks: Bytes::from_static(br#"{"keys":[]}"#),
+            known: BTreeMap::new(),
         }
     }
 
-    /// Builds a snapshot; unseals only the active key's private half.
+    /// Builds a snapshot of records that passed `integrity::check`; unseals only the
+    /// active key's private half.
     pub fn build(version: u64, mut records: Vec<KeyRecord>, kek: &Kek) -> KeyRing {
         records.sort_by_key(|r| (r.created_at_ms, r.kid.clone()));
         let mut by_kid = HashMap::new();
@@ -227,12 +233,17 @@ impl KeyRing {
             }
         }
         let jwks = serde_json::to_vec(&json!({ "keys": published })).unwrap_or_default();
+        let mut known = BTreeMap::new();
+        for r in &records {
+            integrity::advance(&mut known, &r.kid, r.state);
+        }
         KeyRing {
             version,
             records,
             by_kid,
             signer,
             jwks: Bytes::from(jwks),
+            known,
         }
     }
 
@@ -283,6 +294,9 @@ pub struct KeyPolicy {
     pub alg: Alg,
     pub rotate_every_ms: i64,
     pub publish_ahead_ms: i64,
+    /// The least time a next key is published before it may sign: the JWKS max-age plus
+    /// the staleness bound (a lagging node may publish it that much later).
+    pub min_published_ms: i64,
     /// How long a retiring key keeps verifying: the longest token lifetime plus leeway.
     pub retire_after_ms: i64,
 }
@@ -293,13 +307,18 @@ impl KeyPolicy {
             alg: c.keys.algorithm,
             rotate_every_ms: c.keys.rotate_every.as_millis() as i64,
             publish_ahead_ms: c.keys.publish_ahead.as_millis() as i64,
+            min_published_ms: (c.jwks_max_age() + c.store.max_staleness).as_millis() as i64,
             retire_after_ms: (c.tokens.access_ttl + c.tokens.leeway).as_millis() as i64,
         }
     }
 
     /// How often the rotation task looks at the clock.
     pub fn tick(&self) -> Duration {
-        let ms = (self.rotate_every_ms.min(self.publish_ahead_ms) / 8).clamp(50, 1000);
+        let shortest = self
+            .rotate_every_ms
+            .min(self.publish_ahead_ms)
+            .min(self.min_published_ms.max(1));
+        let ms = (shortest / 8).clamp(50, 1000);
         Duration::from_millis(ms as u64)
     }
 }
@@ -314,6 +333,9 @@ pub enum KeysError {
     NotFound,
     #[error("the key set kept changing concurrently; try again")]
     Contended,
+    /// A manual rotation would make a key sign that verifiers may not have fetched yet.
+    #[error("{0}")]
+    RotationRefused(String),
 }
 
 /// The key ring of this node and the operations that change keys. Shared by `Arc`.
@@ -325,12 +347,14 @@ pub struct Keys {
     policy: KeyPolicy,
     /// Serializes this node's writes (the store's compare-and-set serializes nodes).
     writer: tokio::sync::Mutex<()>,
+    /// Rejected records already logged, counted and audited by this process.
+    reported: Mutex<integrity::Reported>,
 }
 
 /// Which change an operator asked for.
 enum Change {
     Scheduled,
-    Rotate,
+    Rotate { force: bool },
     Revoke(String),
 }
 
@@ -342,7 +366,13 @@ impl Keys {
             store,
             policy,
             writer: tokio::sync::Mutex::new(()),
+            reported: Mutex::new(integrity::Reported::default()),
         }
+    }
+
+    /// The key that authenticates refresh-token records (derived from the KEK).
+    pub fn refresh_record_mac(&self) -> &ring::hmac::Key {
+        self.kek.refresh_record_mac()
     }
 
     /// The current snapshot.
@@ -355,21 +385,57 @@ impl Keys {
         f(&self.ring.load())
     }
 
-    /// Re-reads the key set from the store if it is newer than ours.
+    /// Re-reads the key set from the store if it is newer than ours. Only records that pass
+    /// `integrity::check` enter the ring; the others are reported once each.
     pub async fn reload(&self) -> Result<(), KeysError> {
         let set = self.store.load_keys().await?;
-        if set.version >= self.ring.load().version {
+        let current = self.ring.load_full();
+        if set.version >= current.version {
             let kek = self.kek.clone();
-            let ring =
-                tokio::task::spawn_blocking(move || KeyRing::build(set.version, set.keys, &kek))
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let seen = current.known.clone();
+            let (ring, rejected) = tokio::task::spawn_blocking(move || {
+                let checked = integrity::check(kek.key_record_mac(), &set.entries, &seen);
+                let mut ring = KeyRing::build(set.version, checked.records, &kek);
+                ring.known = checked.known;
+                (ring, checked.rejected)
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             // Never move backwards if a newer snapshot was installed meanwhile.
             if ring.version >= self.ring.load().version {
                 self.ring.store(Arc::new(ring));
             }
+            self.report(rejected).await;
         }
         Ok(())
+    }
+
+    /// Logs (kid only), counts and audits each rejected record once per process.
+    async fn report(&self, rejected: Vec<(String, integrity::Rejection)>) {
+        let fresh: Vec<(String, integrity::Rejection)> = {
+            let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            rejected
+                .into_iter()
+                .filter(|(name, why)| reported.first(name, *why))
+                .collect()
+        };
+        for (name, why) in fresh {
+            // A planted name can be anything: bound what reaches the log and the audit.
+            let name: String = name.chars().take(64).collect();
+            tracing::warn!(kid = %name, reason = why.as_str(), "stored key record rejected; it is not used");
+            metrics::counter!(crate::metrics::KEY_RECORDS_REJECTED, "reason" => why.as_str())
+                .increment(1);
+            let audit = NewAudit {
+                actor: "latch".into(),
+                action: "key_record_rejected".into(),
+                target: name,
+                reason: why.as_str().into(),
+                request_id: String::new(),
+            };
+            if let Err(error) = self.store.append_audit(audit).await {
+                tracing::warn!(%error, "could not audit a rejected key record");
+            }
+        }
     }
 
     /// Applies whatever the schedule calls for now (first key, next key, rotation,
@@ -378,14 +444,17 @@ impl Keys {
         self.change(Change::Scheduled, "latch", "", "").await
     }
 
-    /// `POST /admin/keys/rotate`.
+    /// `POST /admin/keys/rotate`. Refused ([`KeysError::RotationRefused`]) when it would
+    /// promote a key published for less than `min_published`, unless `force`.
     pub async fn rotate_now(
         &self,
+        force: bool,
         actor: &str,
         reason: &str,
         request_id: &str,
     ) -> Result<(), KeysError> {
-        self.change(Change::Rotate, actor, reason, request_id).await
+        self.change(Change::Rotate { force }, actor, reason, request_id)
+            .await
     }
 
     /// `POST /admin/keys/{kid}/revoke`.
@@ -417,16 +486,30 @@ impl Keys {
                 Change::Revoke(k) => Some(k.clone()),
                 _ => None,
             };
-            let rotate = matches!(change, Change::Rotate);
+            let rotate = match change {
+                Change::Rotate { force } => {
+                    let refusal = lifecycle::rotation_refusal(&records, now, &policy);
+                    match (refusal, force) {
+                        (Some(r), false) => return Err(refused(&r, now)),
+                        (refusal, _) => Some(refusal.is_some()),
+                    }
+                }
+                _ => None,
+            };
             let plan = tokio::task::spawn_blocking(move || {
                 let mut generate =
                     |state, activates_at| new_record(&kek, policy.alg, state, activates_at, now);
-                match kid {
-                    Some(kid) => lifecycle::revoke(&records, &kid, now, &policy, &mut generate),
-                    None if rotate => {
-                        lifecycle::rotate_now(&records, now, &policy, &mut generate).map(Some)
+                match (kid, rotate) {
+                    (Some(kid), _) => {
+                        lifecycle::revoke(&records, &kid, now, &policy, &mut generate)
                     }
-                    None => lifecycle::scheduled(&records, now, &policy, &mut generate).map(Some),
+                    (None, Some(forced)) => {
+                        lifecycle::rotate_now(&records, now, &policy, forced, &mut generate)
+                            .map(Some)
+                    }
+                    (None, None) => {
+                        lifecycle::scheduled(&records, now, &policy, &mut generate).map(Some)
+                    }
                 }
             })
             .await
@@ -448,11 +531,8 @@ impl Keys {
                     request_id: request_id.to_string(),
                 })
                 .collect();
-            match self
-                .store
-                .save_keys(ring.version, plan.upserts, audit)
-                .await
-            {
+            let upserts = self.seal(&ring, plan.upserts)?;
+            match self.store.save_keys(ring.version, upserts, audit).await {
                 Ok(_) => return self.reload().await,
                 // Another node changed the keys first: follow it, then decide again.
                 Err(StoreError::Conflict) => self.reload().await?,
@@ -461,6 +541,41 @@ impl Keys {
         }
         Err(KeysError::Contended)
     }
+}
+
+impl Keys {
+    /// The stored form of `upserts` and of the manifest that goes with them, all MAC'd as
+    /// written at the version this save will create. The manifest keeps every kid ever
+    /// known, at its furthest state.
+    fn seal(&self, ring: &KeyRing, upserts: Vec<KeyRecord>) -> Result<Vec<StoredKey>, KeysError> {
+        let version = ring.version + 1;
+        let mac = self.kek.key_record_mac();
+        let mut known = ring.known.clone();
+        let encoding = |e: serde_json::Error| StoreError::Unavailable(e.to_string());
+        let mut out = Vec::with_capacity(upserts.len() + 1);
+        for r in &upserts {
+            integrity::advance(&mut known, &r.kid, r.state);
+            out.push(integrity::seal_record(mac, r, version).map_err(encoding)?);
+        }
+        out.push(integrity::seal_manifest(mac, &known, version).map_err(encoding)?);
+        Ok(out)
+    }
+}
+
+/// The operator-facing explanation of a refused rotation, naming the override.
+fn refused(r: &lifecycle::Refusal, now: i64) -> KeysError {
+    KeysError::RotationRefused(match r {
+        lifecycle::Refusal::NoNext => "there is no published next key, so a new key would sign \
+            before any verifier has fetched it; pass force: true (latch keys rotate --force) to \
+            rotate anyway, or keys revoke for a compromised key"
+            .to_string(),
+        lifecycle::Refusal::NextTooYoung { kid, ready_at_ms } => format!(
+            "the next key {kid} has not been published long enough for cached JWKS documents to \
+             include it; it may be promoted in {}s, or pass force: true (latch keys rotate \
+             --force) to rotate anyway",
+            (ready_at_ms - now + 999).div_euclid(1000)
+        ),
+    })
 }
 
 /// Generates and seals a key in the given state.

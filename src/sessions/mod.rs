@@ -6,7 +6,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::store::RefreshRecord;
 
 pub mod trusted;
 
@@ -38,9 +41,78 @@ pub fn hash(token: &str) -> String {
         .collect()
 }
 
+/// What the refresh-record MAC covers: a label, the token hash (the record's key in the
+/// store), and the record's JSON with the MAC left out. serde writes a struct's fields in
+/// declaration order, so the bytes are the same on every node running this code.
+fn mac_input(hash: &str, record: &RefreshRecord) -> Vec<u8> {
+    let unsigned = RefreshRecord {
+        mac: None,
+        ..record.clone()
+    };
+    let mut out = b"latch refresh record v1\n".to_vec();
+    out.extend(hash.as_bytes());
+    out.push(b'\n');
+    out.extend(serde_json::to_vec(&unsigned).unwrap_or_default());
+    out
+}
+
+/// Sets `record.mac` for storing under `hash`.
+pub fn seal(key: &hmac::Key, hash: &str, record: &mut RefreshRecord) {
+    record.mac = None;
+    let tag = hmac::sign(key, &mac_input(hash, record));
+    record.mac = Some(URL_SAFE_NO_PAD.encode(tag.as_ref()));
+}
+
+/// Whether `record`, read from under `hash`, was written by a node holding the KEK
+/// (constant-time comparison, ring).
+pub fn authentic(key: &hmac::Key, hash: &str, record: &RefreshRecord) -> bool {
+    let Some(Ok(tag)) = record.mac.as_deref().map(|t| URL_SAFE_NO_PAD.decode(t)) else {
+        return false;
+    };
+    hmac::verify(key, &mac_input(hash, record), &tag).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record() -> RefreshRecord {
+        RefreshRecord {
+            sid: "s1".into(),
+            sub: "alice".into(),
+            client_id: "hook".into(),
+            scope: "a b".into(),
+            aud: "https://x".into(),
+            username: None,
+            rsq: 3,
+            issued_at_ms: 1,
+            expires_at_ms: 2,
+            mac: None,
+        }
+    }
+
+    #[test]
+    fn refresh_records_are_bound_to_their_hash_and_content() {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[1u8; 32]);
+        let mut r = record();
+        assert!(!authentic(&key, "h1", &r), "no MAC, not authentic");
+        seal(&key, "h1", &mut r);
+        assert!(authentic(&key, "h1", &r));
+        assert!(!authentic(&key, "h2", &r), "moved to another token");
+        let json = serde_json::to_string(&r).unwrap();
+        let back: RefreshRecord = serde_json::from_str(&json).unwrap();
+        assert!(
+            authentic(&key, "h1", &back),
+            "survives the store round trip"
+        );
+        let widened = RefreshRecord {
+            scope: "a b admin".into(),
+            ..r.clone()
+        };
+        assert!(!authentic(&key, "h1", &widened));
+        let other = hmac::Key::new(hmac::HMAC_SHA256, &[2u8; 32]);
+        assert!(!authentic(&other, "h1", &r));
+    }
 
     #[test]
     fn refresh_tokens_are_random_and_recognisable() {

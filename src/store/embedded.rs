@@ -12,11 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use super::{
-    decode_key_records, decode_refresh as decode, encode_key_record, encode_refresh as encode,
-    revocation_target, AuditRecord, BoxFuture, Head, KeySet, NewAudit, NewRevocation,
-    RefreshRecord, RevocationEvent, RevocationKind, Rotation, Store, StoreError, StoreEvent,
+    decode_refresh as decode, encode_refresh as encode, revocation_target, AuditRecord, BoxFuture,
+    Head, KeySet, NewAudit, NewRevocation, RefreshRecord, RevocationEvent, RevocationKind,
+    Rotation, Store, StoreError, StoreEvent, StoredKey,
 };
-use crate::keys::KeyRecord;
 use crate::time::now_ms;
 
 const SCHEMA_VERSION: i64 = 2;
@@ -274,22 +273,26 @@ impl Store for EmbeddedStore {
         self.with_conn(|conn, _| {
             let version = keys_version(conn).map_err(unavailable)?;
             let mut stmt = conn
-                .prepare_cached("SELECT record FROM keys")
+                .prepare_cached("SELECT kid, record FROM keys")
                 .map_err(unavailable)?;
-            let records = stmt
-                .query_map([], |r| r.get::<_, String>(0))
+            let entries = stmt
+                .query_map([], |r| {
+                    Ok(StoredKey {
+                        name: r.get(0)?,
+                        json: r.get(1)?,
+                    })
+                })
                 .map_err(unavailable)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(unavailable)?;
-            let keys = decode_key_records(&records)?;
-            Ok(KeySet { version, keys })
+            Ok(KeySet { version, entries })
         })
     }
 
     fn save_keys(
         &self,
         expected_version: u64,
-        upserts: Vec<KeyRecord>,
+        upserts: Vec<StoredKey>,
         audit: Vec<NewAudit>,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         self.with_conn(move |conn, events| {
@@ -299,11 +302,10 @@ impl Store for EmbeddedStore {
                 return Err(StoreError::Conflict);
             }
             for k in &upserts {
-                let json = encode_key_record(k)?;
                 tx.execute(
                     "INSERT INTO keys (kid, record) VALUES (?1, ?2)
                      ON CONFLICT(kid) DO UPDATE SET record = excluded.record",
-                    params![k.kid, json],
+                    params![k.name, k.json],
                 )
                 .map_err(unavailable)?;
             }
@@ -562,6 +564,7 @@ mod tests {
             rsq: 3,
             issued_at_ms: now_ms(),
             expires_at_ms: now_ms() + 60_000,
+            mac: None,
         }
     }
 

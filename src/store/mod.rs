@@ -15,8 +15,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::keys::KeyRecord;
-
 pub mod embedded;
 pub mod redis;
 
@@ -134,6 +132,11 @@ pub struct RefreshRecord {
     pub rsq: u64,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
+    /// HMAC-SHA256 (key derived from the KEK) over the token hash and this record's JSON
+    /// without this field (`sessions::seal`): every other field, present or future, is
+    /// covered, and a record cannot be moved to another token's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// The outcome of spending a refresh token.
@@ -147,11 +150,19 @@ pub enum Rotation {
     Unknown,
 }
 
-/// Every key record with the version of the set, for compare-and-set updates.
+/// One entry of the key set as the store holds it: a name (the kid, or the manifest's
+/// name) and opaque JSON. Stores do not interpret it: `keys::integrity` authenticates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub name: String,
+    pub json: String,
+}
+
+/// Every stored key entry with the version of the set, for compare-and-set updates.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
     pub version: u64,
-    pub keys: Vec<KeyRecord>,
+    pub entries: Vec<StoredKey>,
 }
 
 /// How far the durable state goes.
@@ -223,7 +234,7 @@ pub trait Store: Send + Sync + 'static {
     fn save_keys(
         &self,
         expected_version: u64,
-        upserts: Vec<KeyRecord>,
+        upserts: Vec<StoredKey>,
         audit: Vec<NewAudit>,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
@@ -261,21 +272,6 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>>;
-}
-
-/// Key records are stored as JSON by every store.
-pub fn encode_key_record(k: &KeyRecord) -> Result<String, StoreError> {
-    serde_json::to_string(k).map_err(|e| StoreError::Unavailable(e.to_string()))
-}
-
-pub fn decode_key_records(jsons: &[String]) -> Result<Vec<KeyRecord>, StoreError> {
-    jsons
-        .iter()
-        .map(|json| {
-            serde_json::from_str(json)
-                .map_err(|e| StoreError::Unavailable(format!("corrupt key record: {e}")))
-        })
-        .collect()
 }
 
 pub fn encode_refresh(r: &RefreshRecord) -> Result<String, StoreError> {

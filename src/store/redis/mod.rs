@@ -8,7 +8,7 @@
 //! | `{latch}:rev:seq` | string | last revocation seq (INCR) |
 //! | `{latch}:rev:log` | stream | revocations, entry id `<seq>-0`: kind, value, at (ms), reason, actor |
 //! | `{latch}:audit:seq` / `{latch}:audit:log` | string / stream | audit records, id `<seq>-0` |
-//! | `{latch}:keys` / `{latch}:keys:version` | hash / string | key records (JSON) by kid; the key-set version |
+//! | `{latch}:keys` / `{latch}:keys:version` | hash / string | key records (opaque MAC'd JSON, see `keys::integrity`) by kid, and the manifest under `~manifest`; the key-set version |
 //!
 //! Announcements go to the channel `{latch}:events`, published from inside the same script
 //! that assigned the seq: Redis runs scripts one at a time, so announcements leave in seq
@@ -24,11 +24,10 @@ use tokio::sync::broadcast;
 use topology::{Conn, Target, Topology};
 
 use super::{
-    decode_key_records, decode_refresh, encode_key_record, encode_refresh, revocation_target,
-    AuditRecord, BoxFuture, Head, KeySet, NewAudit, NewRevocation, RefreshRecord, RevocationEvent,
-    RevocationKind, Rotation, Store, StoreError, StoreEvent,
+    decode_refresh, encode_refresh, revocation_target, AuditRecord, BoxFuture, Head, KeySet,
+    NewAudit, NewRevocation, RefreshRecord, RevocationEvent, RevocationKind, Rotation, Store,
+    StoreError, StoreEvent, StoredKey,
 };
-use crate::keys::KeyRecord;
 
 pub mod topology;
 
@@ -91,7 +90,7 @@ return out
 
 /// The key set and its version, read together. KEYS: keys keys:version.
 const LOAD_KEYS: &str = "
-return {redis.call('GET', KEYS[2]) or '0', redis.call('HVALS', KEYS[1])}
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
 ";
 
 /// A session's first refresh token and its audit record.
@@ -436,15 +435,21 @@ impl Store for RedisStore {
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            let keys = decode_key_records(&records)?;
-            Ok(KeySet { version, keys })
+            let entries = records
+                .chunks_exact(2)
+                .map(|pair| StoredKey {
+                    name: pair[0].clone(),
+                    json: pair[1].clone(),
+                })
+                .collect();
+            Ok(KeySet { version, entries })
         })
     }
 
     fn save_keys(
         &self,
         expected_version: u64,
-        upserts: Vec<KeyRecord>,
+        upserts: Vec<StoredKey>,
         audit: Vec<NewAudit>,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
@@ -458,8 +463,7 @@ impl Store for RedisStore {
                 .arg(CHANNEL)
                 .arg(upserts.len());
             for k in &upserts {
-                let json = encode_key_record(k)?;
-                invocation.arg(&k.kid).arg(json);
+                invocation.arg(&k.name).arg(&k.json);
             }
             for a in &audit {
                 invocation
