@@ -550,7 +550,12 @@ async fn real_answers_match_the_openapi_document() {
         api.assert(Method::GET, "/admin/keys", &r);
     }
     for (body, client, status) in [
-        (json!({"reason": "openapi"}), admin.clone(), 200),
+        (json!({"reason": "openapi"}), admin.clone(), 409),
+        (
+            json!({"reason": "openapi", "force": true}),
+            admin.clone(),
+            200,
+        ),
         (json!({"nope": 1}), admin.clone(), 400),
         (json!({}), wrong_secret(&admin), 401),
         (json!({}), nobody.clone(), 403),
@@ -814,7 +819,11 @@ async fn outage_answers_match_the_openapi_document() {
             "/admin/revoke",
             json!({"kind": "subject", "value": "alice"}),
         ),
-        ("/admin/keys/rotate", "/admin/keys/rotate", json!({})),
+        (
+            "/admin/keys/rotate",
+            "/admin/keys/rotate",
+            json!({"force": true}),
+        ),
         (key_path.as_str(), "/admin/keys/{kid}/revoke", json!({})),
     ] {
         let r = s.post_json(path, &body, admin.auth()).await;
