@@ -362,7 +362,6 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         "~{latch}:*",
         "&{latch}:events",
         "+ping",
-        "+client|setinfo",
         "+eval",
         "+evalsha",
         "+script|load",
@@ -441,9 +440,10 @@ async fn acl_user_with_the_documented_minimal_rights_runs_latch() {
         .arg("1")
         .query_async(&mut conn)
         .await;
+    let e = denied.expect_err("the ACL is not limiting");
     assert!(
-        denied.is_err_and(|e| e.to_string().contains("NOPERM")),
-        "the ACL is not limiting"
+        e.to_string().to_lowercase().contains("perm"),
+        "not an ACL refusal: {e}"
     );
 }
 
