@@ -264,12 +264,12 @@ impl StoreConfig {
             }
             _ => None,
         };
-        let tls = (target.tls() && (root_cert.is_some() || client_tls.is_some())).then(|| {
+        let tls = (target.tls() && (root_cert.is_some() || client_tls.is_some())).then_some(
             redis::TlsCertificates {
                 client_tls,
                 root_cert,
-            }
-        });
+            },
+        );
         Ok(Options {
             redis: Credentials {
                 username: self.redis_username.clone(),

@@ -374,6 +374,7 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         "+subscribe",
         "+unsubscribe",
         "+wait",
+        "+role",
         "+incr",
         "+xadd",
         "+publish",
@@ -607,8 +608,8 @@ async fn evicting_policies_are_refused_and_unprotected_writes_warned() {
 /// Two nodes on a Sentinel setup with credentials on both legs, a user session, and a
 /// revocation load; `fail` breaks the master; afterwards every acknowledged revocation
 /// holds on both nodes and the session still refreshes.
-async fn failover_under_load(fail: &str) {
-    let mut set = SentinelSet::start().await;
+async fn failover_under_load(fail: &str, tls: Option<Tls>) {
+    let mut set = SentinelSet::start(tls).await;
     let idp = Idp::generate();
     let cfg = set.node_config(&ha_config(&idp));
     let a = TestServer::start(&cfg).await;
@@ -643,8 +644,8 @@ async fn failover_under_load(fail: &str) {
         .map(|n| tokio::spawn(watch_ready(n.http.clone(), broke, Duration::from_secs(60))))
         .collect();
     match fail {
-        "kill" => set.data[old_i].kill9(),
-        _ => set.data[old_i].signal("STOP"),
+        "freeze" => set.data[old_i].signal("STOP"),
+        _ => set.data[old_i].kill9(),
     }
     let new = set.await_failover(&old, Duration::from_secs(40)).await;
     let failed_over = broke.elapsed();
@@ -713,12 +714,22 @@ async fn failover_under_load(fail: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_master_killed_under_load_loses_no_acknowledged_revocation() {
-    failover_under_load("kill").await;
+    failover_under_load("kill", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_master_killed_under_load() {
+    let tls = Tls::generate();
+    if let Err(reason) = redis_tls_support(&tls).await {
+        eprintln!("SKIPPED: the installed redis-server has no TLS: {reason}");
+        return;
+    }
+    failover_under_load("kill over tls", Some(tls)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_master_frozen_under_load_then_rejoins_as_replica() {
-    failover_under_load("freeze").await;
+    failover_under_load("freeze", None).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -727,14 +738,14 @@ async fn sentinel_master_frozen_under_load_then_rejoins_as_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_propagates_fails_closed_and_recovers() {
-    let mut cluster = RedisCluster::start().await;
+    let mut cluster = RedisCluster::start("cluster-pass-6Tn").await;
     let cfg = redis_node_config(
         &ServerConfig {
             max_staleness: "1s".into(),
             ..ServerConfig::default()
         },
         &cluster.url(),
-        &[],
+        &[("LATCH_STORE__REDIS_PASSWORD", "cluster-pass-6Tn")],
     );
     let a = TestServer::start(&cfg).await;
     let b = TestServer::start(&cfg).await;

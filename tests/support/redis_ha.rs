@@ -84,6 +84,8 @@ pub struct RedisNode {
     pub dir: tempfile::TempDir,
     /// Password of the `default` user, if any (for the harness's own commands).
     pub password: Option<String>,
+    /// The TLS port, if the node has one (what sentinels and replicas use then).
+    pub tls_port: Option<u16>,
     args: Vec<String>,
     /// Sentinel mode: the config file it runs from (sentinels rewrite it).
     sentinel_conf: Option<String>,
@@ -127,6 +129,7 @@ impl RedisNode {
             port: 0,
             dir: tempfile::tempdir().expect("tempdir for redis"),
             password: password.map(str::to_string),
+            tls_port: None,
             args,
             sentinel_conf: conf,
             child: None,
@@ -210,6 +213,11 @@ impl RedisNode {
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The address others use: the TLS port if there is one.
+    pub fn announced(&self) -> String {
+        format!("127.0.0.1:{}", self.tls_port.unwrap_or(self.port))
     }
 
     pub fn pid(&self) -> u32 {
@@ -385,38 +393,69 @@ pub struct SentinelSet {
     pub sentinels: Vec<RedisNode>,
     pub data_password: String,
     pub sentinel_password: String,
+    /// With TLS, every link (latch, replication, sentinels) uses the TLS ports.
+    pub tls: Option<Tls>,
 }
 
 impl SentinelSet {
-    pub async fn start() -> SentinelSet {
+    pub async fn start(tls: Option<Tls>) -> SentinelSet {
         let data_password = "data-pass-7Qx".to_string();
         let sentinel_password = "sentinel-pass-3Kz".to_string();
-        let master = RedisNode::start(Some(&data_password), &[]).await;
-        let replica = RedisNode::start(
-            Some(&data_password),
-            &[
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                master.port.to_string(),
-            ],
-        )
-        .await;
+        let tls_args = |port: u16| -> Vec<String> {
+            match &tls {
+                Some(t) => {
+                    let mut a = t.server_args(port);
+                    a.extend(["--tls-replication".into(), "yes".into()]);
+                    a
+                }
+                None => vec![],
+            }
+        };
+        let mp = free_port();
+        let mut master = RedisNode::start(Some(&data_password), &tls_args(mp)).await;
+        if tls.is_some() {
+            master.tls_port = Some(mp);
+        }
+        let master_port = master.tls_port.unwrap_or(master.port);
+        let rp = free_port();
+        let mut replica_args = tls_args(rp);
+        replica_args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master_port.to_string(),
+        ]);
+        let mut replica = RedisNode::start(Some(&data_password), &replica_args).await;
+        replica.tls_port = tls.as_ref().map(|_| rp);
         let name = "latchmaster".to_string();
-        let conf = format!(
-            "requirepass {sp}\n\
-             sentinel sentinel-pass {sp}\n\
-             sentinel monitor {name} 127.0.0.1 {mp} 2\n\
-             sentinel auth-pass {name} {dp}\n\
-             sentinel down-after-milliseconds {name} 1000\n\
-             sentinel failover-timeout {name} 5000\n\
-             sentinel parallel-syncs {name} 1\n",
-            sp = sentinel_password,
-            dp = data_password,
-            mp = master.port,
-        );
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            sentinels.push(RedisNode::start_sentinel(Some(&sentinel_password), &conf).await);
+            let sp_tls = free_port();
+            let tls_conf = match &tls {
+                Some(t) => format!(
+                    "tls-port {sp_tls}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                     tls-auth-clients yes\ntls-replication yes\n",
+                    t.server_cert.display(),
+                    t.server_key.display(),
+                    t.ca.display()
+                ),
+                None => String::new(),
+            };
+            let conf = format!(
+                "{tls_conf}requirepass {sp}\n\
+                 sentinel sentinel-pass {sp}\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                 sentinel auth-pass {name} {dp}\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                sp = sentinel_password,
+                dp = data_password,
+            );
+            let mut s = RedisNode::start_sentinel(Some(&sentinel_password), &conf).await;
+            if tls.is_some() {
+                s.tls_port = Some(sp_tls);
+            }
+            sentinels.push(s);
         }
         let set = SentinelSet {
             name,
@@ -424,28 +463,41 @@ impl SentinelSet {
             sentinels,
             data_password,
             sentinel_password,
+            tls,
         };
-        set.await_healthy(&format!("127.0.0.1:{}", set.data[0].port))
-            .await;
+        set.await_healthy(&set.data[0].announced()).await;
         set
     }
 
-    /// `redis+sentinel://` over the three sentinels.
+    /// `redis+sentinel://` (or `rediss+sentinel://`) over the three sentinels.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.sentinels.iter().map(RedisNode::addr).collect();
-        format!("redis+sentinel://{}/{}", hosts.join(","), self.name)
+        let hosts: Vec<String> = self.sentinels.iter().map(RedisNode::announced).collect();
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}+sentinel://{}/{}", hosts.join(","), self.name)
     }
 
-    /// The environment that gives a latch node this setup and both credentials.
+    /// The environment that gives a latch node this setup, both credentials, and the
+    /// CA and client certificate with TLS.
     pub fn node_config(&self, cfg: &ServerConfig) -> ServerConfig {
-        redis_node_config(
-            cfg,
-            &self.url(),
-            &[
-                ("LATCH_STORE__REDIS_PASSWORD", &self.data_password),
-                ("LATCH_STORE__SENTINEL_PASSWORD", &self.sentinel_password),
-            ],
-        )
+        let mut env: Vec<(&str, String)> = vec![
+            ("LATCH_STORE__REDIS_PASSWORD", self.data_password.clone()),
+            (
+                "LATCH_STORE__SENTINEL_PASSWORD",
+                self.sentinel_password.clone(),
+            ),
+        ];
+        if let Some(t) = &self.tls {
+            let p = |p: &Path| p.to_str().unwrap().to_string();
+            env.push(("LATCH_STORE__TLS_CA_FILE", p(&t.ca)));
+            env.push(("LATCH_STORE__TLS_CERT_FILE", p(&t.client_cert)));
+            env.push(("LATCH_STORE__TLS_KEY_FILE", p(&t.client_key)));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        redis_node_config(cfg, &self.url(), &env)
     }
 
     /// The master as the sentinels that answer see it: `host:port` by majority.
@@ -473,7 +525,7 @@ impl SentinelSet {
     pub fn index_of(&self, addr: &str) -> usize {
         self.data
             .iter()
-            .position(|n| n.addr() == addr)
+            .position(|n| n.announced() == addr)
             .unwrap_or_else(|| panic!("{addr} is none of the data nodes"))
     }
 
@@ -543,13 +595,14 @@ impl SentinelSet {
     }
 }
 
-/// A Redis Cluster of three masters, no replicas.
+/// A Redis Cluster of three masters, no replicas, every node with `password`.
 pub struct RedisCluster {
     pub nodes: Vec<RedisNode>,
+    pub password: String,
 }
 
 impl RedisCluster {
-    pub async fn start() -> RedisCluster {
+    pub async fn start(password: &str) -> RedisCluster {
         let args: Vec<String> = [
             "--cluster-enabled",
             "yes",
@@ -563,12 +616,13 @@ impl RedisCluster {
         .collect();
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisNode::start(None, &args).await);
+            nodes.push(RedisNode::start(Some(password), &args).await);
         }
         let addrs: Vec<String> = nodes.iter().map(RedisNode::addr).collect();
         let out = tokio::time::timeout(
             DEADLINE,
             tokio::process::Command::new("redis-cli")
+                .env("REDISCLI_AUTH", password)
                 .arg("--cluster")
                 .arg("create")
                 .args(&addrs)
@@ -586,7 +640,10 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = RedisCluster { nodes };
+        let c = RedisCluster {
+            nodes,
+            password: password.to_string(),
+        };
         c.await_ok().await;
         c
     }

@@ -146,7 +146,7 @@ struct Inner {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(redact(&e.to_string()))
 }
 
 fn script(body: &str) -> Script {
@@ -266,9 +266,13 @@ async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>
                     }
                     tracing::debug!("redis announcement subscription ended; reconnecting");
                 }
-                Err(error) => tracing::debug!(%error, "redis subscribe failed"),
+                Err(e) => {
+                    tracing::debug!(error = %redact(&e.to_string()), "redis subscribe failed")
+                }
             },
-            Err(error) => tracing::debug!(%error, "redis pubsub connect failed"),
+            Err(e) => {
+                tracing::debug!(error = %redact(&e.to_string()), "redis pubsub connect failed")
+            }
         }
         drop(tx);
         tokio::time::sleep(backoff).await;

@@ -178,7 +178,7 @@ fn install_ring_provider() {
 #[derive(Clone)]
 pub struct Topology {
     target: Target,
-    options: Options,
+    options: Arc<Options>,
     timeout: Duration,
     /// Sentinel mode: asks the sentinels for the current master.
     sentinel: Option<Arc<Mutex<SentinelClient>>>,
@@ -195,7 +195,7 @@ impl Topology {
         };
         Ok(Topology {
             target,
-            options,
+            options: Arc::new(options),
             timeout,
             sentinel,
         })
