@@ -272,7 +272,7 @@ async fn watch_ready(
 async fn assert_all_inactive(nodes: &[&TestServer], tokens: &[String], what: &str) {
     for node in nodes {
         node.wait_ready().await;
-        for t in tokens {
+        for (i, t) in tokens.iter().enumerate() {
             let http = node.http.clone();
             let active = eventually(DEADLINE, what, || {
                 let http = http.clone();
@@ -290,7 +290,9 @@ async fn assert_all_inactive(nodes: &[&TestServer], tokens: &[String], what: &st
             .await;
             assert!(
                 !active,
-                "{what}: an acknowledged revocation was lost: token active on {}",
+                "{what}: an acknowledged revocation was lost: token {i} of {} acknowledged \
+                 is active on {}",
+                tokens.len(),
                 node.addr
             );
         }
@@ -705,6 +707,9 @@ async fn failover_under_load(fail: &str, tls: Option<Tls>) {
     }
 
     let tokens = acked.lock().unwrap().clone();
+    eprintln!(
+        "sentinel {fail}: {before} revocations were acknowledged before the failover was complete"
+    );
     assert_all_inactive(&[&a, &b], &tokens, &format!("after {fail}")).await;
     // No user is logged out: the session opened before the failover refreshes on both.
     let rt = refresh(&a, &rt, "refresh after the failover on A").await;
