@@ -246,14 +246,15 @@ async fn revocation_load(
 }
 
 /// Watches `/readyz` of a node: when it first stopped answering 200 after `since`, and
-/// when it answered 200 again after that. Bounded by `limit`.
+/// when it answered 200 again after that. Ends then, when `stop` is set, or at `limit`.
 async fn watch_ready(
     http: Http,
     since: Instant,
     limit: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> (Option<Duration>, Option<Duration>) {
     let (mut down, mut up) = (None, None);
-    while since.elapsed() < limit {
+    while since.elapsed() < limit && !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let ok = matches!(http.try_get("/readyz", None).await, Ok(r) if r.status == StatusCode::OK);
         match (down, ok) {
             (None, false) => down = Some(since.elapsed()),
@@ -268,26 +269,44 @@ async fn watch_ready(
     (down, up)
 }
 
-/// Every acknowledged token reads inactive on every node (503s retried).
+/// Introspects `token` on `http`: `Ok(active)` on 200, `Err` otherwise (503, transport).
+async fn active_on(http: &Http, token: &str) -> Result<bool, String> {
+    let r = http
+        .try_post("/introspect", &[("token", token)], clients::rs_all().auth())
+        .await?;
+    match r.status {
+        StatusCode::OK => Ok(r.json()["active"] == Value::Bool(true)),
+        s => Err(format!("{s} {}", r.text())),
+    }
+}
+
+/// Every acknowledged token reads inactive on every node. A node applies revocations in
+/// seq order, so once the newest acknowledged one has reached it (which may take the
+/// propagation time), any older one still active was lost.
 async fn assert_all_inactive(nodes: &[&TestServer], tokens: &[String], what: &str) {
+    let last = tokens.last().expect("some revocations were acknowledged");
     for node in nodes {
         node.wait_ready().await;
-        for (i, t) in tokens.iter().enumerate() {
-            let http = node.http.clone();
-            let active = eventually(DEADLINE, what, || {
+        let http = node.http.clone();
+        eventually(
+            DEADLINE,
+            &format!(
+                "{what}: the newest acknowledged revocation reaches {}",
+                node.addr
+            ),
+            || {
                 let http = http.clone();
-                let t = t.clone();
                 async move {
-                    let r = http
-                        .try_post("/introspect", &[("token", &t)], clients::rs_all().auth())
-                        .await?;
-                    match r.status {
-                        StatusCode::OK => Ok(r.json()["active"] == Value::Bool(true)),
-                        s => Err(format!("{s} {}", r.text())),
+                    match active_on(&http, last).await? {
+                        true => Err("still active".to_string()),
+                        false => Ok(()),
                     }
                 }
-            })
-            .await;
+            },
+        )
+        .await;
+        for (i, t) in tokens.iter().enumerate() {
+            let active = eventually(DEADLINE, what, || active_on(&http, t)).await;
             assert!(
                 !active,
                 "{what}: an acknowledged revocation was lost: token {i} of {} acknowledged \
@@ -614,6 +633,14 @@ async fn failover_under_load(fail: &str, tls: Option<Tls>) {
     let mut set = SentinelSet::start(tls).await;
     let idp = Idp::generate();
     let cfg = set.node_config(&ha_config(&idp));
+    // `latch check` reads the master through the sentinels, with both credentials.
+    let (st, out, err) = latch_with(&cfg, "check").await;
+    assert!(st.success(), "{out}\n{err}");
+    assert!(
+        out.contains("master: maxmemory-policy noeviction") && out.contains("1 connected replicas"),
+        "{out}"
+    );
+    assert!(!out.contains(&set.data_password) && !out.contains(&set.sentinel_password));
     let a = TestServer::start(&cfg).await;
     let b = TestServer::start(&cfg).await;
     let rt = open_session(&a, &idp, "alice").await;
@@ -643,7 +670,14 @@ async fn failover_under_load(fail: &str, tls: Option<Tls>) {
     let broke = Instant::now();
     let watches: Vec<_> = [&a, &b]
         .iter()
-        .map(|n| tokio::spawn(watch_ready(n.http.clone(), broke, Duration::from_secs(60))))
+        .map(|n| {
+            tokio::spawn(watch_ready(
+                n.http.clone(),
+                broke,
+                Duration::from_secs(60),
+                stop.clone(),
+            ))
+        })
         .collect();
     match fail {
         "freeze" => set.data[old_i].signal("STOP"),
@@ -677,7 +711,7 @@ async fn failover_under_load(fail: &str, tls: Option<Tls>) {
         measured.push(w.await.unwrap());
     }
     eprintln!(
-        "sentinel {fail}: failover after {failed_over:?}; readyz (first non-200, 200 again) \
+        "sentinel {fail}: failover after {failed_over:?}; readyz (first non-200, 200 again; None: never) \
          A {:?} B {:?}; {ok} revocations acknowledged, {refused} refused with 503",
         measured[0], measured[1]
     );
@@ -751,6 +785,14 @@ async fn cluster_propagates_fails_closed_and_recovers() {
         },
         &cluster.url(),
         &[("LATCH_STORE__REDIS_PASSWORD", "cluster-pass-6Tn")],
+    );
+    // `latch check` reads every master of the cluster.
+    let (st, out, err) = latch_with(&cfg, "check").await;
+    assert!(st.success(), "{out}\n{err}");
+    assert_eq!(
+        out.matches("maxmemory-policy noeviction").count(),
+        3,
+        "{out}"
     );
     let a = TestServer::start(&cfg).await;
     let b = TestServer::start(&cfg).await;
