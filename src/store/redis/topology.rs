@@ -42,6 +42,13 @@ pub enum Target {
 impl Target {
     /// Parses and checks a URL; the error says what is wrong and never repeats a password.
     pub fn parse(url: &str) -> Result<Target, String> {
+        if url.contains("#insecure") {
+            return Err(
+                "TLS certificate verification cannot be turned off (#insecure); \
+                 give the CA in store.tls_ca_file"
+                    .into(),
+            );
+        }
         let hosts = |rest: &str, scheme: &str| -> Result<Vec<String>, String> {
             let list: Vec<String> = rest
                 .split(',')
@@ -492,6 +499,7 @@ mod tests {
         assert!(!Target::parse("redis+cluster://a:1").unwrap().tls());
         assert!(Target::parse("redis://u:p@a:1").unwrap().has_url_password());
         for bad in [
+            "rediss://a:1/#insecure",
             "redis+sentinel://u:secret@a:1/m",
             "redis+cluster://:secret@a:1",
             "http://x",
