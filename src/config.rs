@@ -376,7 +376,19 @@ impl Config {
         for (name, raw) in env {
             overlay_env(&mut value, &name, &raw)?;
         }
-        let effective = toml::to_string(&value).unwrap_or_default();
+        // Passwords stay out of the digest: it is audited, and a hash of a weak password
+        // among otherwise known settings could be guessed offline.
+        let mut digested = value.clone();
+        if let Some(toml::Value::Table(store)) = digested.get_mut("store") {
+            for (k, v) in store.iter_mut() {
+                if k.ends_with("password") {
+                    *v = toml::Value::String("<redacted>".into());
+                } else if let (true, toml::Value::String(url)) = (k == "redis_url", &*v) {
+                    *v = toml::Value::String(crate::store::redis::topology::redact(url));
+                }
+            }
+        }
+        let effective = toml::to_string(&digested).unwrap_or_default();
         let digest: String = ring::digest::digest(&ring::digest::SHA256, effective.as_bytes())
             .as_ref()
             .iter()

@@ -285,3 +285,38 @@ fn redis_auth_and_tls_keys_are_checked_and_named() {
         .tls
         .is_none());
 }
+
+#[test]
+fn passwords_do_not_enter_the_audited_digest() {
+    let env = |p: &'static str| {
+        vec![
+            ("LATCH_STORE__KIND", "redis"),
+            ("LATCH_STORE__REDIS_URL", "redis://h:1"),
+            ("LATCH_STORE__REDIS_PASSWORD", p),
+        ]
+    };
+    let a = load(GOOD, &env("one")).unwrap();
+    let b = load(GOOD, &env("two")).unwrap();
+    assert_eq!(a.digest, b.digest);
+    let c = load(
+        GOOD,
+        &[
+            ("LATCH_STORE__KIND", "redis"),
+            ("LATCH_STORE__REDIS_URL", "redis://h:2"),
+        ],
+    )
+    .unwrap();
+    assert_ne!(a.digest, c.digest);
+    let in_url = |u: &'static str| {
+        load(
+            GOOD,
+            &[
+                ("LATCH_STORE__KIND", "redis"),
+                ("LATCH_STORE__REDIS_URL", u),
+            ],
+        )
+        .unwrap()
+        .digest
+    };
+    assert_eq!(in_url("redis://:one@h:1"), in_url("redis://:two@h:1"));
+}
