@@ -116,6 +116,172 @@ pub struct StoreConfig {
     pub redis_url: Option<String>,
     #[serde(default = "d_2s", with = "duration")]
     pub max_staleness: Duration,
+    /// ACL user and password for the Redis data nodes (standalone, Cluster, the Sentinel
+    /// master). The password belongs in `LATCH_STORE__REDIS_PASSWORD`, not in the file.
+    #[serde(default)]
+    pub redis_username: Option<String>,
+    #[serde(default)]
+    pub redis_password: Option<Secret>,
+    /// The sentinels' own ACL user and password (Sentinel mode only).
+    #[serde(default)]
+    pub sentinel_username: Option<String>,
+    #[serde(default)]
+    pub sentinel_password: Option<Secret>,
+    /// PEM CA bundle that verifies Redis servers on `rediss` URLs (else the system roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and its private key, for Redis with `tls-auth-clients`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// A configured secret: never printed, not even by `{:?}`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl StoreConfig {
+    /// How to reach Redis besides the URL: credentials, and the TLS files read and
+    /// checked. The error names the key at fault.
+    pub fn redis_options(&self) -> Result<crate::store::redis::topology::Options, ConfigError> {
+        use crate::store::redis::topology::{Credentials, Options, Target};
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let url = self.redis_url.as_deref().unwrap_or("");
+        let target =
+            Target::parse(url).map_err(|reason| ConfigError::new("store.redis_url", reason))?;
+        let sentinel = matches!(target, Target::Sentinel { .. });
+        if !sentinel && (self.sentinel_username.is_some() || self.sentinel_password.is_some()) {
+            let key = if self.sentinel_username.is_some() {
+                "store.sentinel_username"
+            } else {
+                "store.sentinel_password"
+            };
+            return Err(ConfigError::new(
+                key,
+                "only for a redis+sentinel:// (or rediss+sentinel://) store.redis_url",
+            ));
+        }
+        if target.has_url_password() && self.redis_password.is_some() {
+            return Err(ConfigError::new(
+                "store.redis_password",
+                "store.redis_url carries a password already; give it once",
+            ));
+        }
+        if self.redis_username.is_some()
+            && self.redis_password.is_none()
+            && !target.has_url_password()
+        {
+            return Err(ConfigError::new(
+                "store.redis_password",
+                "required with store.redis_username (LATCH_STORE__REDIS_PASSWORD)",
+            ));
+        }
+        if self.sentinel_username.is_some() && self.sentinel_password.is_none() {
+            return Err(ConfigError::new(
+                "store.sentinel_password",
+                "required with store.sentinel_username (LATCH_STORE__SENTINEL_PASSWORD)",
+            ));
+        }
+        let any_tls = self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some();
+        if any_tls && !target.tls() {
+            let key = if self.tls_ca_file.is_some() {
+                "store.tls_ca_file"
+            } else if self.tls_cert_file.is_some() {
+                "store.tls_cert_file"
+            } else {
+                "store.tls_key_file"
+            };
+            return Err(ConfigError::new(
+                key,
+                "TLS files need a rediss:// (or rediss+sentinel://, rediss+cluster://) store.redis_url",
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            let key = if self.tls_cert_file.is_some() {
+                "store.tls_key_file"
+            } else {
+                "store.tls_cert_file"
+            };
+            return Err(ConfigError::new(
+                key,
+                "store.tls_cert_file and store.tls_key_file go together",
+            ));
+        }
+        let read = |key: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))
+        };
+        let certs = |key: &str, path: &Path| -> Result<Vec<u8>, ConfigError> {
+            let pem = read(key, path)?;
+            let n = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    ConfigError::new(
+                        key,
+                        format!("{}: not a PEM certificate file: {e}", path.display()),
+                    )
+                })?
+                .len();
+            if n == 0 {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{}: holds no PEM certificate", path.display()),
+                ));
+            }
+            Ok(pem)
+        };
+        let root_cert = match &self.tls_ca_file {
+            Some(p) => Some(certs("store.tls_ca_file", p)?),
+            None => None,
+        };
+        let client_tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let client_cert = certs("store.tls_cert_file", cert)?;
+                let client_key = read("store.tls_key_file", key)?;
+                // The error never quotes the key file.
+                PrivateKeyDer::from_pem_slice(&client_key).map_err(|_| {
+                    ConfigError::new(
+                        "store.tls_key_file",
+                        format!("{}: holds no PEM private key", key.display()),
+                    )
+                })?;
+                Some(redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+            }
+            _ => None,
+        };
+        let tls = (target.tls() && (root_cert.is_some() || client_tls.is_some())).then_some(
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        );
+        Ok(Options {
+            redis: Credentials {
+                username: self.redis_username.clone(),
+                password: self.redis_password.as_ref().map(|s| s.0.clone()),
+            },
+            sentinel: Credentials {
+                username: self.sentinel_username.clone(),
+                password: self.sentinel_password.as_ref().map(|s| s.0.clone()),
+            },
+            tls,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,7 +376,19 @@ impl Config {
         for (name, raw) in env {
             overlay_env(&mut value, &name, &raw)?;
         }
-        let effective = toml::to_string(&value).unwrap_or_default();
+        // Passwords stay out of the digest: it is audited, and a hash of a weak password
+        // among otherwise known settings could be guessed offline.
+        let mut digested = value.clone();
+        if let Some(toml::Value::Table(store)) = digested.get_mut("store") {
+            for (k, v) in store.iter_mut() {
+                if k.ends_with("password") {
+                    *v = toml::Value::String("<redacted>".into());
+                } else if let (true, toml::Value::String(url)) = (k == "redis_url", &*v) {
+                    *v = toml::Value::String(crate::store::redis::topology::redact(url));
+                }
+            }
+        }
+        let effective = toml::to_string(&digested).unwrap_or_default();
         let digest: String = ring::digest::digest(&ring::digest::SHA256, effective.as_bytes())
             .as_ref()
             .iter()
@@ -297,8 +475,7 @@ impl Config {
                     "required when store.kind = \"redis\"",
                 ));
             }
-            crate::store::redis::topology::Target::parse(url)
-                .map_err(|reason| ConfigError::new("store.redis_url", reason))?;
+            s.redis_options()?;
         }
         if s.kind == StoreKind::Embedded && s.path.as_os_str().is_empty() {
             return Err(ConfigError::new("store.path", "must not be empty"));
@@ -483,7 +660,12 @@ fn overlay_env(root: &mut toml::Value, name: &str, raw: &str) -> Result<(), Conf
     if path.iter().any(|p| p.is_empty()) {
         return Err(ConfigError::new(name, "malformed override variable name"));
     }
-    let value = parse_env_value(raw);
+    // A password is a string whatever it looks like (`0123`, `true`).
+    let value = if path.last().is_some_and(|k| k.ends_with("password")) {
+        toml::Value::String(raw.into())
+    } else {
+        parse_env_value(raw)
+    };
     let display = path.join(".");
     let mut node = root;
     for (i, seg) in path.iter().enumerate() {

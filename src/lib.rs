@@ -147,7 +147,9 @@ async fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
             let url = config.store.redis_url.as_deref().unwrap_or_default();
             let timeout = (config.store.max_staleness / 2)
                 .clamp(Duration::from_millis(100), Duration::from_secs(2));
-            let store = store::redis::RedisStore::connect(url, timeout).await?;
+            // Validated with the config; read again here so the files are the current ones.
+            let options = config.store.redis_options()?;
+            let store = store::redis::RedisStore::connect(url, options, timeout).await?;
             Ok((Arc::new(store), kek))
         }
     }

@@ -232,7 +232,61 @@ fn check(path: PathBuf) -> ExitCode {
     if config.has_demo_secret() {
         println!("  warning: demo secrets configured; latch will listen on loopback only");
     }
+    if config.store.kind == latch::config::StoreKind::Redis {
+        return check_redis(&config);
+    }
     ExitCode::SUCCESS
+}
+
+/// Reads the Redis settings latch depends on, if Redis is reachable now. A setting latch
+/// refuses to start on fails the check; an unreachable Redis does not (the file is valid).
+fn check_redis(config: &Config) -> ExitCode {
+    use latch::store::redis::{topology::redact, RedisStore};
+    let url = config.store.redis_url.as_deref().unwrap_or_default();
+    println!("  redis {}", redact(url));
+    let report = config
+        .store
+        .redis_options()
+        .map_err(|e| e.to_string())
+        .and_then(|options| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let timeout = std::time::Duration::from_secs(2);
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    RedisStore::inspect_settings(url, options, timeout),
+                )
+                .await
+                .map_err(|_| "no answer within 10s".to_string())?
+                .map_err(|e| e.to_string())
+            })
+        });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            println!(
+                "  warning: could not check the redis settings: {}",
+                redact(&e)
+            );
+            return ExitCode::SUCCESS;
+        }
+    };
+    for note in &report.notes {
+        println!("  redis {note}");
+    }
+    for warning in &report.warnings {
+        println!("  warning: redis {warning}");
+    }
+    if report.refusals.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for refusal in &report.refusals {
+        eprintln!("latch: redis {refusal}");
+    }
+    ExitCode::FAILURE
 }
 
 fn gen_secret() -> ExitCode {

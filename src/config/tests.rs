@@ -202,3 +202,121 @@ fn durations() {
         assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
     }
 }
+
+#[test]
+fn redis_auth_and_tls_keys_are_checked_and_named() {
+    let redis = |url: &str| {
+        vec![
+            ("LATCH_STORE__KIND", "redis".to_string()),
+            ("LATCH_STORE__REDIS_URL", url.to_string()),
+        ]
+    };
+    let check = |url: &str, extra: &[(&str, &str)]| {
+        let mut env = redis(url);
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        load(GOOD, &env)
+    };
+    let key =
+        |url: &str, extra: &[(&str, &str)]| check(url, extra).expect_err("must be refused").key;
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "no pem here").unwrap();
+    let garbage = garbage.to_str().unwrap();
+
+    // A numeric-looking password stays a string, and is never printed by {:?}.
+    let c = check("redis://h:1", &[("LATCH_STORE__REDIS_PASSWORD", "0123")]).unwrap();
+    assert_eq!(c.store.redis_password, Some(Secret("0123".into())));
+    assert!(!format!("{c:?}").contains("0123"));
+    let o = c.store.redis_options().unwrap();
+    assert_eq!(o.redis.password.as_deref(), Some("0123"));
+    assert!(!format!("{o:?}").contains("0123"));
+
+    assert_eq!(
+        key("redis://h:1", &[("LATCH_STORE__SENTINEL_PASSWORD", "x")]),
+        "store.sentinel_password"
+    );
+    assert_eq!(
+        key("redis://h:1", &[("LATCH_STORE__REDIS_USERNAME", "u")]),
+        "store.redis_password"
+    );
+    assert_eq!(
+        key(
+            "redis+sentinel://h:1/m",
+            &[("LATCH_STORE__SENTINEL_USERNAME", "u")]
+        ),
+        "store.sentinel_password"
+    );
+    assert_eq!(
+        key("redis://:p@h:1", &[("LATCH_STORE__REDIS_PASSWORD", "q")]),
+        "store.redis_password"
+    );
+    assert_eq!(
+        key("redis://h:1", &[("LATCH_STORE__TLS_CA_FILE", garbage)]),
+        "store.tls_ca_file"
+    );
+    assert_eq!(
+        key("rediss://h:1", &[("LATCH_STORE__TLS_CA_FILE", garbage)]),
+        "store.tls_ca_file"
+    );
+    assert_eq!(
+        key(
+            "rediss://h:1",
+            &[("LATCH_STORE__TLS_CA_FILE", "/nonexistent/ca.pem")]
+        ),
+        "store.tls_ca_file"
+    );
+    assert_eq!(
+        key("rediss://h:1", &[("LATCH_STORE__TLS_CERT_FILE", garbage)]),
+        "store.tls_key_file"
+    );
+    assert_eq!(
+        key("redis+sentinel://u:secret@h:1/m", &[]),
+        "store.redis_url"
+    );
+    let e = check("redis+cluster://u:secret@h:1", &[]).unwrap_err();
+    assert!(!e.to_string().contains("secret"), "{e}");
+    // TLS without files uses the system roots.
+    assert!(check("rediss+cluster://h:1,h:2", &[])
+        .unwrap()
+        .store
+        .redis_options()
+        .unwrap()
+        .tls
+        .is_none());
+}
+
+#[test]
+fn passwords_do_not_enter_the_audited_digest() {
+    let env = |p: &'static str| {
+        vec![
+            ("LATCH_STORE__KIND", "redis"),
+            ("LATCH_STORE__REDIS_URL", "redis://h:1"),
+            ("LATCH_STORE__REDIS_PASSWORD", p),
+        ]
+    };
+    let a = load(GOOD, &env("one")).unwrap();
+    let b = load(GOOD, &env("two")).unwrap();
+    assert_eq!(a.digest, b.digest);
+    let c = load(
+        GOOD,
+        &[
+            ("LATCH_STORE__KIND", "redis"),
+            ("LATCH_STORE__REDIS_URL", "redis://h:2"),
+        ],
+    )
+    .unwrap();
+    assert_ne!(a.digest, c.digest);
+    let in_url = |u: &'static str| {
+        load(
+            GOOD,
+            &[
+                ("LATCH_STORE__KIND", "redis"),
+                ("LATCH_STORE__REDIS_URL", u),
+            ],
+        )
+        .unwrap()
+        .digest
+    };
+    assert_eq!(in_url("redis://:one@h:1"), in_url("redis://:two@h:1"));
+}

@@ -1256,3 +1256,4 @@ impl Cluster {
         nodes
     }
 }
+pub mod redis_ha;

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 
-use topology::{Conn, Target, Topology};
+use topology::{redact, Conn, Options, Target, Topology};
 
 use super::{
     decode_refresh, encode_refresh, revocation_target, AuditRecord, BoxFuture, Head, KeySet,
@@ -29,6 +29,7 @@ use super::{
     StoreError, StoreEvent, StoredKey,
 };
 
+pub mod settings;
 pub mod topology;
 
 const REV_SEQ: &str = "{latch}:rev:seq";
@@ -144,7 +145,7 @@ struct Inner {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(redact(&e.to_string()))
 }
 
 fn script(body: &str) -> Script {
@@ -152,16 +153,30 @@ fn script(body: &str) -> Script {
 }
 
 impl RedisStore {
-    /// Connects, and starts the task that forwards announcements. `timeout` bounds every
-    /// round trip, so a hung Redis shows up as staleness, not as a stuck request.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let target = Target::parse(url).map_err(|e| StoreError::Open(format!("redis_url {e}")))?;
-        let topology = Topology::new(target, timeout)
-            .map_err(|e| StoreError::Open(format!("redis_url: {e}")))?;
-        let conn = topology
-            .connect()
-            .await
-            .map_err(|e| StoreError::Open(format!("cannot connect to redis: {e}")))?;
+    /// Connects, refuses a Redis that may evict keys (see [`settings`]), and starts the
+    /// task that forwards announcements. `timeout` bounds every round trip, so a hung
+    /// Redis shows up as staleness, not as a stuck request.
+    pub async fn connect(
+        url: &str,
+        options: Options,
+        timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let (topology, mut conn) = open(url, options, timeout).await?;
+        match settings::inspect(&mut conn).await {
+            Ok(report) => {
+                if !report.refusals.is_empty() {
+                    return Err(StoreError::Open(report.refusals.join("; ")));
+                }
+                for warning in &report.warnings {
+                    tracing::warn!(%warning, "redis settings");
+                }
+            }
+            // Redis went away between connecting and asking: the node starts fail-closed
+            // as for any outage; the operator sees why here.
+            Err(e) => {
+                tracing::warn!(error = %redact(&e.to_string()), "could not check the redis settings")
+            }
+        }
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             conn,
@@ -175,6 +190,18 @@ impl RedisStore {
         });
         tokio::spawn(forward_announcements(topology, Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
+    }
+
+    /// Connects and reads the settings, for `latch check`; starts nothing.
+    pub async fn inspect_settings(
+        url: &str,
+        options: Options,
+        timeout: Duration,
+    ) -> Result<settings::Report, StoreError> {
+        let (_, mut conn) = open(url, options, timeout).await?;
+        settings::inspect(&mut conn)
+            .await
+            .map_err(|e| StoreError::Unavailable(redact(&e.to_string())))
     }
 
     /// Removes log entries with seq <= `last`.
@@ -192,6 +219,24 @@ impl RedisStore {
     fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
+}
+
+/// The topology and a command connection. Errors never carry a password.
+async fn open(
+    url: &str,
+    options: Options,
+    timeout: Duration,
+) -> Result<(Topology, Conn), StoreError> {
+    let target = Target::parse(url).map_err(|e| StoreError::Open(format!("redis_url {e}")))?;
+    let topology = Topology::new(target, options, timeout)
+        .map_err(|e| StoreError::Open(format!("redis_url: {}", redact(&e.to_string()))))?;
+    let conn = topology.connect().await.map_err(|e| {
+        StoreError::Open(format!(
+            "cannot connect to redis: {}",
+            redact(&e.to_string())
+        ))
+    })?;
+    Ok((topology, conn))
 }
 
 /// Subscribes to the announcement channel and forwards what arrives, reconnecting with
@@ -220,9 +265,13 @@ async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>
                     }
                     tracing::debug!("redis announcement subscription ended; reconnecting");
                 }
-                Err(error) => tracing::debug!(%error, "redis subscribe failed"),
+                Err(e) => {
+                    tracing::debug!(error = %redact(&e.to_string()), "redis subscribe failed")
+                }
             },
-            Err(error) => tracing::debug!(%error, "redis pubsub connect failed"),
+            Err(e) => {
+                tracing::debug!(error = %redact(&e.to_string()), "redis pubsub connect failed")
+            }
         }
         drop(tx);
         tokio::time::sleep(backoff).await;
