@@ -147,7 +147,11 @@ async fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
             let url = config.store.redis_url.as_deref().unwrap_or_default();
             let timeout = (config.store.max_staleness / 2)
                 .clamp(Duration::from_millis(100), Duration::from_secs(2));
-            let store = store::redis::RedisStore::connect(url, timeout).await?;
+            let replication = store::redis::Replication {
+                min_acks: config.store.replicas_ack(),
+                timeout: config.store.replica_ack_timeout,
+            };
+            let store = store::redis::RedisStore::connect(url, timeout, replication).await?;
             Ok((Arc::new(store), kek))
         }
     }
