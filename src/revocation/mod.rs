@@ -13,7 +13,7 @@
 //! **Architecture Invariant:** nothing here does IO or reads the clock; `follower.rs` feeds
 //! the table and tells it the time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -53,6 +53,9 @@ pub struct Epochs {
     pub current: u64,
     /// Closed epochs and the seq each was closed at.
     pub closed: HashMap<u64, u64>,
+    /// Epochs this node saw that the store no longer knows (its state was lost): stamps
+    /// of them are stale at once, without waiting for a newer view.
+    pub forgotten: HashSet<u64>,
 }
 
 impl Epochs {
@@ -60,6 +63,7 @@ impl Epochs {
         Epochs {
             current,
             closed: closed.iter().map(|c| (c.id, c.closed_at)).collect(),
+            forgotten: HashSet::new(),
         }
     }
 }
@@ -264,6 +268,7 @@ impl Table {
         match epochs.closed.get(&rse) {
             Some(&closed_at) if rsq <= closed_at => Verdict::Live,
             Some(_) => Verdict::StaleEpoch,
+            None if epochs.forgotten.contains(&rse) => Verdict::StaleEpoch,
             None => Verdict::StampAhead,
         }
     }
@@ -292,7 +297,16 @@ impl Table {
     }
 
     /// Switches to the store's epochs (the follower, after [`Table::lower_applied`]).
-    pub fn set_epochs(&self, epochs: Epochs) {
+    /// Epochs this node knew that the new view lacks are remembered as forgotten.
+    pub fn set_epochs(&self, mut epochs: Epochs) {
+        let old = self.epochs.load();
+        let known = |id: &u64| *id != 0 && *id != epochs.current && !epochs.closed.contains_key(id);
+        let lost: Vec<u64> = std::iter::once(old.current)
+            .chain(old.closed.keys().copied())
+            .chain(old.forgotten.iter().copied())
+            .filter(known)
+            .collect();
+        epochs.forgotten.extend(lost);
         self.epochs.store(Arc::new(epochs));
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -558,6 +572,24 @@ mod tests {
             Verdict::Live
         );
         assert_eq!(t.verdict(&stamp(4)), Verdict::StaleEpoch);
+        // The store lost its state (FLUSHALL): a new epoch with no history. Every epoch
+        // this node knew is forgotten: stale at once, no waiting.
+        t.set_epochs(Epochs::new(0xe3, &[]));
+        assert_eq!(t.verdict(&stamp(3)), Verdict::StaleEpoch);
+        assert_eq!(
+            t.verdict(&Stamp {
+                rse: 0xe2,
+                ..stamp(4)
+            }),
+            Verdict::StaleEpoch
+        );
+        assert_eq!(
+            t.verdict(&Stamp {
+                rse: 0xe4,
+                ..stamp(1)
+            }),
+            Verdict::StampAhead
+        );
     }
 
     #[test]
