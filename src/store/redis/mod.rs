@@ -64,7 +64,7 @@ local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 /// Makes sure the revocation state exists and belongs to this server's history; opens a
 /// new epoch otherwise (or when `force`). KEYS[1] state, KEYS[2] rev:log, KEYS[3] legacy
-/// rev:seq. Returns epoch, seq, acked, closed, bumped.
+/// rev:seq. Returns epoch, seq, acked, closed, bumped, run_id.
 const ENSURE: &str = "
 local function log_last(log)
   if redis.call('EXISTS', log) == 0 then return 0 end
@@ -81,7 +81,7 @@ local function ensure(new_id, force)
   local s = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'acked', 'run_id', 'closed')
   local epoch, seq, acked, closed = s[1], tonumber(s[2] or '0'), tonumber(s[3] or '0'), s[5] or ''
   if epoch and s[4] == rid and not force then
-    return epoch, seq, acked, closed, 0
+    return epoch, seq, acked, closed, 0, rid
   end
   if epoch then
     if closed ~= '' then closed = closed .. ',' end
@@ -93,7 +93,7 @@ local function ensure(new_id, force)
   seq = math.max(seq, log_last(KEYS[2]))
   redis.call('HSET', KEYS[1], 'epoch', new_id, 'seq', seq, 'acked', seq, 'run_id', rid,
     'closed', closed, 'start', seq)
-  return new_id, seq, seq, closed, 1
+  return new_id, seq, seq, closed, 1, rid
 end
 ";
 
@@ -119,7 +119,7 @@ return {epoch, acked, closed, redis.call('GET', KEYS[4]) or '0', aseq, ms}
 /// KEYS: state rev:log legacy audit:seq audit:log.
 /// ARGV: new epoch id, kind value reason actor request_id target channel min_acks.
 const REVOKE: &str = "
-local epoch, seq = ensure(ARGV[1], false)
+local epoch, seq, _, _, _, rid = ensure(ARGV[1], false)
 seq = seq + 1
 redis.call('HSET', KEYS[1], 'seq', seq)
 redis.call('XADD', KEYS[2], seq .. '-0', 'kind', ARGV[2], 'value', ARGV[3], 'at', ms,
@@ -131,13 +131,18 @@ if ARGV[9] == '0' then
   redis.call('HSET', KEYS[1], 'acked', seq)
   redis.call('PUBLISH', ARGV[8], 'rev\\n' .. epoch .. '\\n' .. seq .. '\\n' .. ms .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
 end
-return {epoch, seq, ms, aseq}
+return {epoch, seq, ms, aseq, rid}
 ";
 
 /// After `WAIT` confirmed the replicas: raises `acked` (replication is one ordered stream,
-/// so every lower seq is on the replicas too) and announces. Nothing if the epoch moved on.
-/// KEYS: state. ARGV: epoch seq ms kind value channel.
+/// so every lower seq is on the replicas too) and announces. Returns 0 and changes nothing
+/// if this is not the server the revoke script ran on (a reconnect or failover between
+/// the script and `WAIT` would make `WAIT` prove nothing), the entry is not in its log,
+/// or the epoch moved on.
+/// KEYS: state rev:log. ARGV: epoch seq ms kind value channel run_id.
 const ACK: &str = "
+if string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') ~= ARGV[7] then return 0 end
+if #redis.call('XRANGE', KEYS[2], ARGV[2] .. '-0', ARGV[2] .. '-0') ~= 1 then return 0 end
 local s = redis.call('HMGET', KEYS[1], 'epoch', 'acked')
 if s[1] ~= ARGV[1] then return 0 end
 if tonumber(s[2] or '0') < tonumber(ARGV[2]) then
@@ -338,6 +343,17 @@ impl RedisStore {
         self.inner.conn.clone()
     }
 
+    /// Sessions wait for replicas too, but a shortfall is only logged and counted: the
+    /// write cannot be undone (an assertion is spent, a refresh token rotated), and
+    /// failing the request would only make the user start over.
+    async fn best_effort_replicas(&self, conn: &mut Conn, what: &str) {
+        if self.inner.replication.min_acks > 0 {
+            if let Err(error) = self.await_replicas(conn).await {
+                tracing::warn!(%error, what, "session write not confirmed by replicas");
+            }
+        }
+    }
+
     /// `WAIT min_acks timeout` on `conn`, after the writes it must cover. Fewer acks:
     /// unavailable (the caller answers 503 and announces nothing).
     async fn await_replicas(&self, conn: &mut Conn) -> Result<(), StoreError> {
@@ -494,7 +510,7 @@ impl Store for RedisStore {
             let min_acks = self.inner.replication.min_acks;
             // One connection for the script and WAIT: WAIT covers this connection's writes.
             let mut conn = self.conn();
-            let (epoch, seq, ms, aseq): (String, u64, i64, u64) = self
+            let (epoch, seq, ms, aseq, run_id): (String, u64, i64, u64, String) = self
                 .inner
                 .revoke
                 .key(REV_STATE)
@@ -524,19 +540,26 @@ impl Store for RedisStore {
             crate::audit::log(&audit.recorded(aseq, ms));
             if min_acks > 0 {
                 self.await_replicas(&mut conn).await?;
-                let _: i64 = self
+                let acked: i64 = self
                     .inner
                     .ack
                     .key(REV_STATE)
+                    .key(REV_LOG)
                     .arg(&epoch)
                     .arg(seq)
                     .arg(ms)
                     .arg(rev.kind.as_str())
                     .arg(&rev.value)
                     .arg(CHANNEL)
+                    .arg(&run_id)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
+                if acked != 1 {
+                    return Err(StoreError::Unavailable(
+                        "redis changed between the revocation and its replica check".into(),
+                    ));
+                }
             }
             Ok(RevocationEvent {
                 seq,
@@ -730,8 +753,9 @@ impl Store for RedisStore {
                     .arg(&a.reason)
                     .arg(&a.request_id);
             }
+            let mut conn = self.conn();
             let out: Vec<i64> = invocation
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             match out.as_slice() {
@@ -739,6 +763,11 @@ impl Store for RedisStore {
                 [version, ms, seqs @ ..] => {
                     for (seq, a) in seqs.iter().zip(&audit) {
                         crate::audit::log(&a.recorded(*seq as u64, *ms));
+                    }
+                    // A key change lost in a failover could bring a revoked key back:
+                    // it is answered only once replicated, like a revocation.
+                    if self.inner.replication.min_acks > 0 {
+                        self.await_replicas(&mut conn).await?;
                     }
                     Ok(*version as u64)
                 }
@@ -790,6 +819,7 @@ impl Store for RedisStore {
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            let mut conn = self.conn();
             let (seq, ms): (u64, i64) = self
                 .inner
                 .open_session
@@ -803,10 +833,11 @@ impl Store for RedisStore {
                 .arg(&audit.target)
                 .arg(&audit.reason)
                 .arg(&audit.request_id)
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             crate::audit::log(&audit.recorded(seq, ms));
+            self.best_effort_replicas(&mut conn, "session open").await;
             Ok(())
         })
     }
@@ -837,6 +868,7 @@ impl Store for RedisStore {
         new: RefreshRecord,
     ) -> BoxFuture<'_, Result<Rotation, StoreError>> {
         Box::pin(async move {
+            let mut conn = self.conn();
             let reply: (i64, Option<String>) = {
                 let v: Vec<redis::Value> = self
                     .inner
@@ -845,7 +877,7 @@ impl Store for RedisStore {
                     .key(refresh_key(&new_hash))
                     .arg(encode_refresh(&new)?)
                     .arg(new.expires_at_ms)
-                    .invoke_async(&mut self.conn())
+                    .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
                 let code = v
@@ -858,7 +890,11 @@ impl Store for RedisStore {
                 (code, rec)
             };
             match reply {
-                (1, _) => Ok(Rotation::Rotated),
+                (1, _) => {
+                    self.best_effort_replicas(&mut conn, "refresh rotation")
+                        .await;
+                    Ok(Rotation::Rotated)
+                }
                 (2, Some(json)) => Ok(Rotation::Reused(decode_refresh(&json)?)),
                 (0, _) => Ok(Rotation::Unknown),
                 _ => Err(StoreError::Unavailable("unexpected script reply".into())),
