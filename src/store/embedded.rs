@@ -609,6 +609,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_open_closes_the_epoch_at_the_databases_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store
+                .append_revocation(rev(RevocationKind::Subject, "a"))
+                .await
+                .unwrap();
+            store.head().await.unwrap()
+        };
+        assert!(first.closed.is_empty());
+        // An older copy of the directory, taken now.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(db_path(dir.path()), db_path(copy.path())).unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store
+                .append_revocation(rev(RevocationKind::Subject, "b"))
+                .await
+                .unwrap();
+        }
+        // The copy comes back: its epoch closes at its own seq (1), so stamps issued
+        // after the copy was taken (seq 2) are invalid; seqs continue from 1.
+        let store = EmbeddedStore::open(copy.path()).unwrap();
+        let head = store.head().await.unwrap();
+        assert_ne!(head.epoch, first.epoch);
+        assert_eq!(
+            head.closed,
+            [ClosedEpoch {
+                id: first.epoch,
+                closed_at: 1
+            }]
+        );
+        let bumped = store.bump_epoch(NewAudit::default()).await.unwrap();
+        assert_ne!(bumped.epoch, head.epoch);
+        assert_eq!(bumped.closed.len(), 2);
+        assert_eq!(bumped.closed[1].closed_at, 1);
+    }
+
+    #[tokio::test]
     async fn pruning_keeps_the_head_and_the_retained_window() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
