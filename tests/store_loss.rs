@@ -71,8 +71,9 @@ async fn assert_inactive(nodes: &[&TestServer], token: &str, what: &str) {
     }
 }
 
-/// A loss no request reveals (a `FLUSHALL`, a deleted key) is found by each node's next
-/// head check: waits until `token` reads inactive on every node, then checks it stays so.
+/// Waits until `token` reads inactive on every node, then checks it stays so: for a
+/// revocation made on another node (propagation), and for a loss no request reveals (a
+/// `FLUSHALL`, a deleted key), which each node finds at its next head check.
 async fn await_inactive(nodes: &[&TestServer], token: &str, what: &str) {
     let found = Instant::now();
     for (i, n) in nodes.iter().enumerate() {
@@ -275,7 +276,7 @@ async fn redis_restored_from_an_older_snapshot_brings_no_token_back() {
     revoke_retrying(&node2, "all", None).await;
     revoke_retrying(&node2, "client", Some(&orders.id)).await;
     for token in [&t, &victim, &bystander] {
-        assert_inactive(&[&node1, &node2], token, "after revoke all on node 2").await;
+        await_inactive(&[&node1, &node2], token, "after revoke all on node 2").await;
     }
     // More revocations push the store's seq past T's stamp: T stays dead.
     for i in 0..(rsq(&t) + 2) {
@@ -291,7 +292,7 @@ async fn redis_restored_from_an_older_snapshot_brings_no_token_back() {
         assert!(active_eventually_answered(n, &fresh, "a token issued after everything").await);
     }
     revoke_token(&node2, &billing, &fresh).await;
-    assert_inactive(&[&node1, &node2], &fresh, "the new token revoked").await;
+    await_inactive(&[&node1, &node2], &fresh, "the new token revoked").await;
 }
 
 // ---------------------------------------------------------------------------
@@ -309,7 +310,8 @@ async fn state_lost_scenario(loss: &[&str]) {
     let kept = node1.issue(&orders, &[]).await;
     let revoked = node2.issue(&billing, &[]).await;
     revoke_token(&node2, &billing, &revoked).await;
-    assert_inactive(&[&node1, &node2], &revoked, "revoked before the loss").await;
+    // Propagation to the other node: wait for it.
+    await_inactive(&[&node1, &node2], &revoked, "revoked before the loss").await;
 
     let _: redis::Value = redis.cmd(loss).await;
 
@@ -341,7 +343,7 @@ async fn state_lost_scenario(loss: &[&str]) {
         assert!(active_eventually_answered(n, &fresh, "new token after the loss").await);
     }
     revoke_token(&node1, &orders, &fresh).await;
-    assert_inactive(&[&node1, &node2], &fresh, "new token revoked").await;
+    await_inactive(&[&node1, &node2], &fresh, "new token revoked").await;
     assert_inactive(&[&node1, &node2], &kept, "old token, at the end").await;
 }
 
