@@ -295,6 +295,47 @@ async fn redis_restored_from_an_older_snapshot_brings_no_token_back() {
     await_inactive(&[&node1, &node2], &fresh, "the new token revoked").await;
 }
 
+#[tokio::test]
+async fn a_restore_is_caught_even_when_every_node_restarted() {
+    let mut redis = RedisProcess::start().await;
+    let cfg = Cluster::node_config(&fast(), &redis);
+    let mut node = TestServer::start(&cfg).await;
+    let orders = clients::orders();
+
+    let before = node.issue(&orders, &[]).await;
+    let backup = tempfile::tempdir().unwrap();
+    let snapshot = redis_snapshot(&redis, backup.path());
+    revoke_retrying(&node, "subject", Some("somebody")).await;
+    let last = revoke_retrying(&node, "subject", Some("somebody-else")).await;
+    let last_seq = last["seq"].as_u64().unwrap();
+    let t = eventually(DEADLINE, "a token stamped above the snapshot", || async {
+        let t = node.issue(&orders, &[]).await;
+        if rsq(&t) >= last_seq {
+            Ok(t)
+        } else {
+            Err(format!("rsq {}", rsq(&t)))
+        }
+    })
+    .await;
+
+    // No node survives to notice: only Redis itself (its run_id) tells the history changed.
+    node.kill9();
+    redis_restore(&mut redis, &snapshot).await;
+    node.restart().await;
+    assert_inactive(&[&node], &t, "T after a restore nobody watched").await;
+    // New revocations reuse the lost seqs: T must stay dead when they pass its stamp.
+    for i in 0..(rsq(&t) + 1) {
+        revoke_retrying(&node, "subject", Some(&format!("filler-{i}"))).await;
+    }
+    let head: u64 = redis.cmd(&["HGET", "{latch}:rev:state", "seq"]).await;
+    assert!(head >= rsq(&t), "the seq reached T's stamp ({head})");
+    assert_inactive(&[&node], &t, "T once the seq passed its stamp").await;
+    // Revoked tokens stay revoked, tokens from before the snapshot stay valid.
+    assert!(node.is_active(&before).await);
+    let after = node.issue(&orders, &[]).await;
+    assert!(node.is_active(&after).await);
+}
+
 // ---------------------------------------------------------------------------
 // FLUSHALL and a deleted state key under running nodes
 // ---------------------------------------------------------------------------
