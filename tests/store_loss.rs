@@ -429,6 +429,10 @@ async fn an_older_embedded_data_dir_and_store_recover() {
     s.restart().await;
     assert_inactive(&[&s], &t, "T, stamped after the copy was taken").await;
     assert_inactive(&[&s], &revoked_before, "revoked before the copy").await;
+    for i in 0..(rsq(&t) + 1) {
+        revoke_retrying(&s, "subject", Some(&format!("filler-{i}"))).await;
+    }
+    assert_inactive(&[&s], &t, "T once new seqs passed its stamp").await;
 
     // The revocation made after the copy is gone with it; nothing on this node held it.
     // The operator's step: recover, revoking everything issued before.
