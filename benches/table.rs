@@ -35,10 +35,14 @@ fn rss_mib() -> f64 {
 
 /// A table of `n` token (jti) revocations, as a busy cluster would hold.
 fn table(n: usize) -> Table {
-    let t = Table::new(Retention {
-        token_ms: 3_600_000,
-        session_ms: 3_600_000,
-    });
+    let t = Table::with_epoch(
+        Retention {
+            token_ms: 3_600_000,
+            session_ms: 3_600_000,
+        },
+        1,
+        n as u64,
+    );
     for i in 0..n {
         t.insert(&RevocationEvent {
             seq: i as u64 + 1,
@@ -68,6 +72,7 @@ fn bench(c: &mut Criterion) {
             sub: "alice",
             client_id: "orders-service",
             rsq: 0,
+            rse: 1,
         };
         let hit = Stamp {
             jti: "0000000000000000000042",

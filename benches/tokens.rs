@@ -48,13 +48,14 @@ fn claims() -> AccessClaims {
         act: None,
         username: None,
         rsq: 42,
+        rse: 1,
     }
 }
 
 fn bench(c: &mut Criterion) {
     for alg in [Alg::EdDSA, Alg::ES256, Alg::RS256] {
         let ring = ring(alg);
-        let table = Table::default();
+        let table = Table::with_epoch(latch::revocation::Retention::default(), 1, 42);
         // Some unrelated revocations, so the table lookups are not against empty maps.
         for i in 0..10_000u64 {
             table.insert(&RevocationEvent {

@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -11,7 +12,7 @@ use serde_json::json;
 use crate::clients::Clients;
 use crate::config::Config;
 use crate::keys::Keys;
-use crate::revocation::Table;
+use crate::revocation::{Table, Verdict};
 use crate::sessions::trusted::TrustedIssuers;
 use crate::store::{NewRevocation, RevocationEvent, SharedStore, StoreError};
 use crate::tokens::cache::VerifiedCache;
@@ -101,6 +102,17 @@ impl App {
         self.table.insert(&event);
         metrics::counter!(crate::metrics::REVOCATIONS_TOTAL, "kind" => kind.as_str()).increment(1);
         Ok(event)
+    }
+
+    /// If `(rse, rsq)` is ahead of this node (another node stamped it from a newer view,
+    /// or a newer epoch), waits briefly for the follower to catch up; the caller then
+    /// decides again, and a stamp still ahead is inactive. Bounded by `max_staleness`
+    /// and 250 ms.
+    pub async fn await_stamp(&self, rse: u64, rsq: u64) {
+        if self.table.validity(rse, rsq) == Verdict::StampAhead {
+            let bound = Duration::from_millis(self.max_staleness_ms.clamp(1, 250) as u64);
+            self.table.wait_for(rse, rsq, bound).await;
+        }
     }
 
     /// Whether the revocation state is fresh enough to decide on at `now_ms`.

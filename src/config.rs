@@ -135,6 +135,13 @@ pub struct StoreConfig {
     pub tls_cert_file: Option<PathBuf>,
     #[serde(default)]
     pub tls_key_file: Option<PathBuf>,
+    /// Replicas that must confirm (Redis `WAIT`) a revocation before it is answered 200.
+    /// Unset: 1 for `redis+sentinel://`, 0 otherwise; the embedded store has no replicas.
+    #[serde(default)]
+    pub min_replicas_ack: Option<u32>,
+    /// How long a write waits for `min_replicas_ack` replicas before answering 503.
+    #[serde(default = "d_500ms", with = "duration")]
+    pub replica_ack_timeout: Duration,
 }
 
 /// A configured secret: never printed, not even by `{:?}`.
@@ -280,6 +287,21 @@ impl StoreConfig {
                 password: self.sentinel_password.as_ref().map(|s| s.0.clone()),
             },
             tls,
+        })
+    }
+
+    /// `min_replicas_ack` with its default applied.
+    pub fn replicas_ack(&self) -> u32 {
+        self.min_replicas_ack.unwrap_or_else(|| {
+            // rediss+sentinel:// too: ask the parser, not the prefix.
+            let sentinel = self.kind == StoreKind::Redis
+                && self.redis_url.as_deref().is_some_and(|u| {
+                    matches!(
+                        crate::store::redis::topology::Target::parse(u),
+                        Ok(crate::store::redis::topology::Target::Sentinel { .. })
+                    )
+                });
+            u32::from(sentinel)
         })
     }
 }
@@ -479,6 +501,22 @@ impl Config {
         }
         if s.kind == StoreKind::Embedded && s.path.as_os_str().is_empty() {
             return Err(ConfigError::new("store.path", "must not be empty"));
+        }
+        if s.kind == StoreKind::Embedded && s.replicas_ack() > 0 {
+            return Err(ConfigError::new(
+                "store.min_replicas_ack",
+                "must be 0 with the embedded store (it has no replicas)",
+            ));
+        }
+        if s.replicas_ack() > 0
+            && (s.replica_ack_timeout.is_zero() || s.replica_ack_timeout * 2 >= s.max_staleness)
+        {
+            // WAIT blocks the node's one command connection: it must end well within
+            // the staleness bound, or a missing replica would also stall head checks.
+            return Err(ConfigError::new(
+                "store.replica_ack_timeout",
+                "must be positive and less than half of store.max_staleness",
+            ));
         }
         if s.max_staleness < Duration::from_millis(10) {
             return Err(ConfigError::new(
@@ -817,6 +855,9 @@ fn default_token_cache() -> usize {
 }
 fn default_conns() -> usize {
     4096
+}
+fn d_500ms() -> Duration {
+    Duration::from_millis(500)
 }
 fn d_2s() -> Duration {
     Duration::from_secs(2)

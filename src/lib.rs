@@ -149,7 +149,12 @@ async fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
                 .clamp(Duration::from_millis(100), Duration::from_secs(2));
             // Validated with the config; read again here so the files are the current ones.
             let options = config.store.redis_options()?;
-            let store = store::redis::RedisStore::connect(url, options, timeout).await?;
+            let replication = store::redis::Replication {
+                min_acks: config.store.replicas_ack(),
+                timeout: config.store.replica_ack_timeout,
+            };
+            let store =
+                store::redis::RedisStore::connect(url, options, timeout, replication).await?;
             Ok((Arc::new(store), kek))
         }
     }

@@ -41,6 +41,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The store's history: after restoring a backup or any loss, start a new epoch.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print audit records.
     Audit {
         /// Only records after this sequence number.
@@ -122,6 +129,20 @@ enum KeysCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Close the store's epoch and open a new one (audited); with --revoke-all, also
+    /// revoke every token and session issued before it.
+    Recover {
+        /// Why: recorded in the audit log.
+        #[arg(long)]
+        reason: String,
+        /// Also revoke everything issued so far (after restoring an older backup).
+        #[arg(long)]
+        revoke_all: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -132,6 +153,9 @@ fn main() -> ExitCode {
         Command::Revoke(a) => operator(&a.remote.server.clone(), a.remote.json, |c| revoke(c, a)),
         Command::Keys { command, remote } => {
             operator(&remote.server, remote.json, |c| keys(c, command))
+        }
+        Command::Store { command, remote } => {
+            operator(&remote.server, remote.json, |c| store(c, command))
         }
         Command::Audit {
             since,
@@ -366,6 +390,25 @@ async fn revoke(client: AdminClient, a: RevokeArgs) -> Result<(Value, String), C
         answer["seq"],
         cli::time_cell(&answer, "revoked_at")
     );
+    Ok((answer, text))
+}
+
+async fn store(client: AdminClient, command: StoreCommand) -> Result<(Value, String), CliError> {
+    let StoreCommand::Recover { reason, revoke_all } = command;
+    let body = json!({ "reason": reason, "revoke_all": revoke_all });
+    let answer = client
+        .call(Method::POST, "/admin/store/recover", Some(body))
+        .await?;
+    let mut text = format!(
+        "new store epoch {} from seq {}",
+        cli::text_cell(&answer, "epoch"),
+        answer["seq"]
+    );
+    if let Some(seq) = answer["revoked_all_seq"].as_u64() {
+        text.push_str(&format!(
+            "; everything issued before is revoked (seq {seq})"
+        ));
+    }
     Ok((answer, text))
 }
 

@@ -19,6 +19,10 @@ pub const STORE_UP: &str = "latch_store_up";
 pub const CONNECTIONS_REFUSED: &str = "latch_connections_refused_total";
 pub const KEY_RECORDS_REJECTED: &str = "latch_key_records_rejected_total";
 pub const REFRESH_RECORDS_REJECTED: &str = "latch_refresh_records_rejected_total";
+pub const STORE_EPOCH_CHANGES: &str = "latch_store_epoch_changes_total";
+pub const REVOCATIONS_RESTORED: &str = "latch_revocations_restored_total";
+pub const STORE_FEED_UP: &str = "latch_store_feed_up";
+pub const REPLICA_ACK_FAILURES: &str = "latch_store_replica_ack_failures_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -78,6 +82,22 @@ fn describe() {
     describe_counter!(
         REFRESH_RECORDS_REJECTED,
         "Stored refresh-token records whose MAC failed"
+    );
+    describe_counter!(
+        STORE_EPOCH_CHANGES,
+        "Store epoch changes seen by this node (store restarted, failed over, lost data or recovered)"
+    );
+    describe_counter!(
+        REVOCATIONS_RESTORED,
+        "Revocations this node held and wrote back after the store lost them"
+    );
+    describe_counter!(
+        REPLICA_ACK_FAILURES,
+        "Writes answered 503 because fewer than store.min_replicas_ack replicas confirmed them"
+    );
+    describe_gauge!(
+        STORE_FEED_UP,
+        "1 while the store's announcement subscription is live"
     );
     describe_counter!(
         CONNECTIONS_REFUSED,

@@ -20,7 +20,7 @@ use support::*;
 const NAMES: [&str; 4] = ["A", "B", "C", "D"];
 
 /// The redis key names of ARCHITECTURE.md.
-const REV_SEQ: &str = "{latch}:rev:seq";
+const REV_STATE: &str = "{latch}:rev:state";
 const REV_LOG: &str = "{latch}:rev:log";
 const EVENTS: &str = "{latch}:events";
 
@@ -378,13 +378,13 @@ async fn revocations_survive_node_kills_and_a_redis_restart() {
     assert_all(&nodes, &live, Answer::Active, "after restart of every node").await;
 
     // Redis crashes (SIGKILL) and comes back on the same port and AOF, nodes running.
-    let seq_before: u64 = redis.cmd(&["GET", REV_SEQ]).await;
-    assert!(seq_before > s1, "rev:seq {seq_before} <= {s1}");
+    let seq_before: u64 = redis.cmd(&["HGET", REV_STATE, "seq"]).await;
+    assert!(seq_before > s1, "rev:state seq {seq_before} <= {s1}");
     redis.stop();
     let down = Instant::now();
     redis.start_again().await;
     eprintln!("redis restarted in {:?}", down.elapsed());
-    let seq_after: u64 = redis.cmd(&["GET", REV_SEQ]).await;
+    let seq_after: u64 = redis.cmd(&["HGET", REV_STATE, "seq"]).await;
     assert_eq!(
         seq_after,
         seq_before,
@@ -778,7 +778,8 @@ async fn revocations_arrive_while_the_announcement_feed_is_cut() {
 
 /// Appends a revocation to the log as the server's script does, without announcing it.
 const APPEND_UNANNOUNCED: &str = "
-local seq = redis.call('INCR', KEYS[1])
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'acked', seq)
 redis.call('XADD', KEYS[2], seq .. '-0', 'kind', ARGV[1], 'value', ARGV[2], 'at', ARGV[3],
   'reason', 'test', 'actor', 'test')
 return seq
@@ -813,7 +814,7 @@ async fn a_gap_in_the_announcements_is_filled_from_the_log() {
             "EVAL",
             APPEND_UNANNOUNCED,
             "2",
-            REV_SEQ,
+            REV_STATE,
             REV_LOG,
             "subject",
             &orders.id,
@@ -873,7 +874,7 @@ async fn a_gap_in_the_announcements_is_filled_from_the_log() {
         "after the ghost",
     )
     .await;
-    let seq: u64 = redis.cmd(&["GET", REV_SEQ]).await;
+    let seq: u64 = redis.cmd(&["HGET", REV_STATE, "seq"]).await;
     assert_eq!(seq, n + 2);
     let fresh = nodes[0].issue(&orders, &[]).await;
     assert_eq!(rsq(&fresh), n + 2, "a node caught up stamps the head");

@@ -191,6 +191,12 @@ async fn client_credentials_happy_path() {
     assert!(nbf <= iat + 1 && nbf + 300 >= iat, "nbf {nbf} iat {iat}");
     assert!(c["jti"].as_str().is_some_and(|j| !j.is_empty()), "{c}");
     assert!(c["rsq"].is_u64(), "rsq must be an integer: {c}");
+    assert!(
+        c["rse"]
+            .as_str()
+            .is_some_and(|e| e.len() == 16 && e.bytes().all(|b| b.is_ascii_hexdigit())),
+        "rse must be the store epoch, 16 hex digits: {c}"
+    );
     assert!(c.get("sid").is_none() && c.get("act").is_none(), "{c}");
 
     // Every token gets its own jti.

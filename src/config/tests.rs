@@ -320,3 +320,43 @@ fn passwords_do_not_enter_the_audited_digest() {
     };
     assert_eq!(in_url("redis://:one@h:1"), in_url("redis://:two@h:1"));
 }
+
+#[test]
+fn replica_acks_default_by_topology_and_are_checked() {
+    let redis = |url: &str| {
+        vec![
+            ("LATCH_STORE__KIND", "redis".to_string()),
+            ("LATCH_STORE__REDIS_URL", url.to_string()),
+        ]
+    };
+    let with = |env: Vec<(&'static str, String)>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        load(GOOD, &env)
+    };
+    assert_eq!(load(GOOD, &[]).unwrap().store.replicas_ack(), 0);
+    assert_eq!(
+        with(redis("redis://127.0.0.1:6390"))
+            .unwrap()
+            .store
+            .replicas_ack(),
+        0
+    );
+    let sentinel = with(redis("redis+sentinel://127.0.0.1:26379/main")).unwrap();
+    assert_eq!(sentinel.store.replicas_ack(), 1);
+    assert_eq!(
+        sentinel.store.replica_ack_timeout,
+        Duration::from_millis(500)
+    );
+    let mut env = redis("redis+sentinel://127.0.0.1:26379/main");
+    env.push(("LATCH_STORE__MIN_REPLICAS_ACK", "0".into()));
+    assert_eq!(with(env).unwrap().store.replicas_ack(), 0);
+    // The embedded store has no replicas.
+    assert_eq!(
+        err_key(GOOD, &[("LATCH_STORE__MIN_REPLICAS_ACK", "1")]),
+        "store.min_replicas_ack"
+    );
+    // WAIT must end well within the staleness bound.
+    let mut env = redis("redis+sentinel://127.0.0.1:26379/main");
+    env.push(("LATCH_STORE__REPLICA_ACK_TIMEOUT", "1s".into()));
+    assert_eq!(with(env).unwrap_err().key, "store.replica_ack_timeout");
+}

@@ -12,7 +12,7 @@ use super::oauth::require_fresh;
 use super::request::{authenticate, require_content_type, require_role};
 use crate::app::App;
 use crate::clients::{Client, Role};
-use crate::store::{NewRevocation, RevocationKind};
+use crate::store::{NewAudit, NewRevocation, RevocationKind};
 use crate::time::now_ms;
 
 type Resp = Response<Full<Bytes>>;
@@ -141,6 +141,74 @@ struct RotateBody {
     /// Rotate even if the promoted key may be unknown to verifiers' cached JWKS.
     #[serde(default)]
     force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverRequest {
+    reason: String,
+    #[serde(default)]
+    revoke_all: bool,
+}
+
+/// The operator's step after the store lost history (a restored backup): closes the
+/// store's epoch and opens a new one, audited as `store_recover`; with `revoke_all`, also
+/// an `all` revocation in the new epoch, so every token and session issued before dies.
+/// Freshness is not required: this is what an operator runs when things are broken.
+pub async fn recover_store(
+    app: &App,
+    parts: &Parts,
+    body: &[u8],
+    request_id: &str,
+) -> Result<Resp, ApiError> {
+    let client = admin(app, parts)?;
+    let req: RecoverRequest = parse_json(parts, body)?;
+    if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
+        return Err(ApiError::InvalidRequest(format!(
+            "reason must be 1 to {MAX_FIELD} bytes"
+        )));
+    }
+    let head = app
+        .store
+        .bump_epoch(NewAudit {
+            actor: client.id.clone(),
+            action: "store_recover".into(),
+            target: "store".into(),
+            reason: req.reason.clone(),
+            request_id: request_id.to_string(),
+        })
+        .await?;
+    // Let this node switch before answering, so its next answers are in the new epoch.
+    let bound = std::time::Duration::from_millis(app.max_staleness_ms as u64);
+    app.table
+        .wait_for(head.epoch, head.revocation_seq, bound)
+        .await;
+    let revoked_all_seq = if req.revoke_all {
+        let event = app
+            .revoke(NewRevocation {
+                kind: RevocationKind::All,
+                value: String::new(),
+                reason: format!("store recover: {}", req.reason),
+                actor: client.id.clone(),
+                request_id: request_id.to_string(),
+            })
+            .await?;
+        Some(event.seq)
+    } else {
+        None
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "epoch": format!("{:016x}", head.epoch),
+            "seq": head.revocation_seq,
+            "closed": head.closed.iter().map(|c| json!({
+                "epoch": format!("{:016x}", c.id),
+                "closed_at": c.closed_at,
+            })).collect::<Vec<_>>(),
+            "revoked_all_seq": revoked_all_seq,
+        }),
+    ))
 }
 
 pub fn list_keys(app: &App, parts: &Parts) -> Result<Resp, ApiError> {

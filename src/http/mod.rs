@@ -39,6 +39,7 @@ enum Route {
     AdminKeysRotate,
     AdminKeyRevoke,
     AdminAudit,
+    AdminStoreRecover,
     Healthz,
     Readyz,
     NotFound,
@@ -56,6 +57,7 @@ impl Route {
             "/admin/keys" => Route::AdminKeys,
             "/admin/keys/rotate" => Route::AdminKeysRotate,
             "/admin/audit" => Route::AdminAudit,
+            "/admin/store/recover" => Route::AdminStoreRecover,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             p if key_to_revoke(p).is_some() => Route::AdminKeyRevoke,
@@ -75,6 +77,7 @@ impl Route {
             Route::AdminKeysRotate => "admin_keys_rotate",
             Route::AdminKeyRevoke => "admin_key_revoke",
             Route::AdminAudit => "admin_audit",
+            Route::AdminStoreRecover => "admin_store_recover",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::NotFound => "not_found",
@@ -179,6 +182,7 @@ async fn dispatch(
         }
         Route::AdminRevoke => admin::revoke(app, &parts, &body, request_id).await,
         Route::AdminKeysRotate => admin::rotate_keys(app, &parts, &body, request_id).await,
+        Route::AdminStoreRecover => admin::recover_store(app, &parts, &body, request_id).await,
         Route::AdminKeyRevoke => {
             let kid = key_to_revoke(parts.uri.path())
                 .unwrap_or_default()
@@ -196,6 +200,9 @@ fn readyz(app: &App) -> Response<Full<Bytes>> {
         Some("no signing key loaded")
     } else if !app.is_fresh(now) {
         Some("revocation state is stale")
+    } else if !app.store.feed_live() {
+        // Without the subscription, revocations reach this node only through head checks.
+        Some("store announcement feed is down")
     } else {
         None
     };

@@ -83,8 +83,8 @@ fn client_credentials(app: &App, client: &Client, form: &Form) -> Result<Resp, A
     let aud = audience(client, form)?;
     let now = now_ms();
     require_fresh(app, now)?;
-    let rsq = app.table.applied();
-    let claims = access_claims(app, now, &client.id, &client.id, aud, scope, rsq);
+    let stamp = app.table.stamp_now();
+    let claims = access_claims(app, now, &client.id, &client.id, aud, scope, stamp);
     issue(app, &claims, Grant::ClientCredentials, None)
 }
 
@@ -128,9 +128,10 @@ pub fn scope_within<S: AsRef<str>>(
     Ok(granted.join(" "))
 }
 
-/// Claims of a new access token, stamped with `rsq`. Where the grant checked revocations
-/// first (refresh, delegation), `rsq` must be the watermark read *before* that check:
-/// a revocation applied in between then still covers the new token.
+/// Claims of a new access token, stamped with `stamp` = (epoch, seq) from
+/// [`crate::revocation::Table::stamp_now`]. Where the grant checked revocations first
+/// (refresh, delegation), the stamp must be read *before* that check: a revocation
+/// applied in between then still covers the new token.
 pub fn access_claims(
     app: &App,
     now_ms: i64,
@@ -138,7 +139,7 @@ pub fn access_claims(
     client_id: &str,
     aud: String,
     scope: String,
-    rsq: u64,
+    stamp: (u64, u64),
 ) -> AccessClaims {
     let iat = now_ms.div_euclid(1000);
     AccessClaims {
@@ -154,7 +155,8 @@ pub fn access_claims(
         sid: None,
         act: None,
         username: None,
-        rsq,
+        rse: stamp.0,
+        rsq: stamp.1,
     }
 }
 
@@ -238,16 +240,30 @@ pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, A
             None => inactive(),
         });
     }
-    let decision = app.keys.with_ring(|ring| {
-        let claims = verifier(app, ring, now).decide(token)?;
-        if !caller.may_see_audience(&claims.aud) {
-            return Err(Reason::Audience);
+    let decide = || {
+        app.keys.with_ring(|ring| {
+            let claims = verifier(app, ring, now).decide(token)?;
+            if !caller.may_see_audience(&claims.aud) {
+                return Err(Reason::Audience);
+            }
+            if app.clients.get(&claims.client_id).is_none() {
+                return Err(Reason::UnknownClient);
+            }
+            Ok(claims)
+        })
+    };
+    let mut decision = decide();
+    if decision == Err(Reason::StampAhead) {
+        // Stamped by a node further along (or in an epoch this node has not seen yet):
+        // wait briefly for this node's follower, then decide once more.
+        if let Ok(claims) = app
+            .keys
+            .with_ring(|ring| verifier(app, ring, now).authentic(token))
+        {
+            app.await_stamp(claims.rse, claims.rsq).await;
+            decision = decide();
         }
-        if app.clients.get(&claims.client_id).is_none() {
-            return Err(Reason::UnknownClient);
-        }
-        Ok(claims)
-    });
+    }
     match decision {
         Ok(c) => {
             metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "active", "reason" => "")

@@ -15,7 +15,7 @@ use super::oauth::{access_claims, audience, issue, require_fresh, scope_within, 
 use super::request::{require_role, Form};
 use crate::app::App;
 use crate::clients::{Client, Grant, Role};
-use crate::revocation::Stamp;
+use crate::revocation::{Stamp, Verdict};
 use crate::sessions;
 use crate::store::{NewAudit, NewRevocation, RefreshRecord, RevocationKind, Rotation};
 use crate::time::now_ms;
@@ -32,6 +32,7 @@ fn stamp(r: &RefreshRecord) -> Stamp<'_> {
         sub: &r.sub,
         client_id: &r.client_id,
         rsq: r.rsq,
+        rse: r.rse,
     }
 }
 
@@ -80,12 +81,12 @@ async fn open_session(
         tracing::debug!(client = %client.id, "assertion replayed");
         return Err(ApiError::InvalidGrant("the assertion was already used"));
     }
-    let rsq = app.table.applied();
-    let mut claims = access_claims(app, now, &a.sub, &client.id, aud, scope, rsq);
+    let stamp = app.table.stamp_now();
+    let mut claims = access_claims(app, now, &a.sub, &client.id, aud, scope, stamp);
     claims.sid = Some(crate::tokens::random_id());
     claims.username = a.username;
     let (refresh_token, hash) = sessions::new_refresh_token();
-    let mut record = refresh_record(app, &claims, now, claims.rsq);
+    let mut record = refresh_record(app, &claims, now, stamp);
     sessions::seal(app.keys.refresh_record_mac(), &hash, &mut record);
     let audit = NewAudit {
         actor: client.id.clone(),
@@ -102,7 +103,7 @@ fn refresh_record(
     app: &App,
     claims: &crate::tokens::AccessClaims,
     now: i64,
-    rsq: u64,
+    stamp: (u64, u64),
 ) -> RefreshRecord {
     RefreshRecord {
         sid: claims.sid.clone().unwrap_or_default(),
@@ -111,7 +112,8 @@ fn refresh_record(
         scope: claims.scope.clone(),
         aud: claims.aud.clone(),
         username: claims.username.clone(),
-        rsq,
+        rse: stamp.0,
+        rsq: stamp.1,
         issued_at_ms: now,
         expires_at_ms: now + app.config.tokens.refresh_ttl.as_millis() as i64,
         mac: None,
@@ -130,7 +132,7 @@ fn delegate(
     let now = now_ms();
     require_fresh(app, now)?;
     // Read before the subject token's revocation check (see `access_claims`).
-    let rsq = app.table.applied();
+    let stamp = app.table.stamp_now();
     let subject = app
         .keys
         .with_ring(|ring| verifier(app, ring, now).decide(subject_token))
@@ -150,7 +152,7 @@ fn delegate(
         ));
     }
     let aud = audience(client, form)?;
-    let mut claims = access_claims(app, now, &subject.sub, &client.id, aud, scope, rsq);
+    let mut claims = access_claims(app, now, &subject.sub, &client.id, aud, scope, stamp);
     claims.exp = claims.exp.min(subject.exp);
     claims.sid = subject.sid.clone();
     claims.username = subject.username.clone();
@@ -194,7 +196,7 @@ pub async fn refresh(
         return reuse(app, &record, request_id).await;
     }
     // Read before the revocation check (see `access_claims`).
-    let rsq = app.table.applied();
+    let new_stamp = app.table.stamp_now();
     if record.expires_at_ms <= now || app.table.is_revoked(&stamp(&record)) {
         return Err(invalid());
     }
@@ -207,7 +209,7 @@ pub async fn refresh(
         &client.id,
         record.aud.clone(),
         scope,
-        rsq,
+        new_stamp,
     );
     claims.sid = Some(record.sid.clone());
     claims.username = record.username.clone();
@@ -320,16 +322,19 @@ async fn reuse(app: &App, record: &RefreshRecord, request_id: &str) -> Result<Re
 
 /// Waits until this node has applied every revocation the store has, so a refresh right
 /// after a revocation on another node is refused here too. Bounded by `max_staleness`.
+/// After an epoch change this also waits for the node to switch to the new epoch.
 async fn sync_revocations(app: &App) -> Result<(), ApiError> {
     let head = app.store.head().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(app.max_staleness_ms as u64);
-    while app.table.applied() < head.revocation_seq {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::Unavailable("revocations not yet applied".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let timeout = Duration::from_millis(app.max_staleness_ms as u64);
+    // Live once this node is in the store's epoch and has applied up to its head.
+    match app
+        .table
+        .wait_for(head.epoch, head.revocation_seq, timeout)
+        .await
+    {
+        Verdict::Live => Ok(()),
+        _ => Err(ApiError::Unavailable("revocations not yet applied".into())),
     }
-    Ok(())
 }
 
 // === refresh tokens at /introspect and /revoke ===
@@ -360,6 +365,7 @@ pub async fn introspect_refresh(
         return Ok(None);
     };
     let now = now_ms();
+    app.await_stamp(r.rse, r.rsq).await;
     if spent
         || r.expires_at_ms <= now
         || app.table.is_revoked(&stamp(&r))

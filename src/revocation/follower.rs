@@ -3,19 +3,40 @@
 //! Announcements from [`Store::subscribe`] are applied at once when they are the next seq;
 //! anything else (a gap, a lagged receiver, a lost connection) falls back to reading the
 //! durable log. Independently, every `poll` interval the follower asks the store for its
-//! head; only a successful round trip that finds nothing missing marks the table fresh.
-//! So freshness is proven by the store, never assumed from a quiet feed.
+//! head; only a successful round trip that finds nothing missing, while the announcement
+//! feed is live, marks the table fresh. So freshness is proven by the store, never assumed
+//! from a quiet feed. While the feed is down the head is checked every [`FEED_DOWN_POLL`].
+//!
+//! When the head names another epoch, the store lost history or was recovered: the
+//! follower lowers `applied` to what the store still has, switches epochs, reads the log
+//! again and writes back (as new revocations) every entry it holds above the old epoch's
+//! closing seq: revocations the store forgot but this node still knows.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use super::Table;
+use super::{Epochs, Table};
 use crate::keys::Keys;
 use crate::metrics as m;
-use crate::store::{Head, SharedStore, StoreError, StoreEvent};
+use crate::store::{
+    Head, NewAudit, NewRevocation, RevocationKind, SharedStore, StoreError, StoreEvent,
+};
 use crate::time::now_ms;
+
+/// Head-check interval while the announcement subscription is down: short enough that
+/// the propagation bound holds through the poll alone.
+pub const FEED_DOWN_POLL: Duration = Duration::from_millis(25);
+
+/// A revocation this node holds that the store lost, waiting to be written back.
+#[derive(Debug, Clone)]
+struct Restore {
+    kind: RevocationKind,
+    value: String,
+    /// Why: which epoch closed below it.
+    reason: String,
+}
 
 /// How the follower runs.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +62,9 @@ pub struct Follower {
     table: Arc<Table>,
     keys: Arc<Keys>,
     config: FollowerConfig,
+    /// Revocations to write back into the new epoch; retried on every poll until done,
+    /// and the node is not fresh until they are.
+    restore: Mutex<Vec<Restore>>,
 }
 
 impl Follower {
@@ -55,22 +79,26 @@ impl Follower {
             table,
             keys,
             config,
+            restore: Mutex::new(Vec::new()),
         }
     }
 
     /// Loads every revocation that can still matter, up to the store's head, and marks the
-    /// table fresh. Run before the node reports ready.
+    /// table fresh (once the feed is live). Run before the node reports ready.
     pub async fn load(&self) -> Result<(), StoreError> {
         let started = now_ms();
         let head = self.store.head().await?;
-        self.catch_up(head, false).await?;
-        self.table.mark_fresh(started);
+        self.table.set_epochs(Epochs::new(head.epoch, &head.closed));
+        self.catch_up(&head, false).await?;
+        if self.store.feed_live() {
+            self.table.mark_fresh(started);
+        }
         Ok(())
     }
 
     /// Reads the log after `applied` up to at least `head`, then moves `applied` to it.
     /// Revocations older than the retention are skipped: no live token can match them.
-    async fn catch_up(&self, head: Head, live: bool) -> Result<(), StoreError> {
+    async fn catch_up(&self, head: &Head, live: bool) -> Result<(), StoreError> {
         let now = now_ms();
         let retention = self.table.retention();
         let since = now - retention.longest_ms();
@@ -99,7 +127,11 @@ impl Follower {
     /// Applies one announced event if it is the next in sequence; otherwise catches up.
     async fn on_event(&self, event: StoreEvent) -> Result<(), StoreError> {
         match event {
-            StoreEvent::Revocation(e) => {
+            StoreEvent::Revocation { epoch, event: e } => {
+                if epoch != self.table.epoch() {
+                    // An epoch this node has not switched to (or left): the head decides.
+                    return self.poll().await;
+                }
                 let applied = self.table.applied();
                 if e.seq <= applied {
                     return Ok(());
@@ -112,8 +144,7 @@ impl Follower {
                 }
                 // A gap: something was announced before we saw its predecessors.
                 tracing::debug!(seq = e.seq, applied, "gap in revocation feed; reading log");
-                let head = self.store.head().await?;
-                self.catch_up(head, true).await
+                self.poll().await
             }
             StoreEvent::KeysChanged { version } => {
                 if version > self.keys.with_ring(|r| r.version) {
@@ -129,28 +160,155 @@ impl Follower {
     /// One proof of freshness: the head, anything missing, and the keys if they moved.
     async fn poll(&self) -> Result<(), StoreError> {
         let started = now_ms();
-        let head = self.store.head().await?;
-        if head.revocation_seq < self.table.applied() {
-            // The store lost acknowledged revocations (e.g. Redis restarted without its
-            // AOF). Nothing this node could answer would be safe: stay stale, loudly.
-            return Err(StoreError::Unavailable(format!(
-                "the store's revocation log went back from seq {} to {}; restart this node \
-                 after checking the store's persistence",
-                self.table.applied(),
-                head.revocation_seq
-            )));
+        let feed_was_live = self.store.feed_live();
+        let mut head = self.store.head().await?;
+        if head.epoch == self.table.epoch() && head.revocation_seq < self.table.applied() {
+            // The store went back within one epoch without noticing (someone rewrote its
+            // state): proof of loss. Close the epoch; the change below restores.
+            tracing::error!(
+                applied = self.table.applied(),
+                store = head.revocation_seq,
+                "the store's revocation seq went back; closing its epoch"
+            );
+            head = self
+                .store
+                .bump_epoch(NewAudit {
+                    actor: "latch".into(),
+                    action: "store_epoch_bump".into(),
+                    target: "store".into(),
+                    reason: format!(
+                        "revocation seq went back from {} to {} in one epoch",
+                        self.table.applied(),
+                        head.revocation_seq
+                    ),
+                    request_id: String::new(),
+                })
+                .await?;
         }
-        if head.revocation_seq > self.table.applied() {
-            self.catch_up(head, true).await?;
+        if head.epoch != self.table.epoch() {
+            self.change_epoch(&head).await?;
+        } else if head.revocation_seq > self.table.applied() {
+            self.catch_up(&head, true).await?;
         }
+        self.write_back().await?;
         if head.keys_version > self.keys.with_ring(|r| r.version) {
             self.keys
                 .reload()
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
+        if !(feed_was_live && self.store.feed_live()) {
+            return Err(StoreError::Unavailable(
+                "announcement subscription is down".into(),
+            ));
+        }
         self.table.mark_fresh(started);
         Ok(())
+    }
+
+    /// Switches to the store's new epoch: lowers `applied` to what the store still has,
+    /// switches, reads the log, and queues what this node holds above the old epoch's
+    /// closing seq for writing back.
+    async fn change_epoch(&self, head: &Head) -> Result<(), StoreError> {
+        let old = self.table.epoch();
+        let applied = self.table.applied();
+        let closed_at = head
+            .closed
+            .iter()
+            .find(|c| c.id == old)
+            .map(|c| c.closed_at);
+        // Entries above the closing seq were lost by the store (or are this node's own
+        // writes in the new epoch: writing those again is a harmless duplicate). If the
+        // old epoch is unknown to the store, every stamp of it is invalid and nothing
+        // needs restoring.
+        if let Some(c) = closed_at {
+            let now = now_ms();
+            let held: Vec<Restore> = self
+                .table
+                .entries_above(c)
+                .into_iter()
+                .filter(|(_, _, expires)| *expires == 0 || *expires > now)
+                .map(|(kind, value, _)| Restore {
+                    kind,
+                    value,
+                    reason: format!("restored: epoch {old:016x} closed at seq {c}, below it"),
+                })
+                .collect();
+            if !held.is_empty() {
+                self.restore
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(held);
+            }
+        }
+        let base = closed_at
+            .unwrap_or(applied)
+            .min(applied)
+            .min(head.revocation_seq);
+        self.table.lower_applied(base);
+        self.table.set_epochs(Epochs::new(head.epoch, &head.closed));
+        metrics::counter!(m::STORE_EPOCH_CHANGES).increment(1);
+        tracing::warn!(
+            old = %format!("{old:016x}"),
+            new = %format!("{:016x}", head.epoch),
+            old_closed_at = ?closed_at,
+            applied,
+            store_seq = head.revocation_seq,
+            "store epoch changed; rereading the revocation log"
+        );
+        self.catch_up(head, true).await
+    }
+
+    /// Writes back the revocations the store lost, as new revocations in the open epoch.
+    async fn write_back(&self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut *self.restore.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut done = 0;
+        let mut result = Ok(());
+        for r in &pending {
+            let rev = NewRevocation {
+                kind: r.kind,
+                value: r.value.clone(),
+                reason: r.reason.clone(),
+                actor: "latch".into(),
+                request_id: String::new(),
+            };
+            match self.store.append_revocation(rev).await {
+                Ok(event) => {
+                    self.table.insert(&event);
+                    done += 1;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if done > 0 {
+            metrics::counter!(m::REVOCATIONS_RESTORED).increment(done as u64);
+            tracing::warn!(count = done, "revocations the store lost written back");
+            let audit = NewAudit {
+                actor: "latch".into(),
+                action: "revocation_restored".into(),
+                target: "store".into(),
+                reason: format!(
+                    "{done} revocation(s) this node held above the closed epoch written back"
+                ),
+                request_id: String::new(),
+            };
+            if let Err(e) = self.store.append_audit(audit).await {
+                tracing::warn!(error = %e, "audit of restored revocations failed");
+            }
+        }
+        if done < pending.len() {
+            self.restore
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(pending.into_iter().skip(done));
+        }
+        result
     }
 
     /// Runs until `shutdown` fires.
@@ -158,6 +316,8 @@ impl Follower {
         let mut feed = self.store.subscribe();
         let mut poll = tokio::time::interval(self.config.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fast = tokio::time::interval(FEED_DOWN_POLL);
+        fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let mut store_up = true;
         loop {
@@ -175,6 +335,8 @@ impl Follower {
                     }
                 },
                 _ = poll.tick() => self.poll().await,
+                _ = fast.tick(), if !self.store.feed_live() => self.poll().await,
+                _ = self.table.check_requested() => self.poll().await,
                 _ = sweep.tick() => {
                     let now = now_ms();
                     let removed = self.table.sweep(now);
@@ -206,6 +368,7 @@ impl Follower {
     fn update_gauges(&self, store_up: bool) {
         let now = now_ms();
         metrics::gauge!(m::STORE_UP).set(if store_up { 1.0 } else { 0.0 });
+        metrics::gauge!(m::STORE_FEED_UP).set(if self.store.feed_live() { 1.0 } else { 0.0 });
         metrics::gauge!(m::TABLE_ENTRIES).set(self.table.len() as f64);
         let age = self.table.age_ms(now);
         metrics::gauge!(m::STATE_AGE).set(if age == i64::MAX {

@@ -1,24 +1,86 @@
 //! The session-version table (SPEC §5): for each (kind, value) the highest revocation seq,
-//! the gapless `applied` watermark that new tokens are stamped with (`rsq`), and how fresh
-//! this node's view of the durable log is.
+//! the gapless `applied` watermark that new tokens are stamped with (`rsq`), the store's
+//! epochs (the stamp's `rse`), and how fresh this node's view of the durable log is.
 //!
-//! A token is revoked iff an entry for its jti, sid, sub or client_id, or the `all` entry,
-//! has a seq greater than its `rsq`. Entries may be inserted ahead of `applied` (the node
-//! that took a revocation applies it at once); that only ever revokes more, never less.
+//! A stamp `(rse, rsq)` is valid iff `rse` is an epoch the store knows and `rsq` is at or
+//! below that epoch's closing seq (for the open epoch: at or below `applied`). Given a
+//! valid stamp, a token is revoked iff an entry for its jti, sid, sub or client_id, or the
+//! `all` entry, has a seq greater than its `rsq`: seqs never go back across epochs, so
+//! every valid stamp of a closed epoch is below every seq of a later one. Entries may be
+//! inserted ahead of `applied` (the node that took a revocation applies it at once); that
+//! only ever revokes more, never less.
 //!
 //! **Architecture Invariant:** nothing here does IO or reads the clock; `follower.rs` feeds
 //! the table and tells it the time.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use tokio::sync::{watch, Notify};
 
 /// A concurrent map with a fast, per-process seeded hasher.
 type Map<V> = DashMap<Box<str>, V, foldhash::fast::RandomState>;
 
-use crate::store::{RevocationEvent, RevocationKind};
+use crate::store::{ClosedEpoch, RevocationEvent, RevocationKind};
 
 pub mod follower;
+
+/// Epoch ids in tokens and records: 16 lower-case hex digits. Absent (old tokens) is 0,
+/// which is never an epoch, so such stamps are invalid.
+pub mod epoch_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{id:016x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        if text.len() != 16 {
+            return Err(serde::de::Error::custom("an epoch is 16 hex digits"));
+        }
+        u64::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The store's epochs as this node last saw them.
+#[derive(Debug, Default)]
+pub struct Epochs {
+    /// The open epoch (0: not loaded yet; nothing is valid).
+    pub current: u64,
+    /// Closed epochs and the seq each was closed at.
+    pub closed: HashMap<u64, u64>,
+    /// Epochs this node saw that the store no longer knows (its state was lost): stamps
+    /// of them are stale at once, without waiting for a newer view.
+    pub forgotten: HashSet<u64>,
+}
+
+impl Epochs {
+    pub fn new(current: u64, closed: &[ClosedEpoch]) -> Epochs {
+        Epochs {
+            current,
+            closed: closed.iter().map(|c| (c.id, c.closed_at)).collect(),
+            forgotten: HashSet::new(),
+        }
+    }
+}
+
+/// What the table says about a stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and not revoked.
+    Live,
+    Revoked,
+    /// Of an epoch that was closed below the stamp, or no epoch at all: the store never
+    /// confirmed this stamp, or lost the history it was issued from. Inactive forever.
+    StaleEpoch,
+    /// Above what this node has applied, or of an epoch it does not know (yet): the node
+    /// may be behind. Callers may wait for the follower ([`Table::wait_for`]) and ask again.
+    StampAhead,
+}
 
 /// One table entry: the newest revocation of a (kind, value), kept until every token it
 /// could match has expired.
@@ -68,10 +130,12 @@ pub struct Stamp<'a> {
     pub sub: &'a str,
     pub client_id: &'a str,
     pub rsq: u64,
+    /// The epoch of `rsq`.
+    pub rse: u64,
 }
 
 /// The table. Shared by `Arc`; every method takes `&self`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Table {
     tokens: Map<Entry>,
     sessions: Map<Entry>,
@@ -85,14 +149,44 @@ pub struct Table {
     /// head (0: never). Requests fail closed once this is older than `max_staleness`.
     fresh_at_ms: AtomicI64,
     retention: Retention,
+    /// The store's epochs. Changed only by the follower, after lowering `applied`.
+    epochs: ArcSwap<Epochs>,
+    /// Ticks whenever `applied` or the epochs change, for requests waiting on a stamp.
+    changed: watch::Sender<u64>,
+    /// Asks the follower for a head check now (a request saw a stamp ahead of it).
+    check: Notify,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        Table::new(Retention::default())
+    }
 }
 
 impl Table {
     pub fn new(retention: Retention) -> Table {
         Table {
+            tokens: Map::default(),
+            sessions: Map::default(),
+            subjects: Map::default(),
+            clients: Map::default(),
+            all: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            fresh_at_ms: AtomicI64::new(0),
             retention,
-            ..Table::default()
+            epochs: ArcSwap::from_pointee(Epochs::default()),
+            changed: watch::channel(0).0,
+            check: Notify::new(),
         }
+    }
+
+    /// A table already in `epoch` with everything up to `applied` applied: for tests and
+    /// benches that need valid stamps without a store.
+    pub fn with_epoch(retention: Retention, epoch: u64, applied: u64) -> Table {
+        let t = Table::new(retention);
+        t.set_epochs(Epochs::new(epoch, &[]));
+        t.set_applied(applied);
+        t
     }
 
     pub fn retention(&self) -> Retention {
@@ -132,14 +226,142 @@ impl Table {
             .or_insert(entry);
     }
 
-    /// Whether a token with this stamp is revoked.
+    /// Whether a token with this stamp is revoked, or its stamp is not (yet) valid here:
+    /// anything but [`Verdict::Live`] is inactive.
     pub fn is_revoked(&self, t: &Stamp<'_>) -> bool {
+        self.verdict(t) != Verdict::Live
+    }
+
+    /// The stamp's validity, then the revocation comparison.
+    pub fn verdict(&self, t: &Stamp<'_>) -> Verdict {
+        let validity = self.validity(t.rse, t.rsq);
+        if validity != Verdict::Live {
+            return validity;
+        }
         let newer = |map: &Map<Entry>, v: &str| map.get(v).is_some_and(|e| e.seq > t.rsq);
-        self.all.load(Ordering::Acquire) > t.rsq
+        let revoked = self.all.load(Ordering::Acquire) > t.rsq
             || newer(&self.tokens, t.jti)
             || newer(&self.subjects, t.sub)
             || newer(&self.clients, t.client_id)
-            || t.sid.is_some_and(|sid| newer(&self.sessions, sid))
+            || t.sid.is_some_and(|sid| newer(&self.sessions, sid));
+        if revoked {
+            Verdict::Revoked
+        } else {
+            Verdict::Live
+        }
+    }
+
+    /// Whether `(rse, rsq)` is a stamp the store confirmed (Live), never will (StaleEpoch),
+    /// or this node cannot tell yet (StampAhead).
+    pub fn validity(&self, rse: u64, rsq: u64) -> Verdict {
+        if rse == 0 {
+            return Verdict::StaleEpoch;
+        }
+        let epochs = self.epochs.load();
+        if rse == epochs.current {
+            return if rsq <= self.applied() {
+                Verdict::Live
+            } else {
+                Verdict::StampAhead
+            };
+        }
+        match epochs.closed.get(&rse) {
+            Some(&closed_at) if rsq <= closed_at => Verdict::Live,
+            Some(_) => Verdict::StaleEpoch,
+            None if epochs.forgotten.contains(&rse) => Verdict::StaleEpoch,
+            None => Verdict::StampAhead,
+        }
+    }
+
+    /// The stamp for a token issued now: the open epoch and `applied`, read consistently
+    /// (the follower lowers `applied` before it switches epochs, so a torn read can only
+    /// pair the old epoch with a lower seq, a valid and conservative stamp).
+    pub fn stamp_now(&self) -> (u64, u64) {
+        // Epoch changes are rare; a few tries always suffice in practice.
+        for _ in 0..16 {
+            let before = self.epochs.load().current;
+            let applied = self.applied();
+            if self.epochs.load().current == before {
+                return (before, applied);
+            }
+        }
+        // Still racing: seq 0 of the current epoch is always valid and stamps low.
+        (self.epochs.load().current, 0)
+    }
+
+    /// The open epoch as this node knows it.
+    pub fn epoch(&self) -> u64 {
+        self.epochs.load().current
+    }
+
+    /// The closing seq of `epoch` if this node knows it as closed.
+    pub fn closed_at(&self, epoch: u64) -> Option<u64> {
+        self.epochs.load().closed.get(&epoch).copied()
+    }
+
+    /// Switches to the store's epochs (the follower, after [`Table::lower_applied`]).
+    /// Epochs this node knew that the new view lacks are remembered as forgotten.
+    pub fn set_epochs(&self, mut epochs: Epochs) {
+        let old = self.epochs.load();
+        let known = |id: &u64| *id != 0 && *id != epochs.current && !epochs.closed.contains_key(id);
+        let lost: Vec<u64> = std::iter::once(old.current)
+            .chain(old.closed.keys().copied())
+            .chain(old.forgotten.iter().copied())
+            .filter(known)
+            .collect();
+        epochs.forgotten.extend(lost);
+        self.epochs.store(Arc::new(epochs));
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Moves `applied` down to `seq` if it is above (an epoch change: lower is safe).
+    pub fn lower_applied(&self, seq: u64) {
+        self.applied.fetch_min(seq, Ordering::AcqRel);
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Every (kind, value) with an entry above `seq`: what a node still holds of a
+    /// history the store lost.
+    pub fn entries_above(&self, seq: u64) -> Vec<(RevocationKind, String, i64)> {
+        let mut out = Vec::new();
+        if self.all.load(Ordering::Acquire) > seq {
+            out.push((RevocationKind::All, String::new(), 0));
+        }
+        for kind in RevocationKind::ALL {
+            if let Some(map) = self.map(kind) {
+                for e in map.iter().filter(|e| e.seq > seq) {
+                    out.push((kind, e.key().to_string(), e.expires_at_ms));
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until `(rse, rsq)` is no longer [`Verdict::StampAhead`] or `timeout` passes,
+    /// asking the follower for a head check first. Returns the final validity.
+    pub async fn wait_for(&self, rse: u64, rsq: u64, timeout: std::time::Duration) -> Verdict {
+        let mut changed = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        // At most one wake-up per change; the deadline bounds the loop in time.
+        for _ in 0..64 {
+            let v = self.validity(rse, rsq);
+            if v != Verdict::StampAhead {
+                return v;
+            }
+            self.check.notify_one();
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                break;
+            }
+        }
+        self.validity(rse, rsq)
+    }
+
+    /// Resolves when a request asked for a head check.
+    pub async fn check_requested(&self) {
+        self.check.notified().await
     }
 
     /// Whether revocation `kind:value` already covers tokens stamped `rsq`.
@@ -157,7 +379,9 @@ impl Table {
 
     /// Advances the watermark (never moves it back).
     pub fn set_applied(&self, seq: u64) {
-        self.applied.fetch_max(seq, Ordering::AcqRel);
+        if self.applied.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     pub fn mark_fresh(&self, at_ms: i64) {
@@ -214,6 +438,8 @@ mod tests {
         }
     }
 
+    const E: u64 = 0xe1;
+
     fn stamp<'a>(rsq: u64) -> Stamp<'a> {
         Stamp {
             jti: "j1",
@@ -221,7 +447,12 @@ mod tests {
             sub: "alice",
             client_id: "app",
             rsq,
+            rse: E,
         }
+    }
+
+    fn table() -> Table {
+        Table::with_epoch(TEST_RETENTION, E, 100)
     }
 
     #[test]
@@ -234,7 +465,7 @@ mod tests {
             (RevocationKind::All, ""),
         ];
         for (kind, value) in cases {
-            let t = Table::new(TEST_RETENTION);
+            let t = table();
             t.insert(&ev(5, kind, value, 0));
             assert!(t.is_revoked(&stamp(4)), "{kind:?} must revoke rsq 4");
             assert!(!t.is_revoked(&stamp(5)), "{kind:?} must spare rsq 5");
@@ -244,7 +475,7 @@ mod tests {
 
     #[test]
     fn other_values_are_not_touched() {
-        let t = Table::new(TEST_RETENTION);
+        let t = table();
         t.insert(&ev(9, RevocationKind::Subject, "bob", 0));
         t.insert(&ev(10, RevocationKind::Session, "s2", 0));
         assert!(!t.is_revoked(&stamp(1)));
@@ -257,7 +488,7 @@ mod tests {
 
     #[test]
     fn keeps_the_highest_seq_and_sweeps_expired_entries() {
-        let t = Table::new(TEST_RETENTION);
+        let t = table();
         t.insert(&ev(7, RevocationKind::Subject, "alice", 100));
         t.insert(&ev(3, RevocationKind::Subject, "alice", 50));
         assert!(t.is_revoked(&stamp(6)));
@@ -270,10 +501,14 @@ mod tests {
 
     #[test]
     fn session_kinds_outlive_token_entries() {
-        let t = Table::new(Retention {
-            token_ms: 100,
-            session_ms: 1000,
-        });
+        let t = Table::with_epoch(
+            Retention {
+                token_ms: 100,
+                session_ms: 1000,
+            },
+            E,
+            100,
+        );
         t.insert(&ev(1, RevocationKind::Token, "j1", 0));
         t.insert(&ev(2, RevocationKind::Subject, "alice", 0));
         assert_eq!(t.sweep(100), 1);
@@ -293,5 +528,108 @@ mod tests {
         t.set_applied(4);
         t.set_applied(2);
         assert_eq!(t.applied(), 4);
+    }
+
+    #[test]
+    fn stamps_are_valid_only_within_what_the_store_confirmed() {
+        let t = Table::with_epoch(TEST_RETENTION, E, 5);
+        assert_eq!(t.verdict(&stamp(5)), Verdict::Live);
+        // Above what this node applied: it may be behind.
+        assert_eq!(t.verdict(&stamp(6)), Verdict::StampAhead);
+        // No epoch (a token from before epochs): never valid.
+        assert_eq!(
+            t.verdict(&Stamp { rse: 0, ..stamp(1) }),
+            Verdict::StaleEpoch
+        );
+        // An epoch this node does not know yet.
+        assert_eq!(
+            t.verdict(&Stamp {
+                rse: 0xe2,
+                ..stamp(1)
+            }),
+            Verdict::StampAhead
+        );
+        // The store closed E at 3 (it lost 4 and 5) and opened E2 from 3.
+        t.lower_applied(3);
+        t.set_epochs(Epochs::new(
+            0xe2,
+            &[ClosedEpoch {
+                id: E,
+                closed_at: 3,
+            }],
+        ));
+        assert_eq!(t.verdict(&stamp(3)), Verdict::Live);
+        assert_eq!(t.verdict(&stamp(4)), Verdict::StaleEpoch);
+        assert_eq!(t.verdict(&stamp(5)), Verdict::StaleEpoch);
+        assert_eq!(t.stamp_now(), (0xe2, 3));
+        // Seqs of the new epoch continue above the closed one: a new revocation
+        // covers every valid stamp of E, and a lost-and-forgotten seq stays dead.
+        t.insert(&ev(4, RevocationKind::Subject, "alice", 0));
+        t.set_applied(4);
+        assert_eq!(t.verdict(&stamp(3)), Verdict::Revoked);
+        assert_eq!(
+            t.verdict(&Stamp {
+                rse: 0xe2,
+                ..stamp(4)
+            }),
+            Verdict::Live
+        );
+        assert_eq!(t.verdict(&stamp(4)), Verdict::StaleEpoch);
+        // The store lost its state (FLUSHALL): a new epoch with no history. Every epoch
+        // this node knew is forgotten: stale at once, no waiting.
+        t.set_epochs(Epochs::new(0xe3, &[]));
+        assert_eq!(t.verdict(&stamp(3)), Verdict::StaleEpoch);
+        assert_eq!(
+            t.verdict(&Stamp {
+                rse: 0xe2,
+                ..stamp(4)
+            }),
+            Verdict::StaleEpoch
+        );
+        assert_eq!(
+            t.verdict(&Stamp {
+                rse: 0xe4,
+                ..stamp(1)
+            }),
+            Verdict::StampAhead
+        );
+    }
+
+    #[test]
+    fn entries_above_a_seq_are_what_a_node_can_restore() {
+        let t = table();
+        t.insert(&ev(2, RevocationKind::Subject, "old", 0));
+        t.insert(&ev(4, RevocationKind::Token, "j9", 0));
+        t.insert(&ev(5, RevocationKind::All, "", 0));
+        let mut held: Vec<_> = t
+            .entries_above(3)
+            .into_iter()
+            .map(|(k, v, _)| (k, v))
+            .collect();
+        held.sort_by_key(|(k, _)| k.as_str());
+        assert_eq!(
+            held,
+            [
+                (RevocationKind::All, String::new()),
+                (RevocationKind::Token, "j9".to_string())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_the_follower_then_gives_up() {
+        let t = Arc::new(Table::with_epoch(TEST_RETENTION, E, 5));
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.wait_for(E, 7, std::time::Duration::from_secs(30)).await })
+        };
+        // The follower is asked for a check; it applies up to 7.
+        tokio::time::timeout(std::time::Duration::from_secs(30), t.check_requested())
+            .await
+            .unwrap();
+        t.set_applied(7);
+        assert_eq!(waiter.await.unwrap(), Verdict::Live);
+        let bound = std::time::Duration::from_millis(20);
+        assert_eq!(t.wait_for(E, 8, bound).await, Verdict::StampAhead);
     }
 }

@@ -85,6 +85,7 @@ mod tests {
             aud: "https://x".into(),
             username: None,
             rsq: 3,
+            rse: 7,
             issued_at_ms: 1,
             expires_at_ms: 2,
             mac: None,

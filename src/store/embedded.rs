@@ -3,9 +3,14 @@
 //! One process owns a data directory at a time (an advisory lock on `latch.lock`). All
 //! statements run on the blocking pool under one mutex, which also orders announcements:
 //! a revocation is committed, then announced, before the next one gets its seq.
+//!
+//! Every open closes the open epoch at the database's seq and opens a new one: a data
+//! directory replaced by an older copy thereby closes the copy's epoch at the copy's seq,
+//! and every stamp issued after the copy was taken is invalid for good.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -13,12 +18,12 @@ use tokio::sync::broadcast;
 
 use super::{
     decode_refresh as decode, encode_refresh as encode, revocation_target, AuditRecord, BoxFuture,
-    Head, KeySet, NewAudit, NewRevocation, RefreshRecord, RevocationEvent, RevocationKind,
-    Rotation, Store, StoreError, StoreEvent, StoredKey,
+    ClosedEpoch, Head, KeySet, NewAudit, NewRevocation, RefreshRecord, RevocationEvent,
+    RevocationKind, Rotation, Store, StoreError, StoreEvent, StoredKey,
 };
 use crate::time::now_ms;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS revocations (
@@ -56,6 +61,12 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS epochs (
+    id TEXT PRIMARY KEY,
+    opened_ms INTEGER NOT NULL,
+    start_seq INTEGER NOT NULL,
+    closed_at INTEGER
+);
 ";
 
 /// SQLite-backed [`Store`]. Cheap to clone.
@@ -69,6 +80,8 @@ struct Inner {
     conn: Mutex<Connection>,
     /// Announcements, sent while `conn` is held so they leave in commit order.
     events: broadcast::Sender<StoreEvent>,
+    /// The open epoch; changed only under `conn`.
+    epoch: AtomicU64,
     /// Held for the life of the store: the advisory lock on the data directory.
     _lock: File,
 }
@@ -93,7 +106,7 @@ impl EmbeddedStore {
                 dir.display()
             ))
         })?;
-        let conn = Connection::open(db_path(dir))
+        let mut conn = Connection::open(db_path(dir))
             .map_err(|e| StoreError::Open(format!("open database: {e}")))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
@@ -110,11 +123,17 @@ impl EmbeddedStore {
         conn.execute_batch(SCHEMA)
             .and_then(|_| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
             .map_err(|e| StoreError::Open(format!("create schema: {e}")))?;
+        // Every open is a new epoch: this process cannot know whether the directory is
+        // the one it last wrote (it may be an older copy).
+        let epoch = open_epoch(&mut conn, None)
+            .map_err(|e| StoreError::Open(format!("open epoch: {e}")))?;
+        tracing::info!(epoch = %format!("{epoch:016x}"), "store epoch opened");
         let (events, _) = broadcast::channel(4096);
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 events,
+                epoch: AtomicU64::new(epoch),
                 _lock: lock,
             }),
         })
@@ -157,6 +176,73 @@ fn insert_audit(tx: &Connection, a: &NewAudit, time_ms: i64) -> rusqlite::Result
     Ok(tx.last_insert_rowid() as u64)
 }
 
+fn revocation_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    let seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM revocations", [], |r| {
+        r.get(0)
+    })?;
+    Ok(seq as u64)
+}
+
+/// Closes the open epoch at the current seq and opens a new one, with `audit` if given,
+/// in one transaction. Returns the new epoch's id.
+fn open_epoch(conn: &mut Connection, audit: Option<&NewAudit>) -> Result<u64, StoreError> {
+    let now = now_ms();
+    let id = super::new_epoch_id();
+    let tx = conn.transaction().map_err(unavailable)?;
+    let seq = revocation_seq(&tx).map_err(unavailable)? as i64;
+    tx.execute(
+        "UPDATE epochs SET closed_at = ?1 WHERE closed_at IS NULL",
+        params![seq],
+    )
+    .map_err(unavailable)?;
+    tx.execute(
+        "INSERT INTO epochs (id, opened_ms, start_seq, closed_at) VALUES (?1, ?2, ?3, NULL)",
+        params![format!("{id:016x}"), now, seq],
+    )
+    .map_err(unavailable)?;
+    let record = match audit {
+        Some(a) => Some(a.recorded(insert_audit(&tx, a, now).map_err(unavailable)?, now)),
+        None => None,
+    };
+    tx.commit().map_err(unavailable)?;
+    if let Some(r) = &record {
+        crate::audit::log(r);
+    }
+    Ok(id)
+}
+
+/// The closed epochs, oldest first.
+fn closed_epochs(conn: &Connection) -> Result<Vec<ClosedEpoch>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, closed_at FROM epochs WHERE closed_at IS NOT NULL ORDER BY opened_ms",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, closed_at) = row.map_err(unavailable)?;
+        let id = u64::from_str_radix(&id, 16)
+            .map_err(|_| StoreError::Unavailable(format!("corrupt epoch id {id:?}")))?;
+        out.push(ClosedEpoch {
+            id,
+            closed_at: closed_at as u64,
+        });
+    }
+    Ok(out)
+}
+
+fn head_of(conn: &Connection, epoch: u64) -> Result<Head, StoreError> {
+    Ok(Head {
+        revocation_seq: revocation_seq(conn).map_err(unavailable)?,
+        keys_version: keys_version(conn).map_err(unavailable)?,
+        epoch,
+        closed: closed_epochs(conn)?,
+    })
+}
+
 fn keys_version(conn: &Connection) -> rusqlite::Result<u64> {
     let v: Option<i64> = conn
         .query_row(
@@ -177,6 +263,8 @@ impl Store for EmbeddedStore {
         &self,
         rev: NewRevocation,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        let inner_epoch = self.inner.clone();
+        let inner_epoch = move || inner_epoch.epoch.load(Ordering::Acquire);
         self.with_conn(move |conn, events| {
             let now = now_ms();
             let tx = conn.transaction().map_err(unavailable)?;
@@ -203,7 +291,10 @@ impl Store for EmbeddedStore {
                 value: rev.value,
                 revoked_at_ms: now,
             };
-            let _ = events.send(StoreEvent::Revocation(event.clone()));
+            let _ = events.send(StoreEvent::Revocation {
+                epoch: inner_epoch(),
+                event: event.clone(),
+            });
             Ok(event)
         })
     }
@@ -238,16 +329,16 @@ impl Store for EmbeddedStore {
     }
 
     fn head(&self) -> BoxFuture<'_, Result<Head, StoreError>> {
-        self.with_conn(|conn, _| {
-            let seq: i64 = conn
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM revocations", [], |r| {
-                    r.get(0)
-                })
-                .map_err(unavailable)?;
-            Ok(Head {
-                revocation_seq: seq as u64,
-                keys_version: keys_version(conn).map_err(unavailable)?,
-            })
+        let inner = self.inner.clone();
+        self.with_conn(move |conn, _| head_of(conn, inner.epoch.load(Ordering::Acquire)))
+    }
+
+    fn bump_epoch(&self, audit: NewAudit) -> BoxFuture<'_, Result<Head, StoreError>> {
+        let inner = self.inner.clone();
+        self.with_conn(move |conn, _| {
+            let epoch = open_epoch(conn, Some(&audit))?;
+            inner.epoch.store(epoch, Ordering::Release);
+            head_of(conn, epoch)
         })
     }
 
@@ -503,7 +594,7 @@ mod tests {
                 .unwrap();
             assert_eq!((a.seq, b.seq), (1, 2));
             match feed.recv().await.unwrap() {
-                StoreEvent::Revocation(e) => assert_eq!(e, a),
+                StoreEvent::Revocation { event, .. } => assert_eq!(event, a),
                 other => panic!("unexpected {other:?}"),
             }
             let audit = store.audit_after(0, 10).await.unwrap();
@@ -517,6 +608,46 @@ mod tests {
         assert_eq!(all[0].value, "alice");
         let later = store.revocations_after(1, 0, 100).await.unwrap();
         assert_eq!(later.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    }
+
+    #[tokio::test]
+    async fn every_open_closes_the_epoch_at_the_databases_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store
+                .append_revocation(rev(RevocationKind::Subject, "a"))
+                .await
+                .unwrap();
+            store.head().await.unwrap()
+        };
+        assert!(first.closed.is_empty());
+        // An older copy of the directory, taken now.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(db_path(dir.path()), db_path(copy.path())).unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store
+                .append_revocation(rev(RevocationKind::Subject, "b"))
+                .await
+                .unwrap();
+        }
+        // The copy comes back: its epoch closes at its own seq (1), so stamps issued
+        // after the copy was taken (seq 2) are invalid; seqs continue from 1.
+        let store = EmbeddedStore::open(copy.path()).unwrap();
+        let head = store.head().await.unwrap();
+        assert_ne!(head.epoch, first.epoch);
+        assert_eq!(
+            head.closed,
+            [ClosedEpoch {
+                id: first.epoch,
+                closed_at: 1
+            }]
+        );
+        let bumped = store.bump_epoch(NewAudit::default()).await.unwrap();
+        assert_ne!(bumped.epoch, head.epoch);
+        assert_eq!(bumped.closed.len(), 2);
+        assert_eq!(bumped.closed[1].closed_at, 1);
     }
 
     #[tokio::test]
@@ -562,6 +693,7 @@ mod tests {
             aud: "https://api".into(),
             username: None,
             rsq: 3,
+            rse: 1,
             issued_at_ms: now_ms(),
             expires_at_ms: now_ms() + 60_000,
             mac: None,

@@ -130,6 +130,9 @@ pub struct RefreshRecord {
     /// The session's revocation stamp, inherited by every refresh token of the session:
     /// a revocation of the session, subject or client after it opened kills the chain.
     pub rsq: u64,
+    /// The epoch of `rsq` (absent in records from before epochs: such a record is dead).
+    #[serde(default, with = "crate::revocation::epoch_hex")]
+    pub rse: u64,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
     /// HMAC-SHA256 (key derived from the KEK) over the token hash and this record's JSON
@@ -166,19 +169,79 @@ pub struct KeySet {
 }
 
 /// How far the durable state goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Head {
-    /// Highest revocation seq assigned.
+    /// Highest revocation seq that nodes may apply and stamp tokens with: assigned and,
+    /// where `store.min_replicas_ack > 0`, confirmed on that many replicas.
     pub revocation_seq: u64,
     /// Version of the key set.
     pub keys_version: u64,
+    /// The open epoch: a random id, created atomically with the seq counter.
+    pub epoch: u64,
+    /// Every closed epoch this store knows, with the seq it was closed at. A stamp
+    /// `(e, n)` of a closed epoch is valid iff `n <= closed_at`.
+    pub closed: Vec<ClosedEpoch>,
+}
+
+/// An epoch that ended: the store restarted, failed over, lost data or was recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedEpoch {
+    pub id: u64,
+    pub closed_at: u64,
+}
+
+/// A fresh epoch id: 64 random bits, never 0 (0 marks "no epoch" in stamps).
+pub fn new_epoch_id() -> u64 {
+    use ring::rand::{SecureRandom, SystemRandom};
+    loop {
+        let mut bytes = [0u8; 8];
+        // SystemRandom fails only if the OS has no randomness, where nothing is safe anyway.
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .expect("operating system randomness");
+        let id = u64::from_be_bytes(bytes);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// `closed` as stored in Redis and printed in logs: `id:closed_at,...`, ids in hex.
+pub fn format_closed(closed: &[ClosedEpoch]) -> String {
+    closed
+        .iter()
+        .map(|c| format!("{:016x}:{}", c.id, c.closed_at))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The inverse of [`format_closed`]; malformed items are an error (fail closed).
+pub fn parse_closed(text: &str) -> Result<Vec<ClosedEpoch>, StoreError> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (id, at) = item.split_once(':').unwrap_or((item, ""));
+            match (u64::from_str_radix(id, 16), at.parse()) {
+                (Ok(id), Ok(closed_at)) => Ok(ClosedEpoch { id, closed_at }),
+                _ => Err(StoreError::Unavailable(format!(
+                    "corrupt epoch list item {item:?}"
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// What the feed announces. Announcements are hints for speed; [`Store::head`] is the truth.
 #[derive(Debug, Clone)]
 pub enum StoreEvent {
-    Revocation(RevocationEvent),
-    KeysChanged { version: u64 },
+    /// A revocation of epoch `epoch`; a follower in another epoch reads the head instead.
+    Revocation {
+        epoch: u64,
+        event: RevocationEvent,
+    },
+    KeysChanged {
+        version: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +279,20 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<RevocationEvent>, StoreError>>;
 
+    /// How far the log goes, and the epochs. Also where a store notices that it lost
+    /// history (Redis restarted or failed over, the state key is gone) and opens a new
+    /// epoch before answering.
     fn head(&self) -> BoxFuture<'_, Result<Head, StoreError>>;
+
+    /// Closes the open epoch at the current seq and opens a new one, with an audit
+    /// record (`store_recover`). The operator's step after restoring a backup.
+    fn bump_epoch(&self, audit: NewAudit) -> BoxFuture<'_, Result<Head, StoreError>>;
+
+    /// Whether announcements are being received right now (embedded: always). A node
+    /// is fresh only while its feed is live, so the propagation bound holds.
+    fn feed_live(&self) -> bool {
+        true
+    }
 
     /// Drops revocations recorded before `before_ms` from the log (never the newest, and
     /// never the seq counter): no live token can match them, and no node needs them to

@@ -102,6 +102,7 @@ mod tests {
                 act: None,
                 username: None,
                 rsq: 0,
+                rse: 0,
             }),
         }
     }

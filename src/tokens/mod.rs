@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use crate::keys::{KeyRefusal, KeyRing, Signer};
-use crate::revocation::{Stamp, Table};
+use crate::revocation::{Stamp, Table, Verdict};
 
 /// `typ` of every access token (RFC 9068 §2.1).
 pub const TYP: &str = "at+jwt";
@@ -47,6 +47,10 @@ pub struct AccessClaims {
     pub username: Option<String>,
     /// Revocation stamp: the issuing node's `applied` watermark (SPEC §5).
     pub rsq: u64,
+    /// The store epoch of `rsq`, 16 hex digits. Tokens without it (issued before epochs
+    /// existed) are inactive.
+    #[serde(default, with = "crate::revocation::epoch_hex")]
+    pub rse: u64,
 }
 
 impl AccessClaims {
@@ -57,6 +61,7 @@ impl AccessClaims {
             sub: &self.sub,
             client_id: &self.client_id,
             rsq: self.rsq,
+            rse: self.rse,
         }
     }
 }
@@ -77,6 +82,11 @@ pub enum Reason {
     Expired,
     NotYetValid,
     Revoked,
+    /// The stamp's epoch was closed below it, or it has none: the store lost (or never
+    /// had) the history the token was stamped from.
+    StaleEpoch,
+    /// The stamp is above what this node could confirm, even after waiting for the store.
+    StampAhead,
     Audience,
     UnknownClient,
 }
@@ -97,6 +107,8 @@ impl Reason {
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",
             Reason::Revoked => "revoked",
+            Reason::StaleEpoch => "stale_epoch",
+            Reason::StampAhead => "stamp_ahead",
             Reason::Audience => "audience",
             Reason::UnknownClient => "unknown_client",
         }
@@ -189,10 +201,12 @@ impl Verifier<'_> {
     /// The full decision: authentic and not revoked.
     pub fn decide(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
         let claims = self.authentic(token)?;
-        if self.table.is_revoked(&claims.stamp()) {
-            return Err(Reason::Revoked);
+        match self.table.verdict(&claims.stamp()) {
+            Verdict::Live => Ok(claims),
+            Verdict::Revoked => Err(Reason::Revoked),
+            Verdict::StaleEpoch => Err(Reason::StaleEpoch),
+            Verdict::StampAhead => Err(Reason::StampAhead),
         }
-        Ok(claims)
     }
 }
 

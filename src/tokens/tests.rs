@@ -50,7 +50,14 @@ fn claims() -> AccessClaims {
         act: None,
         username: None,
         rsq: 3,
+        rse: EPOCH,
     }
+}
+
+const EPOCH: u64 = 0xabc;
+
+fn test_table() -> Table {
+    Table::with_epoch(crate::revocation::Retention::default(), EPOCH, 1000)
 }
 
 fn verifier<'a>(ring: &'a KeyRing, table: &'a Table) -> Verifier<'a> {
@@ -81,7 +88,7 @@ fn every_algorithm_signs_and_verifies() {
     for alg in [Alg::EdDSA, Alg::ES256, Alg::RS256] {
         let (r, _) = record(alg, KeyState::Active);
         let ring = KeyRing::build(1, vec![r], &kek());
-        let table = Table::default();
+        let table = test_table();
         let token = sign(ring.signer().unwrap(), &claims()).unwrap();
         let got = verifier(&ring, &table).decide(&token);
         assert_eq!(got.as_deref(), Ok(&claims()), "{alg:?}");
@@ -109,7 +116,7 @@ fn hostile_and_stale_tokens_are_inactive_with_the_right_reason() {
         ],
         &kek(),
     );
-    let table = Table::default();
+    let table = test_table();
     table.insert(&RevocationEvent {
         seq: 9,
         kind: RevocationKind::Subject,
@@ -265,6 +272,13 @@ fn hostile_and_stale_tokens_are_inactive_with_the_right_reason() {
             with(&|c| c.sub = "mallory".into()),
             Reason::Revoked,
         ),
+        ("no epoch", with(&|c| c.rse = 0), Reason::StaleEpoch),
+        ("stamp ahead", with(&|c| c.rsq = 1001), Reason::StampAhead),
+        (
+            "unknown epoch",
+            with(&|c| c.rse = 0xdef),
+            Reason::StampAhead,
+        ),
     ];
     let v = verifier(&ring, &table);
     assert!(v.decide(&good).is_ok());
@@ -297,7 +311,7 @@ fn ids_are_random_and_url_safe() {
 fn cached_tokens_are_checked_again_for_everything_that_can_change() {
     let (active, _) = record(Alg::EdDSA, KeyState::Active);
     let ring = KeyRing::build(1, vec![active.clone()], &kek());
-    let table = Table::default();
+    let table = test_table();
     let cache = VerifiedCache::new(100);
     let token = sign(ring.signer().unwrap(), &claims()).unwrap();
     let with_cache = |ring, table, now_ms| Verifier {
@@ -349,7 +363,7 @@ fn cached_tokens_are_checked_again_for_everything_that_can_change() {
     let mut tampered = token.clone();
     tampered.pop();
     tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
-    assert!(with_cache(&ring, &Table::default(), NOW_MS)
+    assert!(with_cache(&ring, &test_table(), NOW_MS)
         .decide(&tampered)
         .is_err());
 }

@@ -5,34 +5,46 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{latch}:rev:seq` | string | last revocation seq (INCR) |
+//! | `{latch}:rev:state` | hash | the revocation counter and its epochs: `epoch` (open, hex), `seq` (last assigned), `acked` (last confirmed on `min_replicas_ack` replicas), `run_id` (of the server that holds it), `closed` (`id:seq,...`), `start` |
+//! | `{latch}:rev:seq` | string | before epochs: the counter; read once as a floor when the state is created |
 //! | `{latch}:rev:log` | stream | revocations, entry id `<seq>-0`: kind, value, at (ms), reason, actor |
 //! | `{latch}:audit:seq` / `{latch}:audit:log` | string / stream | audit records, id `<seq>-0` |
 //! | `{latch}:keys` / `{latch}:keys:version` | hash / string | key records (opaque MAC'd JSON, see `keys::integrity`) by kid, and the manifest under `~manifest`; the key-set version |
 //!
-//! Announcements go to the channel `{latch}:events`, published from inside the same script
-//! that assigned the seq: Redis runs scripts one at a time, so announcements leave in seq
-//! order, and a revocation is never announced without being in the log.
+//! Announcements go to the channel `{latch}:events`, published from inside the script
+//! that makes a seq `acked` (the revoke script itself when `min_replicas_ack = 0`, else the
+//! ack script run after `WAIT`): a revocation is never announced before it is in the log
+//! and, where required, on replicas.
+//!
+//! Every script that reads the counter first runs `ENSURE`: if the state is missing
+//! (first start, `FLUSHALL`, eviction, `DEL`) or was written by a server with another
+//! `run_id` (restart, restore, failover), it closes the old epoch (if any) at the seq
+//! this server has and opens a new one, continuing from the highest seq anywhere
+//! (counter, stream). The new epoch's id is random, passed in by the caller, since Lua's
+//! random numbers are not.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::{AsyncCommands, Script};
+use redis::Script;
 use tokio::sync::broadcast;
 
 use topology::{redact, Conn, Options, Target, Topology};
 
 use super::{
-    decode_refresh, encode_refresh, revocation_target, AuditRecord, BoxFuture, Head, KeySet,
-    NewAudit, NewRevocation, RefreshRecord, RevocationEvent, RevocationKind, Rotation, Store,
-    StoreError, StoreEvent, StoredKey,
+    decode_refresh, encode_refresh, new_epoch_id, parse_closed, revocation_target, AuditRecord,
+    BoxFuture, Head, KeySet, NewAudit, NewRevocation, RefreshRecord, RevocationEvent,
+    RevocationKind, Rotation, Store, StoreError, StoreEvent, StoredKey,
 };
 
 pub mod settings;
 pub mod topology;
 
-const REV_SEQ: &str = "{latch}:rev:seq";
+const REV_STATE: &str = "{latch}:rev:state";
+/// The counter before epochs; a floor for the first state.
+const LEGACY_REV_SEQ: &str = "{latch}:rev:seq";
 const REV_LOG: &str = "{latch}:rev:log";
 const AUDIT_SEQ: &str = "{latch}:audit:seq";
 const AUDIT_LOG: &str = "{latch}:audit:log";
@@ -50,17 +62,94 @@ const NOW_MS: &str = "local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// Assigns the seq, logs the revocation and its audit record, announces it.
-/// KEYS: rev:seq rev:log audit:seq audit:log. ARGV: kind value reason actor request_id target channel.
+/// Makes sure the revocation state exists and belongs to this server's history; opens a
+/// new epoch otherwise (or when `force`). KEYS[1] state, KEYS[2] rev:log, KEYS[3] legacy
+/// rev:seq. Returns epoch, seq, acked, closed, bumped, run_id.
+const ENSURE: &str = "
+local function log_last(log)
+  if redis.call('EXISTS', log) == 0 then return 0 end
+  local info = redis.call('XINFO', 'STREAM', log)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return tonumber(string.match(info[i + 1], '^(%d+)')) or 0
+    end
+  end
+  return 0
+end
+local function ensure(new_id, force)
+  local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+  local s = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'acked', 'run_id', 'closed')
+  local epoch, seq, acked, closed = s[1], tonumber(s[2] or '0'), tonumber(s[3] or '0'), s[5] or ''
+  if epoch and s[4] == rid and not force then
+    return epoch, seq, acked, closed, 0, rid
+  end
+  if epoch then
+    if closed ~= '' then closed = closed .. ',' end
+    closed = closed .. epoch .. ':' .. seq
+  else
+    closed = ''
+    seq = math.max(seq, tonumber(redis.call('GET', KEYS[3]) or '0'))
+  end
+  seq = math.max(seq, log_last(KEYS[2]))
+  redis.call('HSET', KEYS[1], 'epoch', new_id, 'seq', seq, 'acked', seq, 'run_id', rid,
+    'closed', closed, 'start', seq)
+  return new_id, seq, seq, closed, 1, rid
+end
+";
+
+/// The head. KEYS: state rev:log legacy keys:version. ARGV: new epoch id, force (0/1).
+const HEAD: &str = "
+local epoch, seq, acked, closed, bumped = ensure(ARGV[1], ARGV[2] == '1')
+return {epoch, acked, closed, redis.call('GET', KEYS[4]) or '0', bumped}
+";
+
+/// Closes the epoch by request, with an audit record.
+/// KEYS: state rev:log legacy keys:version audit:seq audit:log.
+/// ARGV: new epoch id, actor, action, target, reason, request_id.
+const BUMP: &str = "
+local epoch, seq, acked, closed = ensure(ARGV[1], true)
+local aseq = redis.call('INCR', KEYS[5])
+redis.call('XADD', KEYS[6], aseq .. '-0', 'time', ms, 'actor', ARGV[2], 'action', ARGV[3],
+  'target', ARGV[4], 'reason', ARGV[5], 'request_id', ARGV[6])
+return {epoch, acked, closed, redis.call('GET', KEYS[4]) or '0', aseq, ms}
+";
+
+/// Assigns the seq, logs the revocation and its audit record; with no replica acks to
+/// wait for, marks it acked and announces it at once.
+/// KEYS: state rev:log legacy audit:seq audit:log.
+/// ARGV: new epoch id, kind value reason actor request_id target channel min_acks.
 const REVOKE: &str = "
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], seq .. '-0', 'kind', ARGV[1], 'value', ARGV[2], 'at', ms,
-  'reason', ARGV[3], 'actor', ARGV[4])
-local aseq = redis.call('INCR', KEYS[3])
-redis.call('XADD', KEYS[4], aseq .. '-0', 'time', ms, 'actor', ARGV[4], 'action', 'revoke',
-  'target', ARGV[6], 'reason', ARGV[3], 'request_id', ARGV[5])
-redis.call('PUBLISH', ARGV[7], 'rev\\n' .. seq .. '\\n' .. ms .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2])
-return {seq, ms, aseq}
+local epoch, seq, _, _, _, rid = ensure(ARGV[1], false)
+seq = seq + 1
+redis.call('HSET', KEYS[1], 'seq', seq)
+redis.call('XADD', KEYS[2], seq .. '-0', 'kind', ARGV[2], 'value', ARGV[3], 'at', ms,
+  'reason', ARGV[4], 'actor', ARGV[5])
+local aseq = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[5], aseq .. '-0', 'time', ms, 'actor', ARGV[5], 'action', 'revoke',
+  'target', ARGV[7], 'reason', ARGV[4], 'request_id', ARGV[6])
+if ARGV[9] == '0' then
+  redis.call('HSET', KEYS[1], 'acked', seq)
+  redis.call('PUBLISH', ARGV[8], 'rev\\n' .. epoch .. '\\n' .. seq .. '\\n' .. ms .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
+end
+return {epoch, seq, ms, aseq, rid}
+";
+
+/// After `WAIT` confirmed the replicas: raises `acked` (replication is one ordered stream,
+/// so every lower seq is on the replicas too) and announces. Returns 0 and changes nothing
+/// if this is not the server the revoke script ran on (a reconnect or failover between
+/// the script and `WAIT` would make `WAIT` prove nothing), the entry is not in its log,
+/// or the epoch moved on.
+/// KEYS: state rev:log. ARGV: epoch seq ms kind value channel run_id.
+const ACK: &str = "
+if string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') ~= ARGV[7] then return 0 end
+if #redis.call('XRANGE', KEYS[2], ARGV[2] .. '-0', ARGV[2] .. '-0') ~= 1 then return 0 end
+local s = redis.call('HMGET', KEYS[1], 'epoch', 'acked')
+if s[1] ~= ARGV[1] then return 0 end
+if tonumber(s[2] or '0') < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'acked', ARGV[2])
+end
+redis.call('PUBLISH', ARGV[6], 'rev\\n' .. ARGV[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[5])
+return 1
 ";
 
 /// Compare-and-set of the key set, with its audit records, then the announcement.
@@ -136,6 +225,12 @@ struct Inner {
     /// Commands; reconnects by itself, fails fast while Redis is away.
     conn: Conn,
     events: broadcast::Sender<StoreEvent>,
+    /// Whether the announcement subscription is up right now.
+    feed_live: AtomicBool,
+    replication: Replication,
+    head: Script,
+    bump: Script,
+    ack: Script,
     revoke: Script,
     save_keys: Script,
     load_keys: Script,
@@ -152,6 +247,51 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{NOW_MS}{body}"))
 }
 
+/// A script that reads or moves the revocation counter: `ENSURE` first.
+fn counter_script(body: &str) -> Script {
+    Script::new(&format!("{NOW_MS}{ENSURE}{body}"))
+}
+
+/// How many replicas must confirm a revocation before it is answered and announced.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Replication {
+    /// `store.min_replicas_ack`; 0: the master's reply is enough.
+    pub min_acks: u32,
+    /// `store.replica_ack_timeout`: how long `WAIT` may block.
+    pub timeout: Duration,
+}
+
+fn epoch_hex(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+fn parse_epoch(text: &str) -> Result<u64, StoreError> {
+    u64::from_str_radix(text, 16)
+        .ok()
+        .filter(|id| *id != 0)
+        .ok_or_else(|| StoreError::Unavailable(format!("corrupt epoch id {text:?}")))
+}
+
+/// A head from the reply of `HEAD` or `BUMP`: epoch, acked, closed, keys version, ...
+fn head_reply(v: &[redis::Value]) -> Result<Head, StoreError> {
+    let get = |i: usize| -> Result<String, StoreError> {
+        v.get(i)
+            .and_then(|x| redis::from_redis_value_ref::<String>(x).ok())
+            .ok_or_else(|| StoreError::Unavailable("unexpected script reply".into()))
+    };
+    let num = |i: usize| -> Result<u64, StoreError> {
+        get(i)?
+            .parse()
+            .map_err(|_| StoreError::Unavailable("unexpected script reply".into()))
+    };
+    Ok(Head {
+        epoch: parse_epoch(&get(0)?)?,
+        revocation_seq: num(1)?,
+        closed: parse_closed(&get(2)?)?,
+        keys_version: num(3)?,
+    })
+}
+
 impl RedisStore {
     /// Connects, refuses a Redis that may evict keys (see [`settings`]), and starts the
     /// task that forwards announcements. `timeout` bounds every round trip, so a hung
@@ -160,6 +300,7 @@ impl RedisStore {
         url: &str,
         options: Options,
         timeout: Duration,
+        replication: Replication,
     ) -> Result<RedisStore, StoreError> {
         let (topology, mut conn) = open(url, options, timeout).await?;
         match settings::inspect(&mut conn).await {
@@ -181,7 +322,12 @@ impl RedisStore {
         let inner = Arc::new(Inner {
             conn,
             events,
-            revoke: script(REVOKE),
+            feed_live: AtomicBool::new(false),
+            replication,
+            head: counter_script(HEAD),
+            bump: counter_script(BUMP),
+            ack: Script::new(ACK),
+            revoke: counter_script(REVOKE),
             save_keys: script(SAVE_KEYS),
             load_keys: Script::new(LOAD_KEYS),
             audit: script(AUDIT),
@@ -219,6 +365,37 @@ impl RedisStore {
     fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
+
+    /// Sessions wait for replicas too, but a shortfall is only logged and counted: the
+    /// write cannot be undone (an assertion is spent, a refresh token rotated), and
+    /// failing the request would only make the user start over.
+    async fn best_effort_replicas(&self, conn: &mut Conn, what: &str) {
+        if self.inner.replication.min_acks > 0 {
+            if let Err(error) = self.await_replicas(conn).await {
+                tracing::warn!(%error, what, "session write not confirmed by replicas");
+            }
+        }
+    }
+
+    /// `WAIT min_acks timeout` on `conn`, after the writes it must cover. Fewer acks:
+    /// unavailable (the caller answers 503 and announces nothing).
+    async fn await_replicas(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        let r = self.inner.replication;
+        let acks: u64 = redis::cmd("WAIT")
+            .arg(r.min_acks)
+            .arg(r.timeout.as_millis() as u64)
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        if acks < u64::from(r.min_acks) {
+            metrics::counter!(crate::metrics::REPLICA_ACK_FAILURES).increment(1);
+            return Err(StoreError::Unavailable(format!(
+                "only {acks} of {} replicas confirmed the write in {:?}",
+                r.min_acks, r.timeout
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The topology and a command connection. Errors never carry a password.
@@ -239,15 +416,26 @@ async fn open(
     Ok((topology, conn))
 }
 
-/// Subscribes to the announcement channel and forwards what arrives, reconnecting with
-/// backoff. Lost messages are not a correctness problem: the follower's head checks
-/// find the gap and read the log.
+/// How soon the announcement subscription is tried again after it failed. Short and
+/// fixed: a node is not fresh without it, so it must come back as soon as Redis does.
+const RESUBSCRIBE: Duration = Duration::from_millis(50);
+
+/// Subscribes to the announcement channel and forwards what arrives, reconnecting every
+/// [`RESUBSCRIBE`]. Lost messages are not a correctness problem: the follower's head
+/// checks find the gap and read the log; `feed_live` tells it whether to trust the feed.
 async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>) {
-    let mut backoff = Duration::from_millis(50);
     for attempt in 0.. {
         // Ends with the store.
-        let Some(tx) = store.upgrade().map(|inner| inner.events.clone()) else {
+        let Some((tx, inner)) = store
+            .upgrade()
+            .map(|inner| (inner.events.clone(), Arc::downgrade(&inner)))
+        else {
             return;
+        };
+        let set_live = |live: bool| {
+            if let Some(i) = inner.upgrade() {
+                i.feed_live.store(live, Ordering::Release);
+            }
         };
         let pubsub = match topology.pubsub_client(attempt).await {
             Ok(client) => client.get_async_pubsub().await,
@@ -256,13 +444,14 @@ async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>
         match pubsub {
             Ok(mut pubsub) => match pubsub.subscribe(CHANNEL).await {
                 Ok(()) => {
-                    backoff = Duration::from_millis(50);
+                    set_live(true);
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
                         if let Some(event) = parse_announcement(msg.get_payload_bytes()) {
                             let _ = tx.send(event);
                         }
                     }
+                    set_live(false);
                     tracing::debug!("redis announcement subscription ended; reconnecting");
                 }
                 Err(e) => {
@@ -273,23 +462,26 @@ async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>
                 tracing::debug!(error = %redact(&e.to_string()), "redis pubsub connect failed")
             }
         }
+        set_live(false);
         drop(tx);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(RESUBSCRIBE).await;
     }
 }
 
-/// `rev\n<seq>\n<ms>\n<kind>\n<value>` or `keys\n<version>`.
+/// `rev\n<epoch>\n<seq>\n<ms>\n<kind>\n<value>` or `keys\n<version>`.
 fn parse_announcement(payload: &[u8]) -> Option<StoreEvent> {
     let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(5, '\n');
+    let mut parts = text.splitn(6, '\n');
     match parts.next()? {
-        "rev" => Some(StoreEvent::Revocation(RevocationEvent {
-            seq: parts.next()?.parse().ok()?,
-            revoked_at_ms: parts.next()?.parse().ok()?,
-            kind: RevocationKind::parse(parts.next()?)?,
-            value: parts.next()?.to_string(),
-        })),
+        "rev" => Some(StoreEvent::Revocation {
+            epoch: parse_epoch(parts.next()?).ok()?,
+            event: RevocationEvent {
+                seq: parts.next()?.parse().ok()?,
+                revoked_at_ms: parts.next()?.parse().ok()?,
+                kind: RevocationKind::parse(parts.next()?)?,
+                value: parts.next()?.to_string(),
+            },
+        }),
         "keys" => Some(StoreEvent::KeysChanged {
             version: parts.next()?.parse().ok()?,
         }),
@@ -360,13 +552,18 @@ impl Store for RedisStore {
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
         Box::pin(async move {
             let target = revocation_target(rev.kind, &rev.value);
-            let (seq, ms, aseq): (u64, i64, u64) = self
+            let min_acks = self.inner.replication.min_acks;
+            // One connection for the script and WAIT: WAIT covers this connection's writes.
+            let mut conn = self.conn();
+            let (epoch, seq, ms, aseq, run_id): (String, u64, i64, u64, String) = self
                 .inner
                 .revoke
-                .key(REV_SEQ)
+                .key(REV_STATE)
                 .key(REV_LOG)
+                .key(LEGACY_REV_SEQ)
                 .key(AUDIT_SEQ)
                 .key(AUDIT_LOG)
+                .arg(epoch_hex(new_epoch_id()))
                 .arg(rev.kind.as_str())
                 .arg(&rev.value)
                 .arg(&rev.reason)
@@ -374,7 +571,8 @@ impl Store for RedisStore {
                 .arg(&rev.request_id)
                 .arg(&target)
                 .arg(CHANNEL)
-                .invoke_async(&mut self.conn())
+                .arg(min_acks)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             let audit = NewAudit {
@@ -385,6 +583,29 @@ impl Store for RedisStore {
                 request_id: rev.request_id,
             };
             crate::audit::log(&audit.recorded(aseq, ms));
+            if min_acks > 0 {
+                self.await_replicas(&mut conn).await?;
+                let acked: i64 = self
+                    .inner
+                    .ack
+                    .key(REV_STATE)
+                    .key(REV_LOG)
+                    .arg(&epoch)
+                    .arg(seq)
+                    .arg(ms)
+                    .arg(rev.kind.as_str())
+                    .arg(&rev.value)
+                    .arg(CHANNEL)
+                    .arg(&run_id)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                if acked != 1 {
+                    return Err(StoreError::Unavailable(
+                        "redis changed between the revocation and its replica check".into(),
+                    ));
+                }
+            }
             Ok(RevocationEvent {
                 seq,
                 kind: rev.kind,
@@ -434,16 +655,76 @@ impl Store for RedisStore {
 
     fn head(&self) -> BoxFuture<'_, Result<Head, StoreError>> {
         Box::pin(async move {
-            let (seq, version): (Option<u64>, Option<u64>) = self
-                .conn()
-                .mget(&[REV_SEQ, KEYS_VERSION])
+            let mut conn = self.conn();
+            let reply: Vec<redis::Value> = self
+                .inner
+                .head
+                .key(REV_STATE)
+                .key(REV_LOG)
+                .key(LEGACY_REV_SEQ)
+                .key(KEYS_VERSION)
+                .arg(epoch_hex(new_epoch_id()))
+                .arg("0")
+                .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            Ok(Head {
-                revocation_seq: seq.unwrap_or(0),
-                keys_version: version.unwrap_or(0),
-            })
+            let head = head_reply(&reply)?;
+            let bumped = reply
+                .get(4)
+                .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+                == Some(1);
+            if bumped {
+                tracing::warn!(
+                    epoch = %epoch_hex(head.epoch),
+                    seq = head.revocation_seq,
+                    "redis revocation state missing or from another server run; new epoch opened"
+                );
+                if self.inner.replication.min_acks > 0 {
+                    self.await_replicas(&mut conn).await?;
+                }
+            }
+            Ok(head)
         })
+    }
+
+    fn bump_epoch(&self, audit: NewAudit) -> BoxFuture<'_, Result<Head, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn();
+            let reply: Vec<redis::Value> = self
+                .inner
+                .bump
+                .key(REV_STATE)
+                .key(REV_LOG)
+                .key(LEGACY_REV_SEQ)
+                .key(KEYS_VERSION)
+                .key(AUDIT_SEQ)
+                .key(AUDIT_LOG)
+                .arg(epoch_hex(new_epoch_id()))
+                .arg(&audit.actor)
+                .arg(&audit.action)
+                .arg(&audit.target)
+                .arg(&audit.reason)
+                .arg(&audit.request_id)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let head = head_reply(&reply)?;
+            let num = |i: usize| {
+                reply
+                    .get(i)
+                    .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+                    .unwrap_or(0)
+            };
+            crate::audit::log(&audit.recorded(num(4) as u64, num(5)));
+            if self.inner.replication.min_acks > 0 {
+                self.await_replicas(&mut conn).await?;
+            }
+            Ok(head)
+        })
+    }
+
+    fn feed_live(&self) -> bool {
+        self.inner.feed_live.load(Ordering::Acquire)
     }
 
     fn prune_revocations(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
@@ -522,8 +803,9 @@ impl Store for RedisStore {
                     .arg(&a.reason)
                     .arg(&a.request_id);
             }
+            let mut conn = self.conn();
             let out: Vec<i64> = invocation
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             match out.as_slice() {
@@ -531,6 +813,11 @@ impl Store for RedisStore {
                 [version, ms, seqs @ ..] => {
                     for (seq, a) in seqs.iter().zip(&audit) {
                         crate::audit::log(&a.recorded(*seq as u64, *ms));
+                    }
+                    // A key change lost in a failover could bring a revoked key back:
+                    // it is answered only once replicated, like a revocation.
+                    if self.inner.replication.min_acks > 0 {
+                        self.await_replicas(&mut conn).await?;
                     }
                     Ok(*version as u64)
                 }
@@ -582,6 +869,7 @@ impl Store for RedisStore {
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            let mut conn = self.conn();
             let (seq, ms): (u64, i64) = self
                 .inner
                 .open_session
@@ -595,10 +883,11 @@ impl Store for RedisStore {
                 .arg(&audit.target)
                 .arg(&audit.reason)
                 .arg(&audit.request_id)
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             crate::audit::log(&audit.recorded(seq, ms));
+            self.best_effort_replicas(&mut conn, "session open").await;
             Ok(())
         })
     }
@@ -629,6 +918,7 @@ impl Store for RedisStore {
         new: RefreshRecord,
     ) -> BoxFuture<'_, Result<Rotation, StoreError>> {
         Box::pin(async move {
+            let mut conn = self.conn();
             let reply: (i64, Option<String>) = {
                 let v: Vec<redis::Value> = self
                     .inner
@@ -637,7 +927,7 @@ impl Store for RedisStore {
                     .key(refresh_key(&new_hash))
                     .arg(encode_refresh(&new)?)
                     .arg(new.expires_at_ms)
-                    .invoke_async(&mut self.conn())
+                    .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
                 let code = v
@@ -650,7 +940,11 @@ impl Store for RedisStore {
                 (code, rec)
             };
             match reply {
-                (1, _) => Ok(Rotation::Rotated),
+                (1, _) => {
+                    self.best_effort_replicas(&mut conn, "refresh rotation")
+                        .await;
+                    Ok(Rotation::Rotated)
+                }
                 (2, Some(json)) => Ok(Rotation::Reused(decode_refresh(&json)?)),
                 (0, _) => Ok(Rotation::Unknown),
                 _ => Err(StoreError::Unavailable("unexpected script reply".into())),
@@ -676,8 +970,11 @@ mod tests {
 
     #[test]
     fn announcements_parse() {
-        match parse_announcement(b"rev\n7\n1700000000000\nsubject\nalice\nand more") {
-            Some(StoreEvent::Revocation(e)) => {
+        match parse_announcement(
+            b"rev\n00000000000000ab\n7\n1700000000000\nsubject\nalice\nand more",
+        ) {
+            Some(StoreEvent::Revocation { epoch, event: e }) => {
+                assert_eq!(epoch, 0xab);
                 assert_eq!((e.seq, e.revoked_at_ms), (7, 1_700_000_000_000));
                 assert_eq!(e.kind, RevocationKind::Subject);
                 assert_eq!(e.value, "alice\nand more");
@@ -689,8 +986,9 @@ mod tests {
             Some(StoreEvent::KeysChanged { version: 3 })
         ));
         for bad in [
-            &b"rev\nx\n1\nsubject\na"[..],
-            b"rev\n1\n1\nbogus\na",
+            &b"rev\n00000000000000ab\nx\n1\nsubject\na"[..],
+            b"rev\n00000000000000ab\n1\n1\nbogus\na",
+            b"rev\n7\n1700000000000\nsubject\nalice",
             b"other",
             b"\xff",
         ] {
