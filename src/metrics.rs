@@ -17,6 +17,10 @@ pub const STATE_AGE: &str = "latch_revocation_state_age_seconds";
 pub const SIGNING_KEYS: &str = "latch_signing_keys";
 pub const STORE_UP: &str = "latch_store_up";
 pub const CONNECTIONS_REFUSED: &str = "latch_connections_refused_total";
+/// Requests or connections cut off at a deadline, by `phase` (body, handler, write).
+pub const DEADLINES_TOTAL: &str = "latch_request_deadline_exceeded_total";
+/// Requests refused 429, by `endpoint` and `limit` (`limits::Limit::label`).
+pub const RATE_LIMITED_TOTAL: &str = "latch_rate_limited_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -71,6 +75,14 @@ fn describe() {
     describe_gauge!(STORE_UP, "1 when the last store round trip succeeded");
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Connections closed at the connection cap"
+        "Connections closed at the connection cap, by reason (cap, per_ip)"
+    );
+    describe_counter!(
+        DEADLINES_TOTAL,
+        "Requests cut off at a deadline, by phase (body, handler, write)"
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests refused by a rate limit, by endpoint and limit"
     );
 }

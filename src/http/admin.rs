@@ -22,7 +22,7 @@ const MAX_FIELD: usize = 1024;
 
 /// Authenticates by HTTP Basic and requires role `admin`.
 pub fn admin(app: &App, parts: &Parts) -> Result<std::sync::Arc<Client>, ApiError> {
-    let client = authenticate(&app.clients, parts, None)?;
+    let client = authenticate(app, parts, None)?;
     require_role(&client, Role::Admin)?;
     Ok(client)
 }

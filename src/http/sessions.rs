@@ -338,6 +338,7 @@ pub async fn revoke_refresh(
     if r.expires_at_ms <= now_ms() || app.table.covers(RevocationKind::Session, &r.sid, r.rsq) {
         return Ok(super::error::empty_ok());
     }
+    super::oauth::limit_revocation(app, caller, now_ms())?;
     app.revoke(NewRevocation {
         kind: RevocationKind::Session,
         value: r.sid.clone(),
