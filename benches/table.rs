@@ -68,6 +68,8 @@ fn bench(c: &mut Criterion) {
             sub: "alice",
             client_id: "orders-service",
             rsq: 0,
+            chain_clients: &[],
+            chain_jtis: &[],
         };
         let hit = Stamp {
             jti: "0000000000000000000042",

@@ -48,6 +48,8 @@ fn claims() -> AccessClaims {
         act: None,
         username: None,
         rsq: 42,
+        dcl: Vec::new(),
+        djt: Vec::new(),
     }
 }
 

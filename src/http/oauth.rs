@@ -156,6 +156,8 @@ pub fn access_claims(
         act: None,
         username: None,
         rsq,
+        dcl: Vec::new(),
+        djt: Vec::new(),
     }
 }
 

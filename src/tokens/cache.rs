@@ -102,6 +102,8 @@ mod tests {
                 act: None,
                 username: None,
                 rsq: 0,
+                dcl: Vec::new(),
+                djt: Vec::new(),
             }),
         }
     }

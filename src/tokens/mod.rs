@@ -47,6 +47,14 @@ pub struct AccessClaims {
     pub username: Option<String>,
     /// Revocation stamp: the issuing node's `applied` watermark (SPEC §5).
     pub rsq: u64,
+    /// Delegation chain, oldest first: the `client_id` of every token this one was
+    /// exchanged from (RFC 8693 delegation), so revoking any of those clients revokes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dcl: Vec<String>,
+    /// The `jti` of every token in the chain, so RFC 7009 revocation of a parent kills
+    /// what was derived from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub djt: Vec<String>,
 }
 
 impl AccessClaims {
@@ -57,6 +65,8 @@ impl AccessClaims {
             sub: &self.sub,
             client_id: &self.client_id,
             rsq: self.rsq,
+            chain_clients: &self.dcl,
+            chain_jtis: &self.djt,
         }
     }
 }

@@ -50,6 +50,8 @@ fn claims() -> AccessClaims {
         act: None,
         username: None,
         rsq: 3,
+        dcl: Vec::new(),
+        djt: Vec::new(),
     }
 }
 
