@@ -1059,7 +1059,7 @@ async fn delegation_scope_and_audience_rules() {
         .await
         .assert_error(400, "invalid_scope");
     // A resource that is not one of the delegating client's audiences.
-    for res in [ORDERS_AUD, "https://unknown.example"] {
+    for res in [PROFILE_AUD, "https://unknown.example"] {
         delegate(s, &svc, &sess.access, &[("resource", res)])
             .await
             .assert_error(400, "invalid_target");
