@@ -262,3 +262,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_stops_reading_fails_the_write_at_the_deadline() {
+        // A 64-byte pipe whose far end never reads: the second write stalls.
+        let (near, far) = tokio::io::duplex(64);
+        let mut io = DeadlineIo::new(near, Duration::from_secs(5));
+        io.write_all(&[0u8; 64]).await.unwrap();
+        let err = io.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // Progress resets the deadline: a reader that keeps up is never cut off.
+        let (near, mut far2) = tokio::io::duplex(64);
+        let mut io = DeadlineIo::new(near, Duration::from_secs(5));
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut total = 0;
+            while total < 64 * 20 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                total += far2.read(&mut buf).await.unwrap();
+            }
+        });
+        for _ in 0..20 {
+            io.write_all(&[1u8; 64]).await.unwrap();
+        }
+        reader.await.unwrap();
+        drop(far);
+    }
+}
