@@ -134,15 +134,14 @@ struct Env {
     idp2: Idp,
 }
 
-/// One IdP without a prefix, or two with `idp1|` and `idp2|`.
-async fn start(two_idps: bool, env: &[(&str, &str)]) -> Env {
-    let (idp1, idp2) = (Idp::new(IDP1), Idp::new(IDP2));
+/// The config: one IdP without a prefix, or two with `idp1|` and `idp2|`.
+fn config(idp1: &Idp, idp2: &Idp, two_idps: bool, env: &[(&str, &str)]) -> ServerConfig {
     let extra = if two_idps {
         format!("{}{}", idp1.toml(Some("idp1|")), idp2.toml(Some("idp2|")))
     } else {
         idp1.toml(None)
     };
-    let cfg = ServerConfig {
+    ServerConfig {
         clients: all_clients(),
         extra_toml: extra,
         env: env
@@ -150,7 +149,12 @@ async fn start(two_idps: bool, env: &[(&str, &str)]) -> Env {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ..ServerConfig::default()
-    };
+    }
+}
+
+async fn start(two_idps: bool, env: &[(&str, &str)]) -> Env {
+    let (idp1, idp2) = (Idp::new(IDP1), Idp::new(IDP2));
+    let cfg = config(&idp1, &idp2, two_idps, env);
     Env {
         s: TestServer::start(&cfg).await,
         idp1,
@@ -491,4 +495,61 @@ async fn cli_revokes_a_subject_by_issuer() {
     assert!(status.success(), "{out}{err}");
     assert!(out.contains("idp1|dave"), "{out}");
     assert!(!s.is_active(&a1).await);
+}
+
+#[tokio::test]
+async fn revocation_follows_delegation_on_every_node() {
+    let redis = RedisProcess::start().await;
+    let (idp1, idp2) = (Idp::new(IDP1), Idp::new(IDP2));
+    let cfg = config(&idp1, &idp2, false, &[]);
+    let nodes = Cluster::start(2, &cfg, &redis).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let user = user_token(a, &idp1, "erin").await;
+    let hop1 = token_of(
+        &exchange(a, &svc_a(), &user, &[("audience", AUD_B)]).await,
+        "hop 1",
+    );
+    let hop2 = token_of(
+        &exchange(b, &svc_b(), &hop1, &[("audience", AUD_C)]).await,
+        "hop 2",
+    );
+    for n in [a, b] {
+        assert!(n.is_active(&hop2).await, "hop 2 before any revocation");
+    }
+    // RFC 7009 revocation of the parent on node B reaches its child on node A.
+    let r = b
+        .post_form("/revoke", &[("token", &hop1)], svc_a().auth())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (n, name) in [(a, "a"), (b, "b")] {
+        eventually(
+            DEADLINE,
+            &format!("hop 2 inactive on node {name}"),
+            || async {
+                match n.is_active(&hop2).await {
+                    false => Ok(()),
+                    true => Err("still active".to_string()),
+                }
+            },
+        )
+        .await;
+    }
+    // Revoking the origin client on node A reaches a fresh chain on node B.
+    let user2 = user_token(b, &idp1, "frank").await;
+    let c1 = token_of(
+        &exchange(b, &svc_a(), &user2, &[("audience", AUD_B)]).await,
+        "c1",
+    );
+    a.admin_revoke("client", Some("idp-hook"), "hook compromised")
+        .await;
+    for (n, name) in [(a, "a"), (b, "b")] {
+        eventually(DEADLINE, &format!("c1 inactive on node {name}"), || async {
+            match n.is_active(&c1).await {
+                false => Ok(()),
+                true => Err("still active".to_string()),
+            }
+        })
+        .await;
+    }
+    let _ = idp2;
 }
