@@ -384,6 +384,15 @@ async fn an_assertion_naming_a_client_is_refused() {
             .contains("assertion names a client id as its subject"),
         "the refusal is logged with the issuer"
     );
+    let refused: Vec<Value> = s
+        .audit(0)
+        .await
+        .into_iter()
+        .filter(|r| r["action"] == "assertion_refused")
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused[0]["target"], "subject:orders-service");
+    assert!(refused[0]["reason"].as_str().unwrap().contains(IDP1));
     // The service itself is untouched, and a real user works.
     let service = s.issue(&clients::orders(), &[]).await;
     assert!(s.is_active(&service).await);

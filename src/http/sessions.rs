@@ -78,6 +78,15 @@ async fn open_session(
     // user of another IdP; config validation keeps prefixes apart from client ids).
     if app.clients.contains(&a.sub) {
         tracing::warn!(issuer = %a.iss, client = %client.id, subject = %a.sub, "assertion names a client id as its subject; refused");
+        app.store
+            .append_audit(NewAudit {
+                actor: client.id.clone(),
+                action: "assertion_refused".into(),
+                target: format!("subject:{}", a.sub),
+                reason: format!("assertion from {} names a client id as its subject", a.iss),
+                request_id: request_id.to_string(),
+            })
+            .await?;
         return Err(ApiError::InvalidGrant(
             "the assertion's subject collides with a client id",
         ));
