@@ -481,3 +481,73 @@ async fn failed_authentication_is_limited_per_client_id_but_admin_is_never_locke
         200
     );
 }
+
+/// The pruning contract, against both stores: token entries go past their own cut-off,
+/// other kinds only past theirs, the newest entry (the head) stays.
+async fn check_pruning(store: &dyn latch::store::Store, what: &str) {
+    use latch::store::{NewRevocation, RevocationKind};
+    let rev = |kind, value: &str| NewRevocation {
+        kind,
+        value: value.into(),
+        reason: "flood".into(),
+        actor: "test".into(),
+        request_id: String::new(),
+    };
+    for (kind, v) in [
+        (RevocationKind::Token, "j1"),
+        (RevocationKind::Subject, "alice"),
+        (RevocationKind::Token, "j2"),
+        (RevocationKind::Session, "s1"),
+        (RevocationKind::Token, "j3"),
+    ] {
+        store.append_revocation(rev(kind, v)).await.unwrap();
+    }
+    let head = store.head().await.unwrap().revocation_seq;
+    let future = latch::time::now_ms() + 60_000;
+    // Only token entries are past their cut-off; the newest (j3) carries the head in
+    // SQLite and stays there; Redis keeps its head in a separate key.
+    let pruned = store.prune_revocations(0, future).await.unwrap();
+    let left: Vec<String> = store
+        .revocations_after(0, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.value)
+        .collect();
+    assert!(pruned >= 2, "{what}: pruned {pruned}");
+    assert!(
+        left.starts_with(&["alice".to_string(), "s1".to_string()]),
+        "{what}: {left:?}"
+    );
+    assert!(
+        !left.iter().any(|v| v == "j1" || v == "j2"),
+        "{what}: {left:?}"
+    );
+    assert_eq!(store.head().await.unwrap().revocation_seq, head, "{what}");
+    // Everything past both cut-offs: the log empties (but for SQLite's head row).
+    store.prune_revocations(future, future).await.unwrap();
+    let left = store.revocations_after(0, 0, 100).await.unwrap();
+    assert!(left.len() <= 1, "{what}: {left:?}");
+    let next = store
+        .append_revocation(rev(RevocationKind::Token, "j4"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.seq,
+        head + 1,
+        "{what}: seqs never repeat after pruning"
+    );
+}
+
+#[tokio::test]
+async fn token_log_entries_are_pruned_past_their_own_retention_in_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = latch::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
+    check_pruning(&embedded, "embedded").await;
+    let redis = RedisProcess::start().await;
+    let store =
+        latch::store::redis::RedisStore::connect(&redis.url(), std::time::Duration::from_secs(2))
+            .await
+            .unwrap();
+    check_pruning(&store, "redis").await;
+}
