@@ -120,34 +120,17 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let route = Route::of(req.uri().path());
-    let forwarded = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let address = crate::limits::client_address(peer, forwarded, &app.limits.proxies);
-    req.extensions_mut().insert(ClientAddr(address));
-    let duplicate = SINGLETONS
-        .into_iter()
-        .find(|h| req.headers().get_all(h).iter().nth(1).is_some());
-    let request_id = match duplicate {
-        Some(_) => app.next_request_id(),
-        None => incoming_request_id(&req).unwrap_or_else(|| app.next_request_id()),
-    };
+    let address = attribute(&app, &mut req, peer);
+    let duplicate = repeated_singleton(&req);
+    // A repeated X-Request-Id is not echoed: which one would be up to us.
+    let request_id = duplicate
+        .is_none()
+        .then(|| incoming_request_id(&req))
+        .flatten()
+        .unwrap_or_else(|| app.next_request_id());
     let result = match duplicate {
         Some(h) => Err(ApiError::InvalidRequest(format!("header {h} is repeated"))),
-        None => {
-            let deadline = app.config.limits.handler_timeout;
-            match tokio::time::timeout(deadline, dispatch(&app, route, req, &request_id)).await {
-                Ok(result) => result,
-                Err(_) => {
-                    metrics::counter!(m::DEADLINES_TOTAL, "phase" => "handler").increment(1);
-                    Err(ApiError::Unavailable(
-                        "request handler deadline passed".into(),
-                    ))
-                }
-            }
-        }
+        None => within_deadline(&app, route, req, &request_id).await,
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -169,6 +152,44 @@ pub async fn handle(
     metrics::histogram!(m::REQUEST_DURATION, "endpoint" => route.label())
         .record(started.elapsed().as_secs_f64());
     Ok(resp)
+}
+
+/// The address the request is attributed to (rate limits), stored as an extension.
+fn attribute(app: &App, req: &mut Request<Incoming>, peer: IpAddr) -> IpAddr {
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let address = crate::limits::client_address(peer, forwarded, &app.limits.proxies);
+    req.extensions_mut().insert(ClientAddr(address));
+    address
+}
+
+/// The first header of [`SINGLETONS`] that appears more than once.
+fn repeated_singleton(req: &Request<Incoming>) -> Option<HeaderName> {
+    SINGLETONS
+        .into_iter()
+        .find(|h| req.headers().get_all(h).iter().nth(1).is_some())
+}
+
+/// [`dispatch`] under `limits.handler_timeout`: past it, 503 (fail closed) and counted.
+async fn within_deadline(
+    app: &App,
+    route: Route,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let deadline = app.config.limits.handler_timeout;
+    match tokio::time::timeout(deadline, dispatch(app, route, req, request_id)).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!(m::DEADLINES_TOTAL, "phase" => "handler").increment(1);
+            Err(ApiError::Unavailable(
+                "request handler deadline passed".into(),
+            ))
+        }
+    }
 }
 
 /// A caller-supplied request id, if it is short and plain enough to log and echo.
