@@ -551,3 +551,55 @@ async fn token_log_entries_are_pruned_past_their_own_retention_in_both_stores() 
             .unwrap();
     check_pruning(&store, "redis").await;
 }
+
+#[tokio::test]
+async fn a_request_stuck_on_the_store_is_cut_off_at_the_handler_deadline() {
+    // Redis frozen: a revocation's store call hangs. The handler deadline (1 s) is
+    // shorter than the store's own timeout (2 s at this max_staleness), so it is the
+    // one that answers: 503 temporarily_unavailable, counted, never a hang or a 500.
+    let redis = RedisProcess::start().await;
+    let cfg = ServerConfig {
+        max_staleness: "30s".into(),
+        env: vec![
+            ("LATCH_LIMITS__BODY_READ_TIMEOUT".into(), "1s".into()),
+            ("LATCH_LIMITS__HANDLER_TIMEOUT".into(), "1s".into()),
+        ],
+        ..ServerConfig::default()
+    };
+    let nodes = Cluster::start(1, &cfg, &redis).await;
+    let s = &nodes[0];
+    let stop = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(redis.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} redis");
+    };
+    stop("STOP");
+    let body = serde_json::json!({"kind": "subject", "value": "zoe", "reason": "x"});
+    let r = s
+        .post_json("/admin/revoke", &body, clients::admin().auth())
+        .await;
+    stop("CONT");
+    r.assert_error(503, "temporarily_unavailable");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    let n = metric(
+        s,
+        "latch_request_deadline_exceeded_total{phase=\"handler\"}",
+    )
+    .await;
+    assert!(n >= 1.0, "handler deadline not counted: {n}");
+    // Redis back: the retried revocation goes through.
+    eventually(DEADLINE, "revocation after redis resumes", || async {
+        let r = s
+            .post_json("/admin/revoke", &body, clients::admin().auth())
+            .await;
+        match r.status.as_u16() {
+            200 => Ok(()),
+            other => Err(format!("{other} {}", r.text())),
+        }
+    })
+    .await;
+}
