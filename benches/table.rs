@@ -73,6 +73,8 @@ fn bench(c: &mut Criterion) {
             client_id: "orders-service",
             rsq: 0,
             rse: 1,
+            chain_clients: &[],
+            chain_jtis: &[],
         };
         let hit = Stamp {
             jti: "0000000000000000000042",

@@ -49,6 +49,8 @@ fn claims() -> AccessClaims {
         username: None,
         rsq: 42,
         rse: 1,
+        dcl: Vec::new(),
+        djt: Vec::new(),
     }
 }
 

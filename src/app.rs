@@ -42,6 +42,8 @@ pub struct Inner {
     pub metadata: Bytes,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Per-node rate limits (token issuance, revocation, failed authentication).
+    pub limits: crate::limits::RateLimits,
     /// Past this age of the revocation state, requests fail closed, in ms.
     pub max_staleness_ms: i64,
     /// Distinguishes this process's request ids from other nodes'.
@@ -65,13 +67,14 @@ impl App {
         store: SharedStore,
         metrics: PrometheusHandle,
     ) -> App {
-        let clients = Clients::from_config(&config.clients);
+        let clients = Clients::from_config(&config.clients, &config.limits);
         let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
         let node_tag = crate::tokens::random_id()[..6].to_string();
         let verified = VerifiedCache::new(config.limits.token_cache_entries);
         App {
             inner: Arc::new(Inner {
                 max_staleness_ms: config.store.max_staleness.as_millis() as i64,
+                limits: crate::limits::RateLimits::from_config(&config.limits),
                 config,
                 verified,
                 clients,

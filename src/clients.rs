@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, LimitsConfig};
+use crate::limits::Rate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
@@ -67,6 +68,12 @@ pub struct Client {
     /// server with role `introspect`, the only audiences whose tokens it sees as active.
     pub audiences: Vec<String>,
     pub roles: Vec<Role>,
+    /// May delegate a token without `sid` (another service's token) by token exchange.
+    pub delegate_service_tokens: bool,
+    /// Token issuance limit (`None`: unlimited).
+    pub token_rate: Option<Rate>,
+    /// RFC 7009 revocation limit (`None`: unlimited).
+    pub revoke_rate: Option<Rate>,
 }
 
 impl Client {
@@ -91,8 +98,9 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Builds the registry from validated config (hex and names were checked there).
-    pub fn from_config(configs: &[ClientConfig]) -> Clients {
+    /// Builds the registry from validated config (hex, names and rates were checked
+    /// there); `limits` gives the default rates.
+    pub fn from_config(configs: &[ClientConfig], limits: &LimitsConfig) -> Clients {
         let by_id = configs
             .iter()
             .map(|c| {
@@ -108,6 +116,15 @@ impl Clients {
                     scopes: c.scopes.clone(),
                     audiences: c.audiences.clone(),
                     roles: c.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+                    delegate_service_tokens: c.delegate_service_tokens,
+                    token_rate: rate(
+                        c.token_rate.as_ref().unwrap_or(&limits.token_rate),
+                        c.token_burst.unwrap_or(limits.token_burst),
+                    ),
+                    revoke_rate: rate(
+                        c.revoke_rate.as_ref().unwrap_or(&limits.revoke_rate),
+                        c.revoke_burst.unwrap_or(limits.revoke_burst),
+                    ),
                 };
                 (c.id.clone(), Arc::new(client))
             })
@@ -119,6 +136,11 @@ impl Clients {
 
     pub fn get(&self, id: &str) -> Option<&Arc<Client>> {
         self.by_id.get(id)
+    }
+
+    /// Whether `id` names a configured client (user subjects must never equal one).
+    pub fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
     }
 
     /// Checks a presented secret. The digest comparison is constant time, and an unknown
@@ -137,6 +159,11 @@ impl Clients {
     }
 }
 
+/// A validated rate setting (`"off"` and invalid, which `latch check` refused, are `None`).
+fn rate(text: &str, burst: u32) -> Option<Rate> {
+    Rate::parse(text, burst).ok().flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,14 +175,24 @@ mod tests {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        Clients::from_config(&[ClientConfig {
-            id: "svc".into(),
-            secret_sha256: hex,
-            grants: vec!["client_credentials".into()],
-            scopes: vec!["a".into()],
-            audiences: vec!["https://a".into()],
-            roles: vec!["introspect".into()],
-        }])
+        Clients::from_config(
+            &[ClientConfig {
+                id: "svc".into(),
+                secret_sha256: hex,
+                grants: vec!["client_credentials".into()],
+                scopes: vec!["a".into()],
+                audiences: vec!["https://a".into()],
+                roles: vec!["introspect".into()],
+                delegate_service_tokens: false,
+                token_rate: None,
+                token_burst: None,
+                revoke_rate: None,
+                revoke_burst: None,
+            }],
+            &crate::config::Config::from_toml("issuer = \"https://a.example\"", [])
+                .unwrap()
+                .limits,
+        )
     }
 
     #[test]

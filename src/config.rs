@@ -83,6 +83,10 @@ pub struct TokensConfig {
     pub refresh_ttl: Duration,
     #[serde(default = "d_30s", with = "duration")]
     pub leeway: Duration,
+    /// How many `act` levels a delegated token may carry (RFC 8693 §4.1); an exchange
+    /// that would nest deeper is refused with `invalid_grant`.
+    #[serde(default = "default_delegation_depth")]
+    pub max_delegation_depth: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +322,58 @@ pub struct LimitsConfig {
     /// Verified tokens remembered for fast repeat introspection (0 disables the cache).
     #[serde(default = "default_token_cache")]
     pub token_cache_entries: usize,
+    /// Whole-body deadline: a body not fully received by then is answered 408.
+    #[serde(default = "d_10s", with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Deadline for one request from its headers to its answer (body read included).
+    #[serde(default = "d_15s", with = "duration")]
+    pub handler_timeout: Duration,
+    /// A response write that makes no progress for this long closes the connection.
+    #[serde(default = "d_10s", with = "duration")]
+    pub write_timeout: Duration,
+    /// Connections one peer address may hold at once; default half of `max_connections`.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` names the client; exempt from the
+    /// per-address connection share.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Token issuance per client: `"N/s"`, `"N/m"`, `"N/h"` or `"off"`.
+    #[serde(default = "default_token_rate")]
+    pub token_rate: String,
+    #[serde(default = "default_token_burst")]
+    pub token_burst: u32,
+    /// RFC 7009 revocations per client (clients with role `admin` are exempt).
+    #[serde(default = "default_revoke_rate")]
+    pub revoke_rate: String,
+    #[serde(default = "default_revoke_burst")]
+    pub revoke_burst: u32,
+    /// Failed client authentications per client id.
+    #[serde(default = "default_auth_failure_rate")]
+    pub auth_failure_rate: String,
+    #[serde(default = "default_auth_failure_burst")]
+    pub auth_failure_burst: u32,
+    /// Failed client authentications per source address.
+    #[serde(default = "default_auth_failure_ip_rate")]
+    pub auth_failure_ip_rate: String,
+    #[serde(default = "default_auth_failure_ip_burst")]
+    pub auth_failure_ip_burst: u32,
+}
+
+impl LimitsConfig {
+    /// `max_connections_per_ip`, or its default: half the cap (at least 1).
+    pub fn per_ip_connections(&self) -> usize {
+        self.max_connections_per_ip
+            .unwrap_or((self.max_connections / 2).max(1))
+    }
+
+    /// The parsed `trusted_proxies` (validated at load).
+    pub fn proxies(&self) -> Vec<crate::limits::Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|c| crate::limits::Cidr::parse(c).ok())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +389,20 @@ pub struct ClientConfig {
     pub audiences: Vec<String>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// May this client delegate (token-exchange) a token without `sid`, i.e. act as
+    /// another service? Off by default (RFC 8693 §5: impersonation needs explicit trust).
+    #[serde(default)]
+    pub delegate_service_tokens: bool,
+    /// Per-client overrides of `limits.token_rate` / `token_burst`.
+    #[serde(default)]
+    pub token_rate: Option<String>,
+    #[serde(default)]
+    pub token_burst: Option<u32>,
+    /// Per-client overrides of `limits.revoke_rate` / `revoke_burst`.
+    #[serde(default)]
+    pub revoke_rate: Option<String>,
+    #[serde(default)]
+    pub revoke_burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +415,11 @@ pub struct TrustedIssuerConfig {
     pub jwks_file: Option<PathBuf>,
     #[serde(default)]
     pub jwks: Option<toml::Value>,
+    /// Prepended to the IdP's `sub` in user tokens (`"idp1|"`), so two IdPs, or an IdP
+    /// and a client id, never name the same subject (RFC 9068 §5). Required, and
+    /// distinct, when more than one issuer is trusted.
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
 }
 
 /// The file as written, before validation.
@@ -543,6 +618,7 @@ impl Config {
                 "must be positive",
             ));
         }
+        self.validate_deadlines_and_rates()?;
         self.validate_clients()?;
         for (i, ti) in self.trusted_issuers.iter().enumerate() {
             if ti.issuer.is_empty() {
@@ -558,6 +634,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_subject_prefixes()?;
         // Reads and parses every JWKS, so `latch check` reports a bad one.
         crate::sessions::trusted::TrustedIssuers::load(&self.trusted_issuers, &self.issuer)?;
         if let Some(i) = self.demo_secret_client() {
@@ -572,6 +649,109 @@ impl Config {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_deadlines_and_rates(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (key, d) in [
+            ("limits.body_read_timeout", l.body_read_timeout),
+            ("limits.handler_timeout", l.handler_timeout),
+            ("limits.write_timeout", l.write_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be positive"));
+            }
+        }
+        if l.body_read_timeout > l.handler_timeout {
+            return Err(ConfigError::new(
+                "limits.body_read_timeout",
+                "must not exceed limits.handler_timeout (the body is read inside the handler)",
+            ));
+        }
+        if l.max_connections_per_ip == Some(0) {
+            return Err(ConfigError::new(
+                "limits.max_connections_per_ip",
+                "must be at least 1",
+            ));
+        }
+        for (i, c) in l.trusted_proxies.iter().enumerate() {
+            crate::limits::Cidr::parse(c)
+                .map_err(|r| ConfigError::new(format!("limits.trusted_proxies[{i}]"), r))?;
+        }
+        for (key, rate, burst) in [
+            ("limits.token_rate", &l.token_rate, l.token_burst),
+            ("limits.revoke_rate", &l.revoke_rate, l.revoke_burst),
+            (
+                "limits.auth_failure_rate",
+                &l.auth_failure_rate,
+                l.auth_failure_burst,
+            ),
+            (
+                "limits.auth_failure_ip_rate",
+                &l.auth_failure_ip_rate,
+                l.auth_failure_ip_burst,
+            ),
+        ] {
+            crate::limits::Rate::parse(rate, burst).map_err(|r| ConfigError::new(key, r))?;
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            let token = c.token_rate.as_ref().unwrap_or(&l.token_rate);
+            crate::limits::Rate::parse(token, c.token_burst.unwrap_or(l.token_burst))
+                .map_err(|r| ConfigError::new(format!("clients[{i}].token_rate"), r))?;
+            let revoke = c.revoke_rate.as_ref().unwrap_or(&l.revoke_rate);
+            crate::limits::Rate::parse(revoke, c.revoke_burst.unwrap_or(l.revoke_burst))
+                .map_err(|r| ConfigError::new(format!("clients[{i}].revoke_rate"), r))?;
+        }
+        if self.tokens.max_delegation_depth == 0 || self.tokens.max_delegation_depth > 16 {
+            return Err(ConfigError::new(
+                "tokens.max_delegation_depth",
+                "must be 1 to 16",
+            ));
+        }
+        Ok(())
+    }
+
+    /// RFC 9068 §5: user subjects must not collide with each other or with client ids.
+    fn validate_subject_prefixes(&self) -> Result<(), ConfigError> {
+        let several = self.trusted_issuers.len() > 1;
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, ti) in self.trusted_issuers.iter().enumerate() {
+            let key = format!("trusted_issuers[{i}].subject_prefix");
+            let prefix = ti.subject_prefix.as_deref().unwrap_or("");
+            if prefix.is_empty() {
+                if several {
+                    return Err(ConfigError::new(
+                        key,
+                        "required (and distinct) when more than one issuer is trusted, \
+                         so their subjects cannot collide; e.g. \"idp1|\"",
+                    ));
+                }
+                continue;
+            }
+            if prefix.len() > 64 || prefix.chars().any(char::is_whitespace) {
+                return Err(ConfigError::new(key, "1-64 characters without spaces"));
+            }
+            if let Some(other) = seen
+                .iter()
+                .find(|p| p.starts_with(prefix) || prefix.starts_with(**p))
+            {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{prefix:?} overlaps the prefix {other:?} of another issuer"),
+                ));
+            }
+            if let Some(c) = self.clients.iter().find(|c| c.id.starts_with(prefix)) {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "client id {:?} starts with {prefix:?}: a user could be named like it",
+                        c.id
+                    ),
+                ));
+            }
+            seen.push(prefix);
         }
         Ok(())
     }
@@ -864,6 +1044,36 @@ fn d_2s() -> Duration {
 }
 fn d_10s() -> Duration {
     Duration::from_secs(10)
+}
+fn d_15s() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_delegation_depth() -> usize {
+    3
+}
+fn default_token_rate() -> String {
+    "100/s".into()
+}
+fn default_token_burst() -> u32 {
+    200
+}
+fn default_revoke_rate() -> String {
+    "10/s".into()
+}
+fn default_revoke_burst() -> u32 {
+    100
+}
+fn default_auth_failure_rate() -> String {
+    "60/m".into()
+}
+fn default_auth_failure_burst() -> u32 {
+    30
+}
+fn default_auth_failure_ip_rate() -> String {
+    "120/m".into()
+}
+fn default_auth_failure_ip_burst() -> u32 {
+    60
 }
 fn d_30s() -> Duration {
     Duration::from_secs(30)

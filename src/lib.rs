@@ -10,7 +10,8 @@
 //! - [`revocation`]: the session-version table and the follower that feeds it from the store.
 //! - [`store`]: the durable state behind one trait; `store::embedded` is SQLite.
 //! - [`http`]: routing, request parsing, client auth, the one error → response mapping.
-//! - [`server`]: accept loops, limits, graceful drain.
+//! - [`server`]: accept loops, connection limits, request deadlines, graceful drain.
+//! - [`limits`]: per-node rate limits (GCRA), trusted proxies and the client address.
 //! - [`cli`]: the operator verbs that talk to a running server's admin API.
 //!
 //! [`run`] wires them together: open the store, load keys and the table, then listen.
@@ -29,6 +30,7 @@ pub mod clients;
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod revocation;
 pub mod server;
@@ -99,7 +101,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (addr, metrics_addr) = (local(&listener), local(&metrics_listener));
     let limits = server::ListenerLimits {
         max_connections: config.limits.max_connections,
+        max_connections_per_ip: config.limits.per_ip_connections(),
         header_read_timeout: config.limits.header_read_timeout,
+        write_timeout: config.limits.write_timeout,
+        exempt: config.limits.proxies().into(),
     };
     let trusted = sessions::trusted::TrustedIssuers::load(&config.trusted_issuers, &config.issuer)?;
     let app = App::new(config, trusted, keys.clone(), table, store, prometheus);
@@ -116,7 +121,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             http::handle_metrics,
             server::ListenerLimits {
                 max_connections: 64,
-                ..limits
+                max_connections_per_ip: 64,
+                ..limits.clone()
             },
             stop_rx.clone(),
         )),

@@ -87,8 +87,12 @@ struct Remote {
 #[derive(Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["subject", "session", "client", "token", "all"])))]
 struct RevokeArgs {
+    /// The subject as latch writes it in tokens, or with --issuer the IdP's own sub.
     #[arg(long)]
     subject: Option<String>,
+    /// With --subject: the trusted issuer whose sub it is (its subject_prefix applies).
+    #[arg(long, requires = "subject")]
+    issuer: Option<String>,
     #[arg(long)]
     session: Option<String>,
     #[arg(long)]
@@ -377,6 +381,9 @@ async fn revoke(client: AdminClient, a: RevokeArgs) -> Result<(Value, String), C
     let mut body = json!({ "kind": kind, "reason": a.reason });
     if let Some(v) = value {
         body["value"] = json!(v);
+    }
+    if let Some(iss) = a.issuer {
+        body["issuer"] = json!(iss);
     }
     let answer = client
         .call(Method::POST, "/admin/revoke", Some(body))

@@ -23,6 +23,10 @@ pub const STORE_EPOCH_CHANGES: &str = "latch_store_epoch_changes_total";
 pub const REVOCATIONS_RESTORED: &str = "latch_revocations_restored_total";
 pub const STORE_FEED_UP: &str = "latch_store_feed_up";
 pub const REPLICA_ACK_FAILURES: &str = "latch_store_replica_ack_failures_total";
+/// Requests or connections cut off at a deadline, by `phase` (body, handler, write).
+pub const DEADLINES_TOTAL: &str = "latch_request_deadline_exceeded_total";
+/// Requests refused 429, by `endpoint` and `limit` (`limits::Limit::label`).
+pub const RATE_LIMITED_TOTAL: &str = "latch_rate_limited_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -101,6 +105,14 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Connections closed at the connection cap"
+        "Connections closed at the connection cap, by reason (cap, per_ip)"
+    );
+    describe_counter!(
+        DEADLINES_TOTAL,
+        "Requests cut off at a deadline, by phase (body, handler, write)"
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests refused by a rate limit, by endpoint and limit"
     );
 }

@@ -1,9 +1,20 @@
-//! Accept loops: HTTP/1.1 with keep-alive, a connection cap, a header read timeout, and a
+//! Accept loops: HTTP/1.1 with keep-alive, a connection cap and a per-address share of it,
+//! deadlines for the whole request (headers, body, handler, response write), and a
 //! graceful drain on shutdown (in-flight requests finish; no new ones start).
+//!
+//! The header read timeout is hyper's; the body read deadline lives in
+//! `http::request::read_body` and the handler deadline in `http::handle`, both from
+//! [`ListenerLimits`]; the write deadline is [`DeadlineIo`] here, because only the IO
+//! layer sees a client that stops reading.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,20 +25,68 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::time::Sleep;
 
 use crate::app::App;
+use crate::limits::Cidr;
 use crate::metrics as m;
 
 /// How long in-flight requests get to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(30);
 
 /// Limits of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerLimits {
     pub max_connections: usize,
+    /// Connections one peer address may hold at once. Peers in `exempt` (trusted
+    /// proxies, which multiplex many clients) are not counted.
+    pub max_connections_per_ip: usize,
     pub header_read_timeout: Duration,
+    /// A response write that makes no progress for this long closes the connection.
+    pub write_timeout: Duration,
+    pub exempt: Arc<[Cidr]>,
+}
+
+/// Peer address → connections it holds now.
+#[derive(Default)]
+struct PerIp {
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's claim on its address's share; released on drop.
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut held = self.table.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Serves `listener` with `handler` until `shutdown` flips, then drains.
@@ -38,10 +97,11 @@ pub async fn serve<H, F>(
     limits: ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    H: Fn(App, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(App, Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -49,7 +109,7 @@ pub async fn serve<H, F>(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(error) => {
@@ -61,22 +121,39 @@ pub async fn serve<H, F>(
             },
             _ = shutdown.changed() => break,
         };
+        let ip = peer.ip().to_canonical();
+        // The per-address share first: a flood from one address must not use up the
+        // global slots that others need.
+        let slot = if limits.exempt.iter().any(|c| c.contains(ip)) {
+            None
+        } else {
+            match per_ip.try_take(ip, limits.max_connections_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "per_ip").increment(1);
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!(m::CONNECTIONS_REFUSED).increment(1);
+            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "cap").increment(1);
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let handler = handler.clone();
-        let service = service_fn(move |req| handler(app.clone(), req));
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let service = service_fn(move |req| handler(app.clone(), req, ip));
+        let io = DeadlineIo::new(stream, limits.write_timeout);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
             drop(permit);
+            drop(slot);
         });
     }
     drop(listener);
@@ -85,5 +162,135 @@ pub async fn serve<H, F>(
         .is_err()
     {
         tracing::warn!("connections still open after the drain period; closing them");
+    }
+}
+
+// === impl DeadlineIo ===
+
+/// A stream whose writes fail with `TimedOut` once a write has made no progress for
+/// `timeout`: a client that stops reading its response is cut off instead of holding
+/// the connection (and its slot) for as long as it likes.
+pub struct DeadlineIo<T> {
+    inner: T,
+    timeout: Duration,
+    /// Armed when a write returns `Pending`; cleared by any progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> DeadlineIo<T> {
+    pub fn new(inner: T, timeout: Duration) -> Self {
+        DeadlineIo {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Called when the inner write is pending: errors once the deadline has passed.
+    fn check_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                metrics::counter!(m::DEADLINES_TOTAL, "phase" => "write").increment(1);
+                Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "response write deadline passed",
+                ))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.check_stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.check_stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.check_stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_stops_reading_fails_the_write_at_the_deadline() {
+        // A 64-byte pipe whose far end never reads: the second write stalls.
+        let (near, far) = tokio::io::duplex(64);
+        let mut io = DeadlineIo::new(near, Duration::from_secs(5));
+        io.write_all(&[0u8; 64]).await.unwrap();
+        let err = io.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // Progress resets the deadline: a reader that keeps up is never cut off.
+        let (near, mut far2) = tokio::io::duplex(64);
+        let mut io = DeadlineIo::new(near, Duration::from_secs(5));
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut total = 0;
+            while total < 64 * 20 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                total += far2.read(&mut buf).await.unwrap();
+            }
+        });
+        for _ in 0..20 {
+            io.write_all(&[1u8; 64]).await.unwrap();
+        }
+        reader.await.unwrap();
+        drop(far);
     }
 }

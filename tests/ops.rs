@@ -380,6 +380,8 @@ async fn status_on(stream: &mut tokio::net::TcpStream) -> Option<u16> {
 async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
     let cfg = ServerConfig {
         max_connections: 2,
+        // All from 127.0.0.1: allow it the whole cap (the default share is half).
+        env: vec![("LATCH_LIMITS__MAX_CONNECTIONS_PER_IP".into(), "2".into())],
         ..ServerConfig::default()
     };
     let s = TestServer::start(&cfg).await;

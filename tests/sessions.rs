@@ -54,11 +54,13 @@ fn idp_hook2() -> ClientDef {
 }
 
 /// A delegating service: token exchange only, no roles.
+/// It serves `ORDERS_AUD` too: user tokens for the orders API reach it, and only tokens
+/// meant for it may be delegated (RFC 8693 §2.1 `subject_token` for the caller).
 fn reports() -> ClientDef {
     ClientDef::new("reports-service")
         .grants(&[TE])
         .scopes(&["orders:read", "reports:write"])
-        .audiences(&[REPORTS_AUD, REPORTS_AUD2])
+        .audiences(&[REPORTS_AUD, REPORTS_AUD2, ORDERS_AUD])
 }
 
 /// Has the `session_issuer` role but not the token-exchange grant.
@@ -156,7 +158,7 @@ fn unique(prefix: &str) -> String {
 /// `[[trusted_issuers]]` with a JWKS file.
 fn trusted_issuer_file(iss: &str, jwks_path: &std::path::Path) -> String {
     format!(
-        "[[trusted_issuers]]\nissuer = {}\njwks_file = {}\n\n",
+        "[[trusted_issuers]]\nissuer = {}\nsubject_prefix = \"idp|\"\njwks_file = {}\n\n",
         json!(iss),
         json!(jwks_path.to_str().unwrap())
     )
@@ -166,7 +168,10 @@ fn trusted_issuer_file(iss: &str, jwks_path: &std::path::Path) -> String {
 fn trusted_issuer_inline(iss: &str, audience: Option<&str>, jwks: &Value) -> String {
     let jwks = serde_json::to_string(jwks).unwrap();
     assert!(!jwks.contains('\''));
-    let mut s = format!("[[trusted_issuers]]\nissuer = {}\n", json!(iss));
+    let mut s = format!(
+        "[[trusted_issuers]]\nissuer = {}\nsubject_prefix = \"other|\"\n",
+        json!(iss)
+    );
     if let Some(a) = audience {
         s.push_str(&format!("audience = {}\n", json!(a)));
     }
@@ -388,7 +393,7 @@ async fn session_opening_happy_path() {
     let (h, c, _) = decode_jwt(&sess.access);
     assert_eq!(h["typ"], "at+jwt", "{h}");
     assert_eq!(c["iss"], LATCH_ISS, "{c}");
-    assert_eq!(c["sub"], "alice", "{c}");
+    assert_eq!(c["sub"], "idp|alice", "{c}");
     assert_eq!(c["client_id"], "idp-hook", "{c}");
     assert_eq!(c["username"], "alice@example.com", "{c}");
     assert_eq!(aud_list(&c["aud"]), vec![ORDERS_AUD.to_string()], "{c}");
@@ -399,7 +404,7 @@ async fn session_opening_happy_path() {
     // Introspection shows the session.
     let v = s.introspect(&sess.access).await;
     assert_eq!(v["active"], true, "{v}");
-    assert_eq!(v["sub"], "alice", "{v}");
+    assert_eq!(v["sub"], "idp|alice", "{v}");
     assert_eq!(v["sid"], sess.sid.as_str(), "{v}");
     assert_eq!(v["client_id"], "idp-hook", "{v}");
     assert_eq!(v["username"], "alice@example.com", "{v}");
@@ -423,7 +428,7 @@ async fn session_opening_happy_path() {
     let c3 = claims_of(&sess3.access);
     assert_eq!(aud_list(&c3["aud"]), vec![PROFILE_AUD.to_string()], "{c3}");
     assert_eq!(scope_set(&c3["scope"]), set(&["profile"]), "{c3}");
-    assert_eq!(c3["sub"], "bob", "{c3}");
+    assert_eq!(c3["sub"], "idp|bob", "{c3}");
     assert_ne!(sess3.sid, sess.sid);
 
     // Without preferred_username there is no username claim.
@@ -434,7 +439,7 @@ async fn session_opening_happy_path() {
         "open without preferred_username",
     );
     let c4 = claims_of(&sess4.access);
-    assert_eq!(c4["sub"], "carol");
+    assert_eq!(c4["sub"], "idp|carol");
     assert!(c4.get("username").is_none(), "{c4}");
 
     // Audit: one session_create per session, actor the IdP hook.
@@ -511,7 +516,7 @@ async fn second_issuer_inline_jwks_and_explicit_audience() {
         &exchange(s, &hook, &env.other.assertion("dave"), &[]).await,
         "other issuer",
     );
-    assert_eq!(claims_of(&sess.access)["sub"], "dave");
+    assert_eq!(claims_of(&sess.access)["sub"], "other|dave");
     // Its configured audience is not latch's issuer: an assertion for latch's issuer fails.
     let mut cl = env.other.claims("dave");
     cl["aud"] = json!(LATCH_ISS);
@@ -673,7 +678,7 @@ async fn hostile_assertions_are_invalid_grant() {
         &exchange(s, &hook, &idp.sign(&cl), &[]).await,
         "aud array containing the audience",
     );
-    assert_eq!(claims_of(&sess.access)["sub"], "alice");
+    assert_eq!(claims_of(&sess.access)["sub"], "idp|alice");
     open_on(s, idp, "alice", &[]).await;
     // An assertion issued 4 minutes ago is still young enough.
     let cl = with(&|c| c["iat"] = json!(now_secs() - 240));
@@ -752,7 +757,7 @@ async fn refresh_rotates_and_keeps_the_session() {
     assert_eq!(next.sid, sess.sid, "same session");
     let c = claims_of(&next.access);
     let c0 = claims_of(&sess.access);
-    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["sub"], "idp|alice");
     assert_eq!(c["client_id"], "idp-hook");
     assert_eq!(c["username"], c0["username"], "{c}");
     assert_ne!(c["jti"], c0["jti"]);
@@ -992,7 +997,7 @@ async fn delegation_happy_path() {
     let d = delegated_from(&r, "delegation");
     let (h, c, _) = decode_jwt(&d);
     assert_eq!(h["typ"], "at+jwt");
-    assert_eq!(c["sub"], "alice", "{c}");
+    assert_eq!(c["sub"], "idp|alice", "{c}");
     assert_eq!(c["sid"], sess.sid.as_str(), "{c}");
     assert_eq!(c["client_id"], "reports-service", "{c}");
     assert_eq!(c["act"], json!({"sub": "reports-service"}), "{c}");
@@ -1003,7 +1008,7 @@ async fn delegation_happy_path() {
     let v = s.introspect(&d).await;
     assert_eq!(v["active"], true, "{v}");
     assert_eq!(v["act"], json!({"sub": "reports-service"}), "{v}");
-    assert_eq!(v["sub"], "alice", "{v}");
+    assert_eq!(v["sub"], "idp|alice", "{v}");
     assert_eq!(v["sid"], sess.sid.as_str(), "{v}");
     assert_eq!(v["client_id"], "reports-service", "{v}");
 
@@ -1054,7 +1059,7 @@ async fn delegation_scope_and_audience_rules() {
         .await
         .assert_error(400, "invalid_scope");
     // A resource that is not one of the delegating client's audiences.
-    for res in [ORDERS_AUD, "https://unknown.example"] {
+    for res in [PROFILE_AUD, "https://unknown.example"] {
         delegate(s, &svc, &sess.access, &[("resource", res)])
             .await
             .assert_error(400, "invalid_target");
@@ -1151,7 +1156,8 @@ async fn delegated_tokens_die_with_their_session_and_subject() {
     let b = open_on(s, &env.idp, "bob", &[]).await;
     let db = delegated_from(&delegate(s, &svc, &b.access, &res).await, "delegate b");
     let alice_d = delegated_from(&delegate(s, &svc, &other.access, &res).await, "alice again");
-    s.admin_revoke("subject", Some("bob"), "offboarded").await;
+    s.admin_revoke("subject", Some("idp|bob"), "offboarded")
+        .await;
     assert_inactive(s, &db, "delegated token after subject revocation").await;
     assert_inactive(s, &b.access, "subject's token after subject revocation").await;
     assert_refresh_refused(s, &b.refresh, "subject's refresh after subject revocation").await;
@@ -1263,7 +1269,8 @@ async fn admin_session_and_subject_revocation_kill_access_and_refresh() {
     let b2 = open_on(s, &env.idp, "bob", &[("resource", PROFILE_AUD)]).await;
     let b2 = refresh_ok(s, &b2.refresh).await;
     let c1 = open_on(s, &env.idp, "carol", &[]).await;
-    s.admin_revoke("subject", Some("bob"), "offboarding").await;
+    s.admin_revoke("subject", Some("idp|bob"), "offboarding")
+        .await;
     for (sess, what) in [(&b1, "bob session 1"), (&b2, "bob session 2")] {
         assert_inactive(s, &sess.access, what).await;
         assert_inactive(s, &sess.refresh, what).await;
@@ -1295,13 +1302,17 @@ async fn client_and_all_revocations_kill_sessions() {
         .await;
     assert_inactive(s, &a.access, "session token after client revocation").await;
     assert_refresh_refused(s, &a.refresh, "refresh after client revocation").await;
-    // The delegated token belongs to reports-service: not matched by client idp-hook.
-    assert_active(s, &d, "delegated token of another client_id").await;
+    // The delegated token derives from an idp-hook token (`dcl`): it dies with it.
+    assert_inactive(s, &d, "delegated token of a revoked origin client").await;
 
     // kind = client, the delegating service: its delegated tokens die.
+    let a2 = open_on(s, &env.idp, "alice", &[]).await;
+    let d2 = delegated_from(&delegate(s, &svc, &a2.access, &res).await, "delegate 2");
+    assert_active(s, &d2, "delegated after the origin client's revocation").await;
     s.admin_revoke("client", Some("reports-service"), "service compromised")
         .await;
-    assert_inactive(s, &d, "delegated token after its client's revocation").await;
+    assert_inactive(s, &d2, "delegated token after its client's revocation").await;
+    assert_active(s, &a2.access, "the origin token is not the delegate's").await;
 
     // New sessions after the client revocation work.
     let b = open_on(s, &env.idp, "bob", &[]).await;
@@ -1368,6 +1379,7 @@ async fn racing_a_revocation_leaves_nothing_alive() {
         let x = open_on(s, &env.idp, &sub, &[]).await;
         let y = open_on(s, &env.idp, &sub, &[]).await;
         let z = open_on(s, &env.idp, &sub, &[]).await;
+        let namespaced = format!("idp|{sub}");
         let (rx, ry, rz, dx, dy, dz, _) = tokio::join!(
             refresh_resp(s, &hook, &x.refresh, &[]),
             refresh_resp(s, &hook, &y.refresh, &[]),
@@ -1375,7 +1387,7 @@ async fn racing_a_revocation_leaves_nothing_alive() {
             delegate(s, &svc, &x.access, &res),
             delegate(s, &svc, &y.access, &res),
             delegate(s, &svc, &z.access, &res),
-            s.admin_revoke("subject", Some(&sub), "race")
+            s.admin_revoke("subject", Some(&namespaced), "race")
         );
         let what = format!("round {round}, subject revocation");
         for r in [&rx, &ry, &rz] {
@@ -1410,7 +1422,7 @@ async fn refresh_tokens_introspect() {
         let v = r.json();
         assert_eq!(v["active"], true, "hint {hint:?}: {v}");
         assert_eq!(v["token_type"], "refresh_token", "{v}");
-        assert_eq!(v["sub"], "alice", "{v}");
+        assert_eq!(v["sub"], "idp|alice", "{v}");
         assert_eq!(v["sid"], sess.sid.as_str(), "{v}");
     }
 

@@ -360,3 +360,81 @@ fn replica_acks_default_by_topology_and_are_checked() {
     env.push(("LATCH_STORE__REPLICA_ACK_TIMEOUT", "1s".into()));
     assert_eq!(with(env).unwrap_err().key, "store.replica_ack_timeout");
 }
+
+/// Two trusted issuers with an inline Ed25519 JWKS each, `prefixes` as given.
+fn two_issuers(prefixes: [Option<&str>; 2]) -> String {
+    let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k"}]}"#;
+    let mut text = GOOD.to_string();
+    for (i, p) in prefixes.iter().enumerate() {
+        text.push_str(&format!(
+            "[[trusted_issuers]]\nissuer = \"https://idp{i}.example\"\njwks = '{jwks}'\n"
+        ));
+        if let Some(p) = p {
+            text.push_str(&format!("subject_prefix = \"{p}\"\n"));
+        }
+    }
+    text
+}
+
+#[test]
+fn subject_prefixes_keep_issuers_and_clients_apart() {
+    assert!(load(&two_issuers([Some("a|"), Some("b|")]), &[]).is_ok());
+    let cases: &[([Option<&str>; 2], &str)] = &[
+        ([None, Some("b|")], "trusted_issuers[0].subject_prefix"),
+        ([Some("a|"), None], "trusted_issuers[1].subject_prefix"),
+        (
+            [Some("a|"), Some("a|")],
+            "trusted_issuers[1].subject_prefix",
+        ),
+        // One prefix starting the other: "ab|x" of issuer 1 is "a" + "b|x" of issuer 0.
+        (
+            [Some("a"), Some("ab|")],
+            "trusted_issuers[1].subject_prefix",
+        ),
+        // Client "svc" would be reachable as prefix "s" + IdP sub "vc".
+        ([Some("s"), Some("b|")], "trusted_issuers[0].subject_prefix"),
+    ];
+    for (prefixes, key) in cases {
+        assert_eq!(err_key(&two_issuers(*prefixes), &[]), *key, "{prefixes:?}");
+    }
+}
+
+#[test]
+fn deadlines_rates_and_proxies_are_checked() {
+    let c = load(GOOD, &[]).unwrap();
+    assert_eq!(c.limits.per_ip_connections(), 2048);
+    assert_eq!(c.tokens.max_delegation_depth, 3);
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("LATCH_LIMITS__BODY_READ_TIMEOUT", "1m")],
+            "limits.body_read_timeout",
+        ),
+        (
+            &[("LATCH_LIMITS__WRITE_TIMEOUT", "0s")],
+            "limits.write_timeout",
+        ),
+        (
+            &[("LATCH_LIMITS__MAX_CONNECTIONS_PER_IP", "0")],
+            "limits.max_connections_per_ip",
+        ),
+        (
+            &[("LATCH_LIMITS__TRUSTED_PROXIES", r#"["10.0.0.0/33"]"#)],
+            "limits.trusted_proxies[0]",
+        ),
+        (&[("LATCH_LIMITS__TOKEN_RATE", "fast")], "limits.token_rate"),
+        (&[("LATCH_LIMITS__REVOKE_BURST", "0")], "limits.revoke_rate"),
+        (
+            &[("LATCH_CLIENTS__0__TOKEN_RATE", "5/d")],
+            "clients[0].token_rate",
+        ),
+        (
+            &[("LATCH_TOKENS__MAX_DELEGATION_DEPTH", "0")],
+            "tokens.max_delegation_depth",
+        ),
+    ];
+    for (env, key) in cases {
+        assert_eq!(err_key(GOOD, env), *key, "{env:?}");
+    }
+    let off = load(GOOD, &[("LATCH_CLIENTS__0__REVOKE_RATE", "off")]).unwrap();
+    assert_eq!(off.clients[0].revoke_rate.as_deref(), Some("off"));
+}

@@ -22,7 +22,7 @@ const MAX_FIELD: usize = 1024;
 
 /// Authenticates by HTTP Basic and requires role `admin`.
 pub fn admin(app: &App, parts: &Parts) -> Result<std::sync::Arc<Client>, ApiError> {
-    let client = authenticate(&app.clients, parts, None)?;
+    let client = authenticate(app, parts, None)?;
     require_role(&client, Role::Admin)?;
     Ok(client)
 }
@@ -49,6 +49,36 @@ struct RevokeRequest {
     value: Option<String>,
     #[serde(default)]
     reason: Option<String>,
+    /// For kind `subject`: `value` is this trusted issuer's own `sub`.
+    #[serde(default)]
+    issuer: Option<String>,
+}
+
+/// The subject a `subject` revocation names, as latch writes it in tokens. With
+/// `issuer`, `value` is that IdP's own `sub` and gets its prefix. Without, a value that
+/// could be a bare IdP `sub` while prefixes are configured (no known prefix, not a
+/// client id) is ambiguous and refused: answering 200 while matching nothing, because
+/// of a namespace, would lose the revocation.
+fn subject_value(app: &App, value: String, issuer: Option<&str>) -> Result<String, ApiError> {
+    if let Some(iss) = issuer {
+        return app.trusted.subject_of(iss, &value).ok_or_else(|| {
+            ApiError::InvalidRequest(format!(
+                "issuer {:?} is not a trusted issuer",
+                iss.chars().take(200).collect::<String>()
+            ))
+        });
+    }
+    let trusted = &app.trusted;
+    if trusted.has_prefixes() && !trusted.has_known_prefix(&value) && !app.clients.contains(&value)
+    {
+        return Err(ApiError::InvalidRequest(
+            "ambiguous subject: give it as latch writes it in tokens (with its issuer's \
+             subject_prefix, e.g. \"idp1|alice\"), or give the IdP's own sub with \
+             \"issuer\": \"<trusted issuer URL>\""
+                .into(),
+        ));
+    }
+    Ok(value)
 }
 
 pub async fn revoke(
@@ -74,6 +104,15 @@ pub async fn revoke(
                 "kind {} needs a value of 1 to {MAX_FIELD} bytes",
                 kind.as_str()
             )))
+        }
+    };
+    let value = match (kind, req.issuer.as_deref()) {
+        (RevocationKind::Subject, issuer) => subject_value(app, value, issuer)?,
+        (_, None) => value,
+        (_, Some(_)) => {
+            return Err(ApiError::InvalidRequest(
+                "issuer is only for kind subject".into(),
+            ))
         }
     };
     let reason = req.reason.unwrap_or_default();

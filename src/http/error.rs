@@ -4,12 +4,13 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use crate::keys::KeysError;
+use crate::limits::Limited;
 use crate::store::StoreError;
 
 /// Every way a request can fail.
@@ -45,6 +46,12 @@ pub enum ApiError {
     /// The request conflicts with the current state; the description says how to proceed.
     #[error("{0}")]
     Conflict(String),
+    /// The body did not arrive within `limits.body_read_timeout`.
+    #[error("the request body was not received in time")]
+    RequestTimeout,
+    /// Over a rate limit: 429 with `Retry-After`.
+    #[error(transparent)]
+    RateLimited(#[from] Limited),
     /// State too stale to decide on, store unreachable, or no signing key: fail closed.
     #[error("{0}")]
     Unavailable(String),
@@ -70,6 +77,10 @@ impl ApiError {
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request"),
+            // `slow_down` (RFC 8628 §3.5): the caller goes too fast. Distinct from the
+            // `temporarily_unavailable` of a 503, which says latch cannot decide.
+            RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         }
@@ -104,6 +115,12 @@ impl ApiError {
             }
             ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited(l) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(l.retry_after_secs));
+            }
+            ApiError::RequestTimeout => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

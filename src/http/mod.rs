@@ -2,12 +2,13 @@
 //! in `oauth.rs` and `admin.rs`; `error.rs` is the single mapping from errors to answers.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
@@ -15,7 +16,7 @@ use crate::app::App;
 use crate::metrics as m;
 use crate::time::now_ms;
 use error::{bytes_response, json_response, ApiError};
-use request::{read_body, require_content_type, Form};
+use request::{read_body, require_content_type, ClientAddr, Form};
 
 pub mod admin;
 pub mod error;
@@ -104,14 +105,46 @@ fn key_to_revoke(path: &str) -> Option<&str> {
     (!kid.is_empty() && !kid.contains('/')).then_some(kid)
 }
 
-/// The service function: every request of the main listener enters here.
-pub async fn handle(app: App, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Headers latch reads that may appear once only: with two, which one counts would be
+/// up to whoever parses first (a proxy, then latch), so the request is refused.
+const SINGLETONS: [HeaderName; 4] = [
+    AUTHORIZATION,
+    CONTENT_TYPE,
+    CONTENT_LENGTH,
+    HeaderName::from_static(REQUEST_ID),
+];
+
+/// The service function: every request of the main listener enters here. `peer` is the
+/// TCP peer's address.
+pub async fn handle(
+    app: App,
+    mut req: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let route = Route::of(req.uri().path());
-    let request_id = incoming_request_id(&req).unwrap_or_else(|| app.next_request_id());
-    let mut resp = match dispatch(&app, route, req, &request_id).await {
+    let address = attribute(&app, &mut req, peer);
+    let duplicate = repeated_singleton(&req);
+    // A repeated X-Request-Id is not echoed: which one would be up to us.
+    let request_id = duplicate
+        .is_none()
+        .then(|| incoming_request_id(&req))
+        .flatten()
+        .unwrap_or_else(|| app.next_request_id());
+    let result = match duplicate {
+        Some(h) => Err(ApiError::InvalidRequest(format!("header {h} is repeated"))),
+        None => within_deadline(&app, route, req, &request_id).await,
+    };
+    let mut resp = match result {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let ApiError::RateLimited(l) = &e {
+                metrics::counter!(m::RATE_LIMITED_TOTAL, "endpoint" => route.label(), "limit" => l.limit.label())
+                    .increment(1);
+                tracing::debug!(%address, limit = l.limit.label(), "rate limited");
+            }
+            e.into_response()
+        }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
@@ -122,6 +155,44 @@ pub async fn handle(app: App, req: Request<Incoming>) -> Result<Response<Full<By
     metrics::histogram!(m::REQUEST_DURATION, "endpoint" => route.label())
         .record(started.elapsed().as_secs_f64());
     Ok(resp)
+}
+
+/// The address the request is attributed to (rate limits), stored as an extension.
+fn attribute(app: &App, req: &mut Request<Incoming>, peer: IpAddr) -> IpAddr {
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let address = crate::limits::client_address(peer, forwarded, &app.limits.proxies);
+    req.extensions_mut().insert(ClientAddr(address));
+    address
+}
+
+/// The first header of [`SINGLETONS`] that appears more than once.
+fn repeated_singleton(req: &Request<Incoming>) -> Option<HeaderName> {
+    SINGLETONS
+        .into_iter()
+        .find(|h| req.headers().get_all(h).iter().nth(1).is_some())
+}
+
+/// [`dispatch`] under `limits.handler_timeout`: past it, 503 (fail closed) and counted.
+async fn within_deadline(
+    app: &App,
+    route: Route,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let deadline = app.config.limits.handler_timeout;
+    match tokio::time::timeout(deadline, dispatch(app, route, req, request_id)).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!(m::DEADLINES_TOTAL, "phase" => "handler").increment(1);
+            Err(ApiError::Unavailable(
+                "request handler deadline passed".into(),
+            ))
+        }
+    }
 }
 
 /// A caller-supplied request id, if it is short and plain enough to log and echo.
@@ -169,7 +240,8 @@ async fn dispatch(
             _ => Err(ApiError::NotFound),
         };
     }
-    let (parts, body) = read_body(req, app.config.limits.max_body_bytes).await?;
+    let limits = &app.config.limits;
+    let (parts, body) = read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?;
     match route {
         Route::Token | Route::Introspect | Route::Revoke => {
             require_content_type(&parts, FORM)?;
@@ -229,7 +301,9 @@ fn status_label(s: StatusCode) -> &'static str {
         404 => "404",
         405 => "405",
         413 => "413",
+        408 => "408",
         415 => "415",
+        429 => "429",
         500 => "500",
         503 => "503",
         c if c < 300 => "2xx",
@@ -242,6 +316,7 @@ fn status_label(s: StatusCode) -> &'static str {
 pub async fn handle_metrics(
     app: App,
     req: Request<Incoming>,
+    _peer: IpAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => bytes_response(

@@ -63,7 +63,7 @@ pub async fn token(
     form: &Form,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    let client = authenticate(&app.clients, parts, Some(form))?;
+    let client = authenticate(app, parts, Some(form))?;
     let grant_type = form.required("grant_type")?;
     let grant = Grant::parse(grant_type).ok_or(ApiError::UnsupportedGrantType)?;
     if !client.has_grant(grant) {
@@ -71,6 +71,7 @@ pub async fn token(
             "this client may not use this grant type",
         ));
     }
+    app.limits.token(&client.id, client.token_rate, now_ms())?;
     match grant {
         Grant::ClientCredentials => client_credentials(app, &client, form),
         Grant::RefreshToken => super::sessions::refresh(app, &client, form, request_id).await,
@@ -157,6 +158,8 @@ pub fn access_claims(
         username: None,
         rse: stamp.0,
         rsq: stamp.1,
+        dcl: Vec::new(),
+        djt: Vec::new(),
     }
 }
 
@@ -221,7 +224,7 @@ fn inactive() -> Resp {
 }
 
 pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, ApiError> {
-    let caller = authenticate(&app.clients, parts, Some(form))?;
+    let caller = authenticate(app, parts, Some(form))?;
     require_role(&caller, Role::Introspect)?;
     let token = form.required("token")?;
     let now = now_ms();
@@ -303,7 +306,7 @@ pub async fn revoke(
     form: &Form,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    let caller = authenticate(&app.clients, parts, Some(form))?;
+    let caller = authenticate(app, parts, Some(form))?;
     let token = form.required("token")?;
     let now = now_ms();
     require_fresh(app, now)?;
@@ -334,6 +337,7 @@ pub async fn revoke(
     {
         return Ok(super::error::empty_ok());
     }
+    limit_revocation(app, &caller, now)?;
     app.revoke(NewRevocation {
         kind: RevocationKind::Token,
         value: claims.jti.clone(),
@@ -343,6 +347,17 @@ pub async fn revoke(
     })
     .await?;
     Ok(super::error::empty_ok())
+}
+
+/// Counts one revocation `caller` is about to record: only those that grow the log count
+/// (answers for unknown, expired or already revoked tokens are free), and clients with
+/// role `admin` are never limited, so a legitimate bulk revocation is never refused.
+pub fn limit_revocation(app: &App, caller: &Client, now: i64) -> Result<(), ApiError> {
+    if caller.has_role(Role::Admin) {
+        return Ok(());
+    }
+    app.limits.revoke(&caller.id, caller.revoke_rate, now)?;
+    Ok(())
 }
 
 fn json_body<T: Serialize>(status: StatusCode, body: &T) -> Resp {

@@ -1,7 +1,9 @@
 //! Reading requests: the body under its size limit, content types, form parameters
 //! (RFC 6749 §3.2: none repeated), and client authentication (RFC 6749 §2.3.1).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -14,10 +16,32 @@ use hyper::Request;
 use percent_encoding::percent_decode;
 
 use super::error::ApiError;
+use crate::app::App;
 use crate::clients::{Client, Clients, Role};
+use crate::time::now_ms;
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(Parts, Bytes), ApiError> {
+/// The address a request is attributed to (see `limits::client_address`), set by
+/// `http::handle` as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    pub fn of(parts: &Parts) -> IpAddr {
+        parts
+            .extensions
+            .get::<ClientAddr>()
+            .map(|a| a.0)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+/// Reads the whole body within `deadline` (total, not per chunk: a client trickling one
+/// byte at a time is cut off too), refusing more than `limit` bytes with 413.
+pub async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    deadline: Duration,
+) -> Result<(Parts, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -27,7 +51,12 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(Parts, B
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge);
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
+    let Ok(collected) = collected else {
+        metrics::counter!(crate::metrics::DEADLINES_TOTAL, "phase" => "body").increment(1);
+        return Err(ApiError::RequestTimeout);
+    };
+    match collected {
         Ok(collected) => Ok((parts, collected.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
         Err(_) => Err(ApiError::InvalidRequest(
@@ -142,11 +171,42 @@ fn printable(name: &str) -> String {
 /// Authenticates the calling client by HTTP Basic (`client_secret_basic`) or, when a form
 /// is given, by `client_id` and `client_secret` in it (`client_secret_post`). Using both
 /// at once is refused (RFC 6749 §2.3).
+///
+/// Failures are rate limited per source address and per configured client id: once
+/// either has used up its failures, its requests are refused 429 before the secret is
+/// even looked at. Clients with role `admin` are exempt from the per-id limit, so
+/// nobody can lock the revocation path out by spraying bad secrets for its id.
 pub fn authenticate(
-    clients: &Clients,
+    app: &App,
     parts: &Parts,
     form: Option<&Form>,
 ) -> Result<Arc<Client>, ApiError> {
+    let address = ClientAddr::of(parts);
+    let presented = presented_id(parts, form);
+    let counted = presented
+        .as_deref()
+        .and_then(|id| app.clients.get(id))
+        .filter(|c| !c.has_role(Role::Admin))
+        .map(|c| c.id.as_str());
+    let now = now_ms();
+    app.limits.before_auth(address, counted, now)?;
+    let result = verify(&app.clients, parts, form);
+    if result.is_err() {
+        app.limits.auth_failed(address, counted, now);
+    }
+    result
+}
+
+/// The client id a request claims, before any verification.
+fn presented_id(parts: &Parts, form: Option<&Form>) -> Option<String> {
+    if let Some(header) = parts.headers.get(AUTHORIZATION) {
+        let (id, _) = parse_basic(header.as_bytes())?;
+        return Some(decode_component(id.as_bytes()).unwrap_or(id));
+    }
+    form.and_then(|f| f.get("client_id")).map(str::to_string)
+}
+
+fn verify(clients: &Clients, parts: &Parts, form: Option<&Form>) -> Result<Arc<Client>, ApiError> {
     let in_body = form.and_then(|f| f.get("client_secret")).is_some();
     if let Some(header) = parts.headers.get(AUTHORIZATION) {
         if in_body {

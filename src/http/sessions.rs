@@ -33,6 +33,8 @@ fn stamp(r: &RefreshRecord) -> Stamp<'_> {
         client_id: &r.client_id,
         rsq: r.rsq,
         rse: r.rse,
+        chain_clients: &[],
+        chain_jtis: &[],
     }
 }
 
@@ -45,6 +47,7 @@ pub async fn exchange(
     request_id: &str,
 ) -> Result<Resp, ApiError> {
     let subject_token = form.required("subject_token")?;
+    check_requested_type(form)?;
     match form.required("subject_token_type")? {
         TYPE_JWT => {
             require_role(client, Role::SessionIssuer)?;
@@ -72,11 +75,29 @@ async fn open_session(
         tracing::debug!(reason, client = %client.id, "assertion refused");
         ApiError::InvalidGrant("the subject token is not a valid assertion of a trusted issuer")
     })?;
+    // RFC 9068 §5: a user must never be named like a client (nor, with prefixes, like a
+    // user of another IdP; config validation keeps prefixes apart from client ids).
+    if app.clients.contains(&a.sub) {
+        tracing::warn!(issuer = %a.iss, client = %client.id, subject = %a.sub, "assertion names a client id as its subject; refused");
+        app.store
+            .append_audit(NewAudit {
+                actor: client.id.clone(),
+                action: "assertion_refused".into(),
+                target: format!("subject:{}", a.sub),
+                reason: format!("assertion from {} names a client id as its subject", a.iss),
+                request_id: request_id.to_string(),
+            })
+            .await?;
+        return Err(ApiError::InvalidGrant(
+            "the assertion's subject collides with a client id",
+        ));
+    }
     let scope = scope_within(&client.scopes, form.optional("scope"))?;
-    let aud = audience(client, form)?;
-    // One use per assertion, remembered until it could no longer be accepted anyway.
+    let aud = exchange_audience(client, form)?;
+    // One use per assertion, remembered exactly as long as it could be accepted: until
+    // its `exp` or its maximum age, whichever comes first, plus leeway.
     let replay_key = sessions::hash(&format!("{}\n{}", a.iss, a.jti));
-    let until = (a.exp + leeway as i64 + 1) * 1000;
+    let until = sessions::trusted::replay_until_ms(a.exp, a.iat, leeway as i64);
     if !app.store.claim_once(replay_key, until).await? {
         tracing::debug!(client = %client.id, "assertion replayed");
         return Err(ApiError::InvalidGrant("the assertion was already used"));
@@ -92,7 +113,7 @@ async fn open_session(
         actor: client.id.clone(),
         action: "session_create".into(),
         target: format!("session:{}", record.sid),
-        reason: format!("subject {} from {}", a.sub, a.iss),
+        reason: format!("subject {} from {} (IdP sub {})", a.sub, a.iss, a.idp_sub),
         request_id: request_id.to_string(),
     };
     app.store.open_session(hash, record, audit).await?;
@@ -122,7 +143,15 @@ fn refresh_record(
 
 /// A service acting for a user: a down-scoped token for another audience, with the
 /// service recorded in `act` (RFC 8693 §4.1). It keeps the user's `sub` and `sid`, so
-/// revoking the user or the session revokes it too.
+/// revoking the user or the session revokes it too, and it carries the chain of client
+/// ids and jtis it derives from (`dcl`, `djt`), so revoking any origin client or token
+/// revokes it as well.
+///
+/// Refused (RFC 8693 §2.2.2, §5): a subject token not meant for the caller (its `aud`
+/// is neither the caller's id nor one of its audiences) or nested deeper than
+/// `tokens.max_delegation_depth` (`invalid_grant`); a service token (no `sid`) unless the
+/// caller has `delegate_service_tokens` (`unauthorized_client`); an `audience` or
+/// `resource` outside the caller's audiences (`invalid_target`).
 fn delegate(
     app: &App,
     client: &Client,
@@ -140,6 +169,23 @@ fn delegate(
             tracing::debug!(reason = reason.as_str(), client = %client.id, "subject token refused");
             ApiError::InvalidGrant("the subject token is not active")
         })?;
+    if subject.aud != client.id && !client.audiences.iter().any(|a| *a == subject.aud) {
+        tracing::info!(client = %client.id, aud = %subject.aud, "subject token meant for another audience");
+        return Err(ApiError::InvalidGrant(
+            "the subject token was not issued for this client",
+        ));
+    }
+    if subject.sid.is_none() && !client.delegate_service_tokens {
+        return Err(ApiError::GrantNotAllowed(
+            "this client may not act as another service (the subject token has no session)",
+        ));
+    }
+    let chain = subject.dcl.len() + 1;
+    if chain > app.config.tokens.max_delegation_depth {
+        return Err(ApiError::InvalidGrant(
+            "the subject token is already delegated as deeply as allowed",
+        ));
+    }
     let allowed: Vec<&str> = subject
         .scope
         .split(' ')
@@ -151,7 +197,7 @@ fn delegate(
             "no scope is shared by the subject token and this client".into(),
         ));
     }
-    let aud = audience(client, form)?;
+    let aud = exchange_audience(client, form)?;
     let mut claims = access_claims(app, now, &subject.sub, &client.id, aud, scope, stamp);
     claims.exp = claims.exp.min(subject.exp);
     claims.sid = subject.sid.clone();
@@ -161,7 +207,36 @@ fn delegate(
         act["act"] = prior.clone();
     }
     claims.act = Some(act);
+    claims.dcl = subject.dcl.clone();
+    claims.dcl.push(subject.client_id.clone());
+    claims.djt = subject.djt.clone();
+    claims.djt.push(subject.jti.clone());
     issue(app, &claims, Grant::TokenExchange, None)
+}
+
+/// RFC 8693 §2.1: `audience` (a logical name) or `resource` (RFC 8707), either of which
+/// must be one of the caller's audiences; both only if they agree.
+fn exchange_audience(client: &Client, form: &Form) -> Result<String, ApiError> {
+    match (form.optional("audience"), form.optional("resource")) {
+        (Some(a), Some(r)) if a != r => Err(ApiError::InvalidTarget(
+            "audience and resource name different targets; one token has one audience".into(),
+        )),
+        (Some(a), _) if !client.audiences.iter().any(|c| c == a) => Err(ApiError::InvalidTarget(
+            "audience is not an audience of this client".into(),
+        )),
+        (Some(a), _) => Ok(a.to_string()),
+        (None, _) => audience(client, form),
+    }
+}
+
+/// RFC 8693 §2.1 `requested_token_type`: latch issues access tokens (JWTs) only.
+fn check_requested_type(form: &Form) -> Result<(), ApiError> {
+    match form.optional("requested_token_type") {
+        None | Some(TYPE_ACCESS_TOKEN) | Some(TYPE_JWT) => Ok(()),
+        Some(_) => Err(ApiError::InvalidRequest(format!(
+            "requested_token_type must be {TYPE_ACCESS_TOKEN} or {TYPE_JWT}"
+        ))),
+    }
 }
 
 // === refresh_token grant ===
@@ -411,6 +486,7 @@ pub async fn revoke_refresh(
     if r.expires_at_ms <= now_ms() || app.table.covers(RevocationKind::Session, &r.sid, r.rsq) {
         return Ok(super::error::empty_ok());
     }
+    super::oauth::limit_revocation(app, caller, now_ms())?;
     app.revoke(NewRevocation {
         kind: RevocationKind::Session,
         value: r.sid.clone(),

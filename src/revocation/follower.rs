@@ -53,6 +53,9 @@ impl FollowerConfig {
     }
 }
 
+/// How often expired table entries are dropped and the log is pruned, in ms.
+const SWEEP_MS: i64 = 60_000;
+
 /// Rows read from the log per round trip while catching up.
 const CHUNK: usize = 10_000;
 
@@ -318,7 +321,7 @@ impl Follower {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fast = tokio::time::interval(FEED_DOWN_POLL);
         fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        let mut sweep = tokio::time::interval(Duration::from_millis(SWEEP_MS as u64));
         let mut store_up = true;
         loop {
             let result = tokio::select! {
@@ -343,9 +346,13 @@ impl Follower {
                     if removed > 0 {
                         tracing::debug!(removed, "expired revocation entries dropped");
                     }
-                    // The log keeps twice the retention: ample for any node catching up.
-                    let before = now - 2 * self.table.retention().longest_ms();
-                    self.store.prune_revocations(before).await.map(|pruned| {
+                    // Each kind is kept for its own retention plus one sweep period:
+                    // token entries (the ones any client can create) for the access-token
+                    // cap plus leeway, not the 30 days a session entry needs.
+                    let retention = self.table.retention();
+                    let before = now - retention.session_ms.max(retention.token_ms) - SWEEP_MS;
+                    let token_before = now - retention.token_ms - SWEEP_MS;
+                    self.store.prune_revocations(before, token_before).await.map(|pruned| {
                         if pruned > 0 {
                             tracing::debug!(pruned, "old revocations pruned from the log");
                         }

@@ -132,6 +132,10 @@ pub struct Stamp<'a> {
     pub rsq: u64,
     /// The epoch of `rsq`.
     pub rse: u64,
+    /// Delegation chain (`dcl`, `djt`): the client ids and jtis of the tokens this one
+    /// was exchanged from. Revoking any of them revokes this token too.
+    pub chain_clients: &'a [String],
+    pub chain_jtis: &'a [String],
 }
 
 /// The table. Shared by `Arc`; every method takes `&self`.
@@ -243,7 +247,9 @@ impl Table {
             || newer(&self.tokens, t.jti)
             || newer(&self.subjects, t.sub)
             || newer(&self.clients, t.client_id)
-            || t.sid.is_some_and(|sid| newer(&self.sessions, sid));
+            || t.sid.is_some_and(|sid| newer(&self.sessions, sid))
+            || t.chain_clients.iter().any(|c| newer(&self.clients, c))
+            || t.chain_jtis.iter().any(|j| newer(&self.tokens, j));
         if revoked {
             Verdict::Revoked
         } else {
@@ -448,6 +454,8 @@ mod tests {
             client_id: "app",
             rsq,
             rse: E,
+            chain_clients: &[],
+            chain_jtis: &[],
         }
     }
 
@@ -470,6 +478,32 @@ mod tests {
             assert!(t.is_revoked(&stamp(4)), "{kind:?} must revoke rsq 4");
             assert!(!t.is_revoked(&stamp(5)), "{kind:?} must spare rsq 5");
             assert!(t.covers(kind, value, 4));
+        }
+    }
+
+    #[test]
+    fn a_revocation_of_any_origin_hits_the_delegated_token() {
+        let clients = ["origin".to_string(), "middle".to_string()];
+        let jtis = ["j0".to_string(), "j-mid".to_string()];
+        let delegated = Stamp {
+            chain_clients: &clients,
+            chain_jtis: &jtis,
+            ..stamp(4)
+        };
+        for (kind, value) in [
+            (RevocationKind::Client, "origin"),
+            (RevocationKind::Client, "middle"),
+            (RevocationKind::Token, "j0"),
+            (RevocationKind::Token, "j-mid"),
+        ] {
+            let t = Table::new(TEST_RETENTION);
+            t.insert(&ev(5, kind, value, 0));
+            assert!(t.is_revoked(&delegated), "{kind:?} {value}");
+            assert!(!t.is_revoked(&stamp(4)), "{kind:?} {value} spares others");
+            assert!(!t.is_revoked(&Stamp {
+                rsq: 5,
+                ..delegated
+            }));
         }
     }
 

@@ -13,9 +13,19 @@ use crate::config::{ConfigError, TrustedIssuerConfig};
 /// How old an assertion may be (by its `iat`) when it is exchanged.
 pub const MAX_ASSERTION_AGE_SECS: i64 = 300;
 
-/// One trusted issuer: its audience and its verification keys by kid.
+/// Until when (Unix ms) the replay record of an assertion must be kept: as long as
+/// [`TrustedIssuers::verify`] could accept it, i.e. until `exp` or `iat` plus the maximum
+/// age, whichever is first, plus leeway (and one second for the rounding of seconds).
+pub fn replay_until_ms(exp: i64, iat: i64, leeway_secs: i64) -> i64 {
+    let last = exp.min(iat + MAX_ASSERTION_AGE_SECS);
+    (last + leeway_secs + 1) * 1000
+}
+
+/// One trusted issuer: its audience, subject prefix and verification keys by kid.
 struct Issuer {
     audience: String,
+    /// Prepended to its `sub` (empty: none).
+    prefix: String,
     keys: HashMap<String, (Algorithm, DecodingKey)>,
 }
 
@@ -29,9 +39,13 @@ pub struct TrustedIssuers {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assertion {
     pub iss: String,
+    /// The subject as latch names it: the issuer's `subject_prefix` + the IdP's `sub`.
     pub sub: String,
+    /// The IdP's own `sub`.
+    pub idp_sub: String,
     pub jti: String,
     pub exp: i64,
+    pub iat: i64,
     pub username: Option<String>,
 }
 
@@ -86,7 +100,15 @@ impl TrustedIssuers {
                 .audience
                 .clone()
                 .unwrap_or_else(|| default_audience.to_string());
-            by_iss.insert(c.issuer.clone(), Issuer { audience, keys });
+            let prefix = c.subject_prefix.clone().unwrap_or_default();
+            by_iss.insert(
+                c.issuer.clone(),
+                Issuer {
+                    audience,
+                    prefix,
+                    keys,
+                },
+            );
         }
         Ok(TrustedIssuers { by_iss })
     }
@@ -112,6 +134,9 @@ impl TrustedIssuers {
         }
         let mut v = Validation::new(*alg);
         v.leeway = leeway_secs;
+        // An assertion marked not yet valid is refused (with leeway), as RFC 7519 §4.1.5
+        // asks; jsonwebtoken skips `nbf` unless told.
+        v.validate_nbf = true;
         v.set_issuer(&[&unverified]);
         v.set_audience(&[&issuer.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -143,12 +168,35 @@ impl TrustedIssuers {
             return Err("assertion has no sub");
         }
         Ok(Assertion {
+            sub: format!("{}{}", issuer.prefix, c.sub),
+            idp_sub: c.sub,
             iss: c.iss,
-            sub: c.sub,
             jti,
             exp: c.exp,
+            iat,
             username: c.preferred_username,
         })
+    }
+}
+
+impl TrustedIssuers {
+    /// The subject latch writes for `idp_sub` of `issuer`, or `None` if the issuer is
+    /// not trusted.
+    pub fn subject_of(&self, issuer: &str, idp_sub: &str) -> Option<String> {
+        let i = self.by_iss.get(issuer)?;
+        Some(format!("{}{idp_sub}", i.prefix))
+    }
+
+    /// Whether any trusted issuer writes a prefix (then a bare IdP `sub` is ambiguous).
+    pub fn has_prefixes(&self) -> bool {
+        self.by_iss.values().any(|i| !i.prefix.is_empty())
+    }
+
+    /// Whether `subject` carries the prefix of some trusted issuer.
+    pub fn has_known_prefix(&self, subject: &str) -> bool {
+        self.by_iss
+            .values()
+            .any(|i| !i.prefix.is_empty() && subject.starts_with(&i.prefix))
     }
 }
 
@@ -189,4 +237,20 @@ fn parse_jwks(text: &str) -> Result<HashMap<String, (Algorithm, DecodingKey)>, S
         return Err("the JWKS has no keys".into());
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_records_last_exactly_as_long_as_acceptance() {
+        // A long-lived assertion: its age limit ends acceptance first.
+        assert_eq!(
+            replay_until_ms(1_000 + 86_400, 1_000, 30),
+            (1_000 + MAX_ASSERTION_AGE_SECS + 31) * 1000
+        );
+        // A short-lived one: its exp does.
+        assert_eq!(replay_until_ms(1_060, 1_000, 30), (1_060 + 31) * 1000);
+    }
 }

@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS seen (
     key TEXT PRIMARY KEY,
     until_ms INTEGER NOT NULL
 );
+-- Every session opening prunes expired replay records: by index, not by a table scan.
+CREATE INDEX IF NOT EXISTS seen_until ON seen (until_ms);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -342,14 +344,19 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn prune_revocations(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn prune_revocations(
+        &self,
+        before_ms: i64,
+        token_before_ms: i64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
         self.with_conn(move |conn, _| {
             // The newest row stays: it carries the head seq.
             let n = conn
                 .execute(
-                    "DELETE FROM revocations WHERE revoked_at_ms < ?1
+                    "DELETE FROM revocations
+                     WHERE (revoked_at_ms < ?1 OR (kind = 'token' AND revoked_at_ms < ?2))
                      AND seq < (SELECT MAX(seq) FROM revocations)",
-                    params![before_ms],
+                    params![before_ms, token_before_ms],
                 )
                 .map_err(unavailable)?;
             Ok(n as u64)
@@ -661,17 +668,38 @@ mod tests {
                 .unwrap();
         }
         // Everything is older than "the future": all but the newest go.
-        assert_eq!(store.prune_revocations(now_ms() + 60_000).await.unwrap(), 2);
+        let future = now_ms() + 60_000;
+        assert_eq!(store.prune_revocations(future, future).await.unwrap(), 2);
         assert_eq!(store.head().await.unwrap().revocation_seq, 3);
         let left = store.revocations_after(0, 0, 10).await.unwrap();
         assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
         // Nothing is older than the epoch.
-        assert_eq!(store.prune_revocations(0).await.unwrap(), 0);
+        assert_eq!(store.prune_revocations(0, 0).await.unwrap(), 0);
         let next = store
             .append_revocation(rev(RevocationKind::All, ""))
             .await
             .unwrap();
         assert_eq!(next.seq, 4, "seqs never repeat after pruning");
+    }
+
+    #[tokio::test]
+    async fn token_entries_are_pruned_past_their_own_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for (kind, v) in [
+            (RevocationKind::Token, "j1"),
+            (RevocationKind::Session, "s1"),
+            (RevocationKind::Token, "j2"),
+            (RevocationKind::Subject, "alice"),
+        ] {
+            store.append_revocation(rev(kind, v)).await.unwrap();
+        }
+        // Token entries are past their cut-off, the others are not.
+        let pruned = store.prune_revocations(0, now_ms() + 60_000).await.unwrap();
+        assert_eq!(pruned, 2);
+        let left = store.revocations_after(0, 0, 10).await.unwrap();
+        let values: Vec<_> = left.iter().map(|e| e.value.as_str()).collect();
+        assert_eq!(values, ["s1", "alice"]);
     }
 
     #[tokio::test]
@@ -749,6 +777,21 @@ mod tests {
         // An expired claim is forgotten.
         assert!(store.claim_once("c".into(), now_ms() - 1).await.unwrap());
         assert!(store.claim_once("c".into(), until).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn replay_pruning_uses_the_expiry_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let conn = store.inner.conn.lock().unwrap();
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN DELETE FROM seen WHERE until_ms < 5",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("seen_until"), "plan: {plan}");
     }
 
     #[tokio::test]

@@ -294,10 +294,16 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 
-    /// Drops revocations recorded before `before_ms` from the log (never the newest, and
-    /// never the seq counter): no live token can match them, and no node needs them to
-    /// catch up, since catch-up reads only the retained window. Returns how many went.
-    fn prune_revocations(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Drops revocations from the log (never the newest, and never the seq counter):
+    /// `token` entries recorded before `token_before_ms`, every other kind before
+    /// `before_ms`. Each cut-off is past its kind's retention, so no live token can match
+    /// what goes, and no node needs it to catch up (catch-up skips it anyway). Returns
+    /// how many went.
+    fn prune_revocations(
+        &self,
+        before_ms: i64,
+        token_before_ms: i64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// The feed of announcements. A lagging receiver loses messages; callers recover
     /// from [`Store::revocations_after`].

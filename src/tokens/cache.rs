@@ -103,6 +103,8 @@ mod tests {
                 username: None,
                 rsq: 0,
                 rse: 0,
+                dcl: Vec::new(),
+                djt: Vec::new(),
             }),
         }
     }

@@ -51,6 +51,14 @@ pub struct AccessClaims {
     /// existed) are inactive.
     #[serde(default, with = "crate::revocation::epoch_hex")]
     pub rse: u64,
+    /// Delegation chain, oldest first: the `client_id` of every token this one was
+    /// exchanged from (RFC 8693 delegation), so revoking any of those clients revokes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dcl: Vec<String>,
+    /// The `jti` of every token in the chain, so RFC 7009 revocation of a parent kills
+    /// what was derived from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub djt: Vec<String>,
 }
 
 impl AccessClaims {
@@ -62,6 +70,8 @@ impl AccessClaims {
             client_id: &self.client_id,
             rsq: self.rsq,
             rse: self.rse,
+            chain_clients: &self.dcl,
+            chain_jtis: &self.djt,
         }
     }
 }

@@ -51,6 +51,8 @@ fn claims() -> AccessClaims {
         username: None,
         rsq: 3,
         rse: EPOCH,
+        dcl: Vec::new(),
+        djt: Vec::new(),
     }
 }
 

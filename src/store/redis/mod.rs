@@ -727,27 +727,50 @@ impl Store for RedisStore {
         self.inner.feed_live.load(Ordering::Acquire)
     }
 
-    fn prune_revocations(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn prune_revocations(
+        &self,
+        before_ms: i64,
+        token_before_ms: i64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             // Entries are in seq order, and seqs are assigned in store-time order, so the
-            // old ones form a prefix: find its end, then trim up to it. `rev:seq` (the
-            // head) is a separate key and is never touched.
+            // entries older than `before_ms` form a prefix: trim up to its end. Token
+            // entries past their own, shorter cut-off are deleted one by one (XDEL)
+            // beyond that prefix. `rev:seq` (the head) is a separate key, never touched.
             const PAGE: usize = 1000;
             let mut cursor = 0;
             let mut cut = None;
-            loop {
+            let mut tokens: Vec<String> = Vec::new();
+            let newest = before_ms.max(token_before_ms);
+            'scan: loop {
                 let page = xrange_after(&mut self.conn(), REV_LOG, cursor, PAGE).await?;
                 for (id, f) in &page {
-                    if field(f, "at").parse::<i64>().unwrap_or(i64::MAX) >= before_ms {
-                        return self.trim_before(cut).await;
+                    let at = field(f, "at").parse::<i64>().unwrap_or(i64::MAX);
+                    if at >= newest {
+                        break 'scan;
+                    }
+                    if at < before_ms && tokens.is_empty() {
+                        cut = Some(entry_seq(id));
+                    } else if at < token_before_ms && field(f, "kind") == "token" {
+                        tokens.push(id.clone());
                     }
                     cursor = entry_seq(id);
-                    cut = Some(cursor);
                 }
                 if page.len() < PAGE {
-                    return self.trim_before(cut).await;
+                    break;
                 }
             }
+            let mut pruned = self.trim_before(cut).await?;
+            for ids in tokens.chunks(PAGE) {
+                let n: u64 = redis::cmd("XDEL")
+                    .arg(REV_LOG)
+                    .arg(ids)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                pruned += n;
+            }
+            Ok(pruned)
         })
     }
 
