@@ -404,12 +404,19 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         "+hget",
         "+hvals",
         "+pexpireat",
+        "+hgetall",
+        "+exists",
+        "+xinfo|stream",
+        "+xdel",
+        // INFO server gives the scripts Redis's run_id (a restart or failover opens a new
+        // epoch), so it is required, not only for the settings check.
+        "+info",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     if settings {
-        v.extend(["+config|get".into(), "+info".into()]);
+        v.push("+config|get".into());
     }
     v
 }
