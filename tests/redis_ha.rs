@@ -644,7 +644,7 @@ async fn failover_under_load(fail: &str, tls: Option<Tls>) {
     let (st, out, err) = latch_with(&cfg, "check").await;
     assert!(st.success(), "{out}\n{err}");
     assert!(
-        out.contains("master: maxmemory-policy noeviction") && out.contains("1 connected replicas"),
+        out.contains("master: maxmemory-policy noeviction") && out.contains("2 connected replicas"),
         "{out}"
     );
     assert!(!out.contains(&set.data_password) && !out.contains(&set.sentinel_password));

@@ -496,7 +496,7 @@ mod tests {
             (RevocationKind::Token, "j0"),
             (RevocationKind::Token, "j-mid"),
         ] {
-            let t = Table::new(TEST_RETENTION);
+            let t = table();
             t.insert(&ev(5, kind, value, 0));
             assert!(t.is_revoked(&delegated), "{kind:?} {value}");
             assert!(!t.is_revoked(&stamp(4)), "{kind:?} {value} spares others");

@@ -1,5 +1,5 @@
 //! Redis as operators run it, started by the tests: password and ACL users, TLS with a
-//! CA made at run time, a master with a replica and three sentinels, and a three-master
+//! CA made at run time, a master with two replicas and three sentinels, and a three-master
 //! Cluster. Every process listens on a free loopback port, runs in its own temporary
 //! directory, is stopped by PID on drop, and every wait is bounded.
 
@@ -384,7 +384,7 @@ pub fn redis_node_config(cfg: &ServerConfig, url: &str, env: &[(&str, &str)]) ->
     cfg
 }
 
-/// One master, one replica and three sentinels (quorum 2). The data nodes share one
+/// One master, two replicas and three sentinels (quorum 2). The data nodes share one
 /// password; the sentinels have their own.
 pub struct SentinelSet {
     pub name: String,
@@ -417,15 +417,21 @@ impl SentinelSet {
             master.tls_port = Some(mp);
         }
         let master_port = master.tls_port.unwrap_or(master.port);
-        let rp = free_port();
-        let mut replica_args = tls_args(rp);
-        replica_args.extend([
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            master_port.to_string(),
-        ]);
-        let mut replica = RedisNode::start(Some(&data_password), &replica_args).await;
-        replica.tls_port = tls.as_ref().map(|_| rp);
+        // Two replicas: with `store.min_replicas_ack = 1` (the Sentinel default) the
+        // promoted one still has a replica to confirm writes after the master is lost.
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let rp = free_port();
+            let mut replica_args = tls_args(rp);
+            replica_args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master_port.to_string(),
+            ]);
+            let mut replica = RedisNode::start(Some(&data_password), &replica_args).await;
+            replica.tls_port = tls.as_ref().map(|_| rp);
+            replicas.push(replica);
+        }
         let name = "latchmaster".to_string();
         let mut sentinels = Vec::new();
         for _ in 0..3 {
@@ -459,7 +465,7 @@ impl SentinelSet {
         }
         let set = SentinelSet {
             name,
-            data: vec![master, replica],
+            data: std::iter::once(master).chain(replicas).collect(),
             sentinels,
             data_password,
             sentinel_password,
@@ -529,8 +535,8 @@ impl SentinelSet {
             .unwrap_or_else(|| panic!("{addr} is none of the data nodes"))
     }
 
-    /// Waits until every sentinel agrees on `master`, knows the other sentinels and one
-    /// replica, and the replica is in sync: the state a failover needs.
+    /// Waits until every sentinel agrees on `master`, knows the other sentinels and both
+    /// replicas, and the replicas are in sync: the state a failover needs.
     pub async fn await_healthy(&self, master: &str) {
         let start = Instant::now();
         loop {
@@ -556,7 +562,7 @@ impl SentinelSet {
                 s.try_cmd(&["SENTINEL", "sentinels", &self.name]).await?;
             let replicas: Vec<redis::Value> =
                 s.try_cmd(&["SENTINEL", "replicas", &self.name]).await?;
-            if others.len() < 2 || replicas.is_empty() {
+            if others.len() < 2 || replicas.len() < 2 {
                 return Err(format!(
                     "sentinel {} knows {} sentinels, {} replicas",
                     s.port,
@@ -567,8 +573,8 @@ impl SentinelSet {
         }
         let m = &self.data[self.index_of(master)];
         let info: String = m.try_cmd(&["INFO", "replication"]).await?;
-        if !info.contains("state=online") {
-            return Err(format!("replica not online: {info}"));
+        if info.matches("state=online").count() < 2 {
+            return Err(format!("replicas not online: {info}"));
         }
         Ok(())
     }
