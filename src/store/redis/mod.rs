@@ -442,22 +442,20 @@ async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>
             Err(e) => Err(e),
         };
         match pubsub {
-            Ok(mut pubsub) => match pubsub.subscribe(CHANNEL).await {
-                Ok(()) => {
-                    set_live(true);
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        if let Some(event) = parse_announcement(msg.get_payload_bytes()) {
-                            let _ = tx.send(event);
-                        }
+            Ok(pubsub) => {
+                let (mut sink, mut messages) = pubsub.split();
+                match sink.subscribe(CHANNEL).await {
+                    Ok(()) => {
+                        set_live(true);
+                        let why = forward_until_lost(&mut sink, &mut messages, &tx).await;
+                        set_live(false);
+                        tracing::debug!(why, "redis announcement subscription lost; resubscribing");
                     }
-                    set_live(false);
-                    tracing::debug!("redis announcement subscription ended; reconnecting");
+                    Err(e) => {
+                        tracing::debug!(error = %redact(&e.to_string()), "redis subscribe failed")
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %redact(&e.to_string()), "redis subscribe failed")
-                }
-            },
+            }
             Err(e) => {
                 tracing::debug!(error = %redact(&e.to_string()), "redis pubsub connect failed")
             }
@@ -465,6 +463,43 @@ async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>
         set_live(false);
         drop(tx);
         tokio::time::sleep(RESUBSCRIBE).await;
+    }
+}
+
+/// How often the subscription connection is pinged, and how long a PONG may take. A server
+/// that is frozen (SIGSTOP, a hung host) keeps the TCP connection open and says nothing, so
+/// without this the subscription would stay on it after a Sentinel failover, `feed_live`
+/// would stay true, and announcements from the new master would never arrive.
+const FEED_PING: Duration = Duration::from_millis(500);
+const FEED_PING_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Forwards announcements until the subscription ends or stops answering pings; returns
+/// why, for the log.
+async fn forward_until_lost(
+    sink: &mut redis::aio::PubSubSink,
+    messages: &mut redis::aio::PubSubStream,
+    tx: &broadcast::Sender<StoreEvent>,
+) -> &'static str {
+    let mut ping = tokio::time::interval(FEED_PING);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = messages.next() => match msg {
+                Some(msg) => {
+                    if let Some(event) = parse_announcement(msg.get_payload_bytes()) {
+                        let _ = tx.send(event);
+                    }
+                }
+                None => return "connection closed",
+            },
+            _ = ping.tick() => {
+                match tokio::time::timeout(FEED_PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return "ping failed",
+                    Err(_) => return "ping timed out",
+                }
+            }
+        }
     }
 }
 
