@@ -1041,6 +1041,15 @@ async fn limit_answers_match_the_openapi_document() {
     let r = s.token_resp(&orders, &[]).await;
     r.assert_error(429, "slow_down");
     api.assert(Method::POST, "/token", &r);
+    // The checker insists on Retry-After (a whole number of seconds) on a 429.
+    let mut no_retry = r.clone();
+    no_retry.headers.remove("retry-after");
+    assert!(api.check(&Method::POST, "/token", &no_retry).is_err());
+    let mut bad_retry = r.clone();
+    bad_retry
+        .headers
+        .insert("retry-after", hyper::header::HeaderValue::from_static("0"));
+    assert!(api.check(&Method::POST, "/token", &bad_retry).is_err());
     // 429 by the revocation rate: one recorded, the next refused (and not recorded).
     let r = s
         .post_form("/revoke", &[("token", &first)], orders.auth())
