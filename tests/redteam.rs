@@ -1,0 +1,195 @@
+//! Red team against issues 8 and 9: someone with write access to Redis, and hostile
+//! HTTP clients with and without credentials, each trying to break one stated claim.
+//!
+//! Every test is black box (the real binary, its own `redis-server` on a free port) and
+//! checks one invariant: no revoked token and no token issued before a loss ever reads
+//! `active:true`; a refusal is a clear OAuth error, never a 5xx. Waits poll to a generous
+//! deadline; nothing asserts on timing.
+
+mod support;
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use support::clients;
+use support::*;
+
+fn fast() -> ServerConfig {
+    ServerConfig {
+        max_staleness: "1s".into(),
+        ..ServerConfig::default()
+    }
+}
+
+fn rsq(token: &str) -> u64 {
+    decode_jwt(token).1["rsq"].as_u64().expect("numeric rsq")
+}
+
+/// One introspection: `Some(active)` on 200, `None` on 503 (failing closed is allowed);
+/// anything else fails the test.
+async fn probe(node: &TestServer, token: &str, what: &str) -> Option<bool> {
+    let r = node
+        .post_form("/introspect", &[("token", token)], clients::rs_all().auth())
+        .await;
+    match r.status {
+        StatusCode::OK => match r.json()["active"] {
+            Value::Bool(b) => Some(b),
+            _ => panic!("{what}: introspection without active: {}", r.text()),
+        },
+        StatusCode::SERVICE_UNAVAILABLE => None,
+        s => panic!("{what}: unexpected {s} {}", r.text()),
+    }
+}
+
+/// Waits until `token` no longer reads `active:true` on every node (inactive or 503), then
+/// checks that it stays so for a few more rounds.
+async fn await_never_active(nodes: &[&TestServer], token: &str, what: &str) {
+    for (i, n) in nodes.iter().enumerate() {
+        eventually(DEADLINE, what, || async {
+            match probe(n, token, what).await {
+                Some(true) => Err(format!("node {i} answers active:true")),
+                _ => Ok(()),
+            }
+        })
+        .await;
+    }
+    for round in 0..20 {
+        for (i, n) in nodes.iter().enumerate() {
+            assert_ne!(
+                probe(n, token, what).await,
+                Some(true),
+                "{what}: node {i} active again in round {round}\n{}",
+                n.diagnostics()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A token from `node` whose stamp is at least `min_rsq` (the node applied that far).
+async fn issue_with_rsq_at_least(node: &TestServer, client: &ClientDef, min_rsq: u64) -> String {
+    eventually(DEADLINE, "the node applied the store's head", || async {
+        let r = node
+            .post_form(
+                "/token",
+                &[("grant_type", "client_credentials")],
+                client.auth(),
+            )
+            .await;
+        if r.status != StatusCode::OK {
+            return Err(format!("{} {}", r.status, r.text()));
+        }
+        let t = r.json()["access_token"].as_str().unwrap().to_string();
+        if rsq(&t) >= min_rsq {
+            Ok(t)
+        } else {
+            Err(format!("rsq {} < {min_rsq}", rsq(&t)))
+        }
+    })
+    .await
+}
+
+async fn revoke_token(node: &TestServer, client: &ClientDef, token: &str) {
+    let r = node
+        .post_form("/revoke", &[("token", token)], client.auth())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "/revoke: {}", r.text());
+}
+
+// ---------------------------------------------------------------------------
+// A Redis writer
+// ---------------------------------------------------------------------------
+
+/// A writer inflates the state's seq (nodes apply it and skip every announcement at or
+/// below it), then sets it back; the next revocation reuses a seq the inflated node
+/// thinks it has. The store's going back is detected, but the node must also read the
+/// entry it skipped: otherwise the revoked token stays active on it for good.
+#[tokio::test]
+async fn an_inflated_then_restored_seq_does_not_hide_a_revocation() {
+    let redis = RedisProcess::start().await;
+    let cfg = Cluster::node_config(&fast(), &redis);
+    let node1 = TestServer::start(&cfg).await;
+    let node2 = TestServer::start(&cfg).await;
+    let orders = clients::orders();
+
+    let victim = node1.issue(&orders, &[]).await;
+    let real: u64 = redis.cmd(&["HGET", "{latch}:rev:state", "seq"]).await;
+
+    let _: () = redis
+        .cmd(&["HSET", "{latch}:rev:state", "seq", "1000", "acked", "1000"])
+        .await;
+    // Both nodes applied the forged head.
+    issue_with_rsq_at_least(&node1, &orders, 1000).await;
+    issue_with_rsq_at_least(&node2, &orders, 1000).await;
+    let real_s = real.to_string();
+    let _: () = redis
+        .cmd(&[
+            "HSET",
+            "{latch}:rev:state",
+            "seq",
+            &real_s,
+            "acked",
+            &real_s,
+        ])
+        .await;
+
+    // A legitimate revocation on node 2 gets seq real+1: at or below node 1's `applied`.
+    revoke_token(&node2, &orders, &victim).await;
+    await_never_active(&[&node1, &node2], &victim, "revoked victim").await;
+}
+
+/// A writer opens a fake epoch whose counter starts below the closing seq it records
+/// for the real epoch (and drops the log so `XADD` accepts the reused ids). A later
+/// `kind: all` answered 200 must still cover every token of the real epoch.
+#[tokio::test]
+async fn a_forged_epoch_below_the_closed_one_cannot_make_revocations_miss() {
+    let redis = RedisProcess::start().await;
+    let cfg = Cluster::node_config(&fast(), &redis);
+    let node1 = TestServer::start(&cfg).await;
+    let node2 = TestServer::start(&cfg).await;
+    let orders = clients::orders();
+
+    // A few revocations so that stamps are above zero.
+    for i in 0..3 {
+        node1
+            .admin_revoke("subject", Some(&format!("nobody-{i}")), "red team")
+            .await;
+    }
+    let victim = issue_with_rsq_at_least(&node1, &orders, 3).await;
+    let epoch: String = redis.cmd(&["HGET", "{latch}:rev:state", "epoch"]).await;
+    let closed = format!("{epoch}:{}", rsq(&victim));
+    let _: () = redis.cmd(&["DEL", "{latch}:rev:log"]).await;
+    let _: () = redis
+        .cmd(&[
+            "HSET",
+            "{latch}:rev:state",
+            "epoch",
+            "00000000deadbeef",
+            "seq",
+            "0",
+            "acked",
+            "0",
+            "start",
+            "0",
+            "closed",
+            &closed,
+        ])
+        .await;
+
+    // Answered 200 (503 while a node fails closed is allowed; retried).
+    eventually(DEADLINE, "revoke all answers 200", || async {
+        let r = node2
+            .post_json(
+                "/admin/revoke",
+                &json!({"kind": "all", "reason": "red team"}),
+                clients::admin().auth(),
+            )
+            .await;
+        match r.status {
+            StatusCode::OK => Ok(()),
+            StatusCode::SERVICE_UNAVAILABLE => Err(r.text()),
+            s => panic!("revoke all: {s} {}", r.text()),
+        }
+    })
+    .await;
+    await_never_active(&[&node1, &node2], &victim, "token before revoke all").await;
+}
