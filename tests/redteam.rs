@@ -193,3 +193,43 @@ async fn a_forged_epoch_below_the_closed_one_cannot_make_revocations_miss() {
     .await;
     await_never_active(&[&node1, &node2], &victim, "token before revoke all").await;
 }
+
+/// Anyone who may `PUBLISH` on the announcement channel announces the next seq with a
+/// revocation that is not in the log. A node that applied it would think it has that
+/// seq, and skip the real revocation that the store then gives that seq: the revoked
+/// token would stay active on it for good (the head agrees with its `applied`).
+#[tokio::test]
+async fn a_forged_announcement_cannot_swallow_the_next_revocation() {
+    let redis = RedisProcess::start().await;
+    // A long staleness: head checks every 250 ms, so the forged message and the real
+    // revocation land between two checks.
+    let cfg = Cluster::node_config(
+        &ServerConfig {
+            max_staleness: "10s".into(),
+            ..ServerConfig::default()
+        },
+        &redis,
+    );
+    let node1 = TestServer::start(&cfg).await;
+    let node2 = TestServer::start(&cfg).await;
+    let orders = clients::orders();
+
+    for round in 0..5 {
+        let victim = node1.issue(&orders, &[]).await;
+        let epoch: String = redis.cmd(&["HGET", "{latch}:rev:state", "epoch"]).await;
+        let acked: u64 = redis.cmd(&["HGET", "{latch}:rev:state", "acked"]).await;
+        let forged = format!(
+            "rev\n{epoch}\n{}\n{}\ntoken\nforged-{round}",
+            acked + 1,
+            now_secs() * 1000
+        );
+        let _: i64 = redis.cmd(&["PUBLISH", "{latch}:events", &forged]).await;
+        revoke_token(&node2, &orders, &victim).await;
+        await_never_active(
+            &[&node1, &node2],
+            &victim,
+            "revoked after a forged announcement",
+        )
+        .await;
+    }
+}

@@ -139,10 +139,24 @@ impl Follower {
                     return Ok(());
                 }
                 if e.seq == applied + 1 {
-                    self.table.insert(&e);
-                    self.table.set_applied(e.seq);
-                    observe_propagation(e.revoked_at_ms);
-                    return Ok(());
+                    // The channel is not authenticated: whoever may PUBLISH could announce
+                    // the next seq with nothing behind it, and a node that took it would
+                    // skip the real revocation the store then gives that seq. So the
+                    // entry is read from the log, and only what the log holds is applied.
+                    // Found by tests/redteam.rs.
+                    let logged = self.store.revocations_after(applied, i64::MIN, 1).await?;
+                    return match logged.first() {
+                        Some(l) if l.seq == e.seq && l.kind == e.kind && l.value == e.value => {
+                            self.table.insert(l);
+                            self.table.set_applied(l.seq);
+                            observe_propagation(l.revoked_at_ms);
+                            Ok(())
+                        }
+                        _ => {
+                            tracing::debug!(seq = e.seq, "announcement not in the log; ignored");
+                            self.poll().await
+                        }
+                    };
                 }
                 // A gap: something was announced before we saw its predecessors.
                 tracing::debug!(seq = e.seq, applied, "gap in revocation feed; reading log");
