@@ -233,3 +233,107 @@ async fn a_forged_announcement_cannot_swallow_the_next_revocation() {
         .await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// Hostile HTTP
+// ---------------------------------------------------------------------------
+
+/// Without `trusted_proxies`, a guesser cannot spread its failures over made-up
+/// addresses with `X-Forwarded-For` (in any casing, or several such headers): the peer
+/// address is what counts, and the refusal is an OAuth JSON 429 with `Retry-After`.
+#[tokio::test]
+async fn forwarded_for_from_an_untrusted_peer_does_not_dodge_the_address_limit() {
+    let s = TestServer::start(&ServerConfig {
+        env: vec![
+            ("LATCH_LIMITS__AUTH_FAILURE_IP_RATE".into(), "1/h".into()),
+            ("LATCH_LIMITS__AUTH_FAILURE_IP_BURST".into(), "3".into()),
+        ],
+        ..ServerConfig::default()
+    })
+    .await;
+    let rs = clients::rs_all();
+    let wrong = basic(&rs.id, "wrong-secret-wrong-secret-wrong-secret");
+    let body = form(&[("token", "x")]).into_bytes();
+    for n in 0..3 {
+        let xff = format!("203.0.113.{n}");
+        let xff2 = format!("198.51.100.{n}, 192.0.2.{n}");
+        let r = s
+            .http
+            .request(
+                hyper::Method::POST,
+                "/introspect",
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("authorization", wrong.as_str()),
+                    ("X-Forwarded-For", xff.as_str()),
+                    ("x-forwarded-for", xff2.as_str()),
+                    ("X-Real-IP", xff.as_str()),
+                ],
+                body.clone(),
+            )
+            .await;
+        r.assert_error(401, "invalid_client");
+    }
+    // The right secret, from yet another claimed address: the peer is over its limit.
+    let right = basic(&rs.id, &rs.secret);
+    let r = s
+        .http
+        .request(
+            hyper::Method::POST,
+            "/introspect",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", right.as_str()),
+                ("x-forwarded-for", "192.0.2.200"),
+            ],
+            body.clone(),
+        )
+        .await;
+    r.assert_error(429, "slow_down");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After on 429")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(retry >= 1, "Retry-After {retry}");
+    assert!(r.json()["error_description"].is_string(), "{}", r.text());
+}
+
+/// An IdP hook revokes one of its users by the IdP's own `sub` (`issuer` given). With
+/// one trusted issuer and no `subject_prefix`, that `sub` can equal a client id; no
+/// such user can hold a token (assertions naming a client are refused), so the only
+/// tokens the revocation would match are the service's own: a user's offboarding must
+/// not take a service down. It is refused, naming the collision.
+#[tokio::test]
+async fn a_subject_revocation_by_issuer_never_hits_a_service() {
+    use ring::signature::KeyPair as _;
+    let idp = attacker_ed25519();
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519",
+        "x": b64url(idp.public_key().as_ref()), "kid": "k1"}]});
+    let s = TestServer::start(&ServerConfig {
+        extra_toml: format!(
+            "[[trusted_issuers]]\nissuer = \"https://idp.example\"\njwks = '{jwks}'\n\n"
+        ),
+        ..ServerConfig::default()
+    })
+    .await;
+    let orders = clients::orders();
+    let service_token = s.issue(&orders, &[]).await;
+    let r = s
+        .post_json(
+            "/admin/revoke",
+            &json!({"kind": "subject", "value": orders.id, "issuer": "https://idp.example",
+                    "reason": "offboarding"}),
+            clients::admin().auth(),
+        )
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert!(
+        s.is_active(&service_token).await,
+        "the service's token was revoked"
+    );
+    // Without `issuer` the value is the service's own subject: that revocation is meant.
+    s.admin_revoke("subject", Some(&orders.id), "the service itself")
+        .await;
+    assert!(!s.is_active(&service_token).await);
+}
