@@ -337,3 +337,87 @@ async fn a_subject_revocation_by_issuer_never_hits_a_service() {
         .await;
     assert!(!s.is_active(&service_token).await);
 }
+
+/// A benign Redis restart (AOF, `appendfsync always`) opens a new epoch. Nobody may be
+/// logged out by it: tokens from before stay active on every node, and a token issued
+/// by one node right after the bump is accepted by the other (no lasting false
+/// inactive while it catches up).
+#[tokio::test]
+async fn a_plain_redis_restart_logs_nobody_out() {
+    let mut redis = RedisProcess::start().await;
+    let cfg = Cluster::node_config(&fast(), &redis);
+    let node1 = TestServer::start(&cfg).await;
+    let node2 = TestServer::start(&cfg).await;
+    let orders = clients::orders();
+    node1
+        .admin_revoke("subject", Some("someone"), "red team")
+        .await;
+    let before = issue_with_rsq_at_least(&node1, &orders, 1).await;
+    let epoch_before: String = redis.cmd(&["HGET", "{latch}:rev:state", "epoch"]).await;
+
+    redis.stop();
+    redis.start_again().await;
+
+    // The restart is found at the next head check: a new epoch.
+    let epoch_after = eventually(DEADLINE, "a new epoch after the restart", || async {
+        let e: String = redis.cmd(&["HGET", "{latch}:rev:state", "epoch"]).await;
+        if e != epoch_before {
+            Ok(e)
+        } else {
+            Err("same epoch".to_string())
+        }
+    })
+    .await;
+    let epoch_after = u64::from_str_radix(&epoch_after, 16).unwrap();
+    // The first token of node 1 stamped in the new epoch.
+    let after = eventually(DEADLINE, "node 1 issues in the new epoch", || async {
+        let r = node1
+            .post_form(
+                "/token",
+                &[("grant_type", "client_credentials")],
+                orders.auth(),
+            )
+            .await;
+        if r.status != StatusCode::OK {
+            return Err(format!("{} {}", r.status, r.text()));
+        }
+        let t = r.json()["access_token"].as_str().unwrap().to_string();
+        let rse = decode_jwt(&t).1["rse"].clone();
+        if rse.as_u64() == Some(epoch_after)
+            || rse.as_str().map(|h| u64::from_str_radix(h, 16).ok()) == Some(Some(epoch_after))
+        {
+            Ok(t)
+        } else {
+            Err(format!("rse {rse}"))
+        }
+    })
+    .await;
+    for (what, token) in [
+        ("before the restart", &before),
+        ("after the restart", &after),
+    ] {
+        for (i, n) in [&node1, &node2].iter().enumerate() {
+            eventually(DEADLINE, what, || async {
+                match probe(n, token, what).await {
+                    Some(true) => Ok(()),
+                    other => Err(format!("node {i}: {other:?}")),
+                }
+            })
+            .await;
+        }
+    }
+    // And they stay active: no later check turns them off.
+    for round in 0..20 {
+        for token in [&before, &after] {
+            for (i, n) in [&node1, &node2].iter().enumerate() {
+                assert_eq!(
+                    probe(n, token, "after restart").await,
+                    Some(true),
+                    "node {i} logged a token out in round {round}\n{}",
+                    n.diagnostics()
+                );
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
