@@ -456,3 +456,33 @@ async fn a_deleted_log_entry_does_not_revive_a_token_after_a_node_restart() {
     )
     .await;
 }
+
+/// Without credentials, a form body of many distinct parameter names: the duplicate
+/// check compared every name with every earlier one (quadratic CPU in one request,
+/// before authentication, and not interruptible by the handler deadline). OAuth
+/// requests carry a handful of parameters; a body with more is refused at once.
+#[tokio::test]
+async fn a_form_of_many_parameters_is_refused_without_quadratic_work() {
+    let s = TestServer::start(&ServerConfig {
+        max_body_bytes: 1 << 20,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut body = String::from("grant_type=client_credentials");
+    let mut n = 0u32;
+    while body.len() < (1 << 20) - 16 {
+        body.push_str(&format!("&p{n}="));
+        n += 1;
+    }
+    let r = s
+        .http
+        .request(
+            hyper::Method::POST,
+            "/token",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body.into_bytes(),
+        )
+        .await;
+    r.assert_error(400, "invalid_request");
+    assert_eq!(s.get("/healthz", None).await.status, StatusCode::OK);
+}
