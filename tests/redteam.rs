@@ -486,3 +486,46 @@ async fn a_form_of_many_parameters_is_refused_without_quadratic_work() {
     r.assert_error(400, "invalid_request");
     assert_eq!(s.get("/healthz", None).await.status, StatusCode::OK);
 }
+
+/// An IdP hook that already writes the namespaced form and also names its issuer:
+/// `{"value": "idp1|alice", "issuer": idp1}` would become `idp1|idp1|alice`, answer 200
+/// and match nobody (the issue: never 200-and-nothing because of a namespace). It is
+/// refused, naming both forms; the unambiguous forms still work.
+#[tokio::test]
+async fn a_subject_given_in_both_forms_at_once_is_refused() {
+    use ring::signature::KeyPair as _;
+    let mut extra = String::new();
+    for (n, p) in [(1, "idp1|"), (2, "idp2|")] {
+        let k = attacker_ed25519();
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519",
+            "x": b64url(k.public_key().as_ref()), "kid": "k1"}]});
+        extra.push_str(&format!(
+            "[[trusted_issuers]]\nissuer = \"https://idp{n}.example\"\nsubject_prefix = \"{p}\"\njwks = '{jwks}'\n\n"
+        ));
+    }
+    let s = TestServer::start(&ServerConfig {
+        extra_toml: extra,
+        ..ServerConfig::default()
+    })
+    .await;
+    let revoke = |value: &'static str, issuer: Option<&'static str>| {
+        let s = &s;
+        async move {
+            let mut body = json!({"kind": "subject", "value": value, "reason": "offboarding"});
+            if let Some(i) = issuer {
+                body["issuer"] = json!(i);
+            }
+            s.post_json("/admin/revoke", &body, clients::admin().auth())
+                .await
+        }
+    };
+    let r = revoke("idp1|alice", Some("https://idp1.example")).await;
+    r.assert_error(400, "invalid_request");
+    let d = r.json()["error_description"].as_str().unwrap().to_string();
+    assert!(d.contains("issuer"), "{d}");
+    let ok = revoke("alice", Some("https://idp1.example")).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    assert_eq!(ok.json()["value"], "idp1|alice");
+    let ok = revoke("idp1|alice", None).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+}
