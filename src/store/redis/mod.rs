@@ -689,7 +689,7 @@ impl Store for RedisStore {
                 tracing::warn!(
                     epoch = %epoch_hex(head.epoch),
                     seq = head.revocation_seq,
-                    "redis revocation state missing or from another server run; new epoch opened"
+                    "redis revocation state missing, inconsistent or from another server run; new epoch opened"
                 );
                 if self.inner.replication.min_acks > 0 {
                     self.await_replicas(&mut conn).await?;
