@@ -529,3 +529,55 @@ async fn a_subject_given_in_both_forms_at_once_is_refused() {
     let ok = revoke("idp1|alice", None).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
 }
+
+/// Behind a trusted gateway, a guesser that owns an IPv6 /64 rotates its address for
+/// every attempt: the per-address failure limit must count the /64, not each address.
+#[tokio::test]
+async fn rotating_ipv6_addresses_within_a_64_does_not_dodge_the_address_limit() {
+    let s = TestServer::start(&ServerConfig {
+        env: vec![
+            ("LATCH_LIMITS__AUTH_FAILURE_IP_RATE".into(), "1/h".into()),
+            ("LATCH_LIMITS__AUTH_FAILURE_IP_BURST".into(), "3".into()),
+            ("LATCH_LIMITS__AUTH_FAILURE_RATE".into(), "off".into()),
+            (
+                "LATCH_LIMITS__TRUSTED_PROXIES".into(),
+                "[\"127.0.0.1/32\"]".into(),
+            ),
+        ],
+        ..ServerConfig::default()
+    })
+    .await;
+    let rs = clients::rs_all();
+    let wrong = basic(&rs.id, "wrong-secret-wrong-secret-wrong-secret");
+    let right = basic(&rs.id, &rs.secret);
+    let body = form(&[("token", "x")]).into_bytes();
+    let attempt = |auth: String, xff: String| {
+        let s = &s;
+        let body = body.clone();
+        async move {
+            s.http
+                .request(
+                    hyper::Method::POST,
+                    "/introspect",
+                    &[
+                        ("content-type", "application/x-www-form-urlencoded"),
+                        ("authorization", auth.as_str()),
+                        ("x-forwarded-for", xff.as_str()),
+                    ],
+                    body,
+                )
+                .await
+        }
+    };
+    for n in 1..=3 {
+        attempt(wrong.clone(), format!("2001:db8:1:2::{n:x}"))
+            .await
+            .assert_error(401, "invalid_client");
+    }
+    attempt(right.clone(), format!("2001:db8:1:2:ffff::{:x}", 99))
+        .await
+        .assert_error(429, "slow_down");
+    // Another /64 is someone else.
+    let r = attempt(right, "2001:db8:1:3::1".into()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
