@@ -190,6 +190,19 @@ pub fn client_address<'a>(
     peer
 }
 
+/// The key an address is limited under. An IPv6 host usually holds a whole /64 and can
+/// pick any address in it, so per-address limits count the /64; IPv4 counts the address.
+/// Found by tests/redteam.rs (a guesser rotating through one /64 was never limited).
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let masked = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(std::net::Ipv6Addr::from(masked))
+        }
+        v4 => v4,
+    }
+}
+
 /// Which limit refused a request; the `limit` label of `latch_rate_limited_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -267,7 +280,7 @@ impl RateLimits {
     ) -> Result<(), Limited> {
         if let Some(rate) = self.auth_address_rate {
             self.auth_address
-                .would_pass(&address, now_ms, rate)
+                .would_pass(&limit_key(address), now_ms, rate)
                 .map_err(|w| limited(Limit::AuthFailureAddress, w))?;
         }
         if let (Some(rate), Some(id)) = (self.auth_client_rate, client) {
@@ -282,7 +295,7 @@ impl RateLimits {
     /// configured client id), for the id.
     pub fn auth_failed(&self, address: IpAddr, client: Option<&str>, now_ms: i64) {
         if let Some(rate) = self.auth_address_rate {
-            let _ = self.auth_address.check(&address, now_ms, rate);
+            let _ = self.auth_address.check(&limit_key(address), now_ms, rate);
         }
         if let (Some(rate), Some(id)) = (self.auth_client_rate, client) {
             let _ = self.auth_client.check(&Box::from(id), now_ms, rate);

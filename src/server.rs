@@ -127,7 +127,7 @@ pub async fn serve<H, F>(
         let slot = if limits.exempt.iter().any(|c| c.contains(ip)) {
             None
         } else {
-            match per_ip.try_take(ip, limits.max_connections_per_ip) {
+            match per_ip.try_take(crate::limits::limit_key(ip), limits.max_connections_per_ip) {
                 Some(slot) => Some(slot),
                 None => {
                     metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => "per_ip").increment(1);

@@ -61,12 +61,35 @@ struct RevokeRequest {
 /// of a namespace, would lose the revocation.
 fn subject_value(app: &App, value: String, issuer: Option<&str>) -> Result<String, ApiError> {
     if let Some(iss) = issuer {
-        return app.trusted.subject_of(iss, &value).ok_or_else(|| {
+        let subject = app.trusted.subject_of(iss, &value).ok_or_else(|| {
             ApiError::InvalidRequest(format!(
                 "issuer {:?} is not a trusted issuer",
                 iss.chars().take(200).collect::<String>()
             ))
-        });
+        })?;
+        // A value already in the namespaced form, with its issuer named as well, would
+        // become prefix+prefix+sub: 200 matching nobody. Refuse, naming both forms (an
+        // IdP sub that really starts with the prefix is revoked namespaced, without
+        // issuer). Found by tests/redteam.rs.
+        let prefix = subject.strip_suffix(value.as_str()).unwrap_or("");
+        if !prefix.is_empty() && value.starts_with(prefix) {
+            return Err(ApiError::InvalidRequest(format!(
+                "ambiguous subject: {value:?} already carries this issuer's prefix \
+                 {prefix:?}; give the IdP's own sub with \"issuer\", or the namespaced form \
+                 without \"issuer\""
+            )));
+        }
+        // An issuer without subject_prefix: its `sub` can equal a client id. No user can
+        // hold such a subject (assertions naming a client are refused), so this would
+        // match only the service's own tokens: a user's offboarding must not take a
+        // service down. Found by tests/redteam.rs.
+        if app.clients.contains(&subject) {
+            return Err(ApiError::InvalidRequest(
+                "this IdP sub equals a client id, and no user of it can hold a token;                  to revoke the client's own tokens, give the value without issuer"
+                    .into(),
+            ));
+        }
+        return Ok(subject);
     }
     let trusted = &app.trusted;
     if trusted.has_prefixes() && !trusted.has_known_prefix(&value) && !app.clients.contains(&value)

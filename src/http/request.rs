@@ -86,6 +86,9 @@ pub fn require_content_type(parts: &Parts, expected: &'static str) -> Result<(),
     }
 }
 
+/// Most form parameters a request may carry (token exchange, the largest, has about ten).
+const MAX_PARAMS: usize = 64;
+
 /// Form parameters, each present at most once. A handful per request, so a vector
 /// searched in order beats a hash map.
 #[derive(Debug, Default)]
@@ -99,6 +102,14 @@ impl Form {
     pub fn parse(body: &[u8]) -> Result<Form, ApiError> {
         let mut params: Vec<(String, String)> = Vec::new();
         for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            // The repeat check below is quadratic, and this runs before authentication:
+            // a large body of distinct names would burn CPU that no deadline interrupts
+            // (found by tests/redteam.rs). No OAuth request needs more than a handful.
+            if params.len() == MAX_PARAMS {
+                return Err(ApiError::InvalidRequest(format!(
+                    "more than {MAX_PARAMS} form parameters"
+                )));
+            }
             let (name, value) = match pair.iter().position(|&b| b == b'=') {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &b""[..]),

@@ -92,20 +92,19 @@ impl Follower {
         let started = now_ms();
         let head = self.store.head().await?;
         self.table.set_epochs(Epochs::new(head.epoch, &head.closed));
-        self.catch_up(&head, false).await?;
+        self.catch_up(&head, self.table.applied(), false).await?;
         if self.store.feed_live() {
             self.table.mark_fresh(started);
         }
         Ok(())
     }
 
-    /// Reads the log after `applied` up to at least `head`, then moves `applied` to it.
+    /// Reads the log after `after` up to at least `head`, then moves `applied` to it.
     /// Revocations older than the retention are skipped: no live token can match them.
-    async fn catch_up(&self, head: &Head, live: bool) -> Result<(), StoreError> {
+    async fn catch_up(&self, head: &Head, mut after: u64, live: bool) -> Result<(), StoreError> {
         let now = now_ms();
         let retention = self.table.retention();
         let since = now - retention.longest_ms();
-        let mut after = self.table.applied();
         while after < head.revocation_seq {
             let batch = self.store.revocations_after(after, since, CHUNK).await?;
             for e in &batch {
@@ -140,10 +139,24 @@ impl Follower {
                     return Ok(());
                 }
                 if e.seq == applied + 1 {
-                    self.table.insert(&e);
-                    self.table.set_applied(e.seq);
-                    observe_propagation(e.revoked_at_ms);
-                    return Ok(());
+                    // The channel is not authenticated: whoever may PUBLISH could announce
+                    // the next seq with nothing behind it, and a node that took it would
+                    // skip the real revocation the store then gives that seq. So the
+                    // entry is read from the log, and only what the log holds is applied.
+                    // Found by tests/redteam.rs.
+                    let logged = self.store.revocations_after(applied, i64::MIN, 1).await?;
+                    return match logged.first() {
+                        Some(l) if l.seq == e.seq && l.kind == e.kind && l.value == e.value => {
+                            self.table.insert(l);
+                            self.table.set_applied(l.seq);
+                            observe_propagation(l.revoked_at_ms);
+                            Ok(())
+                        }
+                        _ => {
+                            tracing::debug!(seq = e.seq, "announcement not in the log; ignored");
+                            self.poll().await
+                        }
+                    };
                 }
                 // A gap: something was announced before we saw its predecessors.
                 tracing::debug!(seq = e.seq, applied, "gap in revocation feed; reading log");
@@ -165,6 +178,8 @@ impl Follower {
         let started = now_ms();
         let feed_was_live = self.store.feed_live();
         let mut head = self.store.head().await?;
+        // Set when this node's `applied` is proven wrong: it may have skipped real entries.
+        let mut reread_all = false;
         if head.epoch == self.table.epoch() && head.revocation_seq < self.table.applied() {
             // The store went back within one epoch without noticing (someone rewrote its
             // state): proof of loss. Close the epoch; the change below restores.
@@ -187,11 +202,17 @@ impl Follower {
                     request_id: String::new(),
                 })
                 .await?;
+            // `applied` came from a head the store did not back (a rewritten counter):
+            // announcements at or below it were skipped as already applied, and the
+            // store may since have given those seqs to real revocations. Read every
+            // retained entry again (inserting is idempotent), not only those above the
+            // closing seq. Found by tests/redteam.rs.
+            reread_all = true;
         }
         if head.epoch != self.table.epoch() {
-            self.change_epoch(&head).await?;
+            self.change_epoch(&head, reread_all).await?;
         } else if head.revocation_seq > self.table.applied() {
-            self.catch_up(&head, true).await?;
+            self.catch_up(&head, self.table.applied(), true).await?;
         }
         self.write_back().await?;
         if head.keys_version > self.keys.with_ring(|r| r.version) {
@@ -211,8 +232,9 @@ impl Follower {
 
     /// Switches to the store's new epoch: lowers `applied` to what the store still has,
     /// switches, reads the log, and queues what this node holds above the old epoch's
-    /// closing seq for writing back.
-    async fn change_epoch(&self, head: &Head) -> Result<(), StoreError> {
+    /// closing seq for writing back. `reread_all`: read the whole retained log, not only
+    /// what lies above what this node had applied.
+    async fn change_epoch(&self, head: &Head, reread_all: bool) -> Result<(), StoreError> {
         let old = self.table.epoch();
         let applied = self.table.applied();
         let closed_at = head
@@ -259,7 +281,9 @@ impl Follower {
             store_seq = head.revocation_seq,
             "store epoch changed; rereading the revocation log"
         );
-        self.catch_up(head, true).await
+        // A full reread is not propagation: keep old entries out of the histogram.
+        self.catch_up(head, if reread_all { 0 } else { base }, !reread_all)
+            .await
     }
 
     /// Writes back the revocations the store lost, as new revocations in the open epoch.

@@ -76,13 +76,25 @@ local function log_last(log)
   end
   return 0
 end
+local function highest_closed(closed)
+  local m = 0
+  for n in string.gmatch(closed, ':(%d+)') do m = math.max(m, tonumber(n)) end
+  return m
+end
 local function ensure(new_id, force)
   local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
-  local s = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'acked', 'run_id', 'closed')
+  local s = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'acked', 'run_id', 'closed', 'start')
   local epoch, seq, acked, closed = s[1], tonumber(s[2] or '0'), tonumber(s[3] or '0'), s[5] or ''
-  if epoch and s[4] == rid and not force then
+  local start = tonumber(s[6] or '') or seq or 0
+  local floor = math.max(highest_closed(closed), start)
+  -- A state no script writes (a closed epoch above the open one's start, a counter below
+  -- its start or below what it acknowledged) was rewritten: seqs of the open epoch would
+  -- not be above every closing seq, so its revocations could miss older stamps. Close it.
+  local consistent = seq ~= nil and acked ~= nil and floor <= seq and acked <= seq
+  if epoch and s[4] == rid and consistent and not force then
     return epoch, seq, acked, closed, 0, rid
   end
+  seq = seq or 0
   if epoch then
     if closed ~= '' then closed = closed .. ',' end
     closed = closed .. epoch .. ':' .. seq
@@ -90,7 +102,7 @@ local function ensure(new_id, force)
     closed = ''
     seq = math.max(seq, tonumber(redis.call('GET', KEYS[3]) or '0'))
   end
-  seq = math.max(seq, log_last(KEYS[2]))
+  seq = math.max(seq, floor, log_last(KEYS[2]))
   redis.call('HSET', KEYS[1], 'epoch', new_id, 'seq', seq, 'acked', seq, 'run_id', rid,
     'closed', closed, 'start', seq)
   return new_id, seq, seq, closed, 1, rid
@@ -712,7 +724,7 @@ impl Store for RedisStore {
                 tracing::warn!(
                     epoch = %epoch_hex(head.epoch),
                     seq = head.revocation_seq,
-                    "redis revocation state missing or from another server run; new epoch opened"
+                    "redis revocation state missing, inconsistent or from another server run; new epoch opened"
                 );
                 if self.inner.replication.min_acks > 0 {
                     self.await_replicas(&mut conn).await?;
