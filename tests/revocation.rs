@@ -493,14 +493,37 @@ async fn revocation_table_keeps_one_entry_per_kind_and_value() {
     };
     let t = s.issue(&clients::orders(), &[]).await;
     s.admin_revoke("subject", Some("dave"), "x").await;
-    let one = entries().await;
-    assert!(one >= 1.0, "{one}");
+    // The gauge is published by the follower's loop, a moment after the answer.
+    let one = eventually(DEADLINE, "the entry counted", || {
+        let entries = entries.clone();
+        async move {
+            let n = entries().await;
+            if n >= 1.0 {
+                Ok(n)
+            } else {
+                Err(format!("{n} entries"))
+            }
+        }
+    })
+    .await;
     for _ in 0..5 {
         s.admin_revoke("subject", Some("dave"), "again").await;
     }
-    assert_eq!(entries().await, one, "repeated revocations grew the table");
     s.admin_revoke("client", Some("orders-service"), "x").await;
-    assert_eq!(entries().await, one + 1.0);
+    // Exactly one more entry, for the client: had the repeats grown the table, the count
+    // would pass `one + 1` and never come back to it.
+    eventually(DEADLINE, "one more entry, for the client only", || {
+        let entries = entries.clone();
+        async move {
+            let n = entries().await;
+            if n == one + 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{n} entries, want {}", one + 1.0))
+            }
+        }
+    })
+    .await;
     // The highest seq wins: an older token stays revoked, a newer one lives.
     assert_eq!(s.introspect(&t).await, inactive());
     let fresh = s.issue(&clients::orders(), &[]).await;
