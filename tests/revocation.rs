@@ -494,15 +494,12 @@ async fn revocation_table_keeps_one_entry_per_kind_and_value() {
     let t = s.issue(&clients::orders(), &[]).await;
     s.admin_revoke("subject", Some("dave"), "x").await;
     // The gauge is published by the follower's loop, a moment after the answer.
-    let one = eventually(DEADLINE, "the entry counted", || {
-        let entries = entries.clone();
-        async move {
-            let n = entries().await;
-            if n >= 1.0 {
-                Ok(n)
-            } else {
-                Err(format!("{n} entries"))
-            }
+    let one = eventually(DEADLINE, "the entry counted", || async move {
+        let n = entries().await;
+        if n >= 1.0 {
+            Ok(n)
+        } else {
+            Err(format!("{n} entries"))
         }
     })
     .await;
@@ -512,17 +509,18 @@ async fn revocation_table_keeps_one_entry_per_kind_and_value() {
     s.admin_revoke("client", Some("orders-service"), "x").await;
     // Exactly one more entry, for the client: had the repeats grown the table, the count
     // would pass `one + 1` and never come back to it.
-    eventually(DEADLINE, "one more entry, for the client only", || {
-        let entries = entries.clone();
-        async move {
+    eventually(
+        DEADLINE,
+        "one more entry, for the client only",
+        || async move {
             let n = entries().await;
             if n == one + 1.0 {
                 Ok(())
             } else {
                 Err(format!("{n} entries, want {}", one + 1.0))
             }
-        }
-    })
+        },
+    )
     .await;
     // The highest seq wins: an older token stays revoked, a newer one lives.
     assert_eq!(s.introspect(&t).await, inactive());
