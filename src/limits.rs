@@ -99,7 +99,11 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
     }
 
     /// Whether an event for `key` would conform now, without counting one.
-    pub fn would_pass(&self, key: &K, now_ms: i64, rate: Rate) -> Result<(), i64> {
+    pub fn would_pass<Q>(&self, key: &Q, now_ms: i64, rate: Rate) -> Result<(), i64>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let tat = self.tats.get(key).map(|t| *t).unwrap_or(0);
         gcra(tat, now_ms, rate).map(|_| ())
     }
@@ -285,7 +289,7 @@ impl RateLimits {
         }
         if let (Some(rate), Some(id)) = (self.auth_client_rate, client) {
             self.auth_client
-                .would_pass(&Box::from(id), now_ms, rate)
+                .would_pass(id, now_ms, rate)
                 .map_err(|w| limited(Limit::AuthFailureClient, w))?;
         }
         Ok(())

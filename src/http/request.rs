@@ -193,39 +193,52 @@ pub fn authenticate(
     form: Option<&Form>,
 ) -> Result<Arc<Client>, ApiError> {
     let address = ClientAddr::of(parts);
-    let presented = presented_id(parts, form);
-    let counted = presented
-        .as_deref()
-        .and_then(|id| app.clients.get(id))
+    // The Basic header is parsed once: for the per-id limit and for the check itself.
+    let basic = parts
+        .headers
+        .get(AUTHORIZATION)
+        .map(|h| parse_basic(h.as_bytes()));
+    let counted = presented_id(basic.as_ref(), form)
+        .and_then(|id| app.clients.get(&id))
         .filter(|c| !c.has_role(Role::Admin))
         .map(|c| c.id.as_str());
     let now = now_ms();
     app.limits.before_auth(address, counted, now)?;
-    let result = verify(&app.clients, parts, form);
+    let result = verify(&app.clients, basic, form);
     if result.is_err() {
         app.limits.auth_failed(address, counted, now);
     }
     result
 }
 
+/// `Some(None)`: an `Authorization` header that is not valid Basic credentials.
+type Basic = Option<Option<(String, String)>>;
+
 /// The client id a request claims, before any verification.
-fn presented_id(parts: &Parts, form: Option<&Form>) -> Option<String> {
-    if let Some(header) = parts.headers.get(AUTHORIZATION) {
-        let (id, _) = parse_basic(header.as_bytes())?;
-        return Some(decode_component(id.as_bytes()).unwrap_or(id));
+fn presented_id<'a>(
+    basic: Option<&'a Option<(String, String)>>,
+    form: Option<&'a Form>,
+) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(basic) = basic {
+        let (id, _) = basic.as_ref()?;
+        return Some(match decode_component(id.as_bytes()) {
+            Ok(decoded) => std::borrow::Cow::Owned(decoded),
+            Err(_) => std::borrow::Cow::Borrowed(id.as_str()),
+        });
     }
-    form.and_then(|f| f.get("client_id")).map(str::to_string)
+    form.and_then(|f| f.get("client_id"))
+        .map(std::borrow::Cow::Borrowed)
 }
 
-fn verify(clients: &Clients, parts: &Parts, form: Option<&Form>) -> Result<Arc<Client>, ApiError> {
+fn verify(clients: &Clients, basic: Basic, form: Option<&Form>) -> Result<Arc<Client>, ApiError> {
     let in_body = form.and_then(|f| f.get("client_secret")).is_some();
-    if let Some(header) = parts.headers.get(AUTHORIZATION) {
+    if let Some(basic) = basic {
         if in_body {
             return Err(ApiError::InvalidRequest(
                 "use one client authentication method, not two".into(),
             ));
         }
-        let (id, secret) = parse_basic(header.as_bytes()).ok_or(ApiError::InvalidClient)?;
+        let (id, secret) = basic.ok_or(ApiError::InvalidClient)?;
         return check(clients, &id, &secret);
     }
     if let Some(form) = form {
