@@ -536,6 +536,19 @@ fn parse_announcement(payload: &[u8]) -> Option<StoreEvent> {
     }
 }
 
+/// Appends an audit record's fields in the order every audit-writing script reads them
+/// (actor, action, target, reason, request id).
+fn audit_args<'i, 's>(
+    inv: &'i mut redis::ScriptInvocation<'s>,
+    a: &NewAudit,
+) -> &'i mut redis::ScriptInvocation<'s> {
+    inv.arg(&a.actor)
+        .arg(&a.action)
+        .arg(&a.target)
+        .arg(&a.reason)
+        .arg(&a.request_id)
+}
+
 /// Stream entries as (id, flat field list).
 type Entries = Vec<(String, Vec<String>)>;
 
@@ -737,24 +750,21 @@ impl Store for RedisStore {
     fn bump_epoch(&self, audit: NewAudit) -> BoxFuture<'_, Result<Head, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn();
-            let reply: Vec<redis::Value> = self
-                .inner
-                .bump
-                .key(REV_STATE)
-                .key(REV_LOG)
-                .key(LEGACY_REV_SEQ)
-                .key(KEYS_VERSION)
-                .key(AUDIT_SEQ)
-                .key(AUDIT_LOG)
-                .arg(epoch_hex(new_epoch_id()))
-                .arg(&audit.actor)
-                .arg(&audit.action)
-                .arg(&audit.target)
-                .arg(&audit.reason)
-                .arg(&audit.request_id)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let reply: Vec<redis::Value> = audit_args(
+                self.inner
+                    .bump
+                    .key(REV_STATE)
+                    .key(REV_LOG)
+                    .key(LEGACY_REV_SEQ)
+                    .key(KEYS_VERSION)
+                    .key(AUDIT_SEQ)
+                    .key(AUDIT_LOG)
+                    .arg(epoch_hex(new_epoch_id())),
+                &audit,
+            )
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
             let head = head_reply(&reply)?;
             let num = |i: usize| {
                 reply
@@ -866,12 +876,7 @@ impl Store for RedisStore {
                 invocation.arg(&k.name).arg(&k.json);
             }
             for a in &audit {
-                invocation
-                    .arg(&a.actor)
-                    .arg(&a.action)
-                    .arg(&a.target)
-                    .arg(&a.reason)
-                    .arg(&a.request_id);
+                audit_args(&mut invocation, a);
             }
             let mut conn = self.conn();
             let out: Vec<i64> = invocation
@@ -898,19 +903,11 @@ impl Store for RedisStore {
 
     fn append_audit(&self, audit: NewAudit) -> BoxFuture<'_, Result<AuditRecord, StoreError>> {
         Box::pin(async move {
-            let (seq, ms): (u64, i64) = self
-                .inner
-                .audit
-                .key(AUDIT_SEQ)
-                .key(AUDIT_LOG)
-                .arg(&audit.actor)
-                .arg(&audit.action)
-                .arg(&audit.target)
-                .arg(&audit.reason)
-                .arg(&audit.request_id)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
+            let (seq, ms): (u64, i64) =
+                audit_args(self.inner.audit.key(AUDIT_SEQ).key(AUDIT_LOG), &audit)
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
             let record = audit.recorded(seq, ms);
             crate::audit::log(&record);
             Ok(record)
@@ -940,22 +937,19 @@ impl Store for RedisStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn();
-            let (seq, ms): (u64, i64) = self
-                .inner
-                .open_session
-                .key(refresh_key(&hash))
-                .key(AUDIT_SEQ)
-                .key(AUDIT_LOG)
-                .arg(encode_refresh(&record)?)
-                .arg(record.expires_at_ms)
-                .arg(&audit.actor)
-                .arg(&audit.action)
-                .arg(&audit.target)
-                .arg(&audit.reason)
-                .arg(&audit.request_id)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let (seq, ms): (u64, i64) = audit_args(
+                self.inner
+                    .open_session
+                    .key(refresh_key(&hash))
+                    .key(AUDIT_SEQ)
+                    .key(AUDIT_LOG)
+                    .arg(encode_refresh(&record)?)
+                    .arg(record.expires_at_ms),
+                &audit,
+            )
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
             crate::audit::log(&audit.recorded(seq, ms));
             self.best_effort_replicas(&mut conn, "session open").await;
             Ok(())
