@@ -7,7 +7,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 use latch::revocation::{Retention, Stamp, Table};
-use latch::store::{RevocationEvent, RevocationKind};
+use latch::revocation::{RevocationEvent, RevocationKind};
 
 const NOW_MS: i64 = 1_800_000_000_000;
 

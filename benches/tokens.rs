@@ -7,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 use latch::keys::{material, Alg, Kek, KeyRecord, KeyRing, KeyState};
 use latch::revocation::Table;
-use latch::store::{RevocationEvent, RevocationKind};
+use latch::revocation::{RevocationEvent, RevocationKind};
 use latch::tokens::cache::VerifiedCache;
 use latch::tokens::{self, AccessClaims, Verifier};
 

@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::keys::Keys;
 use crate::revocation::{Table, Verdict};
 use crate::sessions::trusted::TrustedIssuers;
-use crate::store::{NewRevocation, RevocationEvent, SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError};
+use crate::revocation::{NewRevocation, RevocationEvent};
 use crate::tokens::cache::VerifiedCache;
 
 /// A cheap, cloneable handle to the node's state.

@@ -87,7 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     follower.load().await?;
     store
-        .append_audit(store::NewAudit {
+        .append_audit(audit::NewAudit {
             actor: "latch".into(),
             action: "config_load".into(),
             target: format!("config:{}", config.digest),

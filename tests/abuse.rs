@@ -485,7 +485,7 @@ async fn failed_authentication_is_limited_per_client_id_but_admin_is_never_locke
 /// The pruning contract, against both stores: token entries go past their own cut-off,
 /// other kinds only past theirs, the newest entry (the head) stays.
 async fn check_pruning(store: &dyn latch::store::Store, what: &str) {
-    use latch::store::{NewRevocation, RevocationKind};
+    use latch::revocation::{NewRevocation, RevocationKind};
     let rev = |kind, value: &str| NewRevocation {
         kind,
         value: value.into(),

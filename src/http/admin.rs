@@ -12,7 +12,8 @@ use super::oauth::require_fresh;
 use super::request::{authenticate, require_content_type, require_role};
 use crate::app::App;
 use crate::clients::{Client, Role};
-use crate::store::{NewAudit, NewRevocation, RevocationKind};
+use crate::audit::NewAudit;
+use crate::revocation::{NewRevocation, RevocationKind};
 use crate::time::now_ms;
 
 type Resp = Response<Full<Bytes>>;

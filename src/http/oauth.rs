@@ -13,7 +13,7 @@ use super::request::{authenticate, require_role, Form};
 use crate::app::App;
 use crate::clients::{Client, Grant, Role};
 use crate::metrics as m;
-use crate::store::{NewRevocation, RevocationKind};
+use crate::revocation::{NewRevocation, RevocationKind};
 use crate::time::now_ms;
 use crate::tokens::{self, AccessClaims, Reason, Verifier};
 

@@ -17,7 +17,9 @@ use crate::app::App;
 use crate::clients::{Client, Grant, Role};
 use crate::revocation::{Stamp, Verdict};
 use crate::sessions;
-use crate::store::{NewAudit, NewRevocation, RefreshRecord, RevocationKind, Rotation};
+use crate::audit::NewAudit;
+use crate::revocation::{NewRevocation, RevocationKind};
+use crate::sessions::{RefreshRecord, Rotation};
 use crate::time::now_ms;
 
 type Resp = Response<Full<Bytes>>;

@@ -23,7 +23,7 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 use super::{material, KeyRecord, KeyState};
-use crate::store::StoredKey;
+use crate::keys::StoredKey;
 
 /// The store name of the manifest. Kids are base64url thumbprints, so no kid is this.
 pub const MANIFEST: &str = "~manifest";

@@ -20,13 +20,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::store::{NewAudit, SharedStore, StoreError, StoredKey};
+use crate::store::{SharedStore, StoreError};
+use crate::audit::NewAudit;
 
 pub mod integrity;
 pub mod lifecycle;
 pub mod material;
+mod stored;
 
 pub use material::{Kek, KeyError};
+pub use stored::{KeySet, StoredKey};
 
 /// Signing algorithm (SPEC §3). One configured algorithm signs; each key records its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -20,9 +20,9 @@ use tokio::sync::{broadcast, watch};
 use super::{Epochs, Table};
 use crate::keys::Keys;
 use crate::metrics as m;
-use crate::store::{
-    Head, NewAudit, NewRevocation, RevocationKind, SharedStore, StoreError, StoreEvent,
-};
+use crate::store::{Head, SharedStore, StoreError, StoreEvent};
+use crate::audit::NewAudit;
+use crate::revocation::{NewRevocation, RevocationKind};
 use crate::time::now_ms;
 
 /// Head-check interval while the announcement subscription is down: short enough that

@@ -24,9 +24,13 @@ use tokio::sync::{watch, Notify};
 /// A concurrent map with a fast, per-process seeded hasher.
 type Map<V> = DashMap<Box<str>, V, foldhash::fast::RandomState>;
 
-use crate::store::{ClosedEpoch, RevocationEvent, RevocationKind};
-
 pub mod follower;
+mod log;
+
+pub use log::{
+    format_closed, new_epoch_id, parse_closed, revocation_target, ClosedEpoch, NewRevocation,
+    RevocationEvent, RevocationKind,
+};
 
 /// Epoch ids in tokens and records: 16 lower-case hex digits. Absent (old tokens) is 0,
 /// which is never an epoch, so such stamps are invalid.

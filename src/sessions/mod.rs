@@ -1,7 +1,7 @@
 //! User sessions: refresh tokens, and the identity providers whose assertions open them.
 //!
 //! A refresh token is opaque: `rt.` and 256 random bits. The store keeps only its SHA-256,
-//! with the session it belongs to ([`crate::store::RefreshRecord`]). Every use spends it
+//! with the session it belongs to ([`RefreshRecord`]). Every use spends it
 //! and issues the next one; presenting a spent one revokes the whole session.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -9,9 +9,10 @@ use base64::Engine;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::store::RefreshRecord;
-
+mod record;
 pub mod trusted;
+
+pub use record::{RefreshRecord, Rotation};
 
 /// What a refresh token starts with (a JWT never does: its header starts with `eyJ`).
 pub const REFRESH_PREFIX: &str = "rt.";

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
-use super::{
-    decode_refresh as decode, encode_refresh as encode, revocation_target, AuditRecord, BoxFuture,
-    ClosedEpoch, Head, KeySet, NewAudit, NewRevocation, RefreshRecord, RevocationEvent,
-    RevocationKind, Rotation, Store, StoreError, StoreEvent, StoredKey,
-};
+use super::{decode_refresh as decode, encode_refresh as encode, BoxFuture, Head, Store, StoreError, StoreEvent};
+use crate::revocation::{revocation_target, ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind};
+use crate::audit::{AuditRecord, NewAudit};
+use crate::keys::{KeySet, StoredKey};
+use crate::sessions::{RefreshRecord, Rotation};
 use crate::time::now_ms;
 
 const SCHEMA_VERSION: i64 = 3;
@@ -189,7 +189,7 @@ fn revocation_seq(conn: &Connection) -> rusqlite::Result<u64> {
 /// in one transaction. Returns the new epoch's id.
 fn open_epoch(conn: &mut Connection, audit: Option<&NewAudit>) -> Result<u64, StoreError> {
     let now = now_ms();
-    let id = super::new_epoch_id();
+    let id = crate::revocation::new_epoch_id();
     let tx = conn.transaction().map_err(unavailable)?;
     let seq = revocation_seq(&tx).map_err(unavailable)? as i64;
     tx.execute(

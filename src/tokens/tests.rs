@@ -4,7 +4,7 @@ use jsonwebtoken::{EncodingKey, Header};
 
 use super::*;
 use crate::keys::{material, Alg, Kek, KeyRecord, KeyRing, KeyState};
-use crate::store::{RevocationEvent, RevocationKind};
+use crate::revocation::{RevocationEvent, RevocationKind};
 use crate::tokens::cache::VerifiedCache;
 
 const ISS: &str = "https://latch.test";

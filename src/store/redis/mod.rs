@@ -33,11 +33,11 @@ use tokio::sync::broadcast;
 
 use topology::{redact, Conn, Options, Target, Topology};
 
-use super::{
-    decode_refresh, encode_refresh, new_epoch_id, parse_closed, revocation_target, AuditRecord,
-    BoxFuture, Head, KeySet, NewAudit, NewRevocation, RefreshRecord, RevocationEvent,
-    RevocationKind, Rotation, Store, StoreError, StoreEvent, StoredKey,
-};
+use super::{decode_refresh, encode_refresh, BoxFuture, Head, Store, StoreError, StoreEvent};
+use crate::revocation::{new_epoch_id, parse_closed, revocation_target, NewRevocation, RevocationEvent, RevocationKind};
+use crate::audit::{AuditRecord, NewAudit};
+use crate::keys::{KeySet, StoredKey};
+use crate::sessions::{RefreshRecord, Rotation};
 
 pub mod settings;
 pub mod topology;
@@ -299,7 +299,7 @@ fn head_reply(v: &[redis::Value]) -> Result<Head, StoreError> {
     Ok(Head {
         epoch: parse_epoch(&get(0)?)?,
         revocation_seq: num(1)?,
-        closed: parse_closed(&get(2)?)?,
+        closed: parse_closed(&get(2)?).map_err(StoreError::Unavailable)?,
         keys_version: num(3)?,
     })
 }

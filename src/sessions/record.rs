@@ -1,0 +1,39 @@
+//! A session's refresh token as stored, and what spending one can come to.
+
+use serde::{Deserialize, Serialize};
+
+/// A refresh token as stored. The token itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    pub sid: String,
+    pub sub: String,
+    pub client_id: String,
+    pub scope: String,
+    pub aud: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The session's revocation stamp, inherited by every refresh token of the session:
+    /// a revocation of the session, subject or client after it opened kills the chain.
+    pub rsq: u64,
+    /// The epoch of `rsq` (absent in records from before epochs: such a record is dead).
+    #[serde(default, with = "crate::revocation::epoch_hex")]
+    pub rse: u64,
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// HMAC-SHA256 (key derived from the KEK) over the token hash and this record's JSON
+    /// without this field (`sessions::seal`): every other field, present or future, is
+    /// covered, and a record cannot be moved to another token's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// The outcome of spending a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// It was live; it is now spent and the new one is live.
+    Rotated,
+    /// It had been spent before (or concurrently, by a request that won): reuse.
+    Reused(RefreshRecord),
+    /// No such token (never issued, or expired and gone).
+    Unknown,
+}
