@@ -68,14 +68,14 @@ impl App {
         store: SharedStore,
         metrics: PrometheusHandle,
     ) -> App {
-        let clients = Clients::from_config(&config.clients, &config.limits);
+        let clients = config.clients();
         let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
         let node_tag = crate::tokens::random_id()[..6].to_string();
         let verified = VerifiedCache::new(config.limits.token_cache_entries);
         App {
             inner: Arc::new(Inner {
                 max_staleness_ms: config.store.max_staleness.as_millis() as i64,
-                limits: crate::limits::RateLimits::from_config(&config.limits),
+                limits: config.rate_limits(),
                 config,
                 verified,
                 clients,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-use crate::config::{ClientConfig, LimitsConfig};
 use crate::limits::Rate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +76,22 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client that authenticates with a secret whose SHA-256 is `secret_sha256`, with
+    /// no grants, scopes, audiences or roles yet (set the public fields).
+    pub fn new(id: impl Into<String>, secret_sha256: [u8; 32]) -> Client {
+        Client {
+            id: id.into(),
+            secret_sha256,
+            grants: Vec::new(),
+            scopes: Vec::new(),
+            audiences: Vec::new(),
+            roles: Vec::new(),
+            delegate_service_tokens: false,
+            token_rate: None,
+            revoke_rate: None,
+        }
+    }
+
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
@@ -98,36 +113,11 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Builds the registry from validated config (hex, names and rates were checked
-    /// there); `limits` gives the default rates.
-    pub fn from_config(configs: &[ClientConfig], limits: &LimitsConfig) -> Clients {
-        let by_id = configs
-            .iter()
-            .map(|c| {
-                let mut secret = [0u8; 32];
-                for (i, byte) in secret.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(&c.secret_sha256[2 * i..2 * i + 2], 16)
-                        .expect("validated hex");
-                }
-                let client = Client {
-                    id: c.id.clone(),
-                    secret_sha256: secret,
-                    grants: c.grants.iter().filter_map(|g| Grant::parse(g)).collect(),
-                    scopes: c.scopes.clone(),
-                    audiences: c.audiences.clone(),
-                    roles: c.roles.iter().filter_map(|r| Role::parse(r)).collect(),
-                    delegate_service_tokens: c.delegate_service_tokens,
-                    token_rate: rate(
-                        c.token_rate.as_ref().unwrap_or(&limits.token_rate),
-                        c.token_burst.unwrap_or(limits.token_burst),
-                    ),
-                    revoke_rate: rate(
-                        c.revoke_rate.as_ref().unwrap_or(&limits.revoke_rate),
-                        c.revoke_burst.unwrap_or(limits.revoke_burst),
-                    ),
-                };
-                (c.id.clone(), Arc::new(client))
-            })
+    /// The registry of `clients` (ids are unique: config validation checked).
+    pub fn new(clients: impl IntoIterator<Item = Client>) -> Clients {
+        let by_id = clients
+            .into_iter()
+            .map(|c| (c.id.clone(), Arc::new(c)))
             .collect();
         Clients {
             by_id: Arc::new(by_id),
@@ -159,40 +149,18 @@ impl Clients {
     }
 }
 
-/// A validated rate setting (`"off"` and invalid, which `latch check` refused, are `None`).
-fn rate(text: &str, burst: u32) -> Option<Rate> {
-    Rate::parse(text, burst).ok().flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn registry() -> Clients {
         let secret = "a-secret-that-is-long-enough-0123456789";
-        let hex: String = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Clients::from_config(
-            &[ClientConfig {
-                id: "svc".into(),
-                secret_sha256: hex,
-                grants: vec!["client_credentials".into()],
-                scopes: vec!["a".into()],
-                audiences: vec!["https://a".into()],
-                roles: vec!["introspect".into()],
-                delegate_service_tokens: false,
-                token_rate: None,
-                token_burst: None,
-                revoke_rate: None,
-                revoke_burst: None,
-            }],
-            &crate::config::Config::from_toml("issuer = \"https://a.example\"", [])
-                .unwrap()
-                .limits,
-        )
+        let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        let mut client = Client::new("svc", digest.as_ref().try_into().unwrap());
+        client.grants = vec![Grant::ClientCredentials];
+        client.audiences = vec!["https://a".into()];
+        client.roles = vec![Role::Introspect];
+        Clients::new([client])
     }
 
     #[test]
@@ -209,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_grants_and_roles() {
+    fn grants_roles_and_audiences_decide() {
         let clients = registry();
         let c = clients.get("svc").unwrap();
         assert!(c.has_grant(Grant::ClientCredentials));

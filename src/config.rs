@@ -635,8 +635,6 @@ impl Config {
             }
         }
         self.validate_subject_prefixes()?;
-        // Reads and parses every JWKS, so `latch check` reports a bad one.
-        crate::sessions::trusted::TrustedIssuers::load(&self.trusted_issuers, &self.issuer)?;
         if let Some(i) = self.demo_secret_client() {
             if !self.listen.ip().is_loopback() {
                 return Err(ConfigError::new(
@@ -1090,6 +1088,8 @@ fn d_24h() -> Duration {
 fn d_30d() -> Duration {
     Duration::from_secs(30 * 86400)
 }
+
+mod domain;
 
 #[cfg(test)]
 mod tests;

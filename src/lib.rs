@@ -41,7 +41,7 @@ pub mod tokens;
 
 use app::App;
 use config::{Config, StoreKind};
-use keys::{Kek, KeyPolicy, Keys};
+use keys::{Kek, Keys};
 use revocation::follower::{Follower, FollowerConfig};
 use revocation::Table;
 use store::{SharedStore, StoreError};
@@ -74,7 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let keys = Arc::new(Keys::new(
         store.clone(),
         kek,
-        KeyPolicy::from_config(&config),
+        config.key_policy(),
     ));
     keys.reload().await?;
     keys.tick().await?;
@@ -106,7 +106,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         write_timeout: config.limits.write_timeout,
         exempt: config.limits.proxies().into(),
     };
-    let trusted = sessions::trusted::TrustedIssuers::load(&config.trusted_issuers, &config.issuer)?;
+    let trusted = config.trusted_issuers()?;
     let app = App::new(config, trusted, keys.clone(), table, store, prometheus);
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
     println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");

@@ -248,19 +248,22 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn from_config(l: &crate::config::LimitsConfig) -> RateLimits {
+    /// Limits with empty buckets: failed authentications are limited per client id at
+    /// `auth_client_rate` and per address at `auth_address_rate` (`None`: unlimited);
+    /// `proxies` are trusted to name the client address.
+    pub fn new(
+        auth_client_rate: Option<Rate>,
+        auth_address_rate: Option<Rate>,
+        proxies: Vec<Cidr>,
+    ) -> RateLimits {
         RateLimits {
             token: Limiter::default(),
             revoke: Limiter::default(),
             auth_client: Limiter::default(),
             auth_address: Limiter::default(),
-            auth_client_rate: Rate::parse(&l.auth_failure_rate, l.auth_failure_burst)
-                .ok()
-                .flatten(),
-            auth_address_rate: Rate::parse(&l.auth_failure_ip_rate, l.auth_failure_ip_burst)
-                .ok()
-                .flatten(),
-            proxies: l.proxies(),
+            auth_client_rate,
+            auth_address_rate,
+            proxies,
         }
     }
 

@@ -206,6 +206,12 @@ fn serve(path: PathBuf) -> ExitCode {
     };
     match runtime.block_on(latch::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
+        // A trusted issuer's JWKS that cannot be read or parsed is a config error, as
+        // `latch check` reports it.
+        Err(e @ latch::StartError::Config(_)) => {
+            eprintln!("latch: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("latch: {e}");
             ExitCode::FAILURE
@@ -231,6 +237,11 @@ fn check(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Validation does no IO; the trusted issuers' JWKS files are read here, as at start.
+    if let Err(e) = config.trusted_issuers() {
+        eprintln!("latch: {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
     println!("{}: ok", path.display());
     println!(
         "  issuer {}, listen {}, metrics {}",

@@ -438,3 +438,36 @@ fn deadlines_rates_and_proxies_are_checked() {
     let off = load(GOOD, &[("LATCH_CLIENTS__0__REVOKE_RATE", "off")]).unwrap();
     assert_eq!(off.clients[0].revoke_rate.as_deref(), Some("off"));
 }
+
+#[test]
+fn clients_are_built_from_their_config() {
+    let text = GOOD.replace(
+        "audiences = [\"https://api\"]",
+        "audiences = [\"https://api\"]\nroles = [\"introspect\"]\ntoken_rate = \"5/s\"",
+    );
+    let clients = load(&text, &[]).unwrap().clients();
+    let c = clients.get("svc").expect("the configured client");
+    assert!(c.has_grant(crate::clients::Grant::ClientCredentials));
+    assert!(!c.has_grant(crate::clients::Grant::RefreshToken));
+    assert!(c.has_role(crate::clients::Role::Introspect));
+    assert!(!c.has_role(crate::clients::Role::Admin));
+    assert_eq!(c.scopes, vec!["a".to_string()]);
+    assert!(c.token_rate.is_some(), "per-client rate parsed");
+    assert!(clients.get("other").is_none());
+}
+
+#[test]
+fn a_bad_jwks_is_reported_by_the_load_not_by_validation() {
+    let text = format!(
+        "{GOOD}[[trusted_issuers]]\nissuer = \"https://idp.example\"\njwks = '{{\"keys\":[{{\"kty\":\"nope\"}}]}}'\n"
+    );
+    let c = load(&text, &[]).expect("validation reads no JWKS");
+    let e = c.trusted_issuers().map(|_| ()).expect_err("the JWKS is refused");
+    assert_eq!(e.key, "trusted_issuers[0].jwks");
+    let missing = format!(
+        "{GOOD}[[trusted_issuers]]\nissuer = \"https://idp.example\"\njwks_file = \"/nonexistent/jwks.json\"\n"
+    );
+    let e = load(&missing, &[]).unwrap().trusted_issuers().map(|_| ()).expect_err("no such file");
+    assert_eq!(e.key, "trusted_issuers[0].jwks_file");
+    assert!(e.reason.contains("cannot read"), "{}", e.reason);
+}

@@ -19,7 +19,6 @@ use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::config::Config;
 use crate::store::{SharedStore, StoreError};
 use crate::audit::NewAudit;
 
@@ -305,16 +304,6 @@ pub struct KeyPolicy {
 }
 
 impl KeyPolicy {
-    pub fn from_config(c: &Config) -> KeyPolicy {
-        KeyPolicy {
-            alg: c.keys.algorithm,
-            rotate_every_ms: c.keys.rotate_every.as_millis() as i64,
-            publish_ahead_ms: c.keys.publish_ahead.as_millis() as i64,
-            min_published_ms: (c.jwks_max_age() + c.store.max_staleness).as_millis() as i64,
-            retire_after_ms: (c.tokens.access_ttl + c.tokens.leeway).as_millis() as i64,
-        }
-    }
-
     /// How often the rotation task looks at the clock.
     pub fn tick(&self) -> Duration {
         let shortest = self

@@ -8,7 +8,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{ConfigError, TrustedIssuerConfig};
 
 /// How old an assertion may be (by its `iat`) when it is exchanged.
 pub const MAX_ASSERTION_AGE_SECS: i64 = 300;
@@ -19,6 +18,17 @@ pub const MAX_ASSERTION_AGE_SECS: i64 = 300;
 pub fn replay_until_ms(exp: i64, iat: i64, leeway_secs: i64) -> i64 {
     let last = exp.min(iat + MAX_ASSERTION_AGE_SECS);
     (last + leeway_secs + 1) * 1000
+}
+
+/// One trusted issuer as configured, its JWKS as text (read from a file or inline).
+#[derive(Debug, Clone)]
+pub struct IssuerSpec {
+    pub issuer: String,
+    /// The `aud` its assertions must carry.
+    pub audience: String,
+    /// Prepended to its `sub` (empty: none).
+    pub subject_prefix: String,
+    pub jwks: String,
 }
 
 /// One trusted issuer: its audience, subject prefix and verification keys by kid.
@@ -63,49 +73,17 @@ struct AssertionClaims {
 }
 
 impl TrustedIssuers {
-    /// Loads every issuer's JWKS (from its file or inline). `default_audience` is latch's
-    /// own issuer, used when an entry names no `audience`.
-    pub fn load(
-        configs: &[TrustedIssuerConfig],
-        default_audience: &str,
-    ) -> Result<TrustedIssuers, ConfigError> {
+    /// The issuers of `specs`, each with its JWKS parsed. On a bad JWKS, the index of
+    /// its spec and why.
+    pub fn new(specs: &[IssuerSpec]) -> Result<TrustedIssuers, (usize, String)> {
         let mut by_iss = HashMap::new();
-        for (i, c) in configs.iter().enumerate() {
-            let (key, text) = match (&c.jwks_file, &c.jwks) {
-                (Some(path), _) => (
-                    format!("trusted_issuers[{i}].jwks_file"),
-                    std::fs::read_to_string(path).map_err(|e| {
-                        ConfigError::new(
-                            format!("trusted_issuers[{i}].jwks_file"),
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?,
-                ),
-                (None, Some(toml::Value::String(s))) => {
-                    (format!("trusted_issuers[{i}].jwks"), s.clone())
-                }
-                (None, Some(other)) => (
-                    format!("trusted_issuers[{i}].jwks"),
-                    serde_json::to_string(other).unwrap_or_default(),
-                ),
-                (None, None) => {
-                    return Err(ConfigError::new(
-                        format!("trusted_issuers[{i}].jwks_file"),
-                        "exactly one of jwks_file and jwks must be given",
-                    ))
-                }
-            };
-            let keys = parse_jwks(&text).map_err(|reason| ConfigError::new(key, reason))?;
-            let audience = c
-                .audience
-                .clone()
-                .unwrap_or_else(|| default_audience.to_string());
-            let prefix = c.subject_prefix.clone().unwrap_or_default();
+        for (i, spec) in specs.iter().enumerate() {
+            let keys = parse_jwks(&spec.jwks).map_err(|reason| (i, reason))?;
             by_iss.insert(
-                c.issuer.clone(),
+                spec.issuer.clone(),
                 Issuer {
-                    audience,
-                    prefix,
+                    audience: spec.audience.clone(),
+                    prefix: spec.subject_prefix.clone(),
                     keys,
                 },
             );

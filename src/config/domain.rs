@@ -1,0 +1,105 @@
+//! What a validated [`Config`] builds: the domain's own values. Configuration depends on
+//! the domain, never the reverse, so clients, limits, keys and sessions know nothing of
+//! TOML. Reading trusted issuers' JWKS files is the only IO here, done once at start-up
+//! (and by `latch check`), never during validation.
+
+use super::{Config, ConfigError};
+use crate::clients::{Client, Clients, Grant, Role};
+use crate::keys::KeyPolicy;
+use crate::limits::{Rate, RateLimits};
+use crate::sessions::trusted::{IssuerSpec, TrustedIssuers};
+
+/// A validated rate setting (`"off"` and invalid, which validation refused, are `None`).
+fn rate(text: &str, burst: u32) -> Option<Rate> {
+    Rate::parse(text, burst).ok().flatten()
+}
+
+impl Config {
+    /// The client registry (hex, names and rates were checked by validation).
+    pub fn clients(&self) -> Clients {
+        let limits = &self.limits;
+        Clients::new(self.clients.iter().map(|c| {
+            let mut secret = [0u8; 32];
+            for (i, byte) in secret.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&c.secret_sha256[2 * i..2 * i + 2], 16)
+                    .expect("validated hex");
+            }
+            let mut client = Client::new(c.id.clone(), secret);
+            client.grants = c.grants.iter().filter_map(|g| Grant::parse(g)).collect();
+            client.scopes = c.scopes.clone();
+            client.audiences = c.audiences.clone();
+            client.roles = c.roles.iter().filter_map(|r| Role::parse(r)).collect();
+            client.delegate_service_tokens = c.delegate_service_tokens;
+            client.token_rate = rate(
+                c.token_rate.as_ref().unwrap_or(&limits.token_rate),
+                c.token_burst.unwrap_or(limits.token_burst),
+            );
+            client.revoke_rate = rate(
+                c.revoke_rate.as_ref().unwrap_or(&limits.revoke_rate),
+                c.revoke_burst.unwrap_or(limits.revoke_burst),
+            );
+            client
+        }))
+    }
+
+    /// This node's rate limits, with empty buckets.
+    pub fn rate_limits(&self) -> RateLimits {
+        let l = &self.limits;
+        RateLimits::new(
+            rate(&l.auth_failure_rate, l.auth_failure_burst),
+            rate(&l.auth_failure_ip_rate, l.auth_failure_ip_burst),
+            l.proxies(),
+        )
+    }
+
+    /// The timing rules of the key lifecycle.
+    pub fn key_policy(&self) -> KeyPolicy {
+        KeyPolicy {
+            alg: self.keys.algorithm,
+            rotate_every_ms: self.keys.rotate_every.as_millis() as i64,
+            publish_ahead_ms: self.keys.publish_ahead.as_millis() as i64,
+            min_published_ms: (self.jwks_max_age() + self.store.max_staleness).as_millis()
+                as i64,
+            retire_after_ms: (self.tokens.access_ttl + self.tokens.leeway).as_millis() as i64,
+        }
+    }
+
+    /// Reads every trusted issuer's JWKS (its file, or inline) and parses it. The error
+    /// names the key (`trusted_issuers[1].jwks_file`) and why.
+    pub fn trusted_issuers(&self) -> Result<TrustedIssuers, ConfigError> {
+        let mut specs = Vec::with_capacity(self.trusted_issuers.len());
+        let mut keys = Vec::with_capacity(self.trusted_issuers.len());
+        for (i, c) in self.trusted_issuers.iter().enumerate() {
+            let (key, jwks) = match (&c.jwks_file, &c.jwks) {
+                (Some(path), _) => {
+                    let key = format!("trusted_issuers[{i}].jwks_file");
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        ConfigError::new(key.clone(), format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    (key, text)
+                }
+                (None, Some(toml::Value::String(s))) => {
+                    (format!("trusted_issuers[{i}].jwks"), s.clone())
+                }
+                (None, Some(other)) => (
+                    format!("trusted_issuers[{i}].jwks"),
+                    serde_json::to_string(other).unwrap_or_default(),
+                ),
+                (None, None) => {
+                    return Err(ConfigError::new(
+                        format!("trusted_issuers[{i}].jwks_file"),
+                        "exactly one of jwks_file and jwks must be given",
+                    ))
+                }
+            };
+            keys.push(key);
+            specs.push(IssuerSpec {
+                issuer: c.issuer.clone(),
+                audience: c.audience.clone().unwrap_or_else(|| self.issuer.clone()),
+                subject_prefix: c.subject_prefix.clone().unwrap_or_default(),
+                jwks,
+            });
+        }
+        TrustedIssuers::new(&specs).map_err(|(i, reason)| ConfigError::new(keys[i].clone(), reason))
+    }
+}
