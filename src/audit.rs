@@ -40,7 +40,6 @@ pub struct AuditRecord {
     pub request_id: String,
 }
 
-
 /// Logs one audit record as a single JSON line.
 pub fn log(record: &AuditRecord) {
     match serde_json::to_string(record) {

@@ -39,10 +39,11 @@ pub mod store;
 pub mod time;
 pub mod tokens;
 
+use app::follower::{Follower, FollowerConfig};
+use app::keys::Keys;
 use app::App;
 use config::{Config, StoreKind};
-use keys::{Kek, Keys};
-use revocation::follower::{Follower, FollowerConfig};
+use keys::Kek;
 use revocation::Table;
 use store::{SharedStore, StoreError};
 
@@ -56,7 +57,7 @@ pub enum StartError {
     #[error(transparent)]
     Key(#[from] keys::KeyError),
     #[error(transparent)]
-    Keys(#[from] keys::KeysError),
+    Keys(#[from] app::keys::KeysError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -71,11 +72,7 @@ pub enum StartError {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let prometheus = metrics::install();
     let (store, kek) = open_store(&config).await?;
-    let keys = Arc::new(Keys::new(
-        store.clone(),
-        kek,
-        config.key_policy(),
-    ));
+    let keys = Arc::new(Keys::new(store.clone(), kek, config.key_policy()));
     keys.reload().await?;
     keys.tick().await?;
     let table = Arc::new(Table::new(config.revocation_retention()));
@@ -114,7 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = [
         tokio::spawn(follower.run(stop_rx.clone())),
-        tokio::spawn(keys::run_rotation(keys, stop_rx.clone())),
+        tokio::spawn(app::keys::run_rotation(keys, stop_rx.clone())),
         tokio::spawn(server::serve(
             metrics_listener,
             app.clone(),

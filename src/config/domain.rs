@@ -58,8 +58,7 @@ impl Config {
             alg: self.keys.algorithm,
             rotate_every_ms: self.keys.rotate_every.as_millis() as i64,
             publish_ahead_ms: self.keys.publish_ahead.as_millis() as i64,
-            min_published_ms: (self.jwks_max_age() + self.store.max_staleness).as_millis()
-                as i64,
+            min_published_ms: (self.jwks_max_age() + self.store.max_staleness).as_millis() as i64,
             retire_after_ms: (self.tokens.access_ttl + self.tokens.leeway).as_millis() as i64,
         }
     }
@@ -74,7 +73,10 @@ impl Config {
                 (Some(path), _) => {
                     let key = format!("trusted_issuers[{i}].jwks_file");
                     let text = std::fs::read_to_string(path).map_err(|e| {
-                        ConfigError::new(key.clone(), format!("cannot read {}: {e}", path.display()))
+                        ConfigError::new(
+                            key.clone(),
+                            format!("cannot read {}: {e}", path.display()),
+                        )
                     })?;
                     (key, text)
                 }

@@ -462,12 +462,19 @@ fn a_bad_jwks_is_reported_by_the_load_not_by_validation() {
         "{GOOD}[[trusted_issuers]]\nissuer = \"https://idp.example\"\njwks = '{{\"keys\":[{{\"kty\":\"nope\"}}]}}'\n"
     );
     let c = load(&text, &[]).expect("validation reads no JWKS");
-    let e = c.trusted_issuers().map(|_| ()).expect_err("the JWKS is refused");
+    let e = c
+        .trusted_issuers()
+        .map(|_| ())
+        .expect_err("the JWKS is refused");
     assert_eq!(e.key, "trusted_issuers[0].jwks");
     let missing = format!(
         "{GOOD}[[trusted_issuers]]\nissuer = \"https://idp.example\"\njwks_file = \"/nonexistent/jwks.json\"\n"
     );
-    let e = load(&missing, &[]).unwrap().trusted_issuers().map(|_| ()).expect_err("no such file");
+    let e = load(&missing, &[])
+        .unwrap()
+        .trusted_issuers()
+        .map(|_| ())
+        .expect_err("no such file");
     assert_eq!(e.key, "trusted_issuers[0].jwks_file");
     assert!(e.reason.contains("cannot read"), "{}", e.reason);
 }

@@ -11,8 +11,8 @@ use super::error::{json_response, ApiError};
 use super::oauth::require_fresh;
 use super::request::{authenticate, require_content_type, require_role};
 use crate::app::App;
-use crate::clients::{Client, Role};
 use crate::audit::NewAudit;
+use crate::clients::{Client, Role};
 use crate::revocation::{NewRevocation, RevocationKind};
 use crate::time::now_ms;
 

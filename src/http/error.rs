@@ -9,7 +9,7 @@ use hyper::header::{
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use crate::keys::KeysError;
+use crate::app::keys::KeysError;
 use crate::limits::Limited;
 use crate::store::StoreError;
 

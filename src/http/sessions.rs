@@ -14,11 +14,11 @@ use super::error::ApiError;
 use super::oauth::{access_claims, audience, issue, require_fresh, scope_within, verifier};
 use super::request::{require_role, Form};
 use crate::app::App;
+use crate::audit::NewAudit;
 use crate::clients::{Client, Grant, Role};
+use crate::revocation::{NewRevocation, RevocationKind};
 use crate::revocation::{Stamp, Verdict};
 use crate::sessions;
-use crate::audit::NewAudit;
-use crate::revocation::{NewRevocation, RevocationKind};
 use crate::sessions::{RefreshRecord, Rotation};
 use crate::time::now_ms;
 

@@ -15,7 +15,7 @@
 //!   older than a record (`version < written_at`) was itself rolled back: it admits
 //!   nothing.
 //!
-//! Pure: no IO, no clock. `keys::Keys` reports the rejections (log, metric, audit).
+//! Pure: no IO, no clock. `app::keys::Keys` reports the rejections (log, metric, audit).
 
 use std::collections::{BTreeMap, HashMap};
 

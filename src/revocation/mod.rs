@@ -24,7 +24,6 @@ use tokio::sync::{watch, Notify};
 /// A concurrent map with a fast, per-process seeded hasher.
 type Map<V> = DashMap<Box<str>, V, foldhash::fast::RandomState>;
 
-pub mod follower;
 mod log;
 
 pub use log::{

@@ -8,7 +8,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-
 /// How old an assertion may be (by its `iat`) when it is exchanged.
 pub const MAX_ASSERTION_AGE_SECS: i64 = 300;
 

@@ -16,10 +16,15 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
-use super::{decode_refresh as decode, encode_refresh as encode, BoxFuture, Head, Store, StoreError, StoreEvent};
-use crate::revocation::{revocation_target, ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind};
+use super::{
+    decode_refresh as decode, encode_refresh as encode, BoxFuture, Head, Store, StoreError,
+    StoreEvent,
+};
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
+use crate::revocation::{
+    revocation_target, ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind,
+};
 use crate::sessions::{RefreshRecord, Rotation};
 use crate::time::now_ms;
 

@@ -18,7 +18,7 @@ use crate::keys::{KeyRefusal, KeyRing, Signer};
 use crate::revocation::{Stamp, Table, Verdict};
 
 /// `typ` of every access token (RFC 9068 §2.1).
-pub const TYP: &str = "at+jwt";
+pub use crate::keys::ACCESS_TOKEN_TYP as TYP;
 
 pub mod cache;
 

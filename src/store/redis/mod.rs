@@ -34,9 +34,11 @@ use tokio::sync::broadcast;
 use topology::{redact, Conn, Options, Target, Topology};
 
 use super::{decode_refresh, encode_refresh, BoxFuture, Head, Store, StoreError, StoreEvent};
-use crate::revocation::{new_epoch_id, parse_closed, revocation_target, NewRevocation, RevocationEvent, RevocationKind};
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
+use crate::revocation::{
+    new_epoch_id, parse_closed, revocation_target, NewRevocation, RevocationEvent, RevocationKind,
+};
 use crate::sessions::{RefreshRecord, Rotation};
 
 pub mod settings;

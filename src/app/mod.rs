@@ -1,5 +1,8 @@
 //! The shared state of one node, handed to every request and background task.
 
+pub mod follower;
+pub mod keys;
+
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,12 +14,12 @@ use serde_json::json;
 
 use crate::clients::Clients;
 use crate::config::Config;
-use crate::keys::Keys;
+use crate::revocation::{NewRevocation, RevocationEvent};
 use crate::revocation::{Table, Verdict};
 use crate::sessions::trusted::TrustedIssuers;
 use crate::store::{SharedStore, StoreError};
-use crate::revocation::{NewRevocation, RevocationEvent};
 use crate::tokens::cache::VerifiedCache;
+use keys::Keys;
 
 /// A cheap, cloneable handle to the node's state.
 #[derive(Clone)]

@@ -17,12 +17,11 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
-use super::{Epochs, Table};
-use crate::keys::Keys;
-use crate::metrics as m;
-use crate::store::{Head, SharedStore, StoreError, StoreEvent};
+use super::keys::Keys;
 use crate::audit::NewAudit;
-use crate::revocation::{NewRevocation, RevocationKind};
+use crate::metrics as m;
+use crate::revocation::{Epochs, NewRevocation, RevocationKind, Table};
+use crate::store::{Head, SharedStore, StoreError, StoreEvent};
 use crate::time::now_ms;
 
 /// Head-check interval while the announcement subscription is down: short enough that
