@@ -32,6 +32,7 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod policy;
 pub mod revocation;
 pub mod server;
 pub mod sessions;

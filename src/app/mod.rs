@@ -1,7 +1,20 @@
-//! The shared state of one node, handed to every request and background task.
+//! The node: its shared state ([`App`], handed to every request and background task)
+//! and the use cases that combine the domain with the store: issuing tokens
+//! ([`token`]), introspection ([`introspect`]), revocation ([`revoke`]), the key service
+//! ([`keys`]) and the follower that feeds the revocation table ([`follower`]). Every
+//! decision on a token goes through a [`View`] from [`App::fresh`]. The HTTP layer calls
+//! these and maps [`Error`] to answers.
 
+mod error;
 pub mod follower;
+pub mod introspect;
 pub mod keys;
+pub mod revoke;
+pub mod token;
+mod view;
+
+pub use error::Error;
+pub use view::{Stale, View};
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +27,9 @@ use serde_json::json;
 
 use crate::clients::Clients;
 use crate::config::Config;
-use crate::revocation::{NewRevocation, RevocationEvent};
 use crate::revocation::{Table, Verdict};
 use crate::sessions::trusted::TrustedIssuers;
-use crate::store::{SharedStore, StoreError};
+use crate::store::SharedStore;
 use crate::tokens::cache::VerifiedCache;
 use keys::Keys;
 
@@ -100,17 +112,6 @@ impl App {
         format!("{}-{n}", self.node_tag)
     }
 
-    /// Records a revocation in the store (durable once this returns) and applies it to
-    /// this node's table at once; the follower advances the watermark when the
-    /// announcement arrives. Every endpoint that revokes goes through here.
-    pub async fn revoke(&self, rev: NewRevocation) -> Result<RevocationEvent, StoreError> {
-        let kind = rev.kind;
-        let event = self.store.append_revocation(rev).await?;
-        self.table.insert(&event);
-        metrics::counter!(crate::metrics::REVOCATIONS_TOTAL, "kind" => kind.as_str()).increment(1);
-        Ok(event)
-    }
-
     /// If `(rse, rsq)` is ahead of this node (another node stamped it from a newer view,
     /// or a newer epoch), waits briefly for the follower to catch up; the caller then
     /// decides again, and a stamp still ahead is inactive. Bounded by `max_staleness`
@@ -120,11 +121,6 @@ impl App {
             let bound = Duration::from_millis(self.max_staleness_ms.clamp(1, 250) as u64);
             self.table.wait_for(rse, rsq, bound).await;
         }
-    }
-
-    /// Whether the revocation state is fresh enough to decide on at `now_ms`.
-    pub fn is_fresh(&self, now_ms: i64) -> bool {
-        self.table.is_fresh(now_ms, self.max_staleness_ms)
     }
 }
 

@@ -8,18 +8,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{json_response, ApiError};
-use super::oauth::require_fresh;
 use super::request::{authenticate, require_content_type, require_role};
+use crate::app::revoke::{self, checked_reason, AdminRevocation};
 use crate::app::App;
-use crate::audit::NewAudit;
 use crate::clients::{Client, Role};
-use crate::revocation::{NewRevocation, RevocationKind};
-use crate::time::now_ms;
+use crate::revocation::RevocationKind;
 
 type Resp = Response<Full<Bytes>>;
-
-/// Longest accepted revocation value or reason.
-const MAX_FIELD: usize = 1024;
 
 /// Authenticates by HTTP Basic and requires role `admin`.
 pub fn admin(app: &App, parts: &Parts) -> Result<std::sync::Arc<Client>, ApiError> {
@@ -55,56 +50,6 @@ struct RevokeRequest {
     issuer: Option<String>,
 }
 
-/// The subject a `subject` revocation names, as latch writes it in tokens. With
-/// `issuer`, `value` is that IdP's own `sub` and gets its prefix. Without, a value that
-/// could be a bare IdP `sub` while prefixes are configured (no known prefix, not a
-/// client id) is ambiguous and refused: answering 200 while matching nothing, because
-/// of a namespace, would lose the revocation.
-fn subject_value(app: &App, value: String, issuer: Option<&str>) -> Result<String, ApiError> {
-    if let Some(iss) = issuer {
-        let subject = app.trusted.subject_of(iss, &value).ok_or_else(|| {
-            ApiError::InvalidRequest(format!(
-                "issuer {:?} is not a trusted issuer",
-                iss.chars().take(200).collect::<String>()
-            ))
-        })?;
-        // A value already in the namespaced form, with its issuer named as well, would
-        // become prefix+prefix+sub: 200 matching nobody. Refuse, naming both forms (an
-        // IdP sub that really starts with the prefix is revoked namespaced, without
-        // issuer). Found by tests/redteam.rs.
-        let prefix = subject.strip_suffix(value.as_str()).unwrap_or("");
-        if !prefix.is_empty() && value.starts_with(prefix) {
-            return Err(ApiError::InvalidRequest(format!(
-                "ambiguous subject: {value:?} already carries this issuer's prefix \
-                 {prefix:?}; give the IdP's own sub with \"issuer\", or the namespaced form \
-                 without \"issuer\""
-            )));
-        }
-        // An issuer without subject_prefix: its `sub` can equal a client id. No user can
-        // hold such a subject (assertions naming a client are refused), so this would
-        // match only the service's own tokens: a user's offboarding must not take a
-        // service down. Found by tests/redteam.rs.
-        if app.clients.contains(&subject) {
-            return Err(ApiError::InvalidRequest(
-                "this IdP sub equals a client id, and no user of it can hold a token;                  to revoke the client's own tokens, give the value without issuer"
-                    .into(),
-            ));
-        }
-        return Ok(subject);
-    }
-    let trusted = &app.trusted;
-    if trusted.has_prefixes() && !trusted.has_known_prefix(&value) && !app.clients.contains(&value)
-    {
-        return Err(ApiError::InvalidRequest(
-            "ambiguous subject: give it as latch writes it in tokens (with its issuer's \
-             subject_prefix, e.g. \"idp1|alice\"), or give the IdP's own sub with \
-             \"issuer\": \"<trusted issuer URL>\""
-                .into(),
-        ));
-    }
-    Ok(value)
-}
-
 pub async fn revoke(
     app: &App,
     parts: &Parts,
@@ -113,48 +58,14 @@ pub async fn revoke(
 ) -> Result<Resp, ApiError> {
     let client = admin(app, parts)?;
     let req: RevokeRequest = parse_json(parts, body)?;
-    let kind = RevocationKind::parse(&req.kind).ok_or_else(|| {
-        ApiError::InvalidRequest("kind must be one of token, session, subject, client, all".into())
-    })?;
-    let value = match (kind, req.value) {
-        (RevocationKind::All, None) => String::new(),
-        (RevocationKind::All, Some(v)) if v.is_empty() => String::new(),
-        (RevocationKind::All, Some(_)) => {
-            return Err(ApiError::InvalidRequest("kind all takes no value".into()))
-        }
-        (_, Some(v)) if !v.is_empty() && v.len() <= MAX_FIELD => v,
-        (_, _) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "kind {} needs a value of 1 to {MAX_FIELD} bytes",
-                kind.as_str()
-            )))
-        }
+    let request = AdminRevocation {
+        kind: req.kind,
+        value: req.value,
+        reason: req.reason,
+        issuer: req.issuer,
     };
-    let value = match (kind, req.issuer.as_deref()) {
-        (RevocationKind::Subject, issuer) => subject_value(app, value, issuer)?,
-        (_, None) => value,
-        (_, Some(_)) => {
-            return Err(ApiError::InvalidRequest(
-                "issuer is only for kind subject".into(),
-            ))
-        }
-    };
-    let reason = req.reason.unwrap_or_default();
-    if reason.len() > MAX_FIELD {
-        return Err(ApiError::InvalidRequest(format!(
-            "reason is longer than {MAX_FIELD} bytes"
-        )));
-    }
-    require_fresh(app, now_ms())?;
-    let event = app
-        .revoke(NewRevocation {
-            kind,
-            value,
-            reason,
-            actor: client.id.clone(),
-            request_id: request_id.to_string(),
-        })
-        .await?;
+    let event = revoke::admin_revoke(app, &client.id, request, request_id).await?;
+    let kind = event.kind;
     let value = match kind {
         RevocationKind::All => serde_json::Value::Null,
         _ => json!(event.value),
@@ -183,17 +94,7 @@ fn reason(parts: &Parts, body: &[u8]) -> Result<String, ApiError> {
         return Ok(String::new());
     }
     let r: ReasonBody = parse_json(parts, body)?;
-    checked_reason(r.reason)
-}
-
-fn checked_reason(reason: Option<String>) -> Result<String, ApiError> {
-    let reason = reason.unwrap_or_default();
-    if reason.len() > MAX_FIELD {
-        return Err(ApiError::InvalidRequest(format!(
-            "reason is longer than {MAX_FIELD} bytes"
-        )));
-    }
-    Ok(reason)
+    Ok(checked_reason(r.reason)?)
 }
 
 #[derive(Deserialize, Default)]
@@ -214,10 +115,7 @@ struct RecoverRequest {
     revoke_all: bool,
 }
 
-/// The operator's step after the store lost history (a restored backup): closes the
-/// store's epoch and opens a new one, audited as `store_recover`; with `revoke_all`, also
-/// an `all` revocation in the new epoch, so every token and session issued before dies.
-/// Freshness is not required: this is what an operator runs when things are broken.
+/// `POST /admin/store/recover`: see [`revoke::recover_store`].
 pub async fn recover_store(
     app: &App,
     parts: &Parts,
@@ -226,50 +124,18 @@ pub async fn recover_store(
 ) -> Result<Resp, ApiError> {
     let client = admin(app, parts)?;
     let req: RecoverRequest = parse_json(parts, body)?;
-    if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
-        return Err(ApiError::InvalidRequest(format!(
-            "reason must be 1 to {MAX_FIELD} bytes"
-        )));
-    }
-    let head = app
-        .store
-        .bump_epoch(NewAudit {
-            actor: client.id.clone(),
-            action: "store_recover".into(),
-            target: "store".into(),
-            reason: req.reason.clone(),
-            request_id: request_id.to_string(),
-        })
-        .await?;
-    // Let this node switch before answering, so its next answers are in the new epoch.
-    let bound = std::time::Duration::from_millis(app.max_staleness_ms as u64);
-    app.table
-        .wait_for(head.epoch, head.revocation_seq, bound)
-        .await;
-    let revoked_all_seq = if req.revoke_all {
-        let event = app
-            .revoke(NewRevocation {
-                kind: RevocationKind::All,
-                value: String::new(),
-                reason: format!("store recover: {}", req.reason),
-                actor: client.id.clone(),
-                request_id: request_id.to_string(),
-            })
-            .await?;
-        Some(event.seq)
-    } else {
-        None
-    };
+    let done =
+        revoke::recover_store(app, &client.id, &req.reason, req.revoke_all, request_id).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "epoch": format!("{:016x}", head.epoch),
-            "seq": head.revocation_seq,
-            "closed": head.closed.iter().map(|c| json!({
+            "epoch": format!("{:016x}", done.epoch),
+            "seq": done.seq,
+            "closed": done.closed.iter().map(|c| json!({
                 "epoch": format!("{:016x}", c.id),
                 "closed_at": c.closed_at,
             })).collect::<Vec<_>>(),
-            "revoked_all_seq": revoked_all_seq,
+            "revoked_all_seq": done.revoked_all_seq,
         }),
     ))
 }

@@ -9,8 +9,9 @@ use hyper::header::{
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use crate::app::keys::KeysError;
+use crate::app::{self, keys::KeysError};
 use crate::limits::Limited;
+use crate::policy::Refusal;
 use crate::store::StoreError;
 
 /// Every way a request can fail.
@@ -125,6 +126,27 @@ impl ApiError {
             _ => {}
         }
         resp
+    }
+}
+
+/// The domain's refusals, in HTTP terms. Every use case's error passes here.
+impl From<app::Error> for ApiError {
+    fn from(e: app::Error) -> ApiError {
+        use app::Error as E;
+        match e {
+            E::InvalidGrant(why) => ApiError::InvalidGrant(why),
+            E::Policy(Refusal::Scope(why)) => ApiError::InvalidScope(why),
+            E::Policy(Refusal::Target(why)) => ApiError::InvalidTarget(why),
+            E::InvalidRequest(why) => ApiError::InvalidRequest(why),
+            E::NotPermitted(why) => ApiError::UnauthorizedClient(why),
+            E::GrantNotAllowed(why) => ApiError::GrantNotAllowed(why),
+            E::RateLimited(limited) => ApiError::RateLimited(limited),
+            E::Stale(stale) => ApiError::Unavailable(stale.to_string()),
+            E::Unavailable(why) => ApiError::Unavailable(why),
+            E::Store(e) => e.into(),
+            E::Keys(e) => e.into(),
+            E::Internal(why) => ApiError::Internal(why),
+        }
     }
 }
 

@@ -22,7 +22,6 @@ pub mod admin;
 pub mod error;
 pub mod oauth;
 pub mod request;
-pub mod sessions;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const REQUEST_ID: &str = "x-request-id";
@@ -270,7 +269,7 @@ fn readyz(app: &App) -> Response<Full<Bytes>> {
     let now = now_ms();
     let reason = if app.keys.with_ring(|r| r.signer().is_none()) {
         Some("no signing key loaded")
-    } else if !app.is_fresh(now) {
+    } else if app.fresh(now).is_err() {
         Some("revocation state is stale")
     } else if !app.store.feed_live() {
         // Without the subscription, revocations reach this node only through head checks.

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::revocation::Stamp;
+
 /// A refresh token as stored. The token itself is never stored, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshRecord {
@@ -25,6 +27,23 @@ pub struct RefreshRecord {
     /// covered, and a record cannot be moved to another token's hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+}
+
+impl RefreshRecord {
+    /// What revocations are matched against: the session, its subject and client, at
+    /// the session's stamp.
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            jti: "",
+            sid: Some(&self.sid),
+            sub: &self.sub,
+            client_id: &self.client_id,
+            rsq: self.rsq,
+            rse: self.rse,
+            chain_clients: &[],
+            chain_jtis: &[],
+        }
+    }
 }
 
 /// The outcome of spending a refresh token.

@@ -1,0 +1,440 @@
+//! The token endpoint's grants: `client_credentials`, the rotating `refresh_token` grant
+//! with reuse detection, and token exchange (RFC 8693) to open a user session or to
+//! delegate. The HTTP layer parses a [`TokenRequest`] and renders the [`Issued`] answer.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::error::Error;
+use super::view::View;
+use super::App;
+use crate::audit::NewAudit;
+use crate::clients::{Client, Grant, Role};
+use crate::metrics as m;
+use crate::policy;
+use crate::revocation::{NewRevocation, RevocationKind, Verdict};
+use crate::sessions::{self, RefreshRecord, Rotation};
+use crate::time::now_ms;
+use crate::tokens::AccessClaims;
+
+pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// A token request, by grant, with the parameters each grant reads (empty counts as
+/// absent). Required parameters are checked once the client is known to hold the grant.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenRequest<'a> {
+    ClientCredentials {
+        scope: Option<&'a str>,
+        resource: Option<&'a str>,
+    },
+    RefreshToken {
+        refresh_token: Option<&'a str>,
+        scope: Option<&'a str>,
+    },
+    TokenExchange(Exchange<'a>),
+}
+
+impl TokenRequest<'_> {
+    pub fn grant(&self) -> Grant {
+        match self {
+            TokenRequest::ClientCredentials { .. } => Grant::ClientCredentials,
+            TokenRequest::RefreshToken { .. } => Grant::RefreshToken,
+            TokenRequest::TokenExchange(_) => Grant::TokenExchange,
+        }
+    }
+}
+
+/// RFC 8693 §2.1 parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub subject_token: Option<&'a str>,
+    pub subject_token_type: Option<&'a str>,
+    pub requested_token_type: Option<&'a str>,
+    pub scope: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    pub resource: Option<&'a str>,
+}
+
+/// A successful token response.
+#[derive(Debug)]
+pub struct Issued {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub scope: String,
+    pub refresh_token: Option<String>,
+    pub grant: Grant,
+}
+
+/// Issues tokens to an authenticated `client`: checks that it may use the grant and its
+/// issuance rate, then runs the grant.
+pub async fn token(
+    app: &App,
+    client: &Client,
+    req: TokenRequest<'_>,
+    request_id: &str,
+) -> Result<Issued, Error> {
+    if !client.has_grant(req.grant()) {
+        return Err(Error::GrantNotAllowed(
+            "this client may not use this grant type",
+        ));
+    }
+    app.limits.token(&client.id, client.token_rate, now_ms())?;
+    match req {
+        TokenRequest::ClientCredentials { scope, resource } => {
+            let scope = policy::scope_within(&client.scopes, scope)?;
+            let aud = policy::audience(client, resource)?;
+            let view = app.fresh(now_ms())?;
+            let claims = view.access_claims(&client.id, &client.id, aud, scope);
+            issue(&view, &claims, Grant::ClientCredentials, None)
+        }
+        TokenRequest::RefreshToken {
+            refresh_token,
+            scope,
+        } => {
+            let refresh_token = required("refresh_token", refresh_token)?;
+            refresh(app, client, refresh_token, scope, request_id).await
+        }
+        TokenRequest::TokenExchange(x) => exchange(app, client, x, request_id).await,
+    }
+}
+
+/// Signs `claims` and counts the issuance.
+fn issue(
+    view: &View<'_>,
+    claims: &AccessClaims,
+    grant: Grant,
+    refresh_token: Option<String>,
+) -> Result<Issued, Error> {
+    let access_token = view.sign(claims)?;
+    metrics::counter!(m::TOKENS_ISSUED_TOTAL, "grant" => grant.label()).increment(1);
+    Ok(Issued {
+        access_token,
+        expires_in: (claims.exp - claims.iat).max(0) as u64,
+        scope: claims.scope.clone(),
+        refresh_token,
+        grant,
+    })
+}
+
+/// A parameter the grant cannot do without.
+fn required<'a>(name: &str, value: Option<&'a str>) -> Result<&'a str, Error> {
+    value.ok_or_else(|| Error::InvalidRequest(format!("missing parameter {name}")))
+}
+
+// === token exchange ===
+
+async fn exchange(
+    app: &App,
+    client: &Client,
+    x: Exchange<'_>,
+    request_id: &str,
+) -> Result<Issued, Error> {
+    let subject_token = required("subject_token", x.subject_token)?;
+    // RFC 8693 §2.1 `requested_token_type`: latch issues access tokens (JWTs) only.
+    match x.requested_token_type {
+        None | Some(TYPE_ACCESS_TOKEN) | Some(TYPE_JWT) => {}
+        Some(_) => {
+            return Err(Error::InvalidRequest(format!(
+                "requested_token_type must be {TYPE_ACCESS_TOKEN} or {TYPE_JWT}"
+            )))
+        }
+    }
+    match required("subject_token_type", x.subject_token_type)? {
+        TYPE_JWT => {
+            if !client.has_role(Role::SessionIssuer) {
+                return Err(Error::NotPermitted(
+                    "this client is not allowed to use this endpoint",
+                ));
+            }
+            open_session(app, client, subject_token, x, request_id).await
+        }
+        TYPE_ACCESS_TOKEN => delegate(app, client, subject_token, x),
+        _ => Err(Error::InvalidRequest(format!(
+            "subject_token_type must be {TYPE_JWT} or {TYPE_ACCESS_TOKEN}"
+        ))),
+    }
+}
+
+/// An IdP hook hands latch a user: a new session, its first access and refresh tokens.
+async fn open_session(
+    app: &App,
+    client: &Client,
+    assertion: &str,
+    x: Exchange<'_>,
+    request_id: &str,
+) -> Result<Issued, Error> {
+    let now = now_ms();
+    app.fresh(now)?;
+    let leeway = app.config.tokens.leeway.as_secs();
+    let a = app.trusted.verify(assertion, leeway).map_err(|reason| {
+        tracing::debug!(reason, client = %client.id, "assertion refused");
+        Error::InvalidGrant("the subject token is not a valid assertion of a trusted issuer")
+    })?;
+    // RFC 9068 §5: a user must never be named like a client (nor, with prefixes, like a
+    // user of another IdP; config validation keeps prefixes apart from client ids).
+    if app.clients.contains(&a.sub) {
+        tracing::warn!(issuer = %a.iss, client = %client.id, subject = %a.sub, "assertion names a client id as its subject; refused");
+        app.store
+            .append_audit(NewAudit {
+                actor: client.id.clone(),
+                action: "assertion_refused".into(),
+                target: format!("subject:{}", a.sub),
+                reason: format!("assertion from {} names a client id as its subject", a.iss),
+                request_id: request_id.to_string(),
+            })
+            .await?;
+        return Err(Error::InvalidGrant(
+            "the assertion's subject collides with a client id",
+        ));
+    }
+    let scope = policy::scope_within(&client.scopes, x.scope)?;
+    let aud = policy::exchange_audience(client, x.audience, x.resource)?;
+    // One use per assertion, remembered exactly as long as it could be accepted: until
+    // its `exp` or its maximum age, whichever comes first, plus leeway.
+    let replay_key = sessions::hash(&format!("{}\n{}", a.iss, a.jti));
+    let until = sessions::trusted::replay_until_ms(a.exp, a.iat, leeway as i64);
+    if !app.store.claim_once(replay_key, until).await? {
+        tracing::debug!(client = %client.id, "assertion replayed");
+        return Err(Error::InvalidGrant("the assertion was already used"));
+    }
+    let view = app.fresh(now)?;
+    let mut claims = view.access_claims(&a.sub, &client.id, aud, scope);
+    claims.sid = Some(crate::tokens::random_id());
+    claims.username = a.username;
+    let (refresh_token, hash) = sessions::new_refresh_token();
+    let mut record = view.refresh_record(&claims);
+    sessions::seal(app.keys.refresh_record_mac(), &hash, &mut record);
+    let audit = NewAudit {
+        actor: client.id.clone(),
+        action: "session_create".into(),
+        target: format!("session:{}", record.sid),
+        reason: format!("subject {} from {} (IdP sub {})", a.sub, a.iss, a.idp_sub),
+        request_id: request_id.to_string(),
+    };
+    app.store.open_session(hash, record, audit).await?;
+    issue(&view, &claims, Grant::TokenExchange, Some(refresh_token))
+}
+
+/// A service acting for a user: a down-scoped token for another audience, with the
+/// service recorded in `act` (RFC 8693 §4.1). It keeps the user's `sub` and `sid`, so
+/// revoking the user or the session revokes it too, and it carries the chain of client
+/// ids and jtis it derives from (`dcl`, `djt`), so revoking any origin client or token
+/// revokes it as well.
+///
+/// Refused (RFC 8693 §2.2.2, §5): a subject token not meant for the caller (its `aud`
+/// is neither the caller's id nor one of its audiences) or nested deeper than
+/// `tokens.max_delegation_depth` (`invalid_grant`); a service token (no `sid`) unless the
+/// caller has `delegate_service_tokens` (`unauthorized_client`); an `audience` or
+/// `resource` outside the caller's audiences (`invalid_target`).
+fn delegate(
+    app: &App,
+    client: &Client,
+    subject_token: &str,
+    x: Exchange<'_>,
+) -> Result<Issued, Error> {
+    // The view's stamp is read before the subject token's revocation check.
+    let view = app.fresh(now_ms())?;
+    let subject = view.decide(subject_token).map_err(|reason| {
+        tracing::debug!(reason = reason.as_str(), client = %client.id, "subject token refused");
+        Error::InvalidGrant("the subject token is not active")
+    })?;
+    if subject.aud != client.id && !client.audiences.iter().any(|a| *a == subject.aud) {
+        tracing::info!(client = %client.id, aud = %subject.aud, "subject token meant for another audience");
+        return Err(Error::InvalidGrant(
+            "the subject token was not issued for this client",
+        ));
+    }
+    if subject.sid.is_none() && !client.delegate_service_tokens {
+        return Err(Error::GrantNotAllowed(
+            "this client may not act as another service (the subject token has no session)",
+        ));
+    }
+    if subject.dcl.len() + 1 > app.config.tokens.max_delegation_depth {
+        return Err(Error::InvalidGrant(
+            "the subject token is already delegated as deeply as allowed",
+        ));
+    }
+    let scope = policy::scope_within(&policy::delegable(client, &subject.scope), x.scope)?;
+    if scope.is_empty() {
+        return Err(policy::Refusal::Scope(
+            "no scope is shared by the subject token and this client".into(),
+        )
+        .into());
+    }
+    let aud = policy::exchange_audience(client, x.audience, x.resource)?;
+    let mut claims = view.access_claims(&subject.sub, &client.id, aud, scope);
+    claims.exp = claims.exp.min(subject.exp);
+    claims.sid = subject.sid.clone();
+    claims.username = subject.username.clone();
+    let mut act = json!({ "sub": client.id });
+    if let Some(prior) = &subject.act {
+        act["act"] = prior.clone();
+    }
+    claims.act = Some(act);
+    claims.dcl = subject.dcl.clone();
+    claims.dcl.push(subject.client_id.clone());
+    claims.djt = subject.djt.clone();
+    claims.djt.push(subject.jti.clone());
+    issue(&view, &claims, Grant::TokenExchange, None)
+}
+
+// === refresh_token grant ===
+
+async fn refresh(
+    app: &App,
+    client: &Client,
+    token: &str,
+    scope: Option<&str>,
+    request_id: &str,
+) -> Result<Issued, Error> {
+    let now = now_ms();
+    app.fresh(now)?;
+    let invalid = || Error::InvalidGrant("the refresh token is not valid");
+    if !sessions::is_refresh_token(token) {
+        return Err(invalid());
+    }
+    let hash = sessions::hash(token);
+    sync_revocations(app).await?;
+    let (record, spent) = stored_refresh(app, &hash, request_id)
+        .await?
+        .ok_or_else(invalid)?;
+    if record.client_id != client.id {
+        tracing::debug!(client = %client.id, "refresh token of another client");
+        return Err(invalid());
+    }
+    if !policy::session_allowed(client, &record) {
+        tracing::debug!(client = %client.id, "session no longer within the client's grants");
+        return Err(invalid());
+    }
+    if spent {
+        return Err(reuse(app, &record, request_id).await);
+    }
+    // The view's stamp is read before the session's revocation check.
+    let view = app.fresh(now)?;
+    if record.expires_at_ms <= now || app.table.is_revoked(&record.stamp()) {
+        return Err(invalid());
+    }
+    let session_scope: Vec<&str> = record.scope.split(' ').filter(|s| !s.is_empty()).collect();
+    let scope = policy::scope_within(&session_scope, scope)?;
+    let mut claims = view.access_claims(&record.sub, &client.id, record.aud.clone(), scope);
+    claims.sid = Some(record.sid.clone());
+    claims.username = record.username.clone();
+    let (next_token, next_hash) = sessions::new_refresh_token();
+    // The session keeps its scope and its stamp; only the token and its expiry move.
+    let mut next = RefreshRecord {
+        issued_at_ms: now,
+        expires_at_ms: now + app.config.tokens.refresh_ttl.as_millis() as i64,
+        ..record.clone()
+    };
+    sessions::seal(app.keys.refresh_record_mac(), &next_hash, &mut next);
+    match app
+        .store
+        .rotate_refresh(hash.clone(), next_hash, next)
+        .await?
+    {
+        Rotation::Rotated => issue(&view, &claims, Grant::RefreshToken, Some(next_token)),
+        Rotation::Reused(r) if sessions::authentic(app.keys.refresh_record_mac(), &hash, &r) => {
+            Err(reuse(app, &r, request_id).await)
+        }
+        Rotation::Reused(_) => {
+            rejected(app, &hash, request_id).await;
+            Err(invalid())
+        }
+        Rotation::Unknown => Err(invalid()),
+    }
+}
+
+/// A refresh token's record and whether it was spent, if the store has one that proves
+/// (by its MAC) that latch wrote it for this token hash. A record that does not is
+/// reported and treated as absent: a record planted in the store yields nothing.
+pub(super) async fn stored_refresh(
+    app: &App,
+    hash: &str,
+    request_id: &str,
+) -> Result<Option<(RefreshRecord, bool)>, Error> {
+    let Some((record, spent)) = app.store.refresh_token(hash.to_string()).await? else {
+        return Ok(None);
+    };
+    if !sessions::authentic(app.keys.refresh_record_mac(), hash, &record) {
+        rejected(app, hash, request_id).await;
+        return Ok(None);
+    }
+    Ok(Some((record, spent)))
+}
+
+/// Logs, counts and audits a refresh-token record whose MAC failed (never its content:
+/// it is the attacker's).
+async fn rejected(app: &App, hash: &str, request_id: &str) {
+    let target = format!("refresh:{}", &hash[..hash.len().min(12)]);
+    tracing::warn!(%target, "refresh-token record with a bad MAC; treated as unknown");
+    metrics::counter!(m::REFRESH_RECORDS_REJECTED).increment(1);
+    let audit = NewAudit {
+        actor: "latch".into(),
+        action: "refresh_record_rejected".into(),
+        target,
+        reason: "bad_mac".into(),
+        request_id: request_id.to_string(),
+    };
+    if let Err(error) = app.store.append_audit(audit).await {
+        tracing::warn!(%error, "could not audit a rejected refresh-token record");
+    }
+}
+
+/// A spent refresh token came back: whoever holds it, the session is compromised. The
+/// session is revoked and the reuse audited; the answer is always a refusal.
+async fn reuse(app: &App, record: &RefreshRecord, request_id: &str) -> Error {
+    tracing::warn!(sid = %record.sid, client = %record.client_id, "refresh token reuse; revoking the session");
+    if !app
+        .table
+        .covers(RevocationKind::Session, &record.sid, record.rsq)
+    {
+        let revoked = app
+            .revoke(NewRevocation {
+                kind: RevocationKind::Session,
+                value: record.sid.clone(),
+                reason: "refresh token reuse".into(),
+                actor: "latch".into(),
+                request_id: request_id.to_string(),
+            })
+            .await;
+        if let Err(e) = revoked {
+            return e.into();
+        }
+    }
+    let audited = app
+        .store
+        .append_audit(NewAudit {
+            actor: record.client_id.clone(),
+            action: "refresh_reuse".into(),
+            target: format!("session:{}", record.sid),
+            reason: format!(
+                "spent refresh token presented again; subject {}",
+                record.sub
+            ),
+            request_id: request_id.to_string(),
+        })
+        .await;
+    match audited {
+        Ok(_) => Error::InvalidGrant("the refresh token was already used; the session is revoked"),
+        Err(e) => e.into(),
+    }
+}
+
+/// Waits until this node has applied every revocation the store has, so a refresh right
+/// after a revocation on another node is refused here too. Bounded by `max_staleness`.
+/// After an epoch change this also waits for the node to switch to the new epoch. The
+/// wait is on the table's change watch, not a poll.
+async fn sync_revocations(app: &App) -> Result<(), Error> {
+    let head = app.store.head().await?;
+    let timeout = Duration::from_millis(app.max_staleness_ms as u64);
+    match app
+        .table
+        .wait_for(head.epoch, head.revocation_seq, timeout)
+        .await
+    {
+        Verdict::Live => Ok(()),
+        _ => Err(Error::Unavailable("revocations not yet applied".into())),
+    }
+}

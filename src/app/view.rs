@@ -1,0 +1,145 @@
+//! The only way to verify or to stamp a token: a [`View`] of a node whose revocation
+//! state is fresh, obtained from [`App::fresh`].
+//!
+//! Two invariants live here instead of in every handler:
+//! - **Fail closed when stale.** A `View` exists only if the state was fresh when it was
+//!   made; without one, nothing can be verified, signed or stamped.
+//! - **Stamp before checking.** The view reads the stamp `(rse, rsq)` when it is made,
+//!   before any revocation check the caller then runs through it. A revocation applied
+//!   between the check and the signature is at or above the stamp, so it still covers
+//!   the new token.
+
+use std::sync::Arc;
+
+use super::error::Error;
+use super::App;
+use crate::sessions::RefreshRecord;
+use crate::tokens::{self, AccessClaims, Reason, Verifier};
+
+/// The node's revocation state is older than `max_staleness`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("revocation state is {age_ms} ms old (max_staleness {max_ms} ms)")]
+pub struct Stale {
+    pub age_ms: i64,
+    pub max_ms: i64,
+}
+
+/// A fresh node at one instant, with the stamp read at that instant.
+pub struct View<'a> {
+    app: &'a App,
+    now_ms: i64,
+    stamp: (u64, u64),
+}
+
+impl App {
+    /// A view of this node at `now_ms`, if its revocation state is fresh enough.
+    pub fn fresh(&self, now_ms: i64) -> Result<View<'_>, Stale> {
+        if !self.table.is_fresh(now_ms, self.max_staleness_ms) {
+            return Err(Stale {
+                age_ms: self.table.age_ms(now_ms),
+                max_ms: self.max_staleness_ms,
+            });
+        }
+        Ok(View {
+            app: self,
+            now_ms,
+            stamp: self.table.stamp_now(),
+        })
+    }
+}
+
+impl View<'_> {
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// `(rse, rsq)` as read when the view was made.
+    pub fn stamp(&self) -> (u64, u64) {
+        self.stamp
+    }
+
+    fn verifier<'r>(&'r self, ring: &'r crate::keys::KeyRing) -> Verifier<'r> {
+        Verifier {
+            ring,
+            table: &self.app.table,
+            issuer: &self.app.config.issuer,
+            leeway_secs: self.app.config.tokens.leeway.as_secs() as i64,
+            now_ms: self.now_ms,
+            cache: Some(&self.app.verified),
+        }
+    }
+
+    /// Whether `token` is active: signature, key state, time, issuer and revocation.
+    pub fn decide(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
+        self.app
+            .keys
+            .with_ring(|ring| self.verifier(ring).decide(token))
+    }
+
+    /// Whether `token` is one latch issued and that can still be alive (signature, key,
+    /// time; not revocation).
+    pub fn authentic(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
+        self.app
+            .keys
+            .with_ring(|ring| self.verifier(ring).authentic(token))
+    }
+
+    /// Claims of a new access token for `sub`, issued to `client_id`, carrying this
+    /// view's stamp.
+    pub fn access_claims(
+        &self,
+        sub: &str,
+        client_id: &str,
+        aud: String,
+        scope: String,
+    ) -> AccessClaims {
+        let config = &self.app.config;
+        let iat = self.now_ms.div_euclid(1000);
+        AccessClaims {
+            iss: config.issuer.clone(),
+            sub: sub.to_string(),
+            aud,
+            exp: iat + config.tokens.access_ttl.as_secs() as i64,
+            iat,
+            nbf: iat,
+            jti: tokens::random_id(),
+            client_id: client_id.to_string(),
+            scope,
+            sid: None,
+            act: None,
+            username: None,
+            rse: self.stamp.0,
+            rsq: self.stamp.1,
+            dcl: Vec::new(),
+            djt: Vec::new(),
+        }
+    }
+
+    /// The record of a new session's first refresh token: the session keeps `claims`'
+    /// stamp for as long as it lives.
+    pub fn refresh_record(&self, claims: &AccessClaims) -> RefreshRecord {
+        RefreshRecord {
+            sid: claims.sid.clone().unwrap_or_default(),
+            sub: claims.sub.clone(),
+            client_id: claims.client_id.clone(),
+            scope: claims.scope.clone(),
+            aud: claims.aud.clone(),
+            username: claims.username.clone(),
+            rse: claims.rse,
+            rsq: claims.rsq,
+            issued_at_ms: self.now_ms,
+            expires_at_ms: self.now_ms + self.app.config.tokens.refresh_ttl.as_millis() as i64,
+            mac: None,
+        }
+    }
+
+    /// Signs `claims` with the active key.
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, Error> {
+        self.app.keys.with_ring(|ring| {
+            let signer = ring
+                .signer()
+                .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
+            tokens::sign(signer, claims).map_err(|e| Error::Internal(format!("signing: {e}")))
+        })
+    }
+}
