@@ -23,7 +23,11 @@ use crate::metrics as m;
 use crate::store::{
     Head, NewAudit, NewRevocation, RevocationKind, SharedStore, StoreError, StoreEvent,
 };
+#[cfg(not(test))]
 use crate::time::now_ms;
+// Unit tests run the follower on tokio's paused clock (follower_tests.rs).
+#[cfg(test)]
+use tests::now_ms;
 
 /// Head-check interval while the announcement subscription is down: short enough that
 /// the propagation bound holds through the poll alone.
@@ -420,3 +424,7 @@ fn observe_propagation(revoked_at_ms: i64) {
     let lag = (now_ms() - revoked_at_ms).max(0) as f64 / 1000.0;
     metrics::histogram!(m::PROPAGATION).record(lag);
 }
+
+#[cfg(test)]
+#[path = "follower_tests.rs"]
+mod tests;
