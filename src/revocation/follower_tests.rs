@@ -211,7 +211,11 @@ impl FakeStore {
     }
 
     fn audit_actions(&self) -> Vec<String> {
-        self.state().audit.iter().map(|a| a.action.clone()).collect()
+        self.state()
+            .audit
+            .iter()
+            .map(|a| a.action.clone())
+            .collect()
     }
 
     fn head_of(s: &State) -> Head {
@@ -251,7 +255,8 @@ impl Store for FakeStore {
         &self,
         rev: NewRevocation,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
-        let down = self.failing.load(Ordering::SeqCst) || self.appends_failing.load(Ordering::SeqCst);
+        let down =
+            self.failing.load(Ordering::SeqCst) || self.appends_failing.load(Ordering::SeqCst);
         let result = if down {
             Err(StoreError::Unavailable("fake store refuses writes".into()))
         } else {
@@ -457,10 +462,7 @@ fn assert_applied(node: &Node, e: &RevocationEvent, epoch: u64) {
         e.kind.as_str(),
         e.value
     );
-    assert_eq!(
-        node.verdict(e.kind, &e.value, epoch, e.seq),
-        Verdict::Live
-    );
+    assert_eq!(node.verdict(e.kind, &e.value, epoch, e.seq), Verdict::Live);
 }
 
 // === loading ===
@@ -645,7 +647,11 @@ async fn while_the_feed_is_down_the_head_is_polled_fast_and_freshness_waits_for_
     for e in &during {
         assert_applied(&node, e, E1);
     }
-    assert_eq!(node.age(), poll.as_millis() as i64, "not fresh without a feed");
+    assert_eq!(
+        node.age(),
+        poll.as_millis() as i64,
+        "not fresh without a feed"
+    );
     // From then on the head is checked every FEED_DOWN_POLL, well before the next poll.
     assert!(FEED_DOWN_POLL < poll);
     let later = store.log(Client, "app");
@@ -676,10 +682,17 @@ async fn with_the_store_down_the_table_ages_until_stale_and_is_fresh_once_it_ans
         advance(poll).await;
         elapsed += step;
         assert_eq!(node.age(), elapsed, "no failed check may refresh the table");
-        assert_eq!(node.is_fresh(), elapsed <= MAX_STALENESS_MS, "at {elapsed} ms");
+        assert_eq!(
+            node.is_fresh(),
+            elapsed <= MAX_STALENESS_MS,
+            "at {elapsed} ms"
+        );
         saw_fresh |= node.is_fresh();
     }
-    assert!(saw_fresh, "fresh for up to max_staleness after the last proof");
+    assert!(
+        saw_fresh,
+        "fresh for up to max_staleness after the last proof"
+    );
     assert!(!node.is_fresh());
     // A revocation made meanwhile is applied by the first check that gets through.
     let e = store.log(Subject, "alice");
@@ -709,7 +722,10 @@ async fn a_new_epoch_lowers_applied_and_what_the_store_lost_is_written_back() {
     assert_eq!(node.verdict(Subject, "nobody", E1, 3), Verdict::StaleEpoch);
     assert_eq!(node.verdict(Subject, "nobody", E1, 2), Verdict::Live);
     for e in &kept {
-        assert_eq!(node.verdict(e.kind, &e.value, E1, e.seq - 1), Verdict::Revoked);
+        assert_eq!(
+            node.verdict(e.kind, &e.value, E1, e.seq - 1),
+            Verdict::Revoked
+        );
     }
     // What only this node still held went back into the store, in the new epoch...
     assert_eq!(
@@ -811,7 +827,11 @@ async fn a_failed_write_back_is_retried_and_the_node_is_not_fresh_until_it_is_do
     advance(poll).await;
     assert_eq!(node.table.epoch(), E2);
     assert!(store.written().is_empty());
-    assert_eq!(node.age(), poll.as_millis() as i64, "not fresh before the write-back");
+    assert_eq!(
+        node.age(),
+        poll.as_millis() as i64,
+        "not fresh before the write-back"
+    );
     // The node still holds the revocation itself.
     assert_eq!(node.verdict(Token, "j2", E1, 1), Verdict::Revoked);
     store.set_appends_failing(false);
