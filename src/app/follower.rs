@@ -22,7 +22,11 @@ use crate::audit::NewAudit;
 use crate::metrics as m;
 use crate::revocation::{Epochs, NewRevocation, RevocationKind, Table};
 use crate::store::{Head, SharedStore, StoreError, StoreEvent};
+#[cfg(not(test))]
 use crate::time::now_ms;
+// Unit tests run the follower on tokio's paused clock (follower_tests.rs).
+#[cfg(test)]
+use tests::now_ms;
 
 /// Head-check interval while the announcement subscription is down: short enough that
 /// the propagation bound holds through the poll alone.
@@ -419,3 +423,7 @@ fn observe_propagation(revoked_at_ms: i64) {
     let lag = (now_ms() - revoked_at_ms).max(0) as f64 / 1000.0;
     metrics::histogram!(m::PROPAGATION).record(lag);
 }
+
+#[cfg(test)]
+#[path = "follower_tests.rs"]
+mod tests;

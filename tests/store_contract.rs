@@ -1,0 +1,1001 @@
+//! The store contract: what every `Store` promises (src/store/mod.rs, docs/ARCHITECTURE.md),
+//! checked by one set of functions against each store latch ships: the embedded SQLite
+//! store in a temporary directory, a standalone Redis started on a free port, and a
+//! three-master Redis Cluster.
+//!
+//! Each contract function takes a fresh, empty store and is named after the promise it
+//! checks. `contract!` turns the list into `embedded::NAME` and `standalone_redis::NAME`
+//! tests, and `redis_cluster_keeps_every_promise` runs the same list one after another on
+//! one cluster, flushed in between (a cluster per function would cost three servers each).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use latch::audit::{AuditRecord, NewAudit};
+use latch::keys::Kek;
+use latch::keys::StoredKey;
+use latch::revocation::{ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind};
+use latch::sessions;
+use latch::sessions::{RefreshRecord, Rotation};
+use latch::store::embedded::EmbeddedStore;
+use latch::store::redis::topology::{Credentials, Options};
+use latch::store::redis::{RedisStore, Replication};
+use latch::store::{encode_refresh, SharedStore, Store, StoreError, StoreEvent};
+use latch::time::now_ms;
+use support::redis_ha::RedisCluster;
+use support::{RedisProcess, DEADLINE};
+
+use RevocationKind::{All, Client, Session, Subject, Token};
+
+/// How long one store round trip may take before the store calls Redis unavailable:
+/// generous, so that a loaded machine shows up as slowness, not as a failed promise.
+const ROUND_TRIP: Duration = Duration::from_secs(10);
+
+/// Concurrent callers in the races below.
+const RACERS: usize = 20;
+
+// === stores ===
+
+/// A store and what keeps it alive (its directory, its Redis process).
+struct Fixture {
+    store: SharedStore,
+    backing: Backing,
+}
+
+enum Backing {
+    Embedded(tempfile::TempDir),
+    Redis(RedisProcess),
+}
+
+impl Fixture {
+    async fn embedded() -> Fixture {
+        let dir = tempfile::tempdir().expect("temporary data directory");
+        Fixture {
+            store: open_embedded(&dir),
+            backing: Backing::Embedded(dir),
+        }
+    }
+
+    async fn redis() -> Fixture {
+        let redis = RedisProcess::start().await;
+        Fixture {
+            store: connect(&redis.url(), Options::default()).await,
+            backing: Backing::Redis(redis),
+        }
+    }
+
+    /// Closes the store and opens it again on the same data. Redis is killed with
+    /// SIGKILL and started again from its AOF: a crash, not a clean shutdown.
+    async fn restart(self) -> Fixture {
+        let Fixture { store, backing } = self;
+        drop(store);
+        match backing {
+            Backing::Embedded(dir) => Fixture {
+                store: open_embedded(&dir),
+                backing: Backing::Embedded(dir),
+            },
+            Backing::Redis(mut redis) => {
+                redis.stop();
+                redis.start_again().await;
+                Fixture {
+                    store: connect(&redis.url(), Options::default()).await,
+                    backing: Backing::Redis(redis),
+                }
+            }
+        }
+    }
+}
+
+fn open_embedded(dir: &tempfile::TempDir) -> SharedStore {
+    Arc::new(EmbeddedStore::open(dir.path()).expect("open the embedded store"))
+}
+
+async fn connect(url: &str, options: Options) -> SharedStore {
+    let store = RedisStore::connect(url, options, ROUND_TRIP, Replication::default())
+        .await
+        .expect("connect to redis");
+    Arc::new(store)
+}
+
+const CLUSTER_PASSWORD: &str = "contract-pass-3Kd";
+
+/// A store on an emptied cluster.
+async fn cluster_store(cluster: &RedisCluster) -> SharedStore {
+    for node in &cluster.nodes {
+        let _: String = node.cmd(&["FLUSHALL"]).await;
+    }
+    let options = Options {
+        redis: Credentials {
+            username: None,
+            password: Some(cluster.password.clone()),
+        },
+        ..Options::default()
+    };
+    connect(&cluster.url(), options).await
+}
+
+/// Generates the per-store tests. `#[redis_ignore = "why"]` marks a promise a Redis store
+/// is known to break (the reason names the bug); it stays checked on the embedded store.
+macro_rules! contract {
+    (
+        stores: [$( $(#[redis_ignore = $why:literal])? $name:ident ),+ $(,)?],
+        fixtures: [$( $fixture_test:ident ),* $(,)?] $(,)?
+    ) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = super::Fixture::embedded().await;
+                    super::$name(fixture.store.clone()).await;
+                }
+            )+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $fixture_test() {
+                    super::$fixture_test(super::Fixture::embedded().await).await;
+                }
+            )*
+        }
+
+        mod standalone_redis {
+            $(
+                $(#[ignore = $why])?
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fixture = super::Fixture::redis().await;
+                    super::$name(fixture.store.clone()).await;
+                }
+            )+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $fixture_test() {
+                    super::$fixture_test(super::Fixture::redis().await).await;
+                }
+            )*
+        }
+
+        /// Every store promise, one after another, each on a flushed cluster.
+        async fn every_promise_on(cluster: &RedisCluster) {
+            $(
+                match None::<&str> $(.or(Some($why)))? {
+                    Some(why) => eprintln!("cluster: skipped {}: {why}", stringify!($name)),
+                    None => {
+                        eprintln!("cluster: {}", stringify!($name));
+                        $name(cluster_store(cluster).await).await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+contract! {
+    stores: [
+        a_new_store_is_empty_with_one_open_epoch,
+        revocation_seqs_are_strictly_increasing_and_gapless,
+        concurrent_appends_get_distinct_gapless_seqs,
+        revocations_after_returns_exactly_those_after_a_seq_in_order,
+        revocations_after_pages_by_limit,
+        revocations_after_skips_entries_older_than_since_and_still_fills_the_page,
+        bump_epoch_closes_the_open_epoch_at_the_current_seq_and_keeps_counting,
+        pruning_drops_only_entries_past_their_cut_off,
+        token_entries_are_pruned_past_their_own_shorter_cut_off,
+        #[redis_ignore = "bug: RedisStore::prune_revocations trims or XDELs the newest log entry when it is past its cut-off (the trait says never the newest)"]
+        pruning_never_drops_the_newest_entry_nor_the_seq_counter,
+        every_append_is_announced_to_every_subscriber_in_seq_order,
+        saved_keys_load_back_as_written,
+        a_key_save_against_a_stale_version_conflicts_and_changes_nothing,
+        of_concurrent_key_saves_from_one_version_exactly_one_wins,
+        audit_records_come_back_in_order_and_in_pages,
+        every_change_is_audited_with_the_change,
+        claim_once_is_true_once_then_false_until_expiry,
+        of_concurrent_claims_of_one_key_exactly_one_wins,
+        a_refresh_token_rotates_once_then_reports_reuse_and_unknown,
+        of_concurrent_rotations_of_one_token_exactly_one_wins,
+        refresh_records_round_trip_byte_identical,
+    ],
+    fixtures: [everything_acknowledged_survives_a_restart],
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_keeps_every_promise() {
+    let cluster = RedisCluster::start(CLUSTER_PASSWORD).await;
+    every_promise_on(&cluster).await;
+}
+
+// === helpers ===
+
+fn rev(kind: RevocationKind, value: &str) -> NewRevocation {
+    NewRevocation {
+        kind,
+        value: value.into(),
+        reason: "contract test".into(),
+        actor: "tester".into(),
+        request_id: "req-contract".into(),
+    }
+}
+
+async fn append(store: &dyn Store, kind: RevocationKind, value: &str) -> RevocationEvent {
+    store
+        .append_revocation(rev(kind, value))
+        .await
+        .unwrap_or_else(|e| panic!("append {}:{value}: {e}", kind.as_str()))
+}
+
+/// Appends one revocation of each kind (and some awkward values) per round.
+async fn append_mixed(store: &dyn Store, n: usize) -> Vec<RevocationEvent> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (kind, value) = match i % 6 {
+            0 => (Subject, format!("alice-{i}")),
+            1 => (Token, format!("jti-{i}")),
+            2 => (Session, format!("sid-{i}")),
+            3 => (Client, format!("client-{i}")),
+            4 => (All, String::new()),
+            _ => (Subject, format!("Zoë \"{i}\"\nline two ✓")),
+        };
+        out.push(append(store, kind, &value).await);
+    }
+    out
+}
+
+async fn log_after(store: &dyn Store, after: u64) -> Vec<RevocationEvent> {
+    store
+        .revocations_after(after, i64::MIN, 100_000)
+        .await
+        .expect("read the log")
+}
+
+fn seqs(events: &[RevocationEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// Waits until the wall clock is past `ms`: store times are wall-clock milliseconds, so
+/// this separates "before" from "after" without assuming how long anything takes.
+async fn wait_until_clock_passes(ms: i64) {
+    while now_ms() <= ms {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn audit(action: &str, target: &str) -> NewAudit {
+    NewAudit {
+        actor: "tester".into(),
+        action: action.into(),
+        target: target.into(),
+        reason: format!("reason for {action}"),
+        request_id: format!("req-{action}"),
+    }
+}
+
+async fn all_audit(store: &dyn Store) -> Vec<AuditRecord> {
+    store.audit_after(0, 100_000).await.expect("read the audit")
+}
+
+fn key(name: &str, json: &str) -> StoredKey {
+    StoredKey {
+        name: name.into(),
+        json: json.into(),
+    }
+}
+
+async fn loaded_keys(store: &dyn Store) -> (u64, Vec<StoredKey>) {
+    let set = store.load_keys().await.expect("load keys");
+    let mut entries = set.entries;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    (set.version, entries)
+}
+
+fn record(sid: &str) -> RefreshRecord {
+    let now = now_ms();
+    RefreshRecord {
+        sid: sid.into(),
+        sub: "alice".into(),
+        client_id: "app".into(),
+        scope: "profile email".into(),
+        aud: "https://api.example".into(),
+        username: None,
+        rsq: 7,
+        rse: 0x00c0_ffee_0000_0001,
+        issued_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+        mac: None,
+    }
+}
+
+fn hash(token: &str) -> String {
+    sessions::hash(token)
+}
+
+async fn open(store: &dyn Store, hash: &str, r: &RefreshRecord) {
+    store
+        .open_session(hash.into(), r.clone(), audit("session_open", "session"))
+        .await
+        .expect("open a session");
+}
+
+async fn rotate(store: &dyn Store, old: &str, new: &str, r: &RefreshRecord) -> Rotation {
+    store
+        .rotate_refresh(old.into(), new.into(), r.clone())
+        .await
+        .expect("rotate")
+}
+
+async fn lookup(store: &dyn Store, hash: &str) -> Option<(RefreshRecord, bool)> {
+    store
+        .refresh_token(hash.into())
+        .await
+        .expect("read a refresh token")
+}
+
+// === the revocation log ===
+
+async fn a_new_store_is_empty_with_one_open_epoch(store: SharedStore) {
+    let head = store.head().await.unwrap();
+    assert_eq!(head.revocation_seq, 0);
+    assert_ne!(head.epoch, 0, "0 marks 'no epoch' in stamps");
+    assert!(head.closed.is_empty(), "{:?}", head.closed);
+    assert_eq!(head.keys_version, 0);
+    assert!(log_after(&*store, 0).await.is_empty());
+    assert_eq!(loaded_keys(&*store).await, (0, vec![]));
+    assert!(all_audit(&*store).await.is_empty());
+    assert_eq!(
+        store.head().await.unwrap(),
+        head,
+        "asking again changes nothing"
+    );
+}
+
+async fn revocation_seqs_are_strictly_increasing_and_gapless(store: SharedStore) {
+    let first = store.head().await.unwrap();
+    let mut previous_at = i64::MIN;
+    for i in 0..12u64 {
+        let (kind, value) = if i % 2 == 0 {
+            (Subject, format!("user-{i}"))
+        } else {
+            (All, String::new())
+        };
+        let before = now_ms();
+        let e = append(&*store, kind, &value).await;
+        let after = now_ms();
+        assert_eq!(e.seq, first.revocation_seq + i + 1, "gapless");
+        assert_eq!((e.kind, e.value.as_str()), (kind, value.as_str()));
+        assert!(
+            (before..=after).contains(&e.revoked_at_ms),
+            "revoked_at {} is store time of the append ({before}..={after})",
+            e.revoked_at_ms
+        );
+        assert!(e.revoked_at_ms >= previous_at, "store time never goes back");
+        previous_at = e.revoked_at_ms;
+        let head = store.head().await.unwrap();
+        assert_eq!(head.revocation_seq, e.seq, "the head is the last append");
+        assert_eq!(head.epoch, first.epoch, "appends stay in the open epoch");
+        assert_eq!(head.closed, first.closed);
+    }
+}
+
+async fn concurrent_appends_get_distinct_gapless_seqs(store: SharedStore) {
+    const EACH: usize = 5;
+    let racers: Vec<_> = (0..RACERS)
+        .map(|r| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for i in 0..EACH {
+                    mine.push(append(&*store, Token, &format!("jti-{r}-{i}")).await);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut returned = Vec::new();
+    for r in racers {
+        returned.extend(r.await.expect("racer"));
+    }
+    returned.sort_by_key(|e| e.seq);
+    let n = (RACERS * EACH) as u64;
+    assert_eq!(seqs(&returned), (1..=n).collect::<Vec<_>>());
+    assert_eq!(store.head().await.unwrap().revocation_seq, n);
+    assert_eq!(
+        log_after(&*store, 0).await,
+        returned,
+        "the log holds what was answered"
+    );
+}
+
+async fn revocations_after_returns_exactly_those_after_a_seq_in_order(store: SharedStore) {
+    let events = append_mixed(&*store, 10).await;
+    for after in 0..=events.len() {
+        assert_eq!(
+            log_after(&*store, after as u64).await,
+            events[after..],
+            "after {after}"
+        );
+    }
+    assert!(log_after(&*store, 1_000).await.is_empty());
+}
+
+async fn revocations_after_pages_by_limit(store: SharedStore) {
+    let events = append_mixed(&*store, 10).await;
+    for limit in [1, 3, 10, 11] {
+        let mut pages = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .revocations_after(after, i64::MIN, limit)
+                .await
+                .unwrap();
+            assert!(page.len() <= limit, "a page holds at most `limit`");
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            pages.push(page);
+        }
+        let read: Vec<_> = pages.concat();
+        assert_eq!(read, events, "limit {limit}");
+        let sizes: Vec<_> = pages.iter().map(Vec::len).collect();
+        assert!(
+            sizes[..sizes.len() - 1].iter().all(|&s| s == limit),
+            "only the last page may be short: {sizes:?}"
+        );
+    }
+}
+
+async fn revocations_after_skips_entries_older_than_since_and_still_fills_the_page(
+    store: SharedStore,
+) {
+    let old = append_mixed(&*store, 5).await;
+    wait_until_clock_passes(old.last().unwrap().revoked_at_ms).await;
+    let new = append_mixed(&*store, 3).await;
+    let since = new[0].revoked_at_ms;
+    assert!(old.iter().all(|e| e.revoked_at_ms < since));
+    assert_eq!(store.revocations_after(0, since, 100).await.unwrap(), new);
+    // The first `limit` entries of the log are all too old: the page is still full.
+    assert_eq!(
+        store.revocations_after(0, since, 2).await.unwrap(),
+        new[..2]
+    );
+    assert_eq!(
+        store
+            .revocations_after(new[0].seq, since, 100)
+            .await
+            .unwrap(),
+        new[1..]
+    );
+    assert_eq!(log_after(&*store, 0).await.len(), old.len() + new.len());
+}
+
+async fn bump_epoch_closes_the_open_epoch_at_the_current_seq_and_keeps_counting(
+    store: SharedStore,
+) {
+    let events = append_mixed(&*store, 3).await;
+    let h0 = store.head().await.unwrap();
+    let h1 = store
+        .bump_epoch(audit("store_recover", "store"))
+        .await
+        .unwrap();
+    assert_ne!(h1.epoch, h0.epoch);
+    assert_ne!(h1.epoch, 0);
+    assert_eq!(h1.revocation_seq, 3, "the seq does not move");
+    assert_eq!(
+        h1.closed,
+        [ClosedEpoch {
+            id: h0.epoch,
+            closed_at: 3
+        }]
+    );
+    assert_eq!(
+        store.head().await.unwrap(),
+        h1,
+        "the head reports the new epoch"
+    );
+    assert_eq!(log_after(&*store, 0).await, events, "the log is kept");
+    assert_eq!(
+        all_audit(&*store).await.last().unwrap().action,
+        "store_recover"
+    );
+    // Seqs continue above the closed epoch.
+    let next = append(&*store, Subject, "after-bump").await;
+    assert_eq!(next.seq, 4);
+    let h2 = store
+        .bump_epoch(audit("store_recover", "store"))
+        .await
+        .unwrap();
+    let closed: BTreeSet<_> = h2.closed.iter().map(|c| (c.id, c.closed_at)).collect();
+    assert_eq!(closed, BTreeSet::from([(h0.epoch, 3), (h1.epoch, 4)]));
+    assert!(h2.epoch != h0.epoch && h2.epoch != h1.epoch);
+    assert_eq!(h2.revocation_seq, 4);
+}
+
+async fn pruning_drops_only_entries_past_their_cut_off(store: SharedStore) {
+    let old = [
+        append(&*store, Token, "old-jti").await,
+        append(&*store, Session, "old-sid").await,
+    ];
+    wait_until_clock_passes(old[1].revoked_at_ms).await;
+    let new = vec![
+        append(&*store, Token, "new-jti").await,
+        append(&*store, Subject, "new-sub").await,
+    ];
+    let cut = new[0].revoked_at_ms;
+    assert_eq!(store.prune_revocations(cut, cut).await.unwrap(), 2);
+    assert_eq!(log_after(&*store, 0).await, new);
+    assert_eq!(store.head().await.unwrap().revocation_seq, 4);
+    assert_eq!(store.prune_revocations(cut, cut).await.unwrap(), 0);
+    assert_eq!(append(&*store, All, "").await.seq, 5, "seqs never repeat");
+}
+
+async fn token_entries_are_pruned_past_their_own_shorter_cut_off(store: SharedStore) {
+    let events = [
+        append(&*store, Token, "j1").await,
+        append(&*store, Session, "s1").await,
+        append(&*store, Token, "j2").await,
+        append(&*store, Subject, "alice").await,
+    ];
+    // Nothing is older than the epoch of time.
+    assert_eq!(store.prune_revocations(0, 0).await.unwrap(), 0);
+    assert_eq!(log_after(&*store, 0).await, events);
+    // Token entries are past their cut-off, the others are not.
+    let future = now_ms() + 60_000;
+    assert_eq!(store.prune_revocations(0, future).await.unwrap(), 2);
+    assert_eq!(
+        log_after(&*store, 0).await,
+        [events[1].clone(), events[3].clone()]
+    );
+    assert_eq!(store.head().await.unwrap().revocation_seq, 4);
+    assert_eq!(append(&*store, Token, "j3").await.seq, 5);
+}
+
+async fn pruning_never_drops_the_newest_entry_nor_the_seq_counter(store: SharedStore) {
+    append(&*store, Subject, "a").await;
+    append(&*store, Subject, "b").await;
+    let newest = append(&*store, Token, "newest").await;
+    // Everything is past both cut-offs.
+    let future = now_ms() + 60_000;
+    store.prune_revocations(future, future).await.unwrap();
+    assert_eq!(log_after(&*store, 0).await, std::slice::from_ref(&newest));
+    assert_eq!(store.head().await.unwrap().revocation_seq, newest.seq);
+    assert_eq!(append(&*store, Subject, "c").await.seq, newest.seq + 1);
+}
+
+async fn every_append_is_announced_to_every_subscriber_in_seq_order(store: SharedStore) {
+    let mut feeds = [store.subscribe(), store.subscribe()];
+    support::eventually(DEADLINE, "the announcement feed is live", || {
+        let live = store.feed_live();
+        async move { live.then_some(()).ok_or_else(|| "not live".to_string()) }
+    })
+    .await;
+    let epoch = store.head().await.unwrap().epoch;
+    let events = append_mixed(&*store, 6).await;
+    for feed in &mut feeds {
+        for e in &events {
+            match next_announcement(feed).await {
+                StoreEvent::Revocation { epoch: at, event } => {
+                    assert_eq!(event, *e);
+                    assert_eq!(at, epoch);
+                }
+                other => panic!("expected seq {}, got {other:?}", e.seq),
+            }
+        }
+    }
+    // A new epoch is named by the announcements that follow it.
+    let bumped = store
+        .bump_epoch(audit("store_recover", "store"))
+        .await
+        .unwrap();
+    let e = append(&*store, Client, "after-bump").await;
+    // A key-set change is announced too.
+    let version = store.save_keys(0, vec![], vec![]).await.unwrap();
+    for feed in &mut feeds {
+        match next_announcement(feed).await {
+            StoreEvent::Revocation { epoch, event } => {
+                assert_eq!((epoch, event), (bumped.epoch, e.clone()));
+            }
+            other => panic!("expected seq {}, got {other:?}", e.seq),
+        }
+        match next_announcement(feed).await {
+            StoreEvent::KeysChanged { version: v } => assert_eq!(v, version),
+            other => panic!("expected keys version {version}, got {other:?}"),
+        }
+    }
+}
+
+async fn next_announcement(feed: &mut tokio::sync::broadcast::Receiver<StoreEvent>) -> StoreEvent {
+    tokio::time::timeout(DEADLINE, feed.recv())
+        .await
+        .expect("an announcement within the deadline")
+        .expect("no announcement lost or lagged")
+}
+
+// === keys ===
+
+async fn saved_keys_load_back_as_written(store: SharedStore) {
+    let k1 = key(
+        "kid-1",
+        r#"{"kid":"kid-1","state":"active","note":"Zoë \"✓\"\n"}"#,
+    );
+    let manifest = key("~manifest", r#"{"version":1,"kids":{"kid-1":"active"}}"#);
+    let v1 = store
+        .save_keys(0, vec![k1.clone(), manifest.clone()], vec![])
+        .await
+        .unwrap();
+    assert_eq!(v1, 1);
+    assert_eq!(
+        loaded_keys(&*store).await,
+        (1, vec![k1.clone(), manifest.clone()])
+    );
+    // An upsert replaces by name and leaves the other entries alone.
+    let k1_retiring = key("kid-1", r#"{"kid":"kid-1","state":"retiring"}"#);
+    let k2 = key("kid-2", r#"{"kid":"kid-2","state":"next"}"#);
+    let v2 = store
+        .save_keys(v1, vec![k1_retiring.clone(), k2.clone()], vec![])
+        .await
+        .unwrap();
+    assert_eq!(v2, 2);
+    assert_eq!(
+        loaded_keys(&*store).await,
+        (2, vec![k1_retiring, k2, manifest])
+    );
+    assert_eq!(store.head().await.unwrap().keys_version, 2);
+}
+
+async fn a_key_save_against_a_stale_version_conflicts_and_changes_nothing(store: SharedStore) {
+    let a = key("kid-a", r#"{"kid":"kid-a"}"#);
+    let v1 = store
+        .save_keys(0, vec![a.clone()], vec![audit("key_create", "key:kid-a")])
+        .await
+        .unwrap();
+    let stale = store
+        .save_keys(
+            0,
+            vec![key("kid-b", r#"{"kid":"kid-b"}"#)],
+            vec![audit("key_sneak", "key:kid-b")],
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict)), "{stale:?}");
+    assert_eq!(loaded_keys(&*store).await, (v1, vec![a]));
+    assert_eq!(store.head().await.unwrap().keys_version, v1);
+    let actions: Vec<_> = all_audit(&*store)
+        .await
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(
+        actions,
+        ["key_create"],
+        "a lost save leaves no audit record"
+    );
+}
+
+async fn of_concurrent_key_saves_from_one_version_exactly_one_wins(store: SharedStore) {
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let k = key(&format!("kid-{i}"), &format!(r#"{{"n":{i}}}"#));
+                (k.clone(), store.save_keys(0, vec![k], vec![]).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        match r.await.expect("racer") {
+            (k, Ok(version)) => {
+                assert_eq!(version, 1);
+                winners.push(k);
+            }
+            (_, Err(StoreError::Conflict)) => {}
+            (_, Err(e)) => panic!("a lost race is a conflict, not {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one save from version 0 wins");
+    assert_eq!(loaded_keys(&*store).await, (1, winners));
+}
+
+// === audit ===
+
+async fn audit_records_come_back_in_order_and_in_pages(store: SharedStore) {
+    let mut written = Vec::new();
+    for i in 0..7 {
+        let a = NewAudit {
+            actor: format!("actor-{i}"),
+            action: format!("action_{i}"),
+            target: format!("target:{i}"),
+            reason: format!("reason ✓ \"{i}\"\nsecond line"),
+            request_id: format!("req-{i}"),
+        };
+        let before = now_ms().div_euclid(1000);
+        let r = store.append_audit(a.clone()).await.unwrap();
+        let after = now_ms().div_euclid(1000);
+        assert_eq!(
+            r,
+            a.recorded(r.seq, r.time * 1000),
+            "the record is what was appended"
+        );
+        assert!((before..=after).contains(&r.time), "time is store seconds");
+        written.push(r);
+    }
+    assert!(
+        written.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seqs increase: {:?}",
+        written.iter().map(|r| r.seq).collect::<Vec<_>>()
+    );
+    assert_eq!(all_audit(&*store).await, written);
+    let mut read = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.audit_after(after, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        read.extend(page);
+    }
+    assert_eq!(read, written);
+    assert_eq!(
+        store.audit_after(written[2].seq, 100).await.unwrap(),
+        written[3..]
+    );
+    assert!(store
+        .audit_after(written[6].seq, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn every_change_is_audited_with_the_change(store: SharedStore) {
+    append(&*store, Subject, "alice").await;
+    append(&*store, All, "").await;
+    store
+        .save_keys(
+            0,
+            vec![key("kid-1", "{}")],
+            vec![
+                audit("key_create", "key:kid-1"),
+                audit("key_promote", "key:kid-1"),
+            ],
+        )
+        .await
+        .unwrap();
+    open(&*store, &hash("rt-audit"), &record("sid-audit")).await;
+    store
+        .bump_epoch(audit("store_recover", "store"))
+        .await
+        .unwrap();
+    let records = all_audit(&*store).await;
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| (r.action.as_str(), r.target.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("revoke", "subject:alice"),
+            ("revoke", "all"),
+            ("key_create", "key:kid-1"),
+            ("key_promote", "key:kid-1"),
+            ("session_open", "session"),
+            ("store_recover", "store"),
+        ]
+    );
+    let revoke = &records[0];
+    assert_eq!(
+        (
+            revoke.actor.as_str(),
+            revoke.reason.as_str(),
+            revoke.request_id.as_str()
+        ),
+        ("tester", "contract test", "req-contract")
+    );
+    assert_eq!(records[5].reason, "reason for store_recover");
+    assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+// === replay protection ===
+
+async fn claim_once_is_true_once_then_false_until_expiry(store: SharedStore) {
+    let hour = now_ms() + 3_600_000;
+    assert!(store.claim_once("jti-a".into(), hour).await.unwrap());
+    assert!(!store.claim_once("jti-a".into(), hour).await.unwrap());
+    assert!(
+        !store.claim_once("jti-a".into(), hour + 1).await.unwrap(),
+        "a replay with a later expiry is still a replay"
+    );
+    assert!(store.claim_once("jti-b".into(), hour).await.unwrap());
+    // Once its expiry has passed, a key can be claimed again.
+    let soon = now_ms() + 20;
+    assert!(store.claim_once("jti-c".into(), soon).await.unwrap());
+    wait_until_clock_passes(soon + 1).await;
+    assert!(store.claim_once("jti-c".into(), hour).await.unwrap());
+    assert!(!store.claim_once("jti-c".into(), hour).await.unwrap());
+}
+
+async fn of_concurrent_claims_of_one_key_exactly_one_wins(store: SharedStore) {
+    let until = now_ms() + 3_600_000;
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_once("jti-raced".into(), until).await })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        if r.await.expect("racer").expect("claim") {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+// === sessions ===
+
+async fn a_refresh_token_rotates_once_then_reports_reuse_and_unknown(store: SharedStore) {
+    let (h0, h1, h2) = (hash("rt-0"), hash("rt-1"), hash("rt-2"));
+    let r0 = record("sid-1");
+    let r1 = RefreshRecord {
+        issued_at_ms: r0.issued_at_ms + 1,
+        ..r0.clone()
+    };
+    open(&*store, &h0, &r0).await;
+    assert_eq!(lookup(&*store, &h0).await, Some((r0.clone(), false)));
+    assert_eq!(rotate(&*store, &h0, &h1, &r1).await, Rotation::Rotated);
+    assert_eq!(
+        lookup(&*store, &h0).await,
+        Some((r0.clone(), true)),
+        "spent"
+    );
+    assert_eq!(
+        lookup(&*store, &h1).await,
+        Some((r1.clone(), false)),
+        "live"
+    );
+    // Spending it again is reuse, and stores nothing.
+    assert_eq!(
+        rotate(&*store, &h0, &h2, &r1).await,
+        Rotation::Reused(r0.clone())
+    );
+    assert_eq!(lookup(&*store, &h2).await, None);
+    // The successor rotates in turn.
+    assert_eq!(rotate(&*store, &h1, &h2, &r1).await, Rotation::Rotated);
+    // Never issued: unknown, and nothing is stored.
+    let (stranger, next) = (hash("rt-never-issued"), hash("rt-3"));
+    assert_eq!(
+        rotate(&*store, &stranger, &next, &r1).await,
+        Rotation::Unknown
+    );
+    assert_eq!(lookup(&*store, &stranger).await, None);
+    assert_eq!(lookup(&*store, &next).await, None);
+}
+
+async fn of_concurrent_rotations_of_one_token_exactly_one_wins(store: SharedStore) {
+    for round in 0..10 {
+        let old = hash(&format!("rt-race-{round}"));
+        let r0 = record(&format!("sid-race-{round}"));
+        open(&*store, &old, &r0).await;
+        let racers: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (store, old, r0) = (store.clone(), old.clone(), r0.clone());
+                tokio::spawn(async move {
+                    let new = hash(&format!("rt-race-{round}-{i}"));
+                    let outcome = rotate(&*store, &old, &new, &r0).await;
+                    (new, outcome)
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for r in racers {
+            outcomes.push(r.await.expect("racer"));
+        }
+        let winners: Vec<_> = outcomes
+            .iter()
+            .filter(|(_, o)| *o == Rotation::Rotated)
+            .map(|(new, _)| new.clone())
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one rotation wins");
+        for (new, outcome) in &outcomes {
+            if *new == winners[0] {
+                assert_eq!(lookup(&*store, new).await, Some((r0.clone(), false)));
+            } else {
+                assert_eq!(*outcome, Rotation::Reused(r0.clone()), "round {round}");
+                assert_eq!(lookup(&*store, new).await, None, "a loser stores nothing");
+            }
+        }
+        assert_eq!(lookup(&*store, &old).await, Some((r0, true)));
+    }
+}
+
+async fn refresh_records_round_trip_byte_identical(store: SharedStore) {
+    let kek = Kek::from_bytes(&[9; 32]).expect("a 32-byte KEK");
+    let mac_key = kek.refresh_record_mac();
+    let sealed = |hash: &str, mut r: RefreshRecord| {
+        sessions::seal(mac_key, hash, &mut r);
+        r
+    };
+    let (h0, h1) = (hash("rt-bytes-0"), hash("rt-bytes-1"));
+    let r0 = sealed(
+        &h0,
+        RefreshRecord {
+            username: Some("Zoë \"the admin\" ✓\n\u{1F600}".into()),
+            scope: "profile email offline_access".into(),
+            aud: "https://api.example/ü?x=1&y=\"2\"".into(),
+            rsq: u64::MAX,
+            rse: 0xfedc_ba98_7654_3210,
+            ..record("sid-bytes")
+        },
+    );
+    let r1 = sealed(
+        &h1,
+        RefreshRecord {
+            username: None,
+            rsq: 0,
+            ..r0.clone()
+        },
+    );
+    let identical = |got: &RefreshRecord, want: &RefreshRecord, hash: &str| {
+        assert_eq!(got, want);
+        assert_eq!(
+            encode_refresh(got).unwrap(),
+            encode_refresh(want).unwrap(),
+            "the bytes the MAC covers"
+        );
+        assert!(
+            sessions::authentic(mac_key, hash, got),
+            "the MAC still verifies"
+        );
+    };
+    open(&*store, &h0, &r0).await;
+    let (got, spent) = lookup(&*store, &h0).await.expect("stored");
+    assert!(!spent);
+    identical(&got, &r0, &h0);
+    assert_eq!(rotate(&*store, &h0, &h1, &r1).await, Rotation::Rotated);
+    let (got, _) = lookup(&*store, &h1).await.expect("stored by the rotation");
+    identical(&got, &r1, &h1);
+    match rotate(&*store, &h0, &hash("rt-bytes-2"), &r1).await {
+        Rotation::Reused(got) => identical(&got, &r0, &h0),
+        other => panic!("expected reuse, got {other:?}"),
+    }
+}
+
+// === durability ===
+
+async fn everything_acknowledged_survives_a_restart(fixture: Fixture) {
+    let store = fixture.store.clone();
+    let events = append_mixed(&*store, 4).await;
+    let before = store.head().await.unwrap();
+    let k = key("kid-1", r#"{"kid":"kid-1"}"#);
+    store.save_keys(0, vec![k.clone()], vec![]).await.unwrap();
+    let (h0, h1) = (hash("rt-durable-0"), hash("rt-durable-1"));
+    let r = record("sid-durable");
+    open(&*store, &h0, &r).await;
+    assert_eq!(rotate(&*store, &h0, &h1, &r).await, Rotation::Rotated);
+    let hour = now_ms() + 3_600_000;
+    assert!(store.claim_once("jti-durable".into(), hour).await.unwrap());
+    let audit = all_audit(&*store).await;
+    drop(store);
+
+    let fixture = fixture.restart().await;
+    let store = fixture.store.clone();
+    let after = store.head().await.unwrap();
+    assert_eq!(after.revocation_seq, before.revocation_seq);
+    // The store cannot tell it lost nothing: it closes the epoch at the seq it has.
+    assert_ne!(after.epoch, before.epoch);
+    assert!(
+        after.closed.contains(&ClosedEpoch {
+            id: before.epoch,
+            closed_at: before.revocation_seq
+        }),
+        "{:?}",
+        after.closed
+    );
+    assert_eq!(log_after(&*store, 0).await, events);
+    assert_eq!(loaded_keys(&*store).await, (1, vec![k]));
+    assert_eq!(lookup(&*store, &h0).await, Some((r.clone(), true)));
+    assert_eq!(lookup(&*store, &h1).await, Some((r, false)));
+    assert!(!store.claim_once("jti-durable".into(), hour).await.unwrap());
+    assert_eq!(all_audit(&*store).await, audit);
+    assert_eq!(
+        append(&*store, Subject, "after-restart").await.seq,
+        before.revocation_seq + 1
+    );
+}
