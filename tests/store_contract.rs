@@ -183,7 +183,6 @@ contract! {
         bump_epoch_closes_the_open_epoch_at_the_current_seq_and_keeps_counting,
         pruning_drops_only_entries_past_their_cut_off,
         token_entries_are_pruned_past_their_own_shorter_cut_off,
-        #[redis_ignore = "bug: RedisStore::prune_revocations trims or XDELs the newest log entry when it is past its cut-off (the trait says never the newest)"]
         pruning_never_drops_the_newest_entry_nor_the_seq_counter,
         every_append_is_announced_to_every_subscriber_in_seq_order,
         saved_keys_load_back_as_written,

@@ -795,8 +795,22 @@ impl Store for RedisStore {
             // Entries are in seq order, and seqs are assigned in store-time order, so the
             // entries older than `before_ms` form a prefix: trim up to its end. Token
             // entries past their own, shorter cut-off are deleted one by one (XDEL)
-            // beyond that prefix. `rev:seq` (the head) is a separate key, never touched.
+            // beyond that prefix. `rev:seq` (the head) is a separate key, never touched,
+            // and the newest entry stays too (the trait's promise; found by
+            // tests/store_contract.rs): the scan stops before it.
             const PAGE: usize = 1000;
+            let newest_entry: Entries = redis::cmd("XREVRANGE")
+                .arg(REV_LOG)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = newest_entry.first().map(|(id, _)| entry_seq(id)) else {
+                return Ok(0);
+            };
             let mut cursor = 0;
             let mut cut = None;
             let mut tokens: Vec<String> = Vec::new();
@@ -805,7 +819,7 @@ impl Store for RedisStore {
                 let page = xrange_after(&mut self.conn(), REV_LOG, cursor, PAGE).await?;
                 for (id, f) in &page {
                     let at = field(f, "at").parse::<i64>().unwrap_or(i64::MAX);
-                    if at >= newest {
+                    if at >= newest || entry_seq(id) >= last {
                         break 'scan;
                     }
                     if at < before_ms && tokens.is_empty() {
