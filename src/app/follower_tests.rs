@@ -19,7 +19,8 @@ use crate::app::keys::Keys;
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{Alg, Kek, KeyPolicy, KeySet, StoredKey};
 use crate::revocation::{
-    ClosedEpoch, NewRevocation, Retention, RevocationEvent, RevocationKind, Stamp, Table, Verdict,
+    ClosedEpoch, NewRevocation, Point, Retention, RevocationEvent, RevocationKind, Stamp, Table,
+    Verdict,
 };
 use crate::sessions::{RefreshRecord, Rotation};
 use crate::store::{BoxFuture, Head, SharedStore, Store, StoreError, StoreEvent};
@@ -481,7 +482,7 @@ async fn the_initial_load_applies_the_whole_log_and_sets_the_watermark() {
     let node = Node::start(&store).await;
     assert_eq!(node.applied(), 4);
     assert_eq!(node.table.epoch(), E1);
-    assert_eq!(node.table.stamp_now(), (E1, 4));
+    assert_eq!(node.table.stamp_now(), Point::new(E1, 4));
     for e in &events {
         assert_applied(&node, e, E1);
     }
@@ -745,7 +746,7 @@ async fn a_new_epoch_lowers_applied_and_what_the_store_lost_is_written_back() {
     }
     // The write-backs were announced and are applied in E2.
     assert_eq!(node.applied(), 4);
-    assert_eq!(node.table.stamp_now(), (E2, 4));
+    assert_eq!(node.table.stamp_now(), Point::new(E2, 4));
     assert!(node.is_fresh());
 }
 
@@ -760,7 +761,7 @@ async fn a_store_that_forgot_everything_voids_the_old_epoch_without_write_back()
     advance(poll_interval()).await;
     assert_eq!(node.table.epoch(), E2);
     assert_eq!(node.applied(), 0);
-    assert_eq!(node.table.stamp_now(), (E2, 0));
+    assert_eq!(node.table.stamp_now(), Point::new(E2, 0));
     // The store cannot vouch for any stamp of E1: all of them are void, so nothing
     // needs restoring.
     assert_eq!(node.verdict(Subject, "nobody", E1, 0), Verdict::StaleEpoch);

@@ -53,7 +53,7 @@ pub async fn introspect(app: &App, caller: &Client, token: &str) -> Result<Answe
         // Stamped by a node further along (or in an epoch this node has not seen yet):
         // wait briefly for this node's follower, then decide once more.
         if let Ok(claims) = view.authentic(token) {
-            app.await_stamp(claims.rse, claims.rsq).await;
+            app.await_stamp(claims.stamp().point()).await;
             decision = decide();
         }
     }
@@ -77,7 +77,7 @@ async fn refresh(app: &App, caller: &Client, token: &str) -> Result<Option<Refre
     let Some((r, spent)) = stored_refresh(app, &sessions::hash(token), "").await? else {
         return Ok(None);
     };
-    app.await_stamp(r.rse, r.rsq).await;
+    app.await_stamp(r.stamp().point()).await;
     let active = !spent
         && r.expires_at_ms > now_ms()
         && !app.table.is_revoked(&r.stamp())

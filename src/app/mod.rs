@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::clients::Clients;
 use crate::config::Config;
-use crate::revocation::{Table, Verdict};
+use crate::revocation::{Point, Table, Verdict};
 use crate::sessions::trusted::TrustedIssuers;
 use crate::store::SharedStore;
 use crate::tokens::cache::VerifiedCache;
@@ -116,10 +116,10 @@ impl App {
     /// or a newer epoch), waits briefly for the follower to catch up; the caller then
     /// decides again, and a stamp still ahead is inactive. Bounded by `max_staleness`
     /// and 250 ms.
-    pub async fn await_stamp(&self, rse: u64, rsq: u64) {
-        if self.table.validity(rse, rsq) == Verdict::StampAhead {
+    pub async fn await_stamp(&self, stamp: Point) {
+        if self.table.validity(stamp) == Verdict::StampAhead {
             let bound = Duration::from_millis(self.max_staleness_ms.clamp(1, 250) as u64);
-            self.table.wait_for(rse, rsq, bound).await;
+            self.table.wait_for(stamp, bound).await;
         }
     }
 }

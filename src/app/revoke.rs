@@ -266,9 +266,7 @@ pub async fn recover_store(
         .await?;
     // Let this node switch before answering, so its next answers are in the new epoch.
     let bound = Duration::from_millis(app.max_staleness_ms as u64);
-    app.table
-        .wait_for(head.epoch, head.revocation_seq, bound)
-        .await;
+    app.table.wait_for(head.point(), bound).await;
     let revoked_all_seq = if revoke_all {
         let event = app
             .revoke(NewRevocation {

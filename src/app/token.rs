@@ -429,11 +429,7 @@ async fn reuse(app: &App, record: &RefreshRecord, request_id: &str) -> Error {
 async fn sync_revocations(app: &App) -> Result<(), Error> {
     let head = app.store.head().await?;
     let timeout = Duration::from_millis(app.max_staleness_ms as u64);
-    match app
-        .table
-        .wait_for(head.epoch, head.revocation_seq, timeout)
-        .await
-    {
+    match app.table.wait_for(head.point(), timeout).await {
         Verdict::Live => Ok(()),
         _ => Err(Error::Unavailable("revocations not yet applied".into())),
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::error::Error;
 use super::App;
+use crate::revocation::Point;
 use crate::sessions::RefreshRecord;
 use crate::tokens::{self, AccessClaims, Reason, Verifier};
 
@@ -28,7 +29,7 @@ pub struct Stale {
 pub struct View<'a> {
     app: &'a App,
     now_ms: i64,
-    stamp: (u64, u64),
+    stamp: Point,
 }
 
 impl App {
@@ -54,7 +55,7 @@ impl View<'_> {
     }
 
     /// `(rse, rsq)` as read when the view was made.
-    pub fn stamp(&self) -> (u64, u64) {
+    pub fn stamp(&self) -> Point {
         self.stamp
     }
 
@@ -108,8 +109,8 @@ impl View<'_> {
             sid: None,
             act: None,
             username: None,
-            rse: self.stamp.0,
-            rsq: self.stamp.1,
+            rse: self.stamp.epoch,
+            rsq: self.stamp.seq,
             dcl: Vec::new(),
             djt: Vec::new(),
         }

@@ -125,6 +125,23 @@ impl Default for Retention {
     }
 }
 
+/// A position in the revocation log: a seq of an epoch. A token's stamp `(rse, rsq)`,
+/// the store's head and a node's `applied` are points; keeping both numbers in one type
+/// means they cannot be passed in the wrong order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Point {
+    /// The epoch (a random id; 0 is "no epoch", never valid).
+    pub epoch: u64,
+    /// The revocation seq within the cluster-wide log.
+    pub seq: u64,
+}
+
+impl Point {
+    pub fn new(epoch: u64, seq: u64) -> Point {
+        Point { epoch, seq }
+    }
+}
+
 /// The claims of a token that revocation looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp<'a> {
@@ -139,6 +156,13 @@ pub struct Stamp<'a> {
     /// was exchanged from. Revoking any of them revokes this token too.
     pub chain_clients: &'a [String],
     pub chain_jtis: &'a [String],
+}
+
+impl Stamp<'_> {
+    /// `(rse, rsq)` as a point of the log.
+    pub fn point(&self) -> Point {
+        Point::new(self.rse, self.rsq)
+    }
 }
 
 /// The table. Shared by `Arc`; every method takes `&self`.
@@ -241,7 +265,7 @@ impl Table {
 
     /// The stamp's validity, then the revocation comparison.
     pub fn verdict(&self, t: &Stamp<'_>) -> Verdict {
-        let validity = self.validity(t.rse, t.rsq);
+        let validity = self.validity(t.point());
         if validity != Verdict::Live {
             return validity;
         }
@@ -260,9 +284,13 @@ impl Table {
         }
     }
 
-    /// Whether `(rse, rsq)` is a stamp the store confirmed (Live), never will (StaleEpoch),
-    /// or this node cannot tell yet (StampAhead).
-    pub fn validity(&self, rse: u64, rsq: u64) -> Verdict {
+    /// Whether a stamp is one the store confirmed (Live), never will (StaleEpoch), or
+    /// this node cannot tell yet (StampAhead).
+    pub fn validity(&self, stamp: Point) -> Verdict {
+        let Point {
+            epoch: rse,
+            seq: rsq,
+        } = stamp;
         if rse == 0 {
             return Verdict::StaleEpoch;
         }
@@ -285,17 +313,17 @@ impl Table {
     /// The stamp for a token issued now: the open epoch and `applied`, read consistently
     /// (the follower lowers `applied` before it switches epochs, so a torn read can only
     /// pair the old epoch with a lower seq, a valid and conservative stamp).
-    pub fn stamp_now(&self) -> (u64, u64) {
+    pub fn stamp_now(&self) -> Point {
         // Epoch changes are rare; a few tries always suffice in practice.
         for _ in 0..16 {
             let before = self.epochs.load().current;
             let applied = self.applied();
             if self.epochs.load().current == before {
-                return (before, applied);
+                return Point::new(before, applied);
             }
         }
         // Still racing: seq 0 of the current epoch is always valid and stamps low.
-        (self.epochs.load().current, 0)
+        Point::new(self.epochs.load().current, 0)
     }
 
     /// The open epoch as this node knows it.
@@ -348,12 +376,12 @@ impl Table {
 
     /// Waits until `(rse, rsq)` is no longer [`Verdict::StampAhead`] or `timeout` passes,
     /// asking the follower for a head check first. Returns the final validity.
-    pub async fn wait_for(&self, rse: u64, rsq: u64, timeout: std::time::Duration) -> Verdict {
+    pub async fn wait_for(&self, stamp: Point, timeout: std::time::Duration) -> Verdict {
         let mut changed = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         // At most one wake-up per change; the deadline bounds the loop in time.
         for _ in 0..64 {
-            let v = self.validity(rse, rsq);
+            let v = self.validity(stamp);
             if v != Verdict::StampAhead {
                 return v;
             }
@@ -365,7 +393,7 @@ impl Table {
                 break;
             }
         }
-        self.validity(rse, rsq)
+        self.validity(stamp)
     }
 
     /// Resolves when a request asked for a head check.
@@ -598,7 +626,7 @@ mod tests {
         assert_eq!(t.verdict(&stamp(3)), Verdict::Live);
         assert_eq!(t.verdict(&stamp(4)), Verdict::StaleEpoch);
         assert_eq!(t.verdict(&stamp(5)), Verdict::StaleEpoch);
-        assert_eq!(t.stamp_now(), (0xe2, 3));
+        assert_eq!(t.stamp_now(), Point::new(0xe2, 3));
         // Seqs of the new epoch continue above the closed one: a new revocation
         // covers every valid stamp of E, and a lost-and-forgotten seq stays dead.
         t.insert(&ev(4, RevocationKind::Subject, "alice", 0));
@@ -658,7 +686,10 @@ mod tests {
         let t = Arc::new(Table::with_epoch(TEST_RETENTION, E, 5));
         let waiter = {
             let t = t.clone();
-            tokio::spawn(async move { t.wait_for(E, 7, std::time::Duration::from_secs(30)).await })
+            tokio::spawn(async move {
+                t.wait_for(Point::new(E, 7), std::time::Duration::from_secs(30))
+                    .await
+            })
         };
         // The follower is asked for a check; it applies up to 7.
         tokio::time::timeout(std::time::Duration::from_secs(30), t.check_requested())
@@ -667,6 +698,9 @@ mod tests {
         t.set_applied(7);
         assert_eq!(waiter.await.unwrap(), Verdict::Live);
         let bound = std::time::Duration::from_millis(20);
-        assert_eq!(t.wait_for(E, 8, bound).await, Verdict::StampAhead);
+        assert_eq!(
+            t.wait_for(Point::new(E, 8), bound).await,
+            Verdict::StampAhead
+        );
     }
 }

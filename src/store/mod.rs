@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
-use crate::revocation::{ClosedEpoch, NewRevocation, RevocationEvent};
+use crate::revocation::{ClosedEpoch, NewRevocation, Point, RevocationEvent};
 use crate::sessions::{RefreshRecord, Rotation};
 
 pub mod embedded;
@@ -40,6 +40,13 @@ pub struct Head {
     /// Every closed epoch this store knows, with the seq it was closed at. A stamp
     /// `(e, n)` of a closed epoch is valid iff `n <= closed_at`.
     pub closed: Vec<ClosedEpoch>,
+}
+
+impl Head {
+    /// The head of the log: the open epoch at its highest confirmed seq.
+    pub fn point(&self) -> Point {
+        Point::new(self.epoch, self.revocation_seq)
+    }
 }
 
 /// What the feed announces. Announcements are hints for speed; [`Store::head`] is the truth.
