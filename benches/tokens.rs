@@ -19,7 +19,7 @@ fn ring(alg: Alg) -> KeyRing {
     let kid = material::thumbprint(&g.public_jwk);
     let record = KeyRecord {
         sealed_private: kek.seal(&kid, &g.private_der).unwrap(),
-        kid,
+        kid: kid.into(),
         alg,
         state: KeyState::Active,
         created_at_ms: NOW_MS,

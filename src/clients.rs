@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
+use crate::ids::ClientId;
 use crate::limits::Rate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +59,7 @@ impl Role {
 /// One client, as configured.
 #[derive(Debug)]
 pub struct Client {
-    pub id: String,
+    pub id: ClientId,
     secret_sha256: [u8; 32],
     pub grants: Vec<Grant>,
     /// Allowed scopes; also the default when a request names none.
@@ -80,7 +81,7 @@ impl Client {
     /// no grants, scopes, audiences or roles yet (set the public fields).
     pub fn new(id: impl Into<String>, secret_sha256: [u8; 32]) -> Client {
         Client {
-            id: id.into(),
+            id: ClientId::new(id),
             secret_sha256,
             grants: Vec::new(),
             scopes: Vec::new(),
@@ -109,7 +110,7 @@ impl Client {
 /// The client registry. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Clients {
-    by_id: Arc<HashMap<String, Arc<Client>>>,
+    by_id: Arc<HashMap<ClientId, Arc<Client>>>,
 }
 
 impl Clients {

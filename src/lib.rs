@@ -29,6 +29,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod http;
+pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod metrics;

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::NewAudit;
 use crate::keys::{
-    integrity, lifecycle, new_record, Kek, KeyError, KeyPolicy, KeyRecord, KeyRing, StoredKey,
+    integrity, lifecycle, new_record, Kek, KeyError, KeyPolicy, KeyRecord, KeyRing, Kid, StoredKey,
 };
 use crate::store::{SharedStore, StoreError};
 
@@ -150,7 +150,7 @@ impl Keys {
     /// `POST /admin/keys/{kid}/revoke`.
     pub async fn revoke(
         &self,
-        kid: &str,
+        kid: &Kid,
         actor: &str,
         reason: &str,
         request_id: &str,
@@ -216,7 +216,7 @@ impl Keys {
                 .map(|(action, target)| NewAudit {
                     actor: actor.to_string(),
                     action: action.to_string(),
-                    target,
+                    target: target.to_string(),
                     reason: reason.to_string(),
                     request_id: request_id.to_string(),
                 })

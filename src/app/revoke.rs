@@ -67,7 +67,7 @@ pub async fn revoke_token(
         kind: RevocationKind::Token,
         value: claims.jti.clone(),
         reason: "RFC 7009 revocation".into(),
-        actor: caller.id.clone(),
+        actor: caller.id.to_string(),
         request_id: request_id.to_string(),
     })
     .await?;
@@ -98,7 +98,7 @@ async fn revoke_refresh(
         kind: RevocationKind::Session,
         value: r.sid.clone(),
         reason: "RFC 7009 revocation of a refresh token".into(),
-        actor: caller.id.clone(),
+        actor: caller.id.to_string(),
         request_id: request_id.to_string(),
     })
     .await?;

@@ -178,7 +178,7 @@ async fn open_session(
         tracing::warn!(issuer = %a.iss, client = %client.id, subject = %a.sub, "assertion names a client id as its subject; refused");
         app.store
             .append_audit(NewAudit {
-                actor: client.id.clone(),
+                actor: client.id.to_string(),
                 action: "assertion_refused".into(),
                 target: format!("subject:{}", a.sub),
                 reason: format!("assertion from {} names a client id as its subject", a.iss),
@@ -207,7 +207,7 @@ async fn open_session(
     let mut record = view.refresh_record(&claims);
     sessions::seal(app.keys.refresh_record_mac(), &hash, &mut record);
     let audit = NewAudit {
-        actor: client.id.clone(),
+        actor: client.id.to_string(),
         action: "session_create".into(),
         target: format!("session:{}", record.sid),
         reason: format!("subject {} from {} (IdP sub {})", a.sub, a.iss, a.idp_sub),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::error::Error;
 use super::App;
+use crate::ids::ClientId;
 use crate::revocation::Point;
 use crate::sessions::RefreshRecord;
 use crate::tokens::{self, AccessClaims, Reason, Verifier};
@@ -90,7 +91,7 @@ impl View<'_> {
     pub fn access_claims(
         &self,
         sub: &str,
-        client_id: &str,
+        client_id: &ClientId,
         aud: String,
         scope: String,
     ) -> AccessClaims {

@@ -12,6 +12,7 @@ use super::request::{authenticate, require_content_type, require_role};
 use crate::app::revoke::{self, checked_reason, AdminRevocation};
 use crate::app::App;
 use crate::clients::{Client, Role};
+use crate::keys::Kid;
 use crate::revocation::RevocationKind;
 
 type Resp = Response<Full<Bytes>>;
@@ -174,7 +175,7 @@ pub async fn revoke_key(
     let client = admin(app, parts)?;
     let reason = reason(parts, body)?;
     app.keys
-        .revoke(kid, &client.id, &reason, request_id)
+        .revoke(&Kid::new(kid), &client.id, &reason, request_id)
         .await?;
     Ok(json_response(StatusCode::OK, &app.keys.ring().listing()))
 }

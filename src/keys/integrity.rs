@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use super::{material, KeyRecord, KeyState};
+use super::{material, KeyRecord, KeyState, Kid};
 use crate::keys::StoredKey;
 
 /// The store name of the manifest. Kids are base64url thumbprints, so no kid is this.
@@ -83,9 +83,9 @@ fn furthest(a: KeyState, b: KeyState) -> KeyState {
 }
 
 /// Merges `state` for `kid` into `known`, keeping the furthest.
-pub fn advance(known: &mut BTreeMap<String, KeyState>, kid: &str, state: KeyState) {
+pub fn advance(known: &mut BTreeMap<Kid, KeyState>, kid: &Kid, state: KeyState) {
     known
-        .entry(kid.to_string())
+        .entry(kid.clone())
         .and_modify(|s| *s = furthest(*s, state))
         .or_insert(state);
 }
@@ -105,7 +105,7 @@ struct Stored {
 #[derive(Serialize, Deserialize)]
 struct Manifest {
     version: u64,
-    states: BTreeMap<String, KeyState>,
+    states: BTreeMap<Kid, KeyState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<String>,
 }
@@ -154,7 +154,7 @@ fn record_mac_input(r: &KeyRecord, written_at: u64) -> Vec<u8> {
     c.0
 }
 
-fn manifest_mac_input(version: u64, states: &BTreeMap<String, KeyState>) -> Vec<u8> {
+fn manifest_mac_input(version: u64, states: &BTreeMap<Kid, KeyState>) -> Vec<u8> {
     let mut c = Canonical::new("latch key manifest v1");
     c.field(&version.to_be_bytes());
     for (kid, state) in states {
@@ -189,7 +189,7 @@ pub fn seal_record(
         written_at: version,
     };
     Ok(StoredKey {
-        name: record.kid.clone(),
+        name: record.kid.to_string(),
         json: serde_json::to_string(&stored)?,
     })
 }
@@ -197,7 +197,7 @@ pub fn seal_record(
 /// The stored manifest naming `states`, written at key-set `version`.
 pub fn seal_manifest(
     mac: &hmac::Key,
-    states: &BTreeMap<String, KeyState>,
+    states: &BTreeMap<Kid, KeyState>,
     version: u64,
 ) -> Result<StoredKey, serde_json::Error> {
     let manifest = Manifest {
@@ -220,12 +220,12 @@ pub struct Checked {
     pub rejected: Vec<(String, Rejection)>,
     /// The furthest state known for every kid ever written: this process's memory, any
     /// authentic manifest, the accepted records. The next manifest starts from it.
-    pub known: BTreeMap<String, KeyState>,
+    pub known: BTreeMap<Kid, KeyState>,
 }
 
 /// Checks a stored key set. `seen` is the furthest state per kid this process has seen
 /// before (its memory across reloads).
-pub fn check(mac: &hmac::Key, stored: &[StoredKey], seen: &BTreeMap<String, KeyState>) -> Checked {
+pub fn check(mac: &hmac::Key, stored: &[StoredKey], seen: &BTreeMap<Kid, KeyState>) -> Checked {
     let mut out = Checked {
         known: seen.clone(),
         ..Checked::default()
@@ -304,7 +304,7 @@ pub fn check(mac: &hmac::Key, stored: &[StoredKey], seen: &BTreeMap<String, KeyS
             },
         };
         match why {
-            Some(why) => out.rejected.push((r.kid.clone(), why)),
+            Some(why) => out.rejected.push((r.kid.to_string(), why)),
             None => {
                 advance(&mut out.known, &r.kid, r.state);
                 out.records.push(r);
@@ -340,7 +340,7 @@ mod tests {
         let kid = material::thumbprint(&g.public_jwk);
         KeyRecord {
             sealed_private: kek.seal(&kid, &g.private_der).unwrap(),
-            kid,
+            kid: kid.into(),
             alg: Alg::EdDSA,
             state,
             created_at_ms: 1,

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use super::{KeyError, KeyPolicy, KeyRecord, KeyState};
+use super::{KeyError, KeyPolicy, KeyRecord, KeyState, Kid};
 
 /// Changed and new records, and the audit entries `(action, target)` that explain them.
 #[derive(Debug, Default)]
 pub struct Plan {
     pub upserts: Vec<KeyRecord>,
-    pub audit: Vec<(&'static str, String)>,
+    pub audit: Vec<(&'static str, Kid)>,
 }
 
 /// Makes a new key in the given state, activating (or activated) at the given time.
@@ -18,8 +18,8 @@ pub type Generate<'a> = dyn FnMut(KeyState, i64) -> Result<KeyRecord, KeyError> 
 /// A working copy of the records that remembers what changed.
 struct Draft<'g, 'a> {
     keys: Vec<KeyRecord>,
-    changed: BTreeSet<String>,
-    audit: Vec<(&'static str, String)>,
+    changed: BTreeSet<Kid>,
+    audit: Vec<(&'static str, Kid)>,
     now: i64,
     policy: KeyPolicy,
     generate: &'g mut Generate<'a>,
@@ -187,7 +187,7 @@ pub enum Refusal {
     /// There is no published next key: a new key would sign at once.
     NoNext,
     /// The next key has not been published for `min_published` yet.
-    NextTooYoung { kid: String, ready_at_ms: i64 },
+    NextTooYoung { kid: Kid, ready_at_ms: i64 },
 }
 
 /// `Some` when rotating now would promote a key published for less than
@@ -244,7 +244,7 @@ pub fn revoke(
         d.keys[i].state = KeyState::Revoked;
         d.keys[i].revoked_at_ms = Some(now);
         d.touch(i);
-        d.audit.push(("key_revoke", kid.to_string()));
+        d.audit.push(("key_revoke", Kid::new(kid)));
     }
     // Promotes next (or creates a key) if the active one is gone; publishes a new next.
     d.schedule()?;

@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod material;
 mod stored;
 
+pub use crate::ids::Kid;
 pub use material::{Kek, KeyError};
 pub use stored::{KeySet, StoredKey};
 
@@ -95,7 +96,7 @@ impl KeyState {
 /// One key as stored. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
-    pub kid: String,
+    pub kid: Kid,
     pub alg: Alg,
     pub state: KeyState,
     pub created_at_ms: i64,
@@ -123,7 +124,7 @@ pub enum KeyRefusal {
 
 /// A key as requests use it for verification.
 pub struct VerifyKey {
-    pub kid: String,
+    pub kid: Kid,
     pub alg: Alg,
     pub state: KeyState,
     pub retires_at_ms: Option<i64>,
@@ -149,7 +150,7 @@ impl VerifyKey {
 
 /// The key that signs now.
 pub struct Signer {
-    pub kid: String,
+    pub kid: Kid,
     pub alg: Alg,
     pub key: material::SigningKey,
     /// The base64url JWS header (`typ`, `alg`, `kid`), the same for every token.
@@ -161,13 +162,13 @@ pub struct KeyRing {
     pub version: u64,
     /// Sorted by creation time.
     pub records: Vec<KeyRecord>,
-    by_kid: HashMap<String, Arc<VerifyKey>>,
+    by_kid: HashMap<Kid, Arc<VerifyKey>>,
     signer: Option<Arc<Signer>>,
     /// The rendered JWKS document.
     pub jwks: Bytes,
     /// The furthest state known for every kid ever written (`integrity::Checked::known`):
     /// what the next manifest is built from, and what a replayed record is checked against.
-    pub known: BTreeMap<String, KeyState>,
+    pub known: BTreeMap<Kid, KeyState>,
 }
 
 impl KeyRing {
@@ -327,7 +328,7 @@ pub fn new_record(
     let kid = material::thumbprint(&generated.public_jwk);
     let sealed_private = kek.seal(&kid, &generated.private_der)?;
     Ok(KeyRecord {
-        kid,
+        kid: kid.into(),
         alg,
         state,
         created_at_ms: now_ms,

@@ -21,7 +21,7 @@ fn record(alg: Alg, state: KeyState) -> (KeyRecord, Vec<u8>) {
     let kid = material::thumbprint(&g.public_jwk);
     let sealed_private = kek().seal(&kid, &g.private_der).unwrap();
     let r = KeyRecord {
-        kid,
+        kid: kid.into(),
         alg,
         state,
         created_at_ms: NOW_MS - 1000,
@@ -145,7 +145,7 @@ fn hostile_and_stale_tokens_are_inactive_with_the_right_reason() {
     };
     let hs256_with_public_key = {
         let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
-        h.kid = Some(kid.clone());
+        h.kid = Some(kid.to_string());
         h.typ = Some(TYP.into());
         let raw = URL_SAFE_NO_PAD.decode(&x).unwrap();
         forge(h, &claims(), &EncodingKey::from_secret(&raw))

@@ -17,7 +17,7 @@ impl Factory {
         move |state, activates_at| {
             self.0 += 1;
             Ok(KeyRecord {
-                kid: format!("k{}", self.0),
+                kid: format!("k{}", self.0).into(),
                 alg: Alg::EdDSA,
                 state,
                 created_at_ms: activates_at,
@@ -44,7 +44,7 @@ fn apply(keys: &mut Vec<KeyRecord>, plan: Plan) -> Vec<&'static str> {
 }
 
 fn states(keys: &[KeyRecord]) -> Vec<(String, KeyState)> {
-    keys.iter().map(|k| (k.kid.clone(), k.state)).collect()
+    keys.iter().map(|k| (k.kid.to_string(), k.state)).collect()
 }
 
 fn s(list: &[(&str, KeyState)]) -> Vec<(String, KeyState)> {
