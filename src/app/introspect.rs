@@ -38,16 +38,7 @@ pub async fn introspect(app: &App, caller: &Client, token: &str) -> Result<Answe
             .increment(1);
         return Ok(answer.map_or(Answer::Inactive, Answer::Refresh));
     }
-    let decide = || {
-        let claims = view.decide(token)?;
-        if !caller.may_see_audience(&claims.aud) {
-            return Err(Reason::Audience);
-        }
-        if app.clients.get(&claims.client_id).is_none() {
-            return Err(Reason::UnknownClient);
-        }
-        Ok(claims)
-    };
+    let decide = || view.decide_for(caller, token);
     let mut decision = decide();
     if decision == Err(Reason::StampAhead) {
         // Stamped by a node further along (or in an epoch this node has not seen yet):

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::error::Error;
 use super::App;
+use crate::clients::Client;
 use crate::ids::ClientId;
 use crate::revocation::Point;
 use crate::sessions::RefreshRecord;
@@ -71,11 +72,28 @@ impl View<'_> {
         }
     }
 
-    /// Whether `token` is active: signature, key state, time, issuer and revocation.
+    /// Whether `token` is active: signature, key state, time, issuer, revocation, and
+    /// the client it was issued to still configured (a removed client's tokens die with
+    /// it, for introspection and for token exchange alike).
     pub fn decide(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
-        self.app
+        let claims = self
+            .app
             .keys
-            .with_ring(|ring| self.verifier(ring).decide(token))
+            .with_ring(|ring| self.verifier(ring).decide(token))?;
+        if self.app.clients.get(&claims.client_id).is_none() {
+            return Err(Reason::UnknownClient);
+        }
+        Ok(claims)
+    }
+
+    /// [`View::decide`] for a resource server `caller`: a token for an audience the
+    /// caller may not see is inactive to it.
+    pub fn decide_for(&self, caller: &Client, token: &str) -> Result<Arc<AccessClaims>, Reason> {
+        let claims = self.decide(token)?;
+        if !caller.may_see_audience(&claims.aud) {
+            return Err(Reason::Audience);
+        }
+        Ok(claims)
     }
 
     /// Whether `token` is one latch issued and that can still be alive (signature, key,
