@@ -13,6 +13,9 @@ pub mod revoke;
 pub mod token;
 mod view;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::Error;
 pub use view::{Stale, View};
 
