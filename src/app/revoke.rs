@@ -9,7 +9,9 @@ use super::token::stored_refresh;
 use super::App;
 use crate::audit::NewAudit;
 use crate::clients::{Client, Role};
-use crate::revocation::{ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind};
+use crate::revocation::{
+    ClosedEpoch, NewRevocation, Point, RevocationEvent, RevocationKind, Verdict,
+};
 use crate::sessions;
 use crate::store::StoreError;
 use crate::time::now_ms;
@@ -19,13 +21,21 @@ pub const MAX_FIELD: usize = 1024;
 
 impl App {
     /// Records a revocation in the store (durable once this returns) and applies it to
-    /// this node's table at once; the follower advances the watermark when the
-    /// announcement arrives. Every path that revokes goes through here.
+    /// this node's table at once, then waits (bounded) for the follower to advance the
+    /// watermark past it: a token this node issues after the answer is then stamped at or
+    /// above the revocation, so a client revoked and re-admitted right away gets a live
+    /// token here (found by tests/revocation.rs `revocation_races_with_issuance`). If the
+    /// wait runs out, tokens issued meanwhile are stamped below it and die: fail closed.
+    /// Every path that revokes goes through here.
     pub async fn revoke(&self, rev: NewRevocation) -> Result<RevocationEvent, StoreError> {
         let kind = rev.kind;
         let event = self.store.append_revocation(rev).await?;
         self.table.insert(&event);
         metrics::counter!(crate::metrics::REVOCATIONS_TOTAL, "kind" => kind.as_str()).increment(1);
+        let bound = Duration::from_millis(self.max_staleness_ms.clamp(1, 250) as u64);
+        self.table
+            .wait_for(Point::new(self.table.epoch(), event.seq), bound)
+            .await;
         Ok(event)
     }
 }
@@ -55,11 +65,18 @@ pub async fn revoke_token(
             "the token was not issued to this client",
         ));
     }
-    if app
+    // Nothing to record only if the token is already dead here. A token stamped ahead
+    // of this node (issued by a node further along) is not: wait for the follower, and
+    // if it is still ahead, record the revocation anyway (found by app::tests).
+    app.await_stamp(claims.stamp().point()).await;
+    let already = app
         .table
         .covers(RevocationKind::Token, &claims.jti, claims.rsq)
-        || app.table.is_revoked(&claims.stamp())
-    {
+        || matches!(
+            app.table.verdict(&claims.stamp()),
+            Verdict::Revoked | Verdict::StaleEpoch
+        );
+    if already {
         return Ok(());
     }
     limit(app, caller, view.now_ms())?;
