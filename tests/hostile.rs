@@ -2,12 +2,10 @@
 //! token must answer exactly `{"active":false}`; bad requests get JSON errors,
 //! never a 500.
 
-mod support;
-
 use hyper::Method;
 use serde_json::{json, Value};
-use support::clients::{self, BILLING_AUD};
-use support::*;
+use testkit::clients::{self, BILLING_AUD};
+use testkit::prelude::*;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -46,7 +44,7 @@ async fn assert_all_inactive(s: &TestServer, cases: &[(String, String)]) {
 
 #[tokio::test]
 async fn forged_and_malformed_tokens_are_inactive() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let real = s.issue(&clients::orders(), &[]).await;
     assert!(s.is_active(&real).await, "sanity: the real token is active");
     let (h, c, sig) = decode_jwt(&real);
@@ -199,7 +197,7 @@ async fn forged_and_malformed_tokens_are_inactive() {
 
 #[tokio::test]
 async fn empty_token_is_not_active() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let r = s
         .post_form("/introspect", &[("token", "")], clients::rs_all().auth())
         .await;
@@ -213,12 +211,11 @@ async fn empty_token_is_not_active() {
 
 #[tokio::test]
 async fn expired_token_becomes_inactive() {
-    let cfg = ServerConfig {
-        access_ttl: "2s".into(),
-        leeway: "0s".into(),
-        ..ServerConfig::default()
-    };
-    let s = TestServer::start(&cfg).await;
+    let cfg = TestServer::builder().config(|c| {
+        c.tokens.access_ttl = secs(2);
+        c.tokens.leeway = secs(0);
+    });
+    let s = cfg.start().await;
     let token = s.issue(&clients::orders(), &[]).await;
     let (_, c, _) = decode_jwt(&token);
     let exp = c["exp"].as_u64().unwrap();
@@ -253,18 +250,12 @@ async fn expired_token_becomes_inactive() {
 
 #[tokio::test]
 async fn tokens_from_another_issuer_are_inactive() {
-    let cfg_a = ServerConfig {
-        issuer: "http://issuer-a.test".into(),
-        ..ServerConfig::default()
-    };
-    let mut s = TestServer::start(&cfg_a).await;
+    let cfg_a = TestServer::builder().config(|c| c.issuer = "http://issuer-a.test".into());
+    let mut s = cfg_a.start().await;
     let token_a = s.issue(&clients::orders(), &[]).await;
     assert!(s.is_active(&token_a).await);
 
-    let cfg_b = ServerConfig {
-        issuer: "http://issuer-b.test".into(),
-        ..ServerConfig::default()
-    };
+    let cfg_b = TestServer::builder().config(|c| c.issuer = "http://issuer-b.test".into());
     s.restart_with(&cfg_b).await;
     // Same keys (same data dir and KEK), different issuer.
     assert_eq!(s.introspect(&token_a).await, inactive());
@@ -276,7 +267,7 @@ async fn tokens_from_another_issuer_are_inactive() {
 
 #[tokio::test]
 async fn revoked_key_tokens_are_inactive() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let token = s.issue(&clients::orders(), &[]).await;
     let (h, _, _) = decode_jwt(&token);
     let kid = h["kid"].as_str().unwrap();
@@ -296,12 +287,11 @@ async fn retired_key_tokens_are_inactive() {
     // A retired key is gone; the tokens it signed must not come back active.
     // (Retirement waits for every token of the key to expire, so this can only
     // check that nothing resurrects them.)
-    let cfg = ServerConfig {
-        access_ttl: "2s".into(),
-        leeway: "0s".into(),
-        ..ServerConfig::default()
-    };
-    let s = TestServer::start(&cfg).await;
+    let cfg = TestServer::builder().config(|c| {
+        c.tokens.access_ttl = secs(2);
+        c.tokens.leeway = secs(0);
+    });
+    let s = cfg.start().await;
     let token = s.issue(&clients::orders(), &[]).await;
     let (h, _, _) = decode_jwt(&token);
     let kid = h["kid"].as_str().unwrap().to_string();
@@ -331,7 +321,7 @@ async fn retired_key_tokens_are_inactive() {
 
 #[tokio::test]
 async fn token_for_other_audience_is_inactive_at_restricted_rs() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let billing = s.issue(&clients::billing(), &[]).await;
     let (_, c, _) = decode_jwt(&billing);
     assert_eq!(aud_list(&c["aud"]), vec![BILLING_AUD.to_string()]);
@@ -344,7 +334,7 @@ async fn token_for_other_audience_is_inactive_at_restricted_rs() {
 
 #[tokio::test]
 async fn bad_requests_get_json_errors() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let rs = clients::rs_all();
     let orders = clients::orders();
     let token = s.issue(&orders, &[]).await;
@@ -554,7 +544,7 @@ async fn bad_requests_get_json_errors() {
 
 #[tokio::test]
 async fn body_limit_boundary() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let rs = clients::rs_all();
     let auth = basic(&rs.id, &rs.secret);
     let at_limit = format!("token={}", "a".repeat(16384 - "token=".len()));
@@ -591,7 +581,7 @@ async fn body_limit_boundary() {
 #[tokio::test]
 async fn chunked_body_over_limit_is_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let rs = clients::rs_all();
     let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let head = format!(
@@ -635,7 +625,7 @@ async fn chunked_body_over_limit_is_413() {
 
 #[tokio::test]
 async fn pathological_inputs_do_not_500() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let rs = clients::rs_all();
     let admin = clients::admin();
     let token = s.issue(&clients::orders(), &[]).await;
