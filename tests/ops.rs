@@ -216,10 +216,11 @@ async fn slow_headers_are_cut_off() {
         closed.is_ok(),
         "connection with incomplete headers still open after {DEADLINE:?}"
     );
-    let text = String::from_utf8_lossy(&got);
+    // hyper gives up on the headers without an answer: the connection just closes.
     assert!(
-        got.is_empty() || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 400"),
-        "unexpected answer to a slow request: {text}"
+        got.is_empty(),
+        "answer to a request whose headers never completed: {}",
+        String::from_utf8_lossy(&got)
     );
     // The server still serves others.
     assert_eq!(s.get("/healthz", None).await.status, 200);

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::clients::{self, ClientDef};
 use crate::http::{Http, Resp};
+use crate::jwt::now_secs;
 use crate::server::TestServer;
 
 /// The only inactive answer latch gives: exactly `{"active":false}`.
@@ -99,6 +100,20 @@ impl TestServer {
             }
             _ => panic!("introspection without boolean active: {v}"),
         }
+    }
+
+    /// [`TestServer::is_active`] for a token that expires at `expires` (its `exp` plus
+    /// the server's leeway), asserting that an inactive answer comes only once that
+    /// time has passed. The clock is read after the answer, and the server's clock at
+    /// its decision is no later, so the check holds however slow the machine is.
+    pub async fn is_active_until(&self, token: &str, expires: u64) -> bool {
+        let active = self.is_active(token).await;
+        let now = now_secs();
+        assert!(
+            active || now >= expires,
+            "inactive at {now}, before it expires at {expires}"
+        );
+        active
     }
 
     /// RFC 7009 revocation of `token` by `client`; panics unless 200.
