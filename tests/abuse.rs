@@ -4,36 +4,21 @@
 //! a clear answer (408, 400, 429 with an OAuth body), never a 5xx, and never cost a
 //! legitimate revocation.
 
-mod support;
-
 use std::net::SocketAddr;
 
 use hyper::Method;
 use serde_json::Value;
-use support::clients;
-use support::*;
+use testkit::clients;
+use testkit::config::Limits;
+use testkit::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
-fn with_env(pairs: &[(&str, &str)]) -> ServerConfig {
-    ServerConfig {
-        env: pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..ServerConfig::default()
-    }
-}
-
-/// The value of one Prometheus series (0 when absent).
-async fn metric(s: &TestServer, series: &str) -> f64 {
-    let text = Http::new(s.metrics_addr).get("/metrics", None).await.text();
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The default setup with these `[limits]`.
+fn with_limits(f: impl FnOnce(&mut Limits)) -> ServerBuilder {
+    TestServer::builder().config(|c| f(&mut c.limits))
 }
 
 /// A connection from `from` (any 127/8 address on Linux) to `to`.
@@ -110,12 +95,13 @@ async fn served(s: &TestServer, token: &str, what: &str) {
 
 #[tokio::test]
 async fn stalled_bodies_are_cut_off_and_everyone_else_is_served() {
-    let mut cfg = with_env(&[
-        ("LATCH_LIMITS__BODY_READ_TIMEOUT", "1s"),
-        ("LATCH_LIMITS__MAX_CONNECTIONS_PER_IP", "8"),
-    ]);
-    cfg.max_connections = 8;
-    let s = TestServer::start(&cfg).await;
+    let s = with_limits(|l| {
+        l.body_read_timeout = Some(secs(1));
+        l.max_connections_per_ip = Some(8);
+        l.max_connections = 8;
+    })
+    .start()
+    .await;
     let token = s.issue(&clients::orders(), &[]).await;
     // The attack of the issue: every slot held by a body that never completes.
     let mut stalled = Vec::new();
@@ -133,12 +119,18 @@ async fn stalled_bodies_are_cut_off_and_everyone_else_is_served() {
             "a stalled body got {text:?}"
         );
     }
-    assert!(metric(&s, "latch_request_deadline_exceeded_total{phase=\"body\"}").await >= 1.0);
+    assert!(
+        s.metric("latch_request_deadline_exceeded_total{phase=\"body\"}")
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test]
 async fn a_trickling_body_is_cut_off_by_the_total_deadline() {
-    let s = TestServer::start(&with_env(&[("LATCH_LIMITS__BODY_READ_TIMEOUT", "1s")])).await;
+    let s = with_limits(|l| l.body_read_timeout = Some(secs(1)))
+        .start()
+        .await;
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     let rs = clients::rs_all();
     let head = format!(
@@ -181,13 +173,14 @@ async fn a_trickling_body_is_cut_off_by_the_total_deadline() {
 #[tokio::test]
 async fn one_address_cannot_hold_more_than_its_share() {
     // Bodies are given a minute: only the per-address share keeps the others served.
-    let mut cfg = with_env(&[
-        ("LATCH_LIMITS__BODY_READ_TIMEOUT", "60s"),
-        ("LATCH_LIMITS__HANDLER_TIMEOUT", "60s"),
-        ("LATCH_LIMITS__MAX_CONNECTIONS_PER_IP", "3"),
-    ]);
-    cfg.max_connections = 8;
-    let s = TestServer::start(&cfg).await;
+    let s = with_limits(|l| {
+        l.body_read_timeout = Some(secs(60));
+        l.handler_timeout = Some(secs(60));
+        l.max_connections_per_ip = Some(3);
+        l.max_connections = 8;
+    })
+    .start()
+    .await;
     let token = s.issue(&clients::orders(), &[]).await;
     let mut held = Vec::new();
     for _ in 0..8 {
@@ -201,14 +194,16 @@ async fn one_address_cannot_hold_more_than_its_share() {
     }
     // 127.0.0.1 still gets in, long before any body deadline.
     served(&s, &token, "with 127.0.0.2 hoarding").await;
-    let refused = metric(&s, "latch_connections_refused_total{reason=\"per_ip\"}").await;
+    let refused = s
+        .metric("latch_connections_refused_total{reason=\"per_ip\"}")
+        .await;
     assert!(refused >= 5.0, "per-address refusals: {refused}");
     drop(held);
 }
 
 #[tokio::test]
 async fn duplicate_singleton_headers_are_refused() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let token = s.issue(&clients::orders(), &[]).await;
     let rs = clients::rs_all();
     let good = basic(&rs.id, &rs.secret);
@@ -297,12 +292,15 @@ async fn duplicate_singleton_headers_are_refused() {
 
 #[tokio::test]
 async fn token_issuance_is_limited_per_client() {
-    // clients[0] is orders-service: its own override; billing keeps the default.
-    let s = TestServer::start(&with_env(&[
-        ("LATCH_CLIENTS__0__TOKEN_RATE", "1/h"),
-        ("LATCH_CLIENTS__0__TOKEN_BURST", "3"),
-    ]))
-    .await;
+    // orders-service has its own override; billing keeps the default.
+    let s = TestServer::builder()
+        .config(|c| {
+            let orders = c.client_mut("orders-service");
+            orders.token_rate = Some("1/h".into());
+            orders.token_burst = Some(3);
+        })
+        .start()
+        .await;
     let orders = clients::orders();
     for i in 0..3 {
         let r = s.token_resp(&orders, &[]).await;
@@ -319,20 +317,19 @@ async fn token_issuance_is_limited_per_client() {
     assert!((1..=3600).contains(&retry), "Retry-After {retry}");
     // Another client is not affected.
     s.issue(&clients::billing(), &[]).await;
-    let n = metric(
-        &s,
-        "latch_rate_limited_total{endpoint=\"token\",limit=\"token\"}",
-    )
-    .await;
+    let n = s
+        .metric("latch_rate_limited_total{endpoint=\"token\",limit=\"token\"}")
+        .await;
     assert_eq!(n, 1.0);
 }
 
 #[tokio::test]
 async fn revocation_floods_are_limited_but_no_legitimate_revocation_is_lost() {
-    let s = TestServer::start(&with_env(&[
-        ("LATCH_LIMITS__REVOKE_RATE", "1/h"),
-        ("LATCH_LIMITS__REVOKE_BURST", "2"),
-    ]))
+    let s = with_limits(|l| {
+        l.revoke_rate = Some("1/h".into());
+        l.revoke_burst = Some(2);
+    })
+    .start()
     .await;
     let orders = clients::orders();
     let mut tokens = Vec::new();
@@ -371,11 +368,12 @@ async fn revocation_floods_are_limited_but_no_legitimate_revocation_is_lost() {
 
 #[tokio::test]
 async fn failed_authentication_is_limited_per_address() {
-    let s = TestServer::start(&with_env(&[
-        ("LATCH_LIMITS__AUTH_FAILURE_IP_RATE", "1/h"),
-        ("LATCH_LIMITS__AUTH_FAILURE_IP_BURST", "3"),
-        ("LATCH_LIMITS__TRUSTED_PROXIES", "[\"127.0.0.1/32\"]"),
-    ]))
+    let s = with_limits(|l| {
+        l.auth_failure_ip_rate = Some("1/h".into());
+        l.auth_failure_ip_burst = Some(3);
+        l.trusted_proxies = vec!["127.0.0.1/32".into()];
+    })
+    .start()
     .await;
     let orders = clients::orders();
     let post = |xff: &'static str, secret: &'static str| {
@@ -413,21 +411,20 @@ async fn failed_authentication_is_limited_per_address() {
         .assert_error(429, "slow_down");
     // Other clients behind the same gateway are not locked out.
     assert_eq!(post("198.51.100.8", "").await.status, 200);
-    let n = metric(
-        &s,
-        "latch_rate_limited_total{endpoint=\"token\",limit=\"auth_failure_address\"}",
-    )
-    .await;
+    let n = s
+        .metric("latch_rate_limited_total{endpoint=\"token\",limit=\"auth_failure_address\"}")
+        .await;
     assert_eq!(n, 2.0);
 }
 
 #[tokio::test]
 async fn failed_authentication_is_limited_per_client_id_but_admin_is_never_locked_out() {
-    let s = TestServer::start(&with_env(&[
-        ("LATCH_LIMITS__AUTH_FAILURE_RATE", "1/h"),
-        ("LATCH_LIMITS__AUTH_FAILURE_BURST", "3"),
-        ("LATCH_LIMITS__TRUSTED_PROXIES", "[\"127.0.0.1/32\"]"),
-    ]))
+    let s = with_limits(|l| {
+        l.auth_failure_rate = Some("1/h".into());
+        l.auth_failure_burst = Some(3);
+        l.trusted_proxies = vec!["127.0.0.1/32".into()];
+    })
+    .start()
     .await;
     // A distributed guesser: every attempt from another address.
     let attempt = |id: &'static str, secret: String, n: u32| {
@@ -565,25 +562,16 @@ async fn a_request_stuck_on_the_store_is_cut_off_at_the_handler_deadline() {
     // shorter than the store's own timeout (2 s at this max_staleness), so it is the
     // one that answers: 503 temporarily_unavailable, counted, never a hang or a 500.
     let redis = RedisProcess::start().await;
-    let cfg = ServerConfig {
-        max_staleness: "30s".into(),
-        env: vec![
-            ("LATCH_LIMITS__BODY_READ_TIMEOUT".into(), "1s".into()),
-            ("LATCH_LIMITS__HANDLER_TIMEOUT".into(), "1s".into()),
-        ],
-        ..ServerConfig::default()
-    };
-    let nodes = Cluster::start(1, &cfg, &redis).await;
-    let s = &nodes[0];
-    let stop = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(redis.pid().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} redis");
-    };
+    let s = TestServer::builder()
+        .redis(&redis)
+        .config(|c| {
+            c.store.max_staleness = secs(30);
+            c.limits.body_read_timeout = Some(secs(1));
+            c.limits.handler_timeout = Some(secs(1));
+        })
+        .start()
+        .await;
+    let stop = |sig: &str| redis.signal(sig);
     stop("STOP");
     let body = serde_json::json!({"kind": "subject", "value": "zoe", "reason": "x"});
     let r = s
@@ -592,11 +580,9 @@ async fn a_request_stuck_on_the_store_is_cut_off_at_the_handler_deadline() {
     stop("CONT");
     r.assert_error(503, "temporarily_unavailable");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
-    let n = metric(
-        s,
-        "latch_request_deadline_exceeded_total{phase=\"handler\"}",
-    )
-    .await;
+    let n = s
+        .metric("latch_request_deadline_exceeded_total{phase=\"handler\"}")
+        .await;
     assert!(n >= 1.0, "handler deadline not counted: {n}");
     // Redis back: the retried revocation goes through.
     eventually(DEADLINE, "revocation after redis resumes", || async {

@@ -5,8 +5,6 @@
 //! Nothing here asserts on timing: every wait polls with a generous deadline, and the
 //! observed lags are only printed (`cargo test --test cluster -- --nocapture`).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::clients;
-use support::*;
+use testkit::clients;
+use testkit::prelude::*;
 
 const NAMES: [&str; 4] = ["A", "B", "C", "D"];
 
@@ -25,11 +23,8 @@ const REV_LOG: &str = "{latch}:rev:log";
 const EVENTS: &str = "{latch}:events";
 
 /// Default config with a short `max_staleness`, so fail-closed shows quickly.
-fn fast() -> ServerConfig {
-    ServerConfig {
-        max_staleness: "1s".into(),
-        ..ServerConfig::default()
-    }
+fn fast() -> ServerBuilder {
+    TestServer::builder().config(|c| c.store.max_staleness = secs(1))
 }
 
 fn now_ms() -> i64 {
@@ -37,24 +32,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-fn claims(token: &str) -> Value {
-    decode_jwt(token).1
-}
-
-fn kid(token: &str) -> String {
-    decode_jwt(token).0["kid"]
-        .as_str()
-        .expect("kid")
-        .to_string()
-}
-
-/// The revocation stamp (SPEC §5, claim `rsq`).
-fn rsq(token: &str) -> u64 {
-    claims(token)["rsq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("token without a numeric rsq claim: {}", claims(token)))
 }
 
 /// One introspection answer, transport failures included.
@@ -212,7 +189,7 @@ async fn await_ready_all(nodes: &[TestServer], since: Instant, what: &str) {
 #[tokio::test]
 async fn revocation_on_one_node_reaches_every_node() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(3, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(3).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let orders = clients::orders();
     let billing = clients::billing();
@@ -308,7 +285,7 @@ async fn revocation_on_one_node_reaches_every_node() {
 #[tokio::test]
 async fn revocations_survive_node_kills_and_a_redis_restart() {
     let mut redis = RedisProcess::start().await;
-    let mut nodes = Cluster::start(3, &fast(), &redis).await;
+    let mut nodes = fast().redis(&redis).start_nodes(3).await;
     let orders = clients::orders();
     let billing = clients::billing();
 
@@ -452,7 +429,7 @@ fn assert_503(r: &Resp, what: &str) {
 #[tokio::test]
 async fn nodes_fail_closed_while_redis_is_down_and_recover() {
     let mut redis = RedisProcess::start().await;
-    let nodes = Cluster::start(3, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(3).await;
     let orders = clients::orders();
     let billing = clients::billing();
     let admin = clients::admin();
@@ -705,7 +682,7 @@ async fn freeze_revoke_wake(nodes: &[TestServer], redis: &RedisProcess, cut_feed
 #[tokio::test]
 async fn a_frozen_node_never_answers_from_before_the_revocation() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(3, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(3).await;
     freeze_revoke_wake(&nodes, &redis, false).await;
     freeze_revoke_wake(&nodes, &redis, true).await;
 }
@@ -732,7 +709,7 @@ async fn await_subscribers(redis: &RedisProcess, n: i64, what: &str) {
 #[tokio::test]
 async fn revocations_arrive_while_the_announcement_feed_is_cut() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(3, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(3).await;
     let orders = clients::orders();
     await_subscribers(&redis, 3, "every node subscribed").await;
 
@@ -788,7 +765,7 @@ return seq
 #[tokio::test]
 async fn a_gap_in_the_announcements_is_filled_from_the_log() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(3, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(3).await;
     let orders = clients::orders();
     let billing = clients::billing();
 
@@ -888,7 +865,7 @@ async fn a_gap_in_the_announcements_is_filled_from_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_issued_before_a_revocation_are_revoked_on_every_node() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(3, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(3).await;
     let orders = clients::orders();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1040,15 +1017,14 @@ async fn tokens_issued_before_a_revocation_are_revoked_on_every_node() {
 #[tokio::test]
 async fn scheduled_rotation_happens_once_per_period_across_nodes() {
     let redis = RedisProcess::start().await;
-    let cfg = ServerConfig {
-        rotate_every: "3s".into(),
-        publish_ahead: "2s".into(),
-        access_ttl: "2s".into(),
-        leeway: "0s".into(),
-        ..fast()
-    };
+    let cfg = fast().config(|c| {
+        c.keys.rotate_every = secs(3);
+        c.keys.publish_ahead = secs(2);
+        c.tokens.access_ttl = secs(2);
+        c.tokens.leeway = secs(0);
+    });
     let started = Instant::now();
-    let nodes = Cluster::start(3, &cfg, &redis).await;
+    let nodes = cfg.redis(&redis).start_nodes(3).await;
     let orders = clients::orders();
 
     let mut polls = 0;
@@ -1092,7 +1068,7 @@ async fn scheduled_rotation_happens_once_per_period_across_nodes() {
                 eprintln!(
                     "token signed on {} with kid {} is {got:?} on {} right after issuance",
                     NAMES[i],
-                    kid(&t),
+                    kid_of(&t),
                     NAMES[j]
                 );
             }
@@ -1169,7 +1145,7 @@ async fn scheduled_rotation_happens_once_per_period_across_nodes() {
 #[tokio::test]
 async fn revoking_the_active_key_on_one_node_takes_effect_on_every_node() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(3, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(3).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let orders = clients::orders();
     let admin = clients::admin();
@@ -1180,8 +1156,16 @@ async fn revoking_the_active_key_on_one_node_takes_effect_on_every_node() {
     let k = active[0].clone();
     let signed_b = b.issue(&orders, &[]).await;
     let signed_c = c.issue(&orders, &[]).await;
-    assert_eq!(kid(&signed_b), k, "B signs with the cluster's active key");
-    assert_eq!(kid(&signed_c), k, "C signs with the cluster's active key");
+    assert_eq!(
+        kid_of(&signed_b),
+        k,
+        "B signs with the cluster's active key"
+    );
+    assert_eq!(
+        kid_of(&signed_c),
+        k,
+        "C signs with the cluster's active key"
+    );
     assert_all(
         &nodes,
         &signed_b,
@@ -1232,7 +1216,7 @@ async fn revoking_the_active_key_on_one_node_takes_effect_on_every_node() {
         let orders = &orders;
         let t = eventually(DEADLINE, "a new kid signs", || async move {
             let t = n.issue(orders, &[]).await;
-            if kid(&t) == *k {
+            if kid_of(&t) == *k {
                 Err(format!("{name} still signs with the revoked key"))
             } else {
                 Ok(t)
@@ -1277,7 +1261,7 @@ async fn revoking_the_active_key_on_one_node_takes_effect_on_every_node() {
 #[tokio::test]
 async fn audit_of_a_revocation_is_visible_on_every_node() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(3, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(3).await;
     let reason = format!("cluster audit {}", now_ms());
     let rev = nodes[0]
         .admin_revoke("session", Some("sid-cluster-audit"), &reason)

@@ -3,17 +3,13 @@
 //! `act` nesting, revocation that must follow delegation, user subjects named like
 //! clients or like another IdP's users, and assertions not yet valid.
 
-mod support;
-
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::clients::{self, ORDERS_AUD};
-use support::*;
+use testkit::clients::{self, ORDERS_AUD};
+use testkit::prelude::*;
 
 const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 const AT_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-const LATCH_ISS: &str = "http://latch.test";
 const IDP1: &str = "https://idp1.test";
 const IDP2: &str = "https://idp2.test";
 const REPORTS_AUD: &str = "https://reports.example";
@@ -77,57 +73,6 @@ fn all_clients() -> Vec<ClientDef> {
 
 // === the identity providers ===
 
-struct Idp {
-    pkcs8: Vec<u8>,
-    public: Vec<u8>,
-    iss: String,
-}
-
-impl Idp {
-    fn new(iss: &str) -> Idp {
-        use ring::signature::KeyPair as _;
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        Idp {
-            pkcs8: pkcs8.as_ref().to_vec(),
-            public: kp.public_key().as_ref().to_vec(),
-            iss: iss.into(),
-        }
-    }
-
-    fn toml(&self, prefix: Option<&str>) -> String {
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(&self.public), "kid": "k1"}]});
-        let mut s = format!("[[trusted_issuers]]\nissuer = {}\n", json!(self.iss));
-        if let Some(p) = prefix {
-            s.push_str(&format!("subject_prefix = {}\n", json!(p)));
-        }
-        s.push_str(&format!("jwks = '{jwks}'\n\n"));
-        s
-    }
-
-    fn claims(&self, sub: &str) -> Value {
-        let now = now_secs();
-        json!({
-            "iss": self.iss, "sub": sub, "aud": LATCH_ISS, "iat": now, "exp": now + 120,
-            "jti": format!("{sub}-{}", tokens_random()),
-        })
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some("k1".into());
-        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&self.pkcs8)).unwrap()
-    }
-}
-
-fn tokens_random() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 8];
-    ring::rand::SystemRandom::new().fill(&mut b).unwrap();
-    b64url(&b)
-}
-
 struct Env {
     s: TestServer,
     idp1: Idp,
@@ -135,31 +80,27 @@ struct Env {
 }
 
 /// The config: one IdP without a prefix, or two with `idp1|` and `idp2|`.
-fn config(idp1: &Idp, idp2: &Idp, two_idps: bool, env: &[(&str, &str)]) -> ServerConfig {
-    let extra = if two_idps {
-        format!("{}{}", idp1.toml(Some("idp1|")), idp2.toml(Some("idp2|")))
+fn config(idp1: &Idp, idp2: &Idp, two_idps: bool) -> ServerBuilder {
+    let b = TestServer::builder().clients(all_clients());
+    if two_idps {
+        b.trusted_issuer(idp1.trusted().subject_prefix("idp1|"))
+            .trusted_issuer(idp2.trusted().subject_prefix("idp2|"))
     } else {
-        idp1.toml(None)
-    };
-    ServerConfig {
-        clients: all_clients(),
-        extra_toml: extra,
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..ServerConfig::default()
+        b.trusted_issuer(idp1.trusted())
     }
 }
 
-async fn start(two_idps: bool, env: &[(&str, &str)]) -> Env {
+async fn start_with(two_idps: bool, tweak: impl FnOnce(&mut Config)) -> Env {
     let (idp1, idp2) = (Idp::new(IDP1), Idp::new(IDP2));
-    let cfg = config(&idp1, &idp2, two_idps, env);
     Env {
-        s: TestServer::start(&cfg).await,
+        s: config(&idp1, &idp2, two_idps).config(tweak).start().await,
         idp1,
         idp2,
     }
+}
+
+async fn start(two_idps: bool) -> Env {
+    start_with(two_idps, |_| {}).await
 }
 
 async fn open_session(s: &TestServer, assertion: &str) -> Resp {
@@ -202,7 +143,7 @@ fn token_of(r: &Resp, what: &str) -> String {
 
 #[tokio::test]
 async fn a_token_meant_for_another_audience_cannot_be_exchanged() {
-    let env = start(false, &[]).await;
+    let env = start(false).await;
     let s = &env.s;
     // The issue's reproduction: an orders-service token for the orders API, exchanged
     // by a client whose only audience is the reports API.
@@ -227,13 +168,11 @@ async fn a_token_meant_for_another_audience_cannot_be_exchanged() {
 
 #[tokio::test]
 async fn a_service_cannot_take_on_another_services_identity_unless_allowed() {
-    let env = start(
-        false,
-        &[("LATCH_CLIENTS__11__DELEGATE_SERVICE_TOKENS", "true")],
-    )
+    let env = start_with(false, |c| {
+        c.client_mut("orders-gateway").delegate_service_tokens = true;
+    })
     .await;
     let s = &env.s;
-    assert_eq!(all_clients()[11].id, "orders-gateway");
     // A client-credentials token (no sid) meant for svc-a's audience.
     let service = s.issue(&clients::orders(), &[]).await;
     let r = exchange(s, &svc_a(), &service, &[]).await;
@@ -251,7 +190,7 @@ async fn a_service_cannot_take_on_another_services_identity_unless_allowed() {
 
 #[tokio::test]
 async fn audience_resource_and_requested_token_type_are_honoured() {
-    let env = start(false, &[]).await;
+    let env = start(false).await;
     let s = &env.s;
     let user = user_token(s, &env.idp1, "alice").await;
     let a = svc_a();
@@ -298,7 +237,7 @@ async fn audience_resource_and_requested_token_type_are_honoured() {
 
 #[tokio::test]
 async fn delegation_depth_is_bounded_and_revocation_follows_the_chain() {
-    let env = start(false, &[("LATCH_TOKENS__MAX_DELEGATION_DEPTH", "2")]).await;
+    let env = start_with(false, |c| c.tokens.max_delegation_depth = Some(2)).await;
     let s = &env.s;
     let user = user_token(s, &env.idp1, "alice").await;
     let hop1 = token_of(
@@ -373,7 +312,7 @@ async fn delegation_depth_is_bounded_and_revocation_follows_the_chain() {
 
 #[tokio::test]
 async fn an_assertion_naming_a_client_is_refused() {
-    let env = start(false, &[]).await;
+    let env = start(false).await;
     let s = &env.s;
     for sub in ["orders-service", "security-admin", "idp-hook"] {
         let r = open_session(s, &env.idp1.sign(&env.idp1.claims(sub))).await;
@@ -401,7 +340,7 @@ async fn an_assertion_naming_a_client_is_refused() {
 
 #[tokio::test]
 async fn subjects_of_two_idps_never_collide_and_revocation_hits_the_right_one() {
-    let env = start(true, &[]).await;
+    let env = start(true).await;
     let s = &env.s;
     let a1 = user_token(s, &env.idp1, "alice").await;
     let a2 = user_token(s, &env.idp2, "alice").await;
@@ -460,7 +399,7 @@ async fn subjects_of_two_idps_never_collide_and_revocation_hits_the_right_one() 
 
 #[tokio::test]
 async fn assertions_not_yet_valid_are_refused() {
-    let env = start(false, &[]).await;
+    let env = start(false).await;
     let s = &env.s;
     let idp = &env.idp1;
     let mut early = idp.claims("alice");
@@ -476,7 +415,7 @@ async fn assertions_not_yet_valid_are_refused() {
 
 #[tokio::test]
 async fn cli_revokes_a_subject_by_issuer() {
-    let env = start(true, &[]).await;
+    let env = start(true).await;
     let s = &env.s;
     let a1 = user_token(s, &env.idp1, "dave").await;
     let admin = clients::admin();
@@ -510,8 +449,8 @@ async fn cli_revokes_a_subject_by_issuer() {
 async fn revocation_follows_delegation_on_every_node() {
     let redis = RedisProcess::start().await;
     let (idp1, idp2) = (Idp::new(IDP1), Idp::new(IDP2));
-    let cfg = config(&idp1, &idp2, false, &[]);
-    let nodes = Cluster::start(2, &cfg, &redis).await;
+    let cfg = config(&idp1, &idp2, false);
+    let nodes = cfg.redis(&redis).start_nodes(2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let user = user_token(a, &idp1, "erin").await;
     let hop1 = token_of(

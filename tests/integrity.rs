@@ -3,33 +3,18 @@
 //! its state is not behind one the key already reached. Whoever can write to the store
 //! cannot plant a key, alter one, or revive a revoked one, in redis or embedded mode.
 
-mod support;
-
 use serde_json::{json, Value};
-use support::clients;
-use support::*;
+use testkit::clients;
+use testkit::prelude::*;
 
 const KEYS: &str = "{latch}:keys";
 const KEYS_VERSION: &str = "{latch}:keys:version";
 const MANIFEST: &str = "~manifest";
 
-fn kid_of(token: &str) -> String {
-    decode_jwt(token).0["kid"].as_str().unwrap().to_string()
-}
-
 fn one(keys: &[Value], state: &str) -> String {
     let v = kids_in_state(keys, state);
     assert_eq!(v.len(), 1, "want exactly one {state} key: {keys:?}");
     v[0].clone()
-}
-
-/// Sum of a counter's samples whose line starts with `prefix` (name and labels).
-async fn metric(s: &TestServer, prefix: &str) -> f64 {
-    let text = Http::new(s.metrics_addr).get("/metrics", None).await.text();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn rejected(reason: &str) -> String {
@@ -54,7 +39,7 @@ async fn wait_rejected(s: &TestServer, kid: &str, reason: &str) {
         },
     )
     .await;
-    assert!(metric(s, &rejected(reason)).await >= 1.0, "metric {reason}");
+    assert!(s.metric(&rejected(reason)).await >= 1.0, "metric {reason}");
 }
 
 /// Issues a token, waiting while the node has no signing key yet (it promotes the
@@ -109,7 +94,7 @@ fn planted_record(kid: &str, jwk: &Value, mac: &str) -> Value {
 
 #[tokio::test]
 async fn a_fresh_server_publishes_a_next_key() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let keys = s.admin_keys().await;
     let active = one(&keys, "active");
     let next = one(&keys, "next");
@@ -121,7 +106,7 @@ async fn a_fresh_server_publishes_a_next_key() {
 #[tokio::test]
 async fn planted_keys_are_never_trusted_nor_published() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(1, &ServerConfig::default(), &redis).await;
+    let nodes = TestServer::builder().redis(&redis).start_nodes(1).await;
     let s = &nodes[0];
     let real = s.issue(&clients::orders(), &[]).await;
     let active = kid_of(&real);
@@ -182,7 +167,7 @@ async fn planted_keys_are_never_trusted_nor_published() {
 #[tokio::test]
 async fn a_tampered_key_record_stops_verifying() {
     let redis = RedisProcess::start().await;
-    let nodes = Cluster::start(1, &ServerConfig::default(), &redis).await;
+    let nodes = TestServer::builder().redis(&redis).start_nodes(1).await;
     let s = &nodes[0];
     let token = s.issue(&clients::orders(), &[]).await;
     let active = kid_of(&token);
@@ -208,8 +193,8 @@ async fn a_tampered_key_record_stops_verifying() {
 #[tokio::test]
 async fn a_replayed_older_record_does_not_revive_a_revoked_key() {
     let redis = RedisProcess::start().await;
-    let cfg = Cluster::node_config(&ServerConfig::default(), &redis);
-    let mut s = TestServer::start(&cfg).await;
+    let cfg = TestServer::builder().redis(&redis);
+    let mut s = cfg.start().await;
     let token = s.issue(&clients::orders(), &[]).await;
     let kid = kid_of(&token);
     let old_record: String = redis.cmd(&["HGET", KEYS, &kid]).await;
@@ -254,7 +239,7 @@ async fn a_replayed_older_record_does_not_revive_a_revoked_key() {
 
 #[tokio::test]
 async fn embedded_store_tampering_and_unauthenticated_records() {
-    let mut s = TestServer::start(&ServerConfig::default()).await;
+    let mut s = TestServer::builder().start().await;
     let token = s.issue(&clients::orders(), &[]).await;
     let active = kid_of(&token);
     let next = one(&s.admin_keys().await, "next");
@@ -300,7 +285,7 @@ async fn embedded_store_tampering_and_unauthenticated_records() {
 
 #[tokio::test]
 async fn embedded_store_a_replayed_record_does_not_revive_a_revoked_key() {
-    let mut s = TestServer::start(&ServerConfig::default()).await;
+    let mut s = TestServer::builder().start().await;
     let token = s.issue(&clients::orders(), &[]).await;
     let kid = kid_of(&token);
     let db_path = s.data_path.join("latch.db");

@@ -1,15 +1,13 @@
 //! OAuth surface: metadata, JWKS, client_credentials, introspection, client
 //! authentication and roles.
 
-mod support;
-
 use hyper::Method;
 use serde_json::Value;
-use support::clients::{self, BILLING_AUD, ORDERS_AUD, ORDERS_AUD2};
-use support::*;
+use testkit::clients::{self, BILLING_AUD, ORDERS_AUD, ORDERS_AUD2};
+use testkit::prelude::*;
 
 async fn server() -> TestServer {
-    TestServer::start(&ServerConfig::default()).await
+    TestServer::builder().start().await
 }
 
 fn str_array(v: &Value, field: &str) -> Vec<String> {
@@ -550,11 +548,8 @@ async fn form_encoding_is_decoded_properly() {
         .grants(&["client_credentials"])
         .scopes(&["orders:read", "orders:write"])
         .audiences(&[ORDERS_AUD]);
-    let cfg = ServerConfig {
-        clients: vec![odd.clone(), clients::rs_all()],
-        ..ServerConfig::default()
-    };
-    let s = TestServer::start(&cfg).await;
+    let cfg = TestServer::builder().clients(vec![odd.clone(), clients::rs_all()]);
+    let s = cfg.start().await;
 
     // client_secret_post: the form encoding of '+', '/', '=' is undone.
     let r = s

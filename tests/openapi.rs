@@ -8,16 +8,13 @@
 //! node with tiny rate limits and a short body deadline. Negative checks show that the
 //! checker rejects wrong bodies, statuses and headers.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use hyper::Method;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::clients::{self, ORDERS_AUD};
-use support::*;
+use testkit::clients::{self, ORDERS_AUD};
+use testkit::prelude::*;
 
 const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -274,40 +271,9 @@ impl Api {
 // Fixture
 // ---------------------------------------------------------------------------
 
-struct Idp {
-    pkcs8: Vec<u8>,
-    public: Vec<u8>,
-}
-
-impl Idp {
-    fn new() -> Idp {
-        use ring::signature::KeyPair as _;
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        Idp {
-            pkcs8: pkcs8.as_ref().to_vec(),
-            public: kp.public_key().as_ref().to_vec(),
-        }
-    }
-
-    fn trusted_issuer_toml(&self) -> String {
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(&self.public),
-                                    "kid": IDP_KID, "alg": "EdDSA", "use": "sig"}]});
-        // A prefix, so `/admin/revoke` can refuse an ambiguous subject (400).
-        format!(
-            "[[trusted_issuers]]\nissuer = {IDP_ISS:?}\nsubject_prefix = {IDP_PREFIX:?}\njwks = '{jwks}'\n\n"
-        )
-    }
-
-    fn assertion(&self, sub: &str, jti: &str) -> String {
-        let now = now_secs();
-        let claims = json!({"iss": IDP_ISS, "sub": sub, "aud": "http://latch.test", "iat": now,
-                            "exp": now + 120, "jti": jti, "preferred_username": "alice@example.com"});
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some(IDP_KID.into());
-        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_der(&self.pkcs8)).unwrap()
-    }
+/// The IdP the test controls.
+fn idp() -> Idp {
+    Idp::new(IDP_ISS).kid(IDP_KID)
 }
 
 fn idp_hook() -> ClientDef {
@@ -334,10 +300,13 @@ fn wrong_secret(c: &ClientDef) -> ClientDef {
 }
 
 async fn start(idp: &Idp) -> TestServer {
-    let mut cfg = ServerConfig::default();
-    cfg.clients.extend([idp_hook(), reports()]);
-    cfg.extra_toml = idp.trusted_issuer_toml();
-    TestServer::start(&cfg).await
+    TestServer::builder()
+        .client(idp_hook())
+        .client(reports())
+        // A prefix, so `/admin/revoke` can refuse an ambiguous subject (400).
+        .trusted_issuer(idp.trusted().subject_prefix(IDP_PREFIX))
+        .start()
+        .await
 }
 
 async fn raw(
@@ -357,7 +326,7 @@ async fn raw(
 #[tokio::test]
 async fn real_answers_match_the_openapi_document() {
     let api = Api::load();
-    let idp = Idp::new();
+    let idp = idp();
     let s = start(&idp).await;
     let orders = clients::orders();
     let admin = clients::admin();
@@ -421,7 +390,11 @@ async fn real_answers_match_the_openapi_document() {
             s.post_form("/token", &p, c.auth()).await
         }
     };
-    let r = post(te(idp.assertion("alice", "jti-1"), JWT_TYPE), idp_hook()).await;
+    let r = post(
+        te(idp.assertion_with_jti("alice", "jti-1"), JWT_TYPE),
+        idp_hook(),
+    )
+    .await;
     api.assert(Method::POST, "/token", &r);
     let session = r.json();
     assert!(
@@ -515,7 +488,11 @@ async fn real_answers_match_the_openapi_document() {
         api.assert(Method::POST, "/introspect", &r);
     }
     // An active refresh token needs a live session: open another one.
-    let r = post(te(idp.assertion("bob", "jti-2"), JWT_TYPE), idp_hook()).await;
+    let r = post(
+        te(idp.assertion_with_jti("bob", "jti-2"), JWT_TYPE),
+        idp_hook(),
+    )
+    .await;
     let live_refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
     let r = s
         .post_form("/introspect", &[("token", &live_refresh)], rs.auth())
@@ -780,7 +757,7 @@ async fn real_answers_match_the_openapi_document() {
 #[tokio::test]
 async fn the_checker_rejects_answers_that_do_not_match() {
     let api = Api::load();
-    let idp = Idp::new();
+    let idp = idp();
     let s = start(&idp).await;
     let r = s.token_resp(&clients::orders(), &[]).await;
     api.assert(Method::POST, "/token", &r);
@@ -854,12 +831,11 @@ async fn the_checker_rejects_answers_that_do_not_match() {
 async fn outage_answers_match_the_openapi_document() {
     let api = Api::load();
     let mut redis = RedisProcess::start().await;
-    let cfg = ServerConfig {
-        max_staleness: "500ms".into(),
-        ..ServerConfig::default()
-    };
-    let nodes = Cluster::start(1, &cfg, &redis).await;
-    let s = &nodes[0];
+    let s = &TestServer::builder()
+        .redis(&redis)
+        .config(|c| c.store.max_staleness = ms(500))
+        .start()
+        .await;
     let (orders, admin) = (clients::orders(), clients::admin());
     let token = s.issue(&orders, &[]).await;
     let kid = kids_in_state(&s.admin_keys().await, "active")
@@ -998,24 +974,22 @@ fn parse_response(raw: &[u8]) -> Option<Resp> {
 #[tokio::test]
 async fn limit_answers_match_the_openapi_document() {
     let api = Api::load();
-    let env = |k: &str, v: &str| (k.to_string(), v.to_string());
-    // clients[0] is orders-service: two tokens and one recorded revocation per hour; any
-    // address one failed authentication per hour.
-    let cfg = ServerConfig {
-        env: vec![
-            env("LATCH_LIMITS__BODY_READ_TIMEOUT", "300ms"),
-            env("LATCH_LIMITS__AUTH_FAILURE_IP_RATE", "1/h"),
-            env("LATCH_LIMITS__AUTH_FAILURE_IP_BURST", "1"),
-            env("LATCH_CLIENTS__0__TOKEN_RATE", "1/h"),
-            env("LATCH_CLIENTS__0__TOKEN_BURST", "2"),
-            env("LATCH_CLIENTS__0__REVOKE_RATE", "1/h"),
-            env("LATCH_CLIENTS__0__REVOKE_BURST", "1"),
-        ],
-        ..ServerConfig::default()
-    };
-    let s = TestServer::start(&cfg).await;
+    // orders-service: two tokens and one recorded revocation per hour; any address one
+    // failed authentication per hour.
     let (orders, admin) = (clients::orders(), clients::admin());
-    assert_eq!(cfg.clients[0].id, orders.id, "clients[0] is orders-service");
+    let s = TestServer::builder()
+        .config(|c| {
+            c.limits.body_read_timeout = Some(ms(300));
+            c.limits.auth_failure_ip_rate = Some("1/h".into());
+            c.limits.auth_failure_ip_burst = Some(1);
+            let o = c.client_mut(&orders.id);
+            o.token_rate = Some("1/h".into());
+            o.token_burst = Some(2);
+            o.revoke_rate = Some("1/h".into());
+            o.revoke_burst = Some(1);
+        })
+        .start()
+        .await;
     let kid = kids_in_state(&s.admin_keys().await, "active")
         .first()
         .expect("an active key")

@@ -1,8 +1,6 @@
 //! Operations: health, readiness, metrics listener, HTTP/1.1 keep-alive,
 //! header read timeout, concurrency.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,13 +8,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use support::clients;
-use support::*;
+use testkit::clients;
+use testkit::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn healthz_and_readyz() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let r = s.get("/healthz", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = s.get("/readyz", None).await;
@@ -39,7 +37,7 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_listener_serves_prometheus_text() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     assert_ne!(s.addr, s.metrics_addr);
     // Traffic of every kind.
     let t = s.issue(&clients::orders(), &[]).await;
@@ -130,7 +128,7 @@ async fn metrics_listener_serves_prometheus_text() {
 
 #[tokio::test]
 async fn keep_alive_connection_serves_several_requests() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -195,11 +193,8 @@ async fn keep_alive_connection_serves_several_requests() {
 
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
-    let cfg = ServerConfig {
-        header_read_timeout: "1s".into(),
-        ..ServerConfig::default()
-    };
-    let s = TestServer::start(&cfg).await;
+    let cfg = TestServer::builder().config(|c| c.limits.header_read_timeout = secs(1));
+    let s = cfg.start().await;
     let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     stream
         .write_all(b"POST /introspect HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -221,10 +216,11 @@ async fn slow_headers_are_cut_off() {
         closed.is_ok(),
         "connection with incomplete headers still open after {DEADLINE:?}"
     );
-    let text = String::from_utf8_lossy(&got);
+    // hyper gives up on the headers without an answer: the connection just closes.
     assert!(
-        got.is_empty() || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 400"),
-        "unexpected answer to a slow request: {text}"
+        got.is_empty(),
+        "answer to a request whose headers never completed: {}",
+        String::from_utf8_lossy(&got)
     );
     // The server still serves others.
     assert_eq!(s.get("/healthz", None).await.status, 200);
@@ -232,7 +228,7 @@ async fn slow_headers_are_cut_off() {
 
 #[tokio::test]
 async fn concurrent_introspections() {
-    let s = TestServer::start(&ServerConfig::default()).await;
+    let s = TestServer::builder().start().await;
     let t = s.issue(&clients::orders(), &[]).await;
     let rs = clients::rs_all();
     let mut tasks = vec![];
@@ -265,11 +261,11 @@ async fn concurrent_introspections() {
 
 #[tokio::test]
 async fn env_overrides_config() {
-    let cfg = ServerConfig {
-        env: vec![("LATCH_TOKENS__ACCESS_TTL".into(), "1m".into())],
-        ..ServerConfig::default()
-    };
-    let s = TestServer::start(&cfg).await;
+    // The file says 5m; the environment wins.
+    let s = TestServer::builder()
+        .env("LATCH_TOKENS__ACCESS_TTL", "1m")
+        .start()
+        .await;
     let t = s.issue(&clients::orders(), &[]).await;
     let (_, c, _) = decode_jwt(&t);
     assert_eq!(
@@ -281,11 +277,7 @@ async fn env_overrides_config() {
 
 #[tokio::test]
 async fn audit_is_logged_as_json_and_secrets_never_are() {
-    let cfg = ServerConfig {
-        env: vec![("RUST_LOG".into(), "debug".into())],
-        ..ServerConfig::default()
-    };
-    let s = TestServer::start(&cfg).await;
+    let s = TestServer::builder().env("RUST_LOG", "debug").start().await;
     let orders = clients::orders();
     let wrong = "wrong-secret-that-must-not-be-logged-0123456789";
     let t = s.issue(&orders, &[]).await;
@@ -378,13 +370,14 @@ async fn status_on(stream: &mut tokio::net::TcpStream) -> Option<u16> {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
-    let cfg = ServerConfig {
-        max_connections: 2,
-        // All from 127.0.0.1: allow it the whole cap (the default share is half).
-        env: vec![("LATCH_LIMITS__MAX_CONNECTIONS_PER_IP".into(), "2".into())],
-        ..ServerConfig::default()
-    };
-    let s = TestServer::start(&cfg).await;
+    let s = TestServer::builder()
+        .config(|c| {
+            c.limits.max_connections = 2;
+            // All from 127.0.0.1: allow it the whole cap (the default share is half).
+            c.limits.max_connections_per_ip = Some(2);
+        })
+        .start()
+        .await;
     // Two kept-alive connections hold both slots (once the harness's own pooled
     // connection from the readiness check has been let go).
     let served = |label: &'static str| {
@@ -417,8 +410,8 @@ async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
 
 #[tokio::test]
 async fn every_start_audits_the_effective_config() {
-    let cfg = ServerConfig::default();
-    let mut s = TestServer::start(&cfg).await;
+    let cfg = TestServer::builder();
+    let mut s = cfg.start().await;
     let loads = |records: Vec<Value>| -> Vec<String> {
         records
             .into_iter()
@@ -439,10 +432,7 @@ async fn every_start_audits_the_effective_config() {
     assert_eq!(second.len(), 2, "{second:?}");
     assert_eq!(second[0], second[1], "same config, same digest");
     // A changed config (through the environment) is a different digest.
-    let changed = ServerConfig {
-        env: vec![("LATCH_TOKENS__ACCESS_TTL".into(), "2m".into())],
-        ..cfg
-    };
+    let changed = cfg.env("LATCH_TOKENS__ACCESS_TTL", "2m");
     s.restart_with(&changed).await;
     let third = loads(s.audit(0).await);
     assert_eq!(third.len(), 3, "{third:?}");

@@ -6,17 +6,14 @@
 //! Invariant in every case: no acknowledged revocation is lost, no revoked token reads
 //! `active:true`, and no user is logged out by a routine failover.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
-use support::clients::{self, ORDERS_AUD};
-use support::redis_ha::*;
-use support::*;
+use serde_json::Value;
+use testkit::clients::{self, ORDERS_AUD};
+use testkit::prelude::*;
+use testkit::redis_ha::*;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -39,20 +36,7 @@ impl TryPost for Http {
         params: &[(&str, &str)],
         auth: Option<(&str, &str)>,
     ) -> Result<Resp, String> {
-        let mut headers = vec![(
-            "content-type",
-            "application/x-www-form-urlencoded".to_string(),
-        )];
-        if let Some((id, secret)) = auth {
-            headers.push(("authorization", basic(id, secret)));
-        }
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let fut = self.try_request(
-            hyper::Method::POST,
-            path,
-            &headers,
-            form(params).into_bytes(),
-        );
+        let fut = self.try_post_form(path, params, auth);
         match tokio::time::timeout(Duration::from_secs(10), fut).await {
             Ok(r) => r,
             Err(_) => Err(format!("POST {path} timed out")),
@@ -60,22 +44,12 @@ impl TryPost for Http {
     }
 }
 
-/// Runs `latch <args> --config <cfg>` to completion with `cfg`'s environment.
-async fn latch_with(cfg: &ServerConfig, verb: &str) -> (std::process::ExitStatus, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let path = dir.path().join("latch.toml");
-    std::fs::write(&path, cfg.to_toml(&data)).unwrap();
-    let mut cmd = latch_cmd_async();
-    cmd.arg(verb).arg("--config").arg(&path);
-    if let Some(kek) = &cfg.kek {
-        cmd.env("LATCH_KEK", kek);
-    }
-    for (k, v) in &cfg.env {
-        cmd.env(k, v);
-    }
-    run_cli(cmd).await
+/// The default setup in redis mode against `url`, with `env` (credentials, TLS files).
+fn on(url: &str, env: &[(&str, &str)]) -> ServerBuilder {
+    env.iter()
+        .fold(TestServer::builder().redis_url(url), |b, (k, v)| {
+            b.env(k, v)
+        })
 }
 
 /// A node must be usable end to end: issue, revoke through RFC 7009, see it inactive.
@@ -89,47 +63,8 @@ async fn assert_works(node: &TestServer, what: &str) {
     assert!(!node.is_active(&t).await, "{what}: revoked token active");
 }
 
-/// An IdP the test controls, trusted by latch, to open user sessions.
-struct Idp {
-    pkcs8: Vec<u8>,
-    public: Vec<u8>,
-}
-
 const IDP_ISS: &str = "https://idp.test";
 const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-
-impl Idp {
-    fn generate() -> Idp {
-        use ring::signature::KeyPair as _;
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        Idp {
-            pkcs8: pkcs8.as_ref().to_vec(),
-            public: kp.public_key().as_ref().to_vec(),
-        }
-    }
-
-    /// `[[trusted_issuers]]` for this IdP.
-    fn toml(&self) -> String {
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(&self.public),
-            "kid": "idp-1", "alg": "EdDSA", "use": "sig"}]});
-        format!(
-            "[[trusted_issuers]]\nissuer = {}\njwks = '{}'\n\n",
-            json!(IDP_ISS),
-            serde_json::to_string(&jwks).unwrap()
-        )
-    }
-
-    fn assertion(&self, sub: &str, n: u64) -> String {
-        let now = now_secs();
-        let claims = json!({"iss": IDP_ISS, "sub": sub, "aud": "http://latch.test",
-            "iat": now, "exp": now + 120, "jti": format!("jti-{sub}-{n}-{now}")});
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some("idp-1".into());
-        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_der(&self.pkcs8)).unwrap()
-    }
-}
 
 fn idp_hook() -> ClientDef {
     ClientDef::new("idp-hook")
@@ -139,19 +74,20 @@ fn idp_hook() -> ClientDef {
         .roles(&["session_issuer"])
 }
 
-fn ha_config(idp: &Idp) -> ServerConfig {
-    let mut clients = clients::standard();
-    clients.push(idp_hook());
-    ServerConfig {
-        clients,
-        extra_toml: idp.toml(),
-        ..ServerConfig::default()
-    }
+/// The IdP the test controls, trusted by latch, to open user sessions.
+fn idp() -> Idp {
+    Idp::new(IDP_ISS).kid("idp-1")
+}
+
+fn ha_config(idp: &Idp) -> ServerBuilder {
+    TestServer::builder()
+        .client(idp_hook())
+        .trusted_issuer(idp.trusted())
 }
 
 /// Opens a session for `sub`; returns its refresh token.
 async fn open_session(node: &TestServer, idp: &Idp, sub: &str) -> String {
-    let assertion = idp.assertion(sub, 0);
+    let assertion = idp.assertion(sub);
     let r = node
         .post_form(
             "/token",
@@ -326,30 +262,21 @@ async fn assert_all_inactive(nodes: &[&TestServer], tokens: &[String], what: &st
 async fn requirepass_is_used_and_a_wrong_password_never_leaks() {
     let redis = RedisNode::start(Some("right-pass-9Yt"), &[]).await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    let cfg = redis_node_config(
-        &ServerConfig::default(),
-        &url,
-        &[("LATCH_STORE__REDIS_PASSWORD", "right-pass-9Yt")],
-    );
-    let node = TestServer::start(&cfg).await;
+    let cfg = on(&url, &[("LATCH_STORE__REDIS_PASSWORD", "right-pass-9Yt")]);
+    let node = cfg.start().await;
     assert_works(&node, "requirepass").await;
     drop(node);
 
     // Without the password, or with a wrong one (also in the URL): no start, and the
     // password appears nowhere in what latch prints.
-    let wrong = redis_node_config(
-        &ServerConfig::default(),
-        &url,
-        &[("LATCH_STORE__REDIS_PASSWORD", "wrong-pass-4Hq")],
-    );
-    let in_url = redis_node_config(
-        &ServerConfig::default(),
+    let wrong = on(&url, &[("LATCH_STORE__REDIS_PASSWORD", "wrong-pass-4Hq")]);
+    let in_url = on(
         &format!("redis://:wrong-pass-4Hq@127.0.0.1:{}", redis.port),
         &[],
     );
-    let none = redis_node_config(&ServerConfig::default(), &url, &[]);
+    let none = on(&url, &[]);
     for (what, cfg) in [("wrong", &wrong), ("in url", &in_url), ("none", &none)] {
-        let (st, out, err) = latch_with(cfg, "serve").await;
+        let (st, out, err) = cfg.run_verb("serve").await;
         assert!(
             !st.success(),
             "{what}: latch served without the right password\n{out}\n{err}"
@@ -363,7 +290,7 @@ async fn requirepass_is_used_and_a_wrong_password_never_leaks() {
             "{what}: password printed:\n{out}\n{err}"
         );
     }
-    let (st, out, _) = latch_with(&in_url, "check").await;
+    let (st, out, _) = in_url.run_verb("check").await;
     assert!(st.success());
     assert!(
         out.contains("could not check") && !out.contains("wrong-pass-4Hq"),
@@ -429,15 +356,14 @@ async fn acl_user_with_the_documented_minimal_rights_runs_latch() {
         let acl = minimal_acl(user, "latch-pass-8Jm", settings);
         let args: Vec<&str> = acl.iter().map(String::as_str).collect();
         let _: String = redis.cmd(&args).await;
-        let cfg = redis_node_config(
-            &ServerConfig::default(),
+        let cfg = on(
             &url,
             &[
                 ("LATCH_STORE__REDIS_USERNAME", user),
                 ("LATCH_STORE__REDIS_PASSWORD", "latch-pass-8Jm"),
             ],
         );
-        let node = TestServer::start(&cfg).await;
+        let node = cfg.start().await;
         assert_works(&node, user).await;
         let logs = node.logs();
         if settings {
@@ -498,14 +424,14 @@ async fn tls_with_a_test_made_ca_and_client_certificate() {
         ("LATCH_STORE__TLS_CERT_FILE", cert.as_str()),
         ("LATCH_STORE__TLS_KEY_FILE", key.as_str()),
     ];
-    let cfg = redis_node_config(&ServerConfig::default(), &url, &full);
-    let (st, out, err) = latch_with(&cfg, "check").await;
+    let cfg = on(&url, &full);
+    let (st, out, err) = cfg.run_verb("check").await;
     assert!(st.success(), "latch check over TLS: {out}\n{err}");
     assert!(
         out.contains("maxmemory-policy noeviction"),
         "check did not read the settings over TLS: {out}"
     );
-    let node = TestServer::start(&cfg).await;
+    let node = cfg.start().await;
     assert_works(&node, "tls").await;
     drop(node);
 
@@ -513,9 +439,8 @@ async fn tls_with_a_test_made_ca_and_client_certificate() {
     // CA latch refuses the server: no start either way.
     let other = Tls::generate();
     let other_ca = path(&other.ca);
-    let no_client_cert = redis_node_config(&ServerConfig::default(), &url, &full[..2]);
-    let wrong_ca = redis_node_config(
-        &ServerConfig::default(),
+    let no_client_cert = on(&url, &full[..2]);
+    let wrong_ca = on(
         &url,
         &[
             full[0],
@@ -525,7 +450,7 @@ async fn tls_with_a_test_made_ca_and_client_certificate() {
         ],
     );
     for (what, cfg) in [("no client cert", &no_client_cert), ("wrong CA", &wrong_ca)] {
-        let (st, out, err) = latch_with(cfg, "serve").await;
+        let (st, out, err) = cfg.run_verb("serve").await;
         assert!(!st.success(), "{what}: latch served\n{out}\n{err}");
     }
 
@@ -533,12 +458,11 @@ async fn tls_with_a_test_made_ca_and_client_certificate() {
     let garbage = tls.dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
     let garbage = path(&garbage);
-    let bad = redis_node_config(
-        &ServerConfig::default(),
+    let bad = on(
         &url,
         &[full[0], ("LATCH_STORE__TLS_CA_FILE", garbage.as_str())],
     );
-    let (st, _, err) = latch_with(&bad, "check").await;
+    let (st, _, err) = bad.run_verb("check").await;
     assert!(!st.success());
     assert!(err.contains("store.tls_ca_file"), "{err}");
     drop(redis);
@@ -552,18 +476,14 @@ async fn tls_with_a_test_made_ca_and_client_certificate() {
 async fn evicting_policies_are_refused_and_unprotected_writes_warned() {
     let evicting =
         RedisNode::start(None, &["--maxmemory-policy".into(), "allkeys-lru".into()]).await;
-    let cfg = redis_node_config(
-        &ServerConfig::default(),
-        &format!("redis://{}", evicting.addr()),
-        &[],
-    );
-    let (st, out, err) = latch_with(&cfg, "check").await;
+    let cfg = on(&format!("redis://{}", evicting.addr()), &[]);
+    let (st, out, err) = cfg.run_verb("check").await;
     assert!(!st.success(), "check accepted allkeys-lru: {out}");
     assert!(
         err.contains("maxmemory-policy is allkeys-lru") && err.contains("noeviction"),
         "{err}"
     );
-    let (st, _, err) = latch_with(&cfg, "serve").await;
+    let (st, _, err) = cfg.run_verb("serve").await;
     assert!(!st.success());
     assert!(err.contains("maxmemory-policy is allkeys-lru"), "{err}");
 
@@ -577,18 +497,14 @@ async fn evicting_policies_are_refused_and_unprotected_writes_warned() {
         ],
     )
     .await;
-    let cfg = redis_node_config(
-        &ServerConfig::default(),
-        &format!("redis://{}", bare.addr()),
-        &[],
-    );
-    let (st, out, err) = latch_with(&cfg, "check").await;
+    let cfg = on(&format!("redis://{}", bare.addr()), &[]);
+    let (st, out, err) = cfg.run_verb("check").await;
     assert!(st.success(), "{out}\n{err}");
     assert!(
         out.contains("warning: redis") && out.contains("neither AOF"),
         "{out}"
     );
-    let node = TestServer::start(&cfg).await;
+    let node = cfg.start().await;
     assert!(node.logs().contains("neither AOF"), "no start-up warning");
     drop(node);
 
@@ -605,7 +521,7 @@ async fn evicting_policies_are_refused_and_unprotected_writes_warned() {
     let out = eventually(DEADLINE, "replica seen by check", || {
         let cfg = cfg.clone();
         async move {
-            let (st, out, _) = latch_with(&cfg, "check").await;
+            let (st, out, _) = cfg.run_verb("check").await;
             if st.success() && out.contains("1 connected replicas") {
                 Ok(out)
             } else {
@@ -617,12 +533,8 @@ async fn evicting_policies_are_refused_and_unprotected_writes_warned() {
     assert!(!out.contains("neither AOF"), "{out}");
 
     // Nothing listening: the file is valid; the check says it could not look.
-    let cfg = redis_node_config(
-        &ServerConfig::default(),
-        &format!("redis://127.0.0.1:{}", free_port()),
-        &[],
-    );
-    let (st, out, _) = latch_with(&cfg, "check").await;
+    let cfg = on(&format!("redis://127.0.0.1:{}", free_port()), &[]);
+    let (st, out, _) = cfg.run_verb("check").await;
     assert!(
         st.success() && out.contains("could not check the redis settings"),
         "{out}"
@@ -638,18 +550,18 @@ async fn evicting_policies_are_refused_and_unprotected_writes_warned() {
 /// holds on both nodes and the session still refreshes.
 async fn failover_under_load(fail: &str, tls: Option<Tls>) {
     let mut set = SentinelSet::start(tls).await;
-    let idp = Idp::generate();
-    let cfg = set.node_config(&ha_config(&idp));
+    let idp = idp();
+    let cfg = set.node(ha_config(&idp));
     // `latch check` reads the master through the sentinels, with both credentials.
-    let (st, out, err) = latch_with(&cfg, "check").await;
+    let (st, out, err) = cfg.run_verb("check").await;
     assert!(st.success(), "{out}\n{err}");
     assert!(
         out.contains("master: maxmemory-policy noeviction") && out.contains("2 connected replicas"),
         "{out}"
     );
     assert!(!out.contains(&set.data_password) && !out.contains(&set.sentinel_password));
-    let a = TestServer::start(&cfg).await;
-    let b = TestServer::start(&cfg).await;
+    let a = cfg.start().await;
+    let b = cfg.start().await;
     let rt = open_session(&a, &idp, "alice").await;
     let rt = refresh(&b, &rt, "refresh before the failover").await;
 
@@ -785,24 +697,21 @@ async fn sentinel_master_frozen_under_load_then_rejoins_as_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_propagates_fails_closed_and_recovers() {
     let mut cluster = RedisCluster::start("cluster-pass-6Tn").await;
-    let cfg = redis_node_config(
-        &ServerConfig {
-            max_staleness: "1s".into(),
-            ..ServerConfig::default()
-        },
+    let cfg = on(
         &cluster.url(),
         &[("LATCH_STORE__REDIS_PASSWORD", "cluster-pass-6Tn")],
-    );
+    )
+    .config(|c| c.store.max_staleness = secs(1));
     // `latch check` reads every master of the cluster.
-    let (st, out, err) = latch_with(&cfg, "check").await;
+    let (st, out, err) = cfg.run_verb("check").await;
     assert!(st.success(), "{out}\n{err}");
     assert_eq!(
         out.matches("maxmemory-policy noeviction").count(),
         3,
         "{out}"
     );
-    let a = TestServer::start(&cfg).await;
-    let b = TestServer::start(&cfg).await;
+    let a = cfg.start().await;
+    let b = cfg.start().await;
 
     // Propagation: revoked on A, inactive on B.
     let t = a.issue(&clients::orders(), &[]).await;

@@ -6,22 +6,13 @@
 //! `active:true`; a refusal is a clear OAuth error, never a 5xx. Waits poll to a generous
 //! deadline; nothing asserts on timing.
 
-mod support;
-
 use hyper::StatusCode;
 use serde_json::{json, Value};
-use support::clients;
-use support::*;
+use testkit::clients;
+use testkit::prelude::*;
 
-fn fast() -> ServerConfig {
-    ServerConfig {
-        max_staleness: "1s".into(),
-        ..ServerConfig::default()
-    }
-}
-
-fn rsq(token: &str) -> u64 {
-    decode_jwt(token).1["rsq"].as_u64().expect("numeric rsq")
+fn fast() -> ServerBuilder {
+    TestServer::builder().config(|c| c.store.max_staleness = secs(1))
 }
 
 /// One introspection: `Some(active)` on 200, `None` on 503 (failing closed is allowed);
@@ -88,13 +79,6 @@ async fn issue_with_rsq_at_least(node: &TestServer, client: &ClientDef, min_rsq:
     .await
 }
 
-async fn revoke_token(node: &TestServer, client: &ClientDef, token: &str) {
-    let r = node
-        .post_form("/revoke", &[("token", token)], client.auth())
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "/revoke: {}", r.text());
-}
-
 // ---------------------------------------------------------------------------
 // A Redis writer
 // ---------------------------------------------------------------------------
@@ -106,9 +90,9 @@ async fn revoke_token(node: &TestServer, client: &ClientDef, token: &str) {
 #[tokio::test]
 async fn an_inflated_then_restored_seq_does_not_hide_a_revocation() {
     let redis = RedisProcess::start().await;
-    let cfg = Cluster::node_config(&fast(), &redis);
-    let node1 = TestServer::start(&cfg).await;
-    let node2 = TestServer::start(&cfg).await;
+    let cfg = fast().redis(&redis);
+    let node1 = cfg.start().await;
+    let node2 = cfg.start().await;
     let orders = clients::orders();
 
     let victim = node1.issue(&orders, &[]).await;
@@ -133,7 +117,7 @@ async fn an_inflated_then_restored_seq_does_not_hide_a_revocation() {
         .await;
 
     // A legitimate revocation on node 2 gets seq real+1: at or below node 1's `applied`.
-    revoke_token(&node2, &orders, &victim).await;
+    node2.revoke(&orders, &victim).await;
     await_never_active(&[&node1, &node2], &victim, "revoked victim").await;
 }
 
@@ -143,9 +127,9 @@ async fn an_inflated_then_restored_seq_does_not_hide_a_revocation() {
 #[tokio::test]
 async fn a_forged_epoch_below_the_closed_one_cannot_make_revocations_miss() {
     let redis = RedisProcess::start().await;
-    let cfg = Cluster::node_config(&fast(), &redis);
-    let node1 = TestServer::start(&cfg).await;
-    let node2 = TestServer::start(&cfg).await;
+    let cfg = fast().redis(&redis);
+    let node1 = cfg.start().await;
+    let node2 = cfg.start().await;
     let orders = clients::orders();
 
     // A few revocations so that stamps are above zero.
@@ -203,15 +187,11 @@ async fn a_forged_announcement_cannot_swallow_the_next_revocation() {
     let redis = RedisProcess::start().await;
     // A long staleness: head checks every 250 ms, so the forged message and the real
     // revocation land between two checks.
-    let cfg = Cluster::node_config(
-        &ServerConfig {
-            max_staleness: "10s".into(),
-            ..ServerConfig::default()
-        },
-        &redis,
-    );
-    let node1 = TestServer::start(&cfg).await;
-    let node2 = TestServer::start(&cfg).await;
+    let cfg = TestServer::builder()
+        .redis(&redis)
+        .config(|c| c.store.max_staleness = secs(10));
+    let node1 = cfg.start().await;
+    let node2 = cfg.start().await;
     let orders = clients::orders();
 
     for round in 0..5 {
@@ -224,7 +204,7 @@ async fn a_forged_announcement_cannot_swallow_the_next_revocation() {
             now_secs() * 1000
         );
         let _: i64 = redis.cmd(&["PUBLISH", "{latch}:events", &forged]).await;
-        revoke_token(&node2, &orders, &victim).await;
+        node2.revoke(&orders, &victim).await;
         await_never_active(
             &[&node1, &node2],
             &victim,
@@ -243,14 +223,13 @@ async fn a_forged_announcement_cannot_swallow_the_next_revocation() {
 /// address is what counts, and the refusal is an OAuth JSON 429 with `Retry-After`.
 #[tokio::test]
 async fn forwarded_for_from_an_untrusted_peer_does_not_dodge_the_address_limit() {
-    let s = TestServer::start(&ServerConfig {
-        env: vec![
-            ("LATCH_LIMITS__AUTH_FAILURE_IP_RATE".into(), "1/h".into()),
-            ("LATCH_LIMITS__AUTH_FAILURE_IP_BURST".into(), "3".into()),
-        ],
-        ..ServerConfig::default()
-    })
-    .await;
+    let s = TestServer::builder()
+        .config(|c| {
+            c.limits.auth_failure_ip_rate = Some("1/h".into());
+            c.limits.auth_failure_ip_burst = Some(3);
+        })
+        .start()
+        .await;
     let rs = clients::rs_all();
     let wrong = basic(&rs.id, "wrong-secret-wrong-secret-wrong-secret");
     let body = form(&[("token", "x")]).into_bytes();
@@ -306,17 +285,11 @@ async fn forwarded_for_from_an_untrusted_peer_does_not_dodge_the_address_limit()
 /// not take a service down. It is refused, naming the collision.
 #[tokio::test]
 async fn a_subject_revocation_by_issuer_never_hits_a_service() {
-    use ring::signature::KeyPair as _;
-    let idp = attacker_ed25519();
-    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519",
-        "x": b64url(idp.public_key().as_ref()), "kid": "k1"}]});
-    let s = TestServer::start(&ServerConfig {
-        extra_toml: format!(
-            "[[trusted_issuers]]\nissuer = \"https://idp.example\"\njwks = '{jwks}'\n\n"
-        ),
-        ..ServerConfig::default()
-    })
-    .await;
+    let idp = Idp::new("https://idp.example");
+    let s = TestServer::builder()
+        .trusted_issuer(idp.trusted())
+        .start()
+        .await;
     let orders = clients::orders();
     let service_token = s.issue(&orders, &[]).await;
     let r = s
@@ -345,9 +318,9 @@ async fn a_subject_revocation_by_issuer_never_hits_a_service() {
 #[tokio::test]
 async fn a_plain_redis_restart_logs_nobody_out() {
     let mut redis = RedisProcess::start().await;
-    let cfg = Cluster::node_config(&fast(), &redis);
-    let node1 = TestServer::start(&cfg).await;
-    let node2 = TestServer::start(&cfg).await;
+    let cfg = fast().redis(&redis);
+    let node1 = cfg.start().await;
+    let node2 = cfg.start().await;
     let orders = clients::orders();
     node1
         .admin_revoke("subject", Some("someone"), "red team")
@@ -430,12 +403,12 @@ async fn a_plain_redis_restart_logs_nobody_out() {
 #[ignore = "hole: revocation log entries are not authenticated; a Redis writer can XDEL one and a restarted node revives the token (needs MAC'd entries plus a MAC'd gap/prune record, not a small fix)"]
 async fn a_deleted_log_entry_does_not_revive_a_token_after_a_node_restart() {
     let redis = RedisProcess::start().await;
-    let cfg = Cluster::node_config(&fast(), &redis);
-    let node1 = TestServer::start(&cfg).await;
-    let mut node2 = TestServer::start(&cfg).await;
+    let cfg = fast().redis(&redis);
+    let node1 = cfg.start().await;
+    let mut node2 = cfg.start().await;
     let orders = clients::orders();
     let victim = node1.issue(&orders, &[]).await;
-    revoke_token(&node1, &orders, &victim).await;
+    node1.revoke(&orders, &victim).await;
     await_never_active(&[&node1, &node2], &victim, "revoked").await;
     // A later entry, so the deleted one is not the stream's last.
     node1
@@ -463,11 +436,10 @@ async fn a_deleted_log_entry_does_not_revive_a_token_after_a_node_restart() {
 /// requests carry a handful of parameters; a body with more is refused at once.
 #[tokio::test]
 async fn a_form_of_many_parameters_is_refused_without_quadratic_work() {
-    let s = TestServer::start(&ServerConfig {
-        max_body_bytes: 1 << 20,
-        ..ServerConfig::default()
-    })
-    .await;
+    let s = TestServer::builder()
+        .config(|c| c.limits.max_body_bytes = 1 << 20)
+        .start()
+        .await;
     let mut body = String::from("grant_type=client_credentials");
     let mut n = 0u32;
     while body.len() < (1 << 20) - 16 {
@@ -493,21 +465,12 @@ async fn a_form_of_many_parameters_is_refused_without_quadratic_work() {
 /// refused, naming both forms; the unambiguous forms still work.
 #[tokio::test]
 async fn a_subject_given_in_both_forms_at_once_is_refused() {
-    use ring::signature::KeyPair as _;
-    let mut extra = String::new();
+    let mut b = TestServer::builder();
     for (n, p) in [(1, "idp1|"), (2, "idp2|")] {
-        let k = attacker_ed25519();
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519",
-            "x": b64url(k.public_key().as_ref()), "kid": "k1"}]});
-        extra.push_str(&format!(
-            "[[trusted_issuers]]\nissuer = \"https://idp{n}.example\"\nsubject_prefix = \"{p}\"\njwks = '{jwks}'\n\n"
-        ));
+        let idp = Idp::new(&format!("https://idp{n}.example"));
+        b = b.trusted_issuer(idp.trusted().subject_prefix(p));
     }
-    let s = TestServer::start(&ServerConfig {
-        extra_toml: extra,
-        ..ServerConfig::default()
-    })
-    .await;
+    let s = b.start().await;
     let revoke = |value: &'static str, issuer: Option<&'static str>| {
         let s = &s;
         async move {
@@ -534,19 +497,15 @@ async fn a_subject_given_in_both_forms_at_once_is_refused() {
 /// every attempt: the per-address failure limit must count the /64, not each address.
 #[tokio::test]
 async fn rotating_ipv6_addresses_within_a_64_does_not_dodge_the_address_limit() {
-    let s = TestServer::start(&ServerConfig {
-        env: vec![
-            ("LATCH_LIMITS__AUTH_FAILURE_IP_RATE".into(), "1/h".into()),
-            ("LATCH_LIMITS__AUTH_FAILURE_IP_BURST".into(), "3".into()),
-            ("LATCH_LIMITS__AUTH_FAILURE_RATE".into(), "off".into()),
-            (
-                "LATCH_LIMITS__TRUSTED_PROXIES".into(),
-                "[\"127.0.0.1/32\"]".into(),
-            ),
-        ],
-        ..ServerConfig::default()
-    })
-    .await;
+    let s = TestServer::builder()
+        .config(|c| {
+            c.limits.auth_failure_ip_rate = Some("1/h".into());
+            c.limits.auth_failure_ip_burst = Some(3);
+            c.limits.auth_failure_rate = Some("off".into());
+            c.limits.trusted_proxies = vec!["127.0.0.1/32".into()];
+        })
+        .start()
+        .await;
     let rs = clients::rs_all();
     let wrong = basic(&rs.id, "wrong-secret-wrong-secret-wrong-secret");
     let right = basic(&rs.id, &rs.secret);

@@ -3,16 +3,9 @@
 //! cascades through `/revoke` and `/admin/revoke`, refresh-token introspection, and the
 //! cluster behaviour of sessions in redis mode.
 
-mod support;
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::rand::SecureRandom as _;
 use serde_json::{json, Value};
-use support::clients::{self, ORDERS_AUD};
-use support::*;
+use testkit::clients::{self, ORDERS_AUD};
+use testkit::prelude::*;
 
 const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -79,107 +72,6 @@ fn session_clients() -> Vec<ClientDef> {
 }
 
 // ---------------------------------------------------------------------------
-// The identity provider the test controls
-// ---------------------------------------------------------------------------
-
-struct Idp {
-    pkcs8: Vec<u8>,
-    public: Vec<u8>,
-    kid: String,
-    iss: String,
-    aud: String,
-}
-
-impl Idp {
-    fn generate(iss: &str, kid: &str, aud: &str) -> Idp {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        use ring::signature::KeyPair as _;
-        Idp {
-            pkcs8: pkcs8.as_ref().to_vec(),
-            public: kp.public_key().as_ref().to_vec(),
-            kid: kid.to_string(),
-            iss: iss.to_string(),
-            aud: aud.to_string(),
-        }
-    }
-
-    fn jwks(&self) -> Value {
-        json!({"keys": [{
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": b64url(&self.public),
-            "kid": self.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        }]})
-    }
-
-    /// EdDSA-signs `claims` with this key, header `kid` = `kid`.
-    fn sign_kid(&self, kid: &str, claims: &Value) -> String {
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some(kid.to_string());
-        jsonwebtoken::encode(&h, claims, &EncodingKey::from_ed_der(&self.pkcs8)).unwrap()
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        self.sign_kid(&self.kid, claims)
-    }
-
-    /// Valid assertion claims for `sub` (fresh jti).
-    fn claims(&self, sub: &str) -> Value {
-        let now = now_secs();
-        json!({
-            "iss": self.iss,
-            "sub": sub,
-            "aud": self.aud,
-            "iat": now,
-            "exp": now + 120,
-            "jti": unique("jti"),
-            "preferred_username": format!("{sub}@example.com"),
-        })
-    }
-
-    /// A valid, fresh assertion for `sub`.
-    fn assertion(&self, sub: &str) -> String {
-        self.sign(&self.claims(sub))
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let mut b = [0u8; 8];
-    ring::rand::SystemRandom::new().fill(&mut b).unwrap();
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{prefix}-{hex}-{}", N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// `[[trusted_issuers]]` with a JWKS file.
-fn trusted_issuer_file(iss: &str, jwks_path: &std::path::Path) -> String {
-    format!(
-        "[[trusted_issuers]]\nissuer = {}\nsubject_prefix = \"idp|\"\njwks_file = {}\n\n",
-        json!(iss),
-        json!(jwks_path.to_str().unwrap())
-    )
-}
-
-/// `[[trusted_issuers]]` with inline JWKS (TOML literal string) and optional audience.
-fn trusted_issuer_inline(iss: &str, audience: Option<&str>, jwks: &Value) -> String {
-    let jwks = serde_json::to_string(jwks).unwrap();
-    assert!(!jwks.contains('\''));
-    let mut s = format!(
-        "[[trusted_issuers]]\nissuer = {}\nsubject_prefix = \"other|\"\n",
-        json!(iss)
-    );
-    if let Some(a) = audience {
-        s.push_str(&format!("audience = {}\n", json!(a)));
-    }
-    s.push_str(&format!("jwks = '{jwks}'\n\n"));
-    s
-}
-
-// ---------------------------------------------------------------------------
 // Fixture
 // ---------------------------------------------------------------------------
 
@@ -187,38 +79,31 @@ struct Env {
     s: TestServer,
     idp: Idp,
     other: Idp,
-    _jwks_dir: tempfile::TempDir,
 }
 
-/// Config: the session clients; `https://idp.test` from a JWKS file with the default
-/// audience (latch's issuer); `https://other-idp.test` inline with its own audience.
-fn env_config(idp: &Idp, other: &Idp, dir: &tempfile::TempDir) -> ServerConfig {
-    let path = dir.path().join("idp-jwks.json");
-    std::fs::write(&path, serde_json::to_vec(&idp.jwks()).unwrap()).unwrap();
-    ServerConfig {
-        clients: session_clients(),
-        extra_toml: format!(
-            "{}{}",
-            trusted_issuer_file(IDP_ISS, &path),
-            trusted_issuer_inline(OTHER_ISS, Some(OTHER_AUD), &other.jwks())
-        ),
-        ..ServerConfig::default()
-    }
+/// `https://idp.test` read from a JWKS file, with latch's issuer as the audience.
+fn main_idp() -> Idp {
+    Idp::new(IDP_ISS).kid(IDP_KID)
 }
 
-async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Env {
-    let idp = Idp::generate(IDP_ISS, IDP_KID, LATCH_ISS);
-    let other = Idp::generate(OTHER_ISS, OTHER_KID, OTHER_AUD);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = env_config(&idp, &other, &dir);
-    tweak(&mut cfg);
-    let s = TestServer::start(&cfg).await;
-    Env {
-        s,
-        idp,
-        other,
-        _jwks_dir: dir,
-    }
+/// The session clients and `idp`'s entry (prefix `idp|`).
+fn session_config(idp: &Idp) -> ServerBuilder {
+    TestServer::builder()
+        .clients(session_clients())
+        .trusted_issuer(idp.trusted().subject_prefix("idp|").jwks_in_file())
+}
+
+/// [`session_config`] plus `https://other-idp.test`, inline with its own audience
+/// (prefix `other|`); `tweak` changes the rest.
+async fn start_with(tweak: impl FnOnce(&mut Config)) -> Env {
+    let idp = main_idp();
+    let other = Idp::new(OTHER_ISS).kid(OTHER_KID).audience(OTHER_AUD);
+    let s = session_config(&idp)
+        .trusted_issuer(other.trusted().subject_prefix("other|").audience(OTHER_AUD))
+        .config(tweak)
+        .start()
+        .await;
+    Env { s, idp, other }
 }
 
 async fn start() -> Env {
@@ -549,7 +434,7 @@ async fn hostile_assertions_are_invalid_grant() {
     let hook = idp_hook();
     let idp = &env.idp;
     let now = now_secs();
-    let attacker = Idp::generate(IDP_ISS, IDP_KID, LATCH_ISS);
+    let attacker = main_idp();
 
     let with = |f: &dyn Fn(&mut Value)| {
         let mut c = idp.claims("alice");
@@ -569,7 +454,9 @@ async fn hostile_assertions_are_invalid_grant() {
         ),
         (
             "untrusted issuer (signed by its own key)",
-            Idp::generate("https://evil.test", IDP_KID, LATCH_ISS).assertion("alice"),
+            Idp::new("https://evil.test")
+                .kid(IDP_KID)
+                .assertion("alice"),
         ),
         (
             "signed by an unknown key with the trusted kid",
@@ -644,11 +531,15 @@ async fn hostile_assertions_are_invalid_grant() {
     let hs_h = json!({"alg": "HS256", "typ": "JWT", "kid": IDP_KID});
     cases.push((
         "HS256 with the public key bytes as secret",
-        sign_hs256(&idp.public, &hs_h, &idp.claims("alice")),
+        sign_hs256(&idp.public_key(), &hs_h, &idp.claims("alice")),
     ));
     cases.push((
         "HS256 with the JWK x as secret",
-        sign_hs256(b64url(&idp.public).as_bytes(), &hs_h, &idp.claims("alice")),
+        sign_hs256(
+            b64url(&idp.public_key()).as_bytes(),
+            &hs_h,
+            &idp.claims("alice"),
+        ),
     ));
     cases.push(("garbage", "garbage".to_string()));
     cases.push(("three dots of nothing", "a.b.c".to_string()));
@@ -1450,23 +1341,27 @@ async fn refresh_tokens_introspect() {
 #[tokio::test]
 async fn expired_refresh_tokens_are_dead() {
     let env = start_with(|c| {
-        c.refresh_ttl = "3s".into();
-        c.leeway = "1s".into();
+        c.tokens.refresh_ttl = secs(3);
+        c.tokens.leeway = secs(1);
     })
     .await;
     let s = &env.s;
-    let issued = Instant::now();
+    // Read before the request: the record's expiry (its creation plus refresh_ttl, no
+    // leeway) is no earlier than this plus 3 s.
+    let asked = std::time::SystemTime::now();
     let sess = open_on(s, &env.idp, "alice", &[]).await;
-    let v = s.introspect(&sess.refresh).await;
-    if issued.elapsed() < std::time::Duration::from_millis(1500) {
-        assert_eq!(v["active"], true, "fresh refresh token: {v}");
-    }
+    // Every answer, whatever the pace of this machine: active until the refresh_ttl has
+    // passed, inactive after.
     let rt = sess.refresh.as_str();
     eventually(DEADLINE, "refresh token expires", || async move {
         let v = s.introspect(rt).await;
         if v == inactive() {
+            let age = asked.elapsed().unwrap_or_default();
+            assert!(age >= secs(3), "inactive {age:?} after it was issued");
             Ok(())
         } else {
+            assert_eq!(v["active"], true, "{v}");
+            assert_eq!(v["token_type"], "refresh_token", "{v}");
             Err(format!("still {v}"))
         }
     })
@@ -1505,13 +1400,8 @@ async fn metadata_lists_session_grants() {
 #[tokio::test]
 async fn sessions_across_a_redis_cluster() {
     let redis = RedisProcess::start().await;
-    let idp = Idp::generate(IDP_ISS, IDP_KID, LATCH_ISS);
-    let cfg = ServerConfig {
-        clients: session_clients(),
-        extra_toml: trusted_issuer_inline(IDP_ISS, None, &idp.jwks()),
-        ..ServerConfig::default()
-    };
-    let nodes = Cluster::start(2, &cfg, &redis).await;
+    let idp = main_idp();
+    let nodes = session_config(&idp).redis(&redis).start_nodes(2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let hook = idp_hook();
 
@@ -1612,30 +1502,17 @@ async fn sessions_across_a_redis_cluster() {
 /// A refresh token the attacker made up, and its store key in Redis.
 fn planted_token() -> (String, String) {
     let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut bytes).unwrap();
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
     let token = format!("rt.{}", b64url(&bytes));
     let key = format!("{{latch}}:rt:{}", sha256_hex(token.as_bytes()));
     (token, key)
 }
 
-async fn metric_value(s: &TestServer, name: &str) -> f64 {
-    let text = Http::new(s.metrics_addr).get("/metrics", None).await.text();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn planted_or_moved_refresh_records_yield_nothing() {
     let redis = RedisProcess::start().await;
-    let idp = Idp::generate(IDP_ISS, IDP_KID, LATCH_ISS);
-    let cfg = ServerConfig {
-        clients: session_clients(),
-        extra_toml: trusted_issuer_inline(IDP_ISS, None, &idp.jwks()),
-        ..ServerConfig::default()
-    };
-    let nodes = Cluster::start(1, &cfg, &redis).await;
+    let idp = main_idp();
+    let nodes = session_config(&idp).redis(&redis).start_nodes(1).await;
     let s = &nodes[0];
     let hook = idp_hook();
     let real = open_on(s, &idp, "alice", &[]).await;
@@ -1694,7 +1571,7 @@ async fn planted_or_moved_refresh_records_yield_nothing() {
     let next = refresh_ok(s, &real.refresh).await;
     assert_eq!(next.sid, real.sid);
 
-    assert!(metric_value(s, "latch_refresh_records_rejected_total").await >= 5.0);
+    assert!(s.metric("latch_refresh_records_rejected_total").await >= 5.0);
     let audit = s.audit(0).await;
     assert!(
         audit
@@ -1736,11 +1613,10 @@ async fn a_refresh_rechecks_the_clients_current_grants() {
     .await;
 
     // The hook loses the scope orders:write and the audience PROFILE_AUD.
-    let mut cfg = env.s.cfg.clone();
-    for c in cfg.clients.iter_mut().filter(|c| c.id == "idp-hook") {
-        c.scopes.retain(|s| s != "orders:write");
-        c.audiences.retain(|a| a != PROFILE_AUD);
-    }
+    let mut cfg = env.s.setup.clone();
+    let hook = cfg.config.client_mut("idp-hook");
+    hook.scopes.retain(|s| s != "orders:write");
+    hook.audiences.retain(|a| a != PROFILE_AUD);
     env.s.restart_with(&cfg).await;
     let s = &env.s;
     let hook = idp_hook();
@@ -1753,9 +1629,7 @@ async fn a_refresh_rechecks_the_clients_current_grants() {
     let control = refresh_ok(s, &control.refresh).await;
 
     // The hook loses its session_issuer role: its sessions yield nothing more.
-    for c in cfg.clients.iter_mut().filter(|c| c.id == "idp-hook") {
-        c.roles.clear();
-    }
+    cfg.config.client_mut("idp-hook").roles.clear();
     env.s.restart_with(&cfg).await;
     refresh_resp(&env.s, &hook, &control.refresh, &[])
         .await

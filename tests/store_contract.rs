@@ -8,8 +8,6 @@
 //! tests, and `redis_cluster_keeps_every_promise` runs the same list one after another on
 //! one cluster, flushed in between (a cluster per function would cost three servers each).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +23,10 @@ use latch::store::redis::topology::{Credentials, Options};
 use latch::store::redis::{RedisStore, Replication};
 use latch::store::{encode_refresh, SharedStore, Store, StoreError, StoreEvent};
 use latch::time::now_ms;
-use support::redis_ha::RedisCluster;
-use support::{RedisProcess, DEADLINE};
+use testkit::poll::eventually;
+use testkit::redis::RedisProcess;
+use testkit::redis_ha::RedisCluster;
+use testkit::DEADLINE;
 
 use RevocationKind::{All, Client, Session, Subject, Token};
 
@@ -561,7 +561,7 @@ async fn pruning_never_drops_the_newest_entry_nor_the_seq_counter(store: SharedS
 
 async fn every_append_is_announced_to_every_subscriber_in_seq_order(store: SharedStore) {
     let mut feeds = [store.subscribe(), store.subscribe()];
-    support::eventually(DEADLINE, "the announcement feed is live", || {
+    eventually(DEADLINE, "the announcement feed is live", || {
         let live = store.feed_live();
         async move { live.then_some(()).ok_or_else(|| "not live".to_string()) }
     })

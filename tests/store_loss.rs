@@ -8,31 +8,21 @@
 //! Nothing here asserts on timing; waits poll to a generous deadline, and the measured
 //! durations are printed (`cargo test --test store_loss -- --nocapture`).
 
-mod support;
-
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use hyper::StatusCode;
 use serde_json::{json, Value};
-use support::clients;
-use support::*;
+use testkit::clients;
+use testkit::prelude::*;
 
 /// Short staleness so fail-closed shows quickly.
-fn fast() -> ServerConfig {
-    ServerConfig {
-        max_staleness: "1s".into(),
-        ..ServerConfig::default()
-    }
+fn fast() -> ServerBuilder {
+    TestServer::builder().config(|c| c.store.max_staleness = secs(1))
 }
 
 fn claims(token: &str) -> Value {
     decode_jwt(token).1
-}
-
-fn rsq(token: &str) -> u64 {
-    claims(token)["rsq"].as_u64().expect("numeric rsq")
 }
 
 /// Introspection that retries 503s (a node catching up after the store came back), and
@@ -116,30 +106,6 @@ async fn revoke_retrying(node: &TestServer, kind: &str, value: Option<&str>) -> 
     .await
 }
 
-/// RFC 7009 revocation of an access token by its client; panics unless 200.
-async fn revoke_token(node: &TestServer, client: &ClientDef, token: &str) {
-    let r = node
-        .post_form("/revoke", &[("token", token)], client.auth())
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "/revoke: {}\n{}",
-        r.text(),
-        node.diagnostics()
-    );
-}
-
-async fn metric(node: &TestServer, name: &str) -> f64 {
-    let r = Http::new(node.metrics_addr).get("/metrics", None).await;
-    assert_eq!(r.status, StatusCode::OK);
-    r.text()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -193,9 +159,9 @@ async fn audit_actions(node: &TestServer) -> Vec<String> {
 #[tokio::test]
 async fn redis_restored_from_an_older_snapshot_brings_no_token_back() {
     let mut redis = RedisProcess::start().await;
-    let cfg = Cluster::node_config(&fast(), &redis);
-    let node1 = TestServer::start(&cfg).await;
-    let mut node2 = TestServer::start(&cfg).await;
+    let cfg = fast().redis(&redis);
+    let node1 = cfg.start().await;
+    let mut node2 = cfg.start().await;
     let orders = clients::orders();
     let billing = clients::billing();
 
@@ -207,7 +173,7 @@ async fn redis_restored_from_an_older_snapshot_brings_no_token_back() {
 
     // After the snapshot: three revocations (the victim among them), then a token T
     // stamped above everything the snapshot holds.
-    revoke_token(&node1, &orders, &victim).await;
+    node1.revoke(&orders, &victim).await;
     revoke_retrying(&node2, "subject", Some("somebody")).await;
     let last = revoke_retrying(&node1, "subject", Some("somebody-else")).await;
     let last_seq = last["seq"].as_u64().unwrap();
@@ -234,7 +200,7 @@ async fn redis_restored_from_an_older_snapshot_brings_no_token_back() {
     // Until node 1 reaches the restored Redis it answers from its own (pre-loss) view;
     // from its first head check on, it is in the new epoch.
     eventually(DEADLINE, "node 1 sees the new epoch", || async {
-        match metric(&node1, "latch_store_epoch_changes_total").await {
+        match node1.metric("latch_store_epoch_changes_total").await {
             n if n >= 1.0 => Ok(()),
             n => Err(format!("{n} epoch changes")),
         }
@@ -261,8 +227,8 @@ async fn redis_restored_from_an_older_snapshot_brings_no_token_back() {
         node2.is_active(&bystander).await,
         "a token from before the snapshot that nobody revoked stays active"
     );
-    assert!(metric(&node1, "latch_store_epoch_changes_total").await >= 1.0);
-    assert!(metric(&node1, "latch_revocations_restored_total").await >= 1.0);
+    assert!(node1.metric("latch_store_epoch_changes_total").await >= 1.0);
+    assert!(node1.metric("latch_revocations_restored_total").await >= 1.0);
     assert!(
         audit_actions(&node2)
             .await
@@ -291,15 +257,15 @@ async fn redis_restored_from_an_older_snapshot_brings_no_token_back() {
     for n in [&node1, &node2] {
         assert!(active_eventually_answered(n, &fresh, "a token issued after everything").await);
     }
-    revoke_token(&node2, &billing, &fresh).await;
+    node2.revoke(&billing, &fresh).await;
     await_inactive(&[&node1, &node2], &fresh, "the new token revoked").await;
 }
 
 #[tokio::test]
 async fn a_restore_is_caught_even_when_every_node_restarted() {
     let mut redis = RedisProcess::start().await;
-    let cfg = Cluster::node_config(&fast(), &redis);
-    let mut node = TestServer::start(&cfg).await;
+    let cfg = fast().redis(&redis);
+    let mut node = cfg.start().await;
     let orders = clients::orders();
 
     let before = node.issue(&orders, &[]).await;
@@ -342,15 +308,15 @@ async fn a_restore_is_caught_even_when_every_node_restarted() {
 
 async fn state_lost_scenario(loss: &[&str]) {
     let redis = RedisProcess::start().await;
-    let cfg = Cluster::node_config(&fast(), &redis);
-    let node1 = TestServer::start(&cfg).await;
-    let node2 = TestServer::start(&cfg).await;
+    let cfg = fast().redis(&redis);
+    let node1 = cfg.start().await;
+    let node2 = cfg.start().await;
     let orders = clients::orders();
     let billing = clients::billing();
 
     let kept = node1.issue(&orders, &[]).await;
     let revoked = node2.issue(&billing, &[]).await;
-    revoke_token(&node2, &billing, &revoked).await;
+    node2.revoke(&billing, &revoked).await;
     // Propagation to the other node: wait for it.
     await_inactive(&[&node1, &node2], &revoked, "revoked before the loss").await;
 
@@ -383,7 +349,7 @@ async fn state_lost_scenario(loss: &[&str]) {
     for n in [&node1, &node2] {
         assert!(active_eventually_answered(n, &fresh, "new token after the loss").await);
     }
-    revoke_token(&node1, &orders, &fresh).await;
+    node1.revoke(&orders, &fresh).await;
     await_inactive(&[&node1, &node2], &fresh, "new token revoked").await;
     assert_inactive(&[&node1, &node2], &kept, "old token, at the end").await;
 }
@@ -404,12 +370,12 @@ async fn deleting_the_revocation_state_brings_no_token_back() {
 
 #[tokio::test]
 async fn an_older_embedded_data_dir_and_store_recover() {
-    let mut s = TestServer::start(&fast()).await;
+    let mut s = fast().start().await;
     let orders = clients::orders();
     let billing = clients::billing();
 
     let revoked_before = s.issue(&orders, &[]).await;
-    revoke_token(&s, &orders, &revoked_before).await;
+    s.revoke(&orders, &revoked_before).await;
     let revoked_after = s.issue(&billing, &[]).await;
     // The copy, taken offline.
     s.kill9();
@@ -418,7 +384,7 @@ async fn an_older_embedded_data_dir_and_store_recover() {
     s.restart().await;
 
     // After the copy: a revocation and a token T stamped above the copy.
-    revoke_token(&s, &billing, &revoked_after).await;
+    s.revoke(&billing, &revoked_after).await;
     revoke_retrying(&s, "subject", Some("nobody")).await;
     let t = s.issue(&orders, &[]).await;
     assert!(s.is_active(&t).await);
@@ -484,75 +450,18 @@ async fn an_older_embedded_data_dir_and_store_recover() {
 // Acknowledged means replicated
 // ---------------------------------------------------------------------------
 
-/// A `redis-server --replicaof` child on a free port, killed on drop.
-struct Replica {
-    port: u16,
-    _dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Replica {
-    async fn start(master: &RedisProcess) -> Replica {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--replicaof")
-            .arg("127.0.0.1")
-            .arg(master.port.to_string())
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server replica");
-        let r = Replica {
-            port,
-            _dir: dir,
-            child: Some(child),
-        };
-        eventually(DEADLINE, "the replica is in sync", || async {
-            let info: String = master
-                .try_cmd(&["INFO", "replication"])
-                .await
-                .map_err(|e| e.to_string())?;
-            if info.contains(&format!("port={port},state=online")) {
-                Ok(())
-            } else {
-                Err(info)
-            }
-        })
-        .await;
-        r
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn a_revocation_is_answered_only_once_a_replica_has_it() {
     let redis = RedisProcess::start().await;
-    let mut replica = Replica::start(&redis).await;
-    let mut cfg = Cluster::node_config(&fast(), &redis);
-    cfg.env
-        .push(("LATCH_STORE__MIN_REPLICAS_ACK".into(), "1".into()));
-    cfg.env
-        .push(("LATCH_STORE__REPLICA_ACK_TIMEOUT".into(), "200ms".into()));
-    let node = TestServer::start(&cfg).await;
+    let mut replica = RedisProcess::replica_of(&redis).await;
+    let node = fast()
+        .redis(&redis)
+        .config(|c| {
+            c.store.min_replicas_ack = Some(1);
+            c.store.replica_ack_timeout = Some(ms(200));
+        })
+        .start()
+        .await;
     let orders = clients::orders();
 
     // With the replica up: 200, and the replica holds the revocation.
@@ -614,7 +523,7 @@ async fn a_revocation_is_answered_only_once_a_replica_has_it() {
     );
 
     // The replica returns: revocations are answered 200 again and take effect.
-    let _replica2 = Replica::start(&redis).await;
+    let _replica2 = RedisProcess::replica_of(&redis).await;
     let jti = claims(&token)["jti"].as_str().unwrap().to_string();
     revoke_retrying(&node, "token", Some(&jti)).await;
     assert_inactive(&[&node], &token, "revoked once a replica is back").await;
@@ -627,7 +536,7 @@ async fn a_revocation_is_answered_only_once_a_replica_has_it() {
 #[tokio::test]
 async fn after_a_redis_restart_ready_means_the_feed_is_live() {
     let mut redis = RedisProcess::start().await;
-    let nodes = Cluster::start(2, &fast(), &redis).await;
+    let nodes = fast().redis(&redis).start_nodes(2).await;
     let orders = clients::orders();
 
     let token = nodes[1].issue(&orders, &[]).await;
@@ -638,7 +547,7 @@ async fn after_a_redis_restart_ready_means_the_feed_is_live() {
         // The restart is a new epoch (another run_id): seeing it proves the node has
         // reached the new Redis; from then on, ready must mean subscribed.
         eventually(DEADLINE, "the node sees the restart", || async {
-            match metric(n, "latch_store_epoch_changes_total").await {
+            match n.metric("latch_store_epoch_changes_total").await {
                 c if c >= 1.0 => Ok(()),
                 c => Err(format!("{c} epoch changes")),
             }
@@ -659,7 +568,7 @@ async fn after_a_redis_restart_ready_means_the_feed_is_live() {
     assert!(n >= 2, "{n} subscribers once both nodes are ready");
 
     let sent = Instant::now();
-    revoke_token(&nodes[0], &orders, &token).await;
+    nodes[0].revoke(&orders, &token).await;
     let seen = eventually(DEADLINE, "node 2 sees the revocation", || async {
         if active_eventually_answered(&nodes[1], &token, "node 2").await {
             Err("still active".to_string())

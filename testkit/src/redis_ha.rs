@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, ServerConfig, DEADLINE};
+use crate::redis::{command, free_port};
+use crate::server::ServerBuilder;
+use crate::DEADLINE;
 
 /// How long a Redis process may take to answer after it is started.
 const START: Duration = Duration::from_secs(15);
@@ -238,12 +240,7 @@ impl RedisNode {
 
     /// `kill -SIG pid` (STOP, CONT).
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -{sig} failed");
+        crate::server::signal(self.pid(), sig);
     }
 
     /// Starts again on the same port and directory (AOF, nodes.conf, sentinel.conf).
@@ -273,25 +270,7 @@ impl RedisNode {
 
     /// One command on a fresh connection, bounded in time.
     pub async fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> Result<T, String> {
-        let url = self.admin_url();
-        let fut = async {
-            let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut cmd = redis::cmd(args[0]);
-            for a in &args[1..] {
-                cmd.arg(*a);
-            }
-            cmd.query_async::<T>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(Duration::from_secs(3), fut).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("redis {args:?} timed out")),
-        }
+        command(self.admin_url(), args, Duration::from_secs(3)).await
     }
 
     pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
@@ -370,18 +349,6 @@ pub async fn redis_tls_support(tls: &Tls) -> Result<(), String> {
     let _ = child.kill();
     let _ = child.wait();
     result
-}
-
-/// `cfg` in redis mode against `url`, with `env` (credentials, TLS files) added.
-pub fn redis_node_config(cfg: &ServerConfig, url: &str, env: &[(&str, &str)]) -> ServerConfig {
-    let mut cfg = cfg.clone();
-    cfg.env.retain(|(k, _)| !k.starts_with("LATCH_STORE__"));
-    cfg.env.push(("LATCH_STORE__KIND".into(), "redis".into()));
-    cfg.env.push(("LATCH_STORE__REDIS_URL".into(), url.into()));
-    for (k, v) in env {
-        cfg.env.push((k.to_string(), v.to_string()));
-    }
-    cfg
 }
 
 /// One master, two replicas and three sentinels (quorum 2). The data nodes share one
@@ -486,24 +453,22 @@ impl SentinelSet {
         format!("{scheme}+sentinel://{}/{}", hosts.join(","), self.name)
     }
 
-    /// The environment that gives a latch node this setup, both credentials, and the
-    /// CA and client certificate with TLS.
-    pub fn node_config(&self, cfg: &ServerConfig) -> ServerConfig {
-        let mut env: Vec<(&str, String)> = vec![
-            ("LATCH_STORE__REDIS_PASSWORD", self.data_password.clone()),
-            (
-                "LATCH_STORE__SENTINEL_PASSWORD",
-                self.sentinel_password.clone(),
-            ),
-        ];
+    /// `b` in redis mode on this setup: the sentinels' URL, both credentials (in the
+    /// environment, where latch wants passwords), and with TLS the CA and the client
+    /// certificate.
+    pub fn node(&self, b: ServerBuilder) -> ServerBuilder {
+        let mut b = b
+            .redis_url(&self.url())
+            .env("LATCH_STORE__REDIS_PASSWORD", &self.data_password)
+            .env("LATCH_STORE__SENTINEL_PASSWORD", &self.sentinel_password);
         if let Some(t) = &self.tls {
-            let p = |p: &Path| p.to_str().unwrap().to_string();
-            env.push(("LATCH_STORE__TLS_CA_FILE", p(&t.ca)));
-            env.push(("LATCH_STORE__TLS_CERT_FILE", p(&t.client_cert)));
-            env.push(("LATCH_STORE__TLS_KEY_FILE", p(&t.client_key)));
+            b = b.config(|c| {
+                c.store.tls_ca_file = Some(t.ca.clone());
+                c.store.tls_cert_file = Some(t.client_cert.clone());
+                c.store.tls_key_file = Some(t.client_key.clone());
+            });
         }
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        redis_node_config(cfg, &self.url(), &env)
+        b
     }
 
     /// The master as the sentinels that answer see it: `host:port` by majority.
