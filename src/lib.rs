@@ -28,6 +28,7 @@ pub mod audit;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod contracts;
 pub mod http;
 pub mod ids;
 pub mod keys;
