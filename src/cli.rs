@@ -146,6 +146,37 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     t.trim_fmt()
 }
 
+/// How a field of a JSON object becomes a table cell.
+#[derive(Debug, Clone, Copy)]
+pub enum Cell {
+    /// [`text_cell`]
+    Text,
+    /// [`time_cell`]
+    Time,
+}
+
+/// A table of the objects in `list` (a JSON array; anything else is no rows), one column
+/// per `(header, field, cell)`.
+pub fn objects_table(list: &Value, columns: &[(&str, &str, Cell)]) -> String {
+    let headers: Vec<&str> = columns.iter().map(|&(header, _, _)| header).collect();
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|object| {
+            columns
+                .iter()
+                .map(|&(_, field, cell)| match cell {
+                    Cell::Text => text_cell(object, field),
+                    Cell::Time => time_cell(object, field),
+                })
+                .collect()
+        })
+        .collect();
+    table(&headers, &rows)
+}
+
 /// A time field of a JSON object, readable, or `-`.
 pub fn time_cell(v: &Value, field: &str) -> String {
     v[field]
@@ -194,5 +225,22 @@ mod tests {
              7    1970-01-01 00:00:00  -\n\
              12   -                    key exposed"
         );
+    }
+
+    #[test]
+    fn tables_of_objects() {
+        use Cell::{Text, Time};
+        let list = serde_json::json!([
+            {"kid": "k1", "at": 0, "n": 3},
+            {"kid": "", "at": null},
+        ]);
+        let columns = [("KID", "kid", Text), ("AT", "at", Time), ("N", "n", Text)];
+        assert_eq!(
+            objects_table(&list, &columns),
+            "KID  AT                   N\n\
+             k1   1970-01-01 00:00:00  3\n\
+             -    -                    -"
+        );
+        assert_eq!(objects_table(&Value::Null, &columns), "KID  AT  N");
     }
 }
