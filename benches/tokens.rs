@@ -1,9 +1,11 @@
-//! Sign and verify per algorithm, and the full in-process decision for an active token,
+//! Sign per algorithm (latch's own JWS assembly, and jsonwebtoken's `encode` for
+//! comparison), verify per algorithm, and the full in-process decision for an active token,
 //! first seen (signature checked) and again (from the verified-token cache).
 //!
 //! `cargo bench --bench tokens`; results and the machine are in docs/PERFORMANCE.md.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use jsonwebtoken::{EncodingKey, Header};
 
 use latch::keys::{material, Alg, Kek, KeyRecord, KeyRing, KeyState};
 use latch::revocation::Table;
@@ -13,7 +15,8 @@ use latch::tokens::{self, AccessClaims, Verifier};
 
 const NOW_MS: i64 = 1_800_000_000_000;
 
-fn ring(alg: Alg) -> KeyRing {
+/// A ring with one active key of `alg`, and that key's private DER.
+fn ring(alg: Alg) -> (KeyRing, Vec<u8>) {
     let kek = Kek::from_bytes(&[1u8; 32]).unwrap();
     let g = material::generate(alg).unwrap();
     let kid = material::thumbprint(&g.public_jwk);
@@ -29,7 +32,7 @@ fn ring(alg: Alg) -> KeyRing {
         revoked_at_ms: None,
         public_jwk: g.public_jwk,
     };
-    KeyRing::build(1, vec![record], &kek)
+    (KeyRing::build(1, vec![record], &kek), g.private_der)
 }
 
 fn claims() -> AccessClaims {
@@ -56,7 +59,7 @@ fn claims() -> AccessClaims {
 
 fn bench(c: &mut Criterion) {
     for alg in [Alg::EdDSA, Alg::ES256, Alg::RS256] {
-        let ring = ring(alg);
+        let (ring, private_der) = ring(alg);
         let table = Table::with_epoch(latch::revocation::Retention::default(), 1, 42);
         // Some unrelated revocations, so the table lookups are not against empty maps.
         for i in 0..10_000u64 {
@@ -80,6 +83,19 @@ fn bench(c: &mut Criterion) {
         let name = alg.as_str();
         c.bench_function(&format!("sign/{name}"), |b| {
             b.iter(|| tokens::sign(signer, black_box(&claims())).unwrap())
+        });
+        // The same token through jsonwebtoken: `encode` hands ring the DER on every call,
+        // which ring parses again. The gap is why `tokens::sign` builds the JWS itself.
+        let key = match alg {
+            Alg::EdDSA => EncodingKey::from_ed_der(&private_der),
+            Alg::ES256 => EncodingKey::from_ec_der(&private_der),
+            Alg::RS256 => EncodingKey::from_rsa_der(&private_der),
+        };
+        let mut header = Header::new(alg.jwt());
+        header.typ = Some(tokens::TYP.into());
+        header.kid = Some(signer.kid.clone());
+        c.bench_function(&format!("sign_jsonwebtoken/{name}"), |b| {
+            b.iter(|| jsonwebtoken::encode(&header, black_box(&claims()), &key).unwrap())
         });
         c.bench_function(&format!("decide/{name}"), |b| {
             b.iter(|| verifier.decide(black_box(&token)).unwrap())

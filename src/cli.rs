@@ -1,6 +1,8 @@
 //! Operator verbs (`latch revoke`, `keys`, `audit`): a small client of a running server's
 //! admin API, with readable tables by default and JSON on request.
 
+use std::time::{Duration, UNIX_EPOCH};
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
@@ -114,50 +116,65 @@ impl AdminClient {
     }
 }
 
-/// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC.
+/// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC; a time outside years 1970 to 9999
+/// (which no server sends) is shown as the number itself.
 pub fn format_unix(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (H. Hinnant's algorithm), proleptic Gregorian.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // The last second of year 9999: humantime formats four-digit years only.
+    const MAX: i64 = 253_402_300_799;
+    if !(0..=MAX).contains(&secs) {
+        return secs.to_string();
+    }
+    let time = UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs());
+    // `2026-11-18T11:06:40Z` → `2026-11-18 11:06:40`.
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replacen('T', " ", 1)
+        .trim_end_matches('Z')
+        .to_string()
 }
 
-/// Renders rows as an aligned text table.
+/// Renders rows as an aligned text table: columns two spaces apart, no borders, no
+/// trailing spaces, never wrapped (the output may go to a pipe).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_header(headers.to_vec())
+        .add_rows(rows.iter().cloned());
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        padded.join("  ").trim_end().to_string()
-    };
-    let mut out = line(headers.to_vec());
-    for row in rows {
-        out.push('\n');
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
+    t.trim_fmt()
+}
+
+/// How a field of a JSON object becomes a table cell.
+#[derive(Debug, Clone, Copy)]
+pub enum Cell {
+    /// [`text_cell`]
+    Text,
+    /// [`time_cell`]
+    Time,
+}
+
+/// A table of the objects in `list` (a JSON array; anything else is no rows), one column
+/// per `(header, field, cell)`.
+pub fn objects_table(list: &Value, columns: &[(&str, &str, Cell)]) -> String {
+    let headers: Vec<&str> = columns.iter().map(|&(header, _, _)| header).collect();
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|object| {
+            columns
+                .iter()
+                .map(|&(_, field, cell)| match cell {
+                    Cell::Text => text_cell(object, field),
+                    Cell::Time => time_cell(object, field),
+                })
+                .collect()
+        })
+        .collect();
+    table(&headers, &rows)
 }
 
 /// A time field of a JSON object, readable, or `-`.
@@ -186,11 +203,44 @@ mod tests {
         assert_eq!(format_unix(0), "1970-01-01 00:00:00");
         assert_eq!(format_unix(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(format_unix(1_795_000_000), "2026-11-18 11:06:40");
+        assert_eq!(format_unix(253_402_300_799), "9999-12-31 23:59:59");
+        assert_eq!(format_unix(253_402_300_800), "253402300800");
+        assert_eq!(format_unix(-1), "-1");
     }
 
     #[test]
     fn aligns_tables() {
         let t = table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONG\nxyz  1");
+        let t = table(
+            &["SEQ", "TIME (UTC)", "REASON"],
+            &[
+                vec!["7".into(), format_unix(0), "-".into()],
+                vec!["12".into(), "-".into(), "key exposed".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "SEQ  TIME (UTC)           REASON\n\
+             7    1970-01-01 00:00:00  -\n\
+             12   -                    key exposed"
+        );
+    }
+
+    #[test]
+    fn tables_of_objects() {
+        use Cell::{Text, Time};
+        let list = serde_json::json!([
+            {"kid": "k1", "at": 0, "n": 3},
+            {"kid": "", "at": null},
+        ]);
+        let columns = [("KID", "kid", Text), ("AT", "at", Time), ("N", "n", Text)];
+        assert_eq!(
+            objects_table(&list, &columns),
+            "KID  AT                   N\n\
+             k1   1970-01-01 00:00:00  3\n\
+             -    -                    -"
+        );
+        assert_eq!(objects_table(&Value::Null, &columns), "KID  AT  N");
     }
 }

@@ -943,43 +943,16 @@ fn from_empty<T: for<'de> Deserialize<'de>>() -> T {
         .expect("every section has defaults for all fields")
 }
 
-/// Parses "500ms", "2s", "5m", "1h30m", "30d".
+/// Parses a duration as humantime does ("500ms", "2s", "5m", "1h30m", "30d", also "1h 30m",
+/// "1.5h", "2 weeks"), in whole milliseconds: latch keeps and sends durations in ms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
+    let d = humantime::parse_duration(s).map_err(|e| {
+        format!("invalid duration {s:?}: {e} (examples: \"500ms\", \"5m\", \"1h30m\")")
+    })?;
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("invalid duration {s:?}: finer than a millisecond"));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(format!(
-                "invalid duration {s:?}: expected like \"500ms\", \"5m\", \"1h\""
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "d" => Duration::from_secs(n.saturating_mul(86400)),
-            _ => {
-                return Err(format!(
-                    "invalid duration {s:?}: unit must be one of ms, s, m, h, d"
-                ))
-            }
-        };
-        total = total.saturating_add(part);
-    }
-    Ok(total)
+    Ok(d)
 }
 
 /// Formats a duration the way the config writes it.

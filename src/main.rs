@@ -10,7 +10,11 @@ use hyper::Method;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{json, Value};
 
-use latch::cli::{self, AdminClient, CliError};
+use latch::cli::{
+    self, AdminClient,
+    Cell::{Text, Time},
+    CliError,
+};
 use latch::config::{format_duration, Config};
 
 #[derive(Parser)]
@@ -460,32 +464,16 @@ async fn keys(client: AdminClient, command: KeysCommand) -> Result<(Value, Strin
                 .await?
         }
     };
-    let rows: Vec<Vec<String>> = answer["keys"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|k| {
-            vec![
-                cli::text_cell(k, "kid"),
-                cli::text_cell(k, "state"),
-                cli::text_cell(k, "alg"),
-                cli::time_cell(k, "created_at"),
-                cli::time_cell(k, "activates_at"),
-                cli::time_cell(k, "retires_at"),
-            ]
-        })
-        .collect();
-    let text = cli::table(
+    let text = cli::objects_table(
+        &answer["keys"],
         &[
-            "KID",
-            "STATE",
-            "ALG",
-            "CREATED (UTC)",
-            "ACTIVATES",
-            "RETIRES",
+            ("KID", "kid", Text),
+            ("STATE", "state", Text),
+            ("ALG", "alg", Text),
+            ("CREATED (UTC)", "created_at", Time),
+            ("ACTIVATES", "activates_at", Time),
+            ("RETIRES", "retires_at", Time),
         ],
-        &rows,
     );
     Ok((answer, text))
 }
@@ -493,25 +481,16 @@ async fn keys(client: AdminClient, command: KeysCommand) -> Result<(Value, Strin
 async fn audit(client: AdminClient, since: u64, limit: u32) -> Result<(Value, String), CliError> {
     let path = format!("/admin/audit?since={since}&limit={limit}");
     let answer = client.call(Method::GET, &path, None).await?;
-    let rows: Vec<Vec<String>> = answer["records"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            vec![
-                cli::text_cell(r, "seq"),
-                cli::time_cell(r, "time"),
-                cli::text_cell(r, "actor"),
-                cli::text_cell(r, "action"),
-                cli::text_cell(r, "target"),
-                cli::text_cell(r, "reason"),
-            ]
-        })
-        .collect();
-    let text = cli::table(
-        &["SEQ", "TIME (UTC)", "ACTOR", "ACTION", "TARGET", "REASON"],
-        &rows,
+    let text = cli::objects_table(
+        &answer["records"],
+        &[
+            ("SEQ", "seq", Text),
+            ("TIME (UTC)", "time", Time),
+            ("ACTOR", "actor", Text),
+            ("ACTION", "action", Text),
+            ("TARGET", "target", Text),
+            ("REASON", "reason", Text),
+        ],
     );
     Ok((answer, text))
 }

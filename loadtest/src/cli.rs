@@ -241,29 +241,19 @@ fn parse_credentials(s: &str) -> Result<Credentials, String> {
     }
 }
 
-/// Parses `10s`, `500ms`, `250us`, `2m`, `1.5s`, or a bare number of seconds.
+/// Parses a duration as humantime does (`10s`, `500ms`, `250us`, `2m`, `1.5s`, `1m 30s`),
+/// or a bare number of seconds (`2`, `0.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (examples: 10s, 500ms, 2m)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "ns" => value / 1e9,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return s
+            .parse::<f64>()
+            .ok()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .ok_or_else(|| format!("invalid duration {s:?} (examples: 10s, 500ms, 2m)"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 10s, 500ms, 2m)"))
 }
 
 #[cfg(test)]
@@ -277,8 +267,20 @@ mod tests {
         assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3 weeks").is_err());
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0.25").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1min").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("50ns").unwrap(), Duration::from_nanos(50));
+        assert_eq!(parse_duration("100µs").unwrap(), Duration::from_micros(100));
+        assert_eq!(parse_duration(" 10 s ").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        for bad in ["", "fast", "3 fortnights", "-1s", ".", "1..2", "5 parsecs"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(e.contains("invalid duration"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -243,35 +243,8 @@ impl Report {
 
     /// The human-readable table and the lines under it.
     pub fn table(&self) -> String {
-        let mut s = String::new();
-        let label_w = self
-            .rows
-            .iter()
-            .map(|r| r.label.len())
-            .max()
-            .unwrap_or(8)
-            .max(8);
-        let target_w = self
-            .rows
-            .iter()
-            .map(|r| r.target.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
-        let _ = writeln!(
-            s,
-            "{:<label_w$}  {:<target_w$}  {:>4}  {:>8}  {:>9}  {:>10}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}",
-            "scenario", "target", "conc", "duration", "requests", "req/s", "mean", "p50", "p90", "p99", "p99.9", "max", "errors"
-        );
-        for r in &self.rows {
-            let l = &r.latency_us;
-            let _ = writeln!(
-                s,
-                "{:<label_w$}  {:<target_w$}  {:>4}  {:>7.2}s  {:>9}  {:>10.1}  {:>7.0}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}",
-                r.label, r.target, r.concurrency, r.duration_s, r.requests, r.throughput,
-                l.mean, l.p50, l.p90, l.p99, l.p99_9, l.max, r.errors
-            );
-        }
+        let mut s = self.rows_table();
+        s.push('\n');
         let _ = writeln!(
             s,
             "(latency in µs; requests and req/s count successful requests of the measured window)"
@@ -309,6 +282,61 @@ impl Report {
         s
     }
 
+    /// The rows, aligned: columns two spaces apart, numbers to the right, each column at
+    /// least as wide as in the first version of this table, so runs line up when compared.
+    fn rows_table(&self) -> String {
+        use comfy_table::{CellAlignment, ColumnConstraint, Table, Width};
+        // (header, minimum width, right-aligned)
+        const COLUMNS: [(&str, u16, bool); 13] = [
+            ("scenario", 8, false),
+            ("target", 6, false),
+            ("conc", 4, true),
+            ("duration", 8, true),
+            ("requests", 9, true),
+            ("req/s", 10, true),
+            ("mean", 7, true),
+            ("p50", 7, true),
+            ("p90", 7, true),
+            ("p99", 7, true),
+            ("p99.9", 7, true),
+            ("max", 7, true),
+            ("errors", 6, true),
+        ];
+        let mut t = Table::new();
+        t.load_style(comfy_table::presets::NOTHING)
+            .set_header(COLUMNS.map(|(name, _, _)| name));
+        for r in &self.rows {
+            let l = &r.latency_us;
+            t.add_row(vec![
+                r.label.clone(),
+                r.target.clone(),
+                r.concurrency.to_string(),
+                format!("{:.2}s", r.duration_s),
+                r.requests.to_string(),
+                format!("{:.1}", r.throughput),
+                format!("{:.0}", l.mean),
+                l.p50.to_string(),
+                l.p90.to_string(),
+                l.p99.to_string(),
+                l.p99_9.to_string(),
+                l.max.to_string(),
+                r.errors.to_string(),
+            ]);
+        }
+        let last = COLUMNS.len() - 1;
+        for (i, column) in t.column_iter_mut().enumerate() {
+            let (_, width, right) = COLUMNS[i];
+            // Two spaces after every column but the last; the constraint counts them.
+            let gap = if i == last { 0 } else { 2 };
+            column.set_padding((0, gap));
+            column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(width + gap)));
+            if right {
+                column.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        t.trim_fmt()
+    }
+
     pub fn write_json(&self, path: &Path) -> Result<(), String> {
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
@@ -329,24 +357,7 @@ fn shell_quote(a: &str) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time.
 pub fn rfc3339(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let rem = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
 #[cfg(test)]
@@ -358,5 +369,65 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_445_827), "2026-11-23T14:57:07Z");
+    }
+
+    fn row(label: &str, target: &str, numbers: [u64; 7], throughput: f64, mean: f64) -> Row {
+        let [requests, p50, p90, p99, p99_9, max, errors] = numbers;
+        Row {
+            label: label.into(),
+            target: target.into(),
+            concurrency: 32,
+            duration_s: 2.0,
+            requests,
+            throughput,
+            latency_us: Latency {
+                mean,
+                p50,
+                p90,
+                p99,
+                p99_9,
+                max,
+            },
+            errors,
+            error_kinds: BTreeMap::new(),
+            hist: crate::runner::new_histogram(),
+        }
+    }
+
+    /// The rows of loadtest/README.md's "Reading the output", byte for byte.
+    #[test]
+    fn the_table_keeps_its_layout() {
+        let mut report = Report::new("introspect-hot", UNIX_EPOCH, 2, None, Duration::ZERO);
+        report.rows = vec![
+            row(
+                "baseline",
+                "bare hyper (268 B)",
+                [189_607, 300, 437, 881, 4219, 8391, 0],
+                94_803.5,
+                337.2,
+            ),
+            row(
+                "introspect-hot",
+                "http://127.0.0.1:18480",
+                [134_681, 434, 642, 1197, 4455, 9015, 0],
+                67_340.5,
+                474.0,
+            ),
+        ];
+        let want = "\
+scenario        target                  conc  duration   requests       req/s     mean      p50      p90      p99    p99.9      max  errors
+baseline        bare hyper (268 B)        32     2.00s     189607     94803.5      337      300      437      881     4219     8391       0
+introspect-hot  http://127.0.0.1:18480    32     2.00s     134681     67340.5      474      434      642     1197     4455     9015       0
+(latency in µs; requests and req/s count successful requests of the measured window)
+";
+        assert_eq!(report.table(), want);
+
+        // Short labels and no rows keep the minimum widths.
+        report.rows.truncate(0);
+        let header = report.table().lines().next().unwrap().to_string();
+        assert!(
+            header.starts_with("scenario  target  conc  duration"),
+            "{header}"
+        );
     }
 }

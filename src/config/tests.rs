@@ -184,6 +184,16 @@ fn durations() {
         ("5m", 300_000),
         ("1h30m", 5_400_000),
         ("30d", 2_592_000_000),
+        // The forms docs/API.md adds (humantime's).
+        ("1h 30m", 5_400_000),
+        ("1.5h", 5_400_000),
+        ("5 m", 300_000),
+        ("2 weeks", 14 * 86_400_000),
+        ("90 seconds", 90_000),
+        ("1M", 2_630_016_000),
+        ("1y", 31_557_600_000),
+        ("2000us", 2),
+        (" 2s ", 2000),
     ];
     for (text, ms) in ok {
         assert_eq!(
@@ -198,9 +208,45 @@ fn durations() {
             ms as u128
         );
     }
-    for bad in ["", "5", "m", "5 m", "1y", "-1s", "1.5h"] {
-        assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+    let bad = [
+        ("", "empty"),
+        ("5", "time unit needed"),
+        ("m", "expected number"),
+        ("-1s", "expected number"),
+        ("5 parsecs", "unknown time unit \"parsecs\""),
+        ("1.5ms", "finer than a millisecond"),
+        ("100us", "finer than a millisecond"),
+        ("99999999999999999999d", "too large"),
+    ];
+    for (text, why) in bad {
+        let e = parse_duration(text).expect_err(text);
+        assert!(
+            e.starts_with(&format!("invalid duration {text:?}: ")) && e.contains(why),
+            "{text:?}: {e}"
+        );
     }
+}
+
+#[test]
+fn a_bad_duration_names_the_key_and_why() {
+    let text = GOOD.replace("access_ttl = \"10m\"", "access_ttl = \"10\"");
+    let e = load(&text, &[]).expect_err("a bare number must be refused");
+    assert_eq!(e.key, "tokens.access_ttl");
+    assert!(
+        e.reason.starts_with(
+            "invalid duration \"10\": time unit needed, for example 10sec or 10ms \
+             (examples: \"500ms\", \"5m\", \"1h30m\")"
+        ),
+        "{}",
+        e.reason
+    );
+    let e = load(GOOD, &[("LATCH_STORE__MAX_STALENESS", "2.5ms")]).expect_err("sub-ms");
+    assert_eq!(e.key, "store.max_staleness");
+    assert!(
+        e.reason.contains("finer than a millisecond"),
+        "{}",
+        e.reason
+    );
 }
 
 #[test]

@@ -227,6 +227,12 @@ fn is_access_token_type(typ: &str) -> bool {
 
 /// Signs claims with the active key: a JWS compact serialization (RFC 7515 §7.1) of the
 /// signer's fixed header and the claims, signed by ring.
+///
+/// Hand-written on purpose, not `jsonwebtoken::encode`: that takes the private key as DER
+/// and ring parses it again on every token (for Ed25519 also re-deriving the public key),
+/// where the [`Signer`] holds a key parsed once per key-ring snapshot and a header encoded
+/// once. `cargo bench --bench tokens -- sign` measures both (`sign/*` against
+/// `sign_jsonwebtoken/*`); the figures are in docs/PERFORMANCE.md.
 pub fn sign(signer: &Signer, claims: &AccessClaims) -> Result<String, crate::keys::KeyError> {
     let payload =
         serde_json::to_vec(claims).map_err(|e| crate::keys::KeyError::Generate(e.to_string()))?;
