@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
         };
         let mut header = Header::new(alg.jwt());
         header.typ = Some(tokens::TYP.into());
-        header.kid = Some(signer.kid.clone());
+        header.kid = Some(signer.kid.to_string());
         c.bench_function(&format!("sign_jsonwebtoken/{name}"), |b| {
             b.iter(|| jsonwebtoken::encode(&header, black_box(&claims()), &key).unwrap())
         });
