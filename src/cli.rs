@@ -1,5 +1,5 @@
-//! Operator verbs (`latch revoke`, `keys`, `audit`): a small client of a running server's
-//! admin API, with readable tables by default and JSON on request.
+//! Operator verbs (`latch revoke`, `keys`, `audit`, `contracts`): a small client of a
+//! running server's admin API, with readable tables by default and JSON on request.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -14,6 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+pub mod contracts;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(
@@ -24,12 +26,34 @@ pub enum CliError {
     BadServer(String),
     #[error("cannot reach {server}: {reason}")]
     Unreachable { server: String, reason: String },
-    #[error("server answered {status}: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    #[error("server answered {status}: {error}{}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(), problems_text(problems))]
     Refused {
         status: u16,
         error: String,
         description: Option<String>,
+        /// A validation failure's `problems` (`{"at","key","code","message"}` each).
+        problems: Vec<Value>,
     },
+}
+
+/// `; problems: AT KEY: CODE: MESSAGE; ...`, or nothing: keeps a refusal on one line.
+fn problems_text(problems: &[Value]) -> String {
+    if problems.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            let field = |name: &str| p[name].as_str().unwrap_or_default().replace('\n', " ");
+            let place = [field("at"), field("key")]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("{place}: {}: {}", field("code"), field("message"))
+        })
+        .collect();
+    format!("; problems: {}", each.join("; "))
 }
 
 /// Talks to one server's admin API with one client's credentials.
@@ -110,6 +134,7 @@ impl AdminClient {
                     .unwrap_or("unknown_error")
                     .to_string(),
                 description: value["error_description"].as_str().map(str::to_string),
+                problems: value["problems"].as_array().cloned().unwrap_or_default(),
             });
         }
         Ok(value)

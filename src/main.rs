@@ -1,4 +1,4 @@
-//! The `latch` command: `serve`, `check`, `gen-secret`, and the operator verbs.
+//! The `latch` command: `serve`, `check`, `gen-secret`, `contracts`, and the operator verbs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +62,12 @@ enum Command {
         limit: u32,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Authorization contracts: check, diff and plan a directory offline; apply, list,
+    /// show, cancel, promote and roll back on a server.
+    Contracts {
+        #[command(subcommand)]
+        command: cli::contracts::Command,
     },
 }
 
@@ -170,6 +176,7 @@ fn main() -> ExitCode {
             limit,
             remote,
         } => operator(&remote.server, remote.json, move |c| audit(c, since, limit)),
+        Command::Contracts { command } => cli::contracts::run(command),
     }
 }
 
