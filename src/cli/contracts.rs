@@ -25,7 +25,7 @@ use super::{format_unix, table};
 use crate::config::{Config, ACCESS_TTL_CAP};
 use crate::contracts::files::{self, Dir};
 use crate::contracts::review;
-use crate::contracts::{delta, Contract, Delta, Problem, Registry, ScopeStatus};
+use crate::contracts::{delta, Contract, Delta, Problem, Registry, ScopeStatus, REGISTRY};
 
 mod online;
 
@@ -224,10 +224,23 @@ fn check(a: CheckArgs) -> ExitCode {
         }
         Ok(dir) => {
             let problems = review::check(&dir, known.as_deref(), ACCESS_TTL_CAP.as_secs());
+            let problems = registry_in(&a.dir, problems);
             let code = if problems.is_empty() { 0 } else { PROBLEMS };
             report_check(&a, config.as_deref(), Some(&dir), problems, code)
         }
     }
+}
+
+/// The registry's problems name the document (`registry`) or the bare file name; in a
+/// directory both are `DIR/scopes.toml`, the file to fix.
+fn registry_in(dir: &Path, mut problems: Vec<Problem>) -> Vec<Problem> {
+    let file = dir.join("scopes.toml").display().to_string();
+    for p in &mut problems {
+        if p.at == REGISTRY || p.at == "scopes.toml" {
+            p.at.clone_from(&file);
+        }
+    }
+    problems
 }
 
 /// A directory that failed to load: 2 if something could not be read at all (or there is

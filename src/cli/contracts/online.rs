@@ -10,8 +10,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use super::{
-    dash, load_failure_code, ms_text, now_ms, problems_table, registry_changes, rfc3339, Command,
-    Output, PromoteArgs, PROBLEMS, UNREADABLE,
+    dash, load_failure_code, ms_text, now_ms, problems_table, registry_changes, registry_in,
+    rfc3339, Command, Output, PromoteArgs, PROBLEMS, UNREADABLE,
 };
 use crate::cli::{table, AdminClient, CliError};
 use crate::config::ACCESS_TTL_CAP;
@@ -491,6 +491,9 @@ async fn apply(
     let mut checked = dir.clone();
     checked.registry.get_or_insert(server_registry);
     let mut problems = review::check(&checked, None, ACCESS_TTL_CAP.as_secs());
+    if dir.registry.is_some() {
+        problems = registry_in(dir_path, problems);
+    }
 
     let answer = c.call(Method::GET, "/admin/contracts", None).await?;
     let latest: HashMap<&str, u64> = items(&answer["contracts"])
