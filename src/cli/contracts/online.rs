@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use hyper::Method;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::{json, Value};
 
 use super::{
@@ -18,12 +18,21 @@ use crate::config::ACCESS_TTL_CAP;
 use crate::contracts::files::{self, FileVersion};
 use crate::contracts::{review, Contract, Problem, Registry, Stage, MAX_TEXT};
 
-/// A path segment: everything but RFC 3986 unreserved characters is escaped.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+/// What a client id cannot carry as it is in a path segment. The server takes the
+/// segment as it comes (no percent-decoding), so only what would break the URI is
+/// escaped; an id with `/`, `?`, `#` or `%` cannot be addressed.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'%');
 
 /// Why a verb did not finish: what to say, the exit code, and what it did before.
 struct Failure {
@@ -458,7 +467,11 @@ async fn apply(
         .map_err(|e| Failure::input(format!("the server's registry is not understood: {e}")))?;
     let mut steps = Vec::new();
     if let Some(r) = dir.registry.as_ref().filter(|r| **r != server_registry) {
-        let base = scopes["version"].as_u64().unwrap_or(0);
+        // The base is the latest version, scheduled ones included.
+        let base = scopes["latest_version"]
+            .as_u64()
+            .or(scopes["version"].as_u64())
+            .unwrap_or(0);
         let changes: Vec<String> = registry_changes(Some(&server_registry), Some(r))
             .into_iter()
             .map(|(change, _)| change)
