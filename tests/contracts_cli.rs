@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use serde_json::Value;
+use testkit::clients;
 use testkit::prelude::*;
 
 const SCOPES: &str = r#"
@@ -600,5 +601,429 @@ async fn plan_shows_what_is_in_force_at_an_instant() {
     assert_eq!(
         err,
         "latch: --at \"soon\" is not an RFC 3339 time like 2026-12-01T09:00:00Z\n"
+    );
+}
+
+// === online verbs, against a real server ===
+
+const ORDERS: &str = "orders-service";
+
+/// Runs `latch contracts ARGS --server URL` with the admin's credentials (or `creds`).
+async fn online(
+    s: &TestServer,
+    cwd: &Path,
+    args: &[&str],
+    creds: Option<(&str, &str)>,
+) -> (i32, String, String) {
+    let admin = clients::admin();
+    let (id, secret) = creds.unwrap_or((admin.id.as_str(), admin.secret.as_str()));
+    let mut cmd = latch_cmd_async();
+    cmd.current_dir(cwd)
+        .arg("contracts")
+        .args(args)
+        .arg("--server")
+        .arg(s.base_url())
+        .env("LATCH_ADMIN_CLIENT_ID", id)
+        .env("LATCH_ADMIN_CLIENT_SECRET", secret);
+    let (status, out, err) = run_cli(cmd).await;
+    (status.code().expect("exit code"), out, err)
+}
+
+async fn admin_get(s: &TestServer, path: &str) -> Value {
+    let admin = clients::admin();
+    let r = s.get(path, admin.auth()).await;
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    r.json()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of a Unix-ms field, as the CLI prints times.
+fn shown(ms: &Value) -> String {
+    let ms = ms.as_i64().expect("a time in ms");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    let text = humantime::format_rfc3339_seconds(t).to_string();
+    text.replacen('T', " ", 1).trim_end_matches('Z').to_string()
+}
+
+/// A version file whose contract is `contract` (JSON, as the server shows it).
+fn version_file(changelog: &str, reason: &str, top: &str, contract: &Value) -> String {
+    let body: toml::Value = serde_json::from_value(contract.clone()).unwrap();
+    let mut table = toml::Table::new();
+    table.insert("contract".into(), body);
+    format!(
+        "changelog = {changelog:?}\nreason = {reason:?}\n{top}\n{}",
+        toml::to_string(&table).unwrap()
+    )
+}
+
+/// The server's registry with one more scope, as `scopes.toml`.
+fn scopes_toml(registry: &Value, extra: &str) -> String {
+    let mut r = registry.clone();
+    r["scopes"][extra] = serde_json::json!({
+        "description": "refunds", "owner": "team-orders", "audiences": [], "status": "active"
+    });
+    toml::to_string(&serde_json::from_value::<toml::Value>(r).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn apply_list_history_show_cancel_promote_rollback() {
+    let s = TestServer::builder().start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+
+    // Version 1 of every configured client, from the configuration.
+    let (code, out, err) = online(&s, cwd, &["list", "--json"], None).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let row = listed["contracts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client"] == ORDERS)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            row["version_in_force"].clone(),
+            row["latest_version"].clone()
+        ),
+        (serde_json::json!(1), serde_json::json!(1))
+    );
+    let (code, out, _) = online(&s, cwd, &["list"], None).await;
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("CLIENT") && lines[0].ends_with("SUSPENDED"),
+        "{out}"
+    );
+    let orders_line = lines.iter().find(|l| l.starts_with(ORDERS)).unwrap();
+    let cells: Vec<&str> = orders_line.split("  ").filter(|c| !c.is_empty()).collect();
+    assert_eq!(cells[1].trim(), "1", "{out}");
+    assert_eq!(cells[cells.len() - 1].trim(), "no", "{out}");
+
+    // A directory: a new scope in the registry, version 2 puts it in shadow, version 3
+    // (a day ahead) enforces it.
+    let v1 = admin_get(&s, &format!("/admin/contracts/{ORDERS}/1")).await;
+    let mut shadow = v1["body"]["content"].clone();
+    shadow["scopes"]["orders:refund"] = "shadow".into();
+    let mut enforced = shadow.clone();
+    enforced["scopes"]["orders:refund"] = "enforced".into();
+    let registry = admin_get(&s, "/admin/scopes").await["registry"].clone();
+    let day_ahead = now_secs() + 86_400;
+    let ahead = {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(day_ahead as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let d = cwd.join("contracts");
+    write(&d, "scopes.toml", &scopes_toml(&registry, "orders:refund"));
+    write(
+        &d,
+        &format!("clients/{ORDERS}/1.toml"),
+        &version_file("as configured", "seed", "", &v1["body"]["content"]),
+    );
+    write(
+        &d,
+        &format!("clients/{ORDERS}/2.toml"),
+        &version_file("refunds in shadow", "CHG-7", "", &shadow),
+    );
+    write(
+        &d,
+        &format!("clients/{ORDERS}/3.toml"),
+        &version_file(
+            "refunds enforced",
+            "",
+            &format!("effective_at = {ahead:?}"),
+            &enforced,
+        ),
+    );
+    let f = |v: u32| format!("contracts/clients/{ORDERS}/{v}.toml");
+    let (code, out, err) = online(&s, cwd, &["apply", "contracts", "--dry-run"], None).await;
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let ahead_shown = shown(&serde_json::json!(day_ahead * 1000));
+    let expected = format!(
+        "DOC                    VERSION  BASE  ACTION  EFFECTIVE (UTC)      FILE\n\
+         registry               2        1     amend   when applied         contracts/scopes.toml\n\
+         client:orders-service  2        1     amend   when applied         {}\n\
+         client:orders-service  3        2     amend   {ahead_shown}  {}\n\
+         dry run: 3 amendments would be sent\n",
+        f(2),
+        f(3)
+    );
+    assert_eq!(out, expected);
+
+    // Version 3's file has no reason, and the registry changes: both need --reason.
+    let (code, out, err) = online(&s, cwd, &["apply", "contracts"], None).await;
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert_eq!(
+        err,
+        "latch: contracts/scopes.toml differs from the server's registry (version 1): pass --reason to record why\n"
+    );
+    assert_eq!(
+        admin_get(&s, &format!("/admin/contracts/{ORDERS}")).await["history"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing was sent"
+    );
+
+    let (code, out, err) =
+        online(&s, cwd, &["apply", "contracts", "--reason", "CHG-7"], None).await;
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "DOC                    VERSION  BASE  ACTION  EFFECTIVE (UTC)      FILE                                  RESULT\n\
+             registry               2        1     amend   when applied         contracts/scopes.toml                 in force\n\
+             client:orders-service  2        1     amend   when applied         {}  in force\n\
+             client:orders-service  3        2     amend   {ahead_shown}  {}  scheduled\n\
+             applied 3 amendments\n",
+            f(2),
+            f(3)
+        )
+    );
+    // In force: the new scope is refused, in shadow.
+    let r = s
+        .token_resp(&clients::orders(), &[("scope", "orders:refund")])
+        .await;
+    r.assert_error(400, "invalid_scope");
+    assert_eq!(r.json()["reason"], "scope_in_shadow");
+    let (code, out, _) = online(&s, cwd, &["apply", "contracts"], None).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "nothing to apply: the server has every version in contracts\n"
+        )
+    );
+
+    // History, show.
+    let history = admin_get(&s, &format!("/admin/contracts/{ORDERS}")).await;
+    let h = history["history"].as_array().unwrap();
+    let (code, out, _) = online(&s, cwd, &["history", ORDERS], None).await;
+    assert_eq!(code, 0);
+    let at = |i: usize, field: &str| shown(&h[i][field]);
+    assert_eq!(
+        out,
+        format!(
+            "VERSION  STATE       EFFECTIVE (UTC)      RECORDED (UTC)       AUTHOR          REASON                        ROLLBACK OF  CHANGELOG\n\
+             1        superseded  {}  {}  latch           seeded from the configuration  -            version 1: as configured in [[clients]]\n\
+             2        in force    {}  {}  security-admin  CHG-7                         -            refunds in shadow\n\
+             3        scheduled   {}  {}  security-admin  CHG-7                         -            refunds enforced\n",
+            at(0, "effective_at_ms"),
+            at(0, "recorded_at_ms"),
+            at(1, "effective_at_ms"),
+            at(1, "recorded_at_ms"),
+            at(2, "effective_at_ms"),
+            at(2, "recorded_at_ms"),
+        )
+    );
+    let (code, out, _) = online(&s, cwd, &["show", ORDERS], None).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("FIELD"), "{out}");
+    for line in [
+        "doc                                         client:orders-service",
+        "version                                     2",
+        "state                                       in force",
+        "scope orders:refund                         shadow",
+        "scope orders:read                           enforced",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+    }
+    let (code, out, _) = online(&s, cwd, &["show", ORDERS, "3", "--json"], None).await;
+    assert_eq!(code, 0);
+    let v3: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v3, h[2]);
+
+    // Cancel the scheduled version; twice is a conflict.
+    let (code, out, err) = online(
+        &s,
+        cwd,
+        &["cancel", ORDERS, "3", "--reason", "not yet"],
+        None,
+    )
+    .await;
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        out,
+        format!("cancelled client:orders-service version 3: it was to take effect at {ahead_shown} UTC\n")
+    );
+    let (code, out, err) =
+        online(&s, cwd, &["cancel", ORDERS, "3", "--reason", "again"], None).await;
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        "latch: server answered 409: conflict (client:orders-service version 3 is already cancelled; only a scheduled amendment can be cancelled (roll back instead))\n"
+    );
+
+    // Promote by hand, then roll back to version 2.
+    let (code, out, err) = online(
+        &s,
+        cwd,
+        &[
+            "promote",
+            ORDERS,
+            "--scope",
+            "orders:refund",
+            "--reason",
+            "CHG-8",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let v4 = admin_get(&s, &format!("/admin/contracts/{ORDERS}/4")).await;
+    assert_eq!(
+        out,
+        format!(
+            "client:orders-service version 4: scope orders:refund shadow → enforced, in force since {} UTC\n",
+            shown(&v4["effective_at_ms"])
+        )
+    );
+    assert!(
+        s.token_resp(&clients::orders(), &[("scope", "orders:refund")])
+            .await
+            .status
+            == 200
+    );
+    let (code, out, err) = online(
+        &s,
+        cwd,
+        &["rollback", ORDERS, "--to", "2", "--reason", "CHG-9"],
+        None,
+    )
+    .await;
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    let v5 = admin_get(&s, &format!("/admin/contracts/{ORDERS}/5")).await;
+    assert_eq!(v5["rollback_of"], 2);
+    assert_eq!(
+        out,
+        format!(
+            "client:orders-service version 5 restores version 2, in force since {} UTC\n",
+            shown(&v5["effective_at_ms"])
+        )
+    );
+
+    // A refusal with problems: one line, with each problem.
+    let (code, out, err) = online(
+        &s,
+        cwd,
+        &["promote", ORDERS, "--scope", "orders:read", "--reason", "x"],
+        None,
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        "latch: server answered 400: invalid_request (the request does not validate; see problems); problems: client:orders-service orders:read: nothing_to_promote: scope \"orders:read\" is neither in shadow nor deprecated in the latest version\n"
+    );
+    let (code, _, err) = online(&s, cwd, &["history", "no-such-client"], None).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("latch: server answered 404: not_found"),
+        "{err}"
+    );
+
+    // apply stops at the first refusal: version 6 is recorded, 7 (in the past) refused.
+    let d2 = cwd.join("next");
+    write(
+        &d2,
+        "scopes.toml",
+        &std::fs::read_to_string(d.join("scopes.toml")).unwrap(),
+    );
+    write(
+        &d2,
+        &format!("clients/{ORDERS}/6.toml"),
+        &version_file("same as 5", "CHG-10", "", &shadow),
+    );
+    write(
+        &d2,
+        &format!("clients/{ORDERS}/7.toml"),
+        &version_file(
+            "backdated",
+            "CHG-11",
+            "effective_at = \"2020-01-01T00:00:00Z\"",
+            &shadow,
+        ),
+    );
+    let (code, out, err) = online(&s, cwd, &["apply", "next"], None).await;
+    assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(
+        out,
+        format!(
+            "DOC                    VERSION  BASE  ACTION  EFFECTIVE (UTC)      FILE                             RESULT\n\
+             client:orders-service  6        5     amend   when applied         next/clients/{ORDERS}/6.toml  in force\n\
+             client:orders-service  7        6     amend   2020-01-01 00:00:00  next/clients/{ORDERS}/7.toml  refused\n\
+             applied 1 of 2 amendments; stopped at the refusal below\n"
+        )
+    );
+    assert_eq!(
+        err,
+        format!("latch: next/clients/{ORDERS}/7.toml: server answered 400: invalid_request (the request does not validate; see problems); problems: client:orders-service effective_at: effective_at_in_past: effective_at lies in the past; amendments take effect now or later\n")
+    );
+
+    // A directory with a problem sends nothing.
+    let d3 = cwd.join("bad");
+    write(
+        &d3,
+        "scopes.toml",
+        &std::fs::read_to_string(d.join("scopes.toml")).unwrap(),
+    );
+    let mut unregistered = shadow.clone();
+    unregistered["scopes"]["orders:nuke"] = "shadow".into();
+    write(
+        &d3,
+        &format!("clients/{ORDERS}/7.toml"),
+        &version_file("nuke", "CHG-12", "", &unregistered),
+    );
+    let (code, out, err) = online(&s, cwd, &["apply", "bad"], None).await;
+    assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(
+        out,
+        format!(
+            "FILE                            KEY                   CODE                MESSAGE\n\
+             bad/clients/{ORDERS}/7.toml  scopes.\"orders:nuke\"  unregistered_scope  scope \"orders:nuke\" is not in the registry\n"
+        )
+    );
+    assert_eq!(
+        err,
+        "latch: 1 problem in the contracts directory; nothing was sent\n"
+    );
+    assert_eq!(
+        admin_get(&s, &format!("/admin/contracts/{ORDERS}")).await["history"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+
+    // Credentials: missing, wrong, not an admin.
+    let mut cmd = latch_cmd_async();
+    cmd.current_dir(cwd)
+        .args(["contracts", "list", "--server", &s.base_url()]);
+    let (status, out, err) = run_cli(cmd).await;
+    assert_eq!((status.code(), out.as_str()), (Some(1), ""));
+    assert_eq!(
+        err,
+        "latch: set LATCH_ADMIN_CLIENT_ID and LATCH_ADMIN_CLIENT_SECRET to an admin client's credentials\n"
+    );
+    let admin = clients::admin();
+    let (code, _, err) = online(
+        &s,
+        cwd,
+        &["list"],
+        Some((&admin.id, "wrong-secret-wrong-secret")),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("latch: server answered 401: invalid_client"),
+        "{err}"
+    );
+    let rs = clients::rs_all();
+    let (code, _, err) = online(&s, cwd, &["list"], Some((&rs.id, &rs.secret))).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("latch: server answered 403: unauthorized_client"),
+        "{err}"
     );
 }

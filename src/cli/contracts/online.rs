@@ -15,7 +15,7 @@ use super::{
 };
 use crate::cli::{table, AdminClient, CliError};
 use crate::config::ACCESS_TTL_CAP;
-use crate::contracts::files::{self, FileVersion};
+use crate::contracts::files::{self, Dir, FileVersion};
 use crate::contracts::{review, Contract, Problem, Registry, Stage, MAX_TEXT};
 
 /// What a client id cannot carry as it is in a path segment. The server takes the
@@ -463,70 +463,8 @@ async fn apply(
 ) -> Result<Output, Failure> {
     let dir = files::load(dir_path).map_err(|p| problems_failure(&p, load_failure_code(&p)))?;
     let scopes = c.call(Method::GET, "/admin/scopes", None).await?;
-    let server_registry: Registry = serde_json::from_value(scopes["registry"].clone())
-        .map_err(|e| Failure::input(format!("the server's registry is not understood: {e}")))?;
-    let mut steps = Vec::new();
-    if let Some(r) = dir.registry.as_ref().filter(|r| **r != server_registry) {
-        // The base is the latest version, scheduled ones included.
-        let base = scopes["latest_version"]
-            .as_u64()
-            .or(scopes["version"].as_u64())
-            .unwrap_or(0);
-        let changes: Vec<String> = registry_changes(Some(&server_registry), Some(r))
-            .into_iter()
-            .map(|(change, _)| change)
-            .collect();
-        let mut changelog = format!("scopes.toml: {}", changes.join("; "));
-        truncate(&mut changelog, MAX_TEXT);
-        if reason.is_none() && !dry_run {
-            return Err(Failure::input(format!(
-                "{} differs from the server's registry (version {base}): pass --reason to record why",
-                dir_path.join("scopes.toml").display()
-            )));
-        }
-        steps.push(Step {
-            doc: "registry".into(),
-            version: base + 1,
-            base_version: base,
-            action: "amend".into(),
-            effective_at_ms: None,
-            file: dir_path.join("scopes.toml"),
-            path: "/admin/scopes".into(),
-            body: json!({
-                "base_version": base, "registry": r, "changelog": changelog,
-                "reason": reason.unwrap_or_default(),
-            }),
-        });
-    }
-
-    // Everything a server would refuse for, checked before anything is sent, against the
-    // registry that will be in force (the directory's, else the server's).
-    let mut checked = dir.clone();
-    checked.registry.get_or_insert(server_registry);
-    let mut problems = review::check(&checked, None, ACCESS_TTL_CAP.as_secs());
-    if dir.registry.is_some() {
-        problems = registry_in(dir_path, problems);
-    }
-
-    let answer = c.call(Method::GET, "/admin/contracts", None).await?;
-    let latest: HashMap<&str, u64> = items(&answer["contracts"])
-        .iter()
-        .filter_map(|x| Some((x["client"].as_str()?, x["latest_version"].as_u64()?)))
-        .collect();
-    for (id, versions) in &dir.clients {
-        let on_server = latest.get(id.as_str()).copied().unwrap_or(0);
-        for f in versions.iter().filter(|f| f.version > on_server) {
-            match client_step(id, f, reason) {
-                Ok(step) => steps.push(step),
-                Err(p) => problems.push(p),
-            }
-        }
-    }
-    if !problems.is_empty() {
-        let mut f = problems_failure(&problems, PROBLEMS);
-        f.message = format!("{}; nothing was sent", f.message);
-        return Err(f);
-    }
+    let contracts = c.call(Method::GET, "/admin/contracts", None).await?;
+    let steps = steps(&dir, dir_path, &scopes, &contracts, reason)?;
     if steps.is_empty() {
         return Ok(Output {
             json: json!({ "dry_run": dry_run, "steps": [] }),
@@ -551,6 +489,89 @@ async fn apply(
         });
     }
     send(c, &steps).await
+}
+
+/// What `apply` sends, in order, given the server's registry (`GET /admin/scopes`) and
+/// contract list (`GET /admin/contracts`): the registry if it differs, then each client's
+/// versions above the server's latest. Everything a server would refuse for that can be
+/// known here is checked first, against the registry that will be in force (the
+/// directory's, else the server's); any problem and nothing is sent.
+fn steps(
+    dir: &Dir,
+    dir_path: &Path,
+    scopes: &Value,
+    contracts: &Value,
+    reason: Option<&str>,
+) -> Result<Vec<Step>, Failure> {
+    let server_registry: Registry = serde_json::from_value(scopes["registry"].clone())
+        .map_err(|e| Failure::input(format!("the server's registry is not understood: {e}")))?;
+    let mut checked = dir.clone();
+    checked.registry.get_or_insert(server_registry.clone());
+    let mut problems = review::check(&checked, None, ACCESS_TTL_CAP.as_secs());
+    if dir.registry.is_some() {
+        problems = registry_in(dir_path, problems);
+    }
+    let mut steps = Vec::new();
+    if let Some(r) = dir.registry.as_ref().filter(|r| **r != server_registry) {
+        // The base is the latest version, scheduled ones included.
+        let base = scopes["latest_version"]
+            .as_u64()
+            .or(scopes["version"].as_u64())
+            .unwrap_or(0);
+        let file = dir_path.join("scopes.toml");
+        match reason {
+            Some(reason) => steps.push(registry_step(&server_registry, r, base, file, reason)),
+            None => problems.push(Problem {
+                at: file.display().to_string(),
+                key: String::new(),
+                code: "missing_reason",
+                message: format!(
+                    "differs from the server's registry (version {base}): pass --reason to record why"
+                ),
+            }),
+        }
+    }
+    let latest: HashMap<&str, u64> = items(&contracts["contracts"])
+        .iter()
+        .filter_map(|x| Some((x["client"].as_str()?, x["latest_version"].as_u64()?)))
+        .collect();
+    for (id, versions) in &dir.clients {
+        let on_server = latest.get(id.as_str()).copied().unwrap_or(0);
+        for f in versions.iter().filter(|f| f.version > on_server) {
+            match client_step(id, f, reason) {
+                Ok(step) => steps.push(step),
+                Err(p) => problems.push(p),
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(steps);
+    }
+    let mut f = problems_failure(&problems, PROBLEMS);
+    f.message = format!("{}; nothing was sent", f.message);
+    Err(f)
+}
+
+/// The registry amendment: its changelog lists what changes.
+fn registry_step(old: &Registry, new: &Registry, base: u64, file: PathBuf, reason: &str) -> Step {
+    let changes: Vec<String> = registry_changes(Some(old), Some(new))
+        .into_iter()
+        .map(|(change, _)| change)
+        .collect();
+    let mut changelog = format!("scopes.toml: {}", changes.join("; "));
+    truncate(&mut changelog, MAX_TEXT);
+    Step {
+        doc: "registry".into(),
+        version: base + 1,
+        base_version: base,
+        action: "amend".into(),
+        effective_at_ms: None,
+        file,
+        path: "/admin/scopes".into(),
+        body: json!({
+            "base_version": base, "registry": new, "changelog": changelog, "reason": reason,
+        }),
+    }
 }
 
 const STEP_HEADERS: [&str; 7] = [
