@@ -736,7 +736,29 @@ async fn apply_list_history_show_cancel_promote_rollback() {
         ),
     );
     let f = |v: u32| format!("contracts/clients/{ORDERS}/{v}.toml");
+    // Version 3's file has no reason, and the registry changes: both need --reason.
     let (code, out, err) = online(&s, cwd, &["apply", "contracts", "--dry-run"], None).await;
+    assert_eq!(code, 1, "{out} {err}");
+    assert_eq!(
+        out,
+        format!(
+            "FILE                                  KEY     CODE            MESSAGE\n\
+             contracts/scopes.toml                 -       missing_reason  differs from the server's registry (version 1): pass --reason to record why\n\
+             {}  reason  missing_reason  every amendment records why: set `reason` in the file or pass --reason\n",
+            f(3)
+        )
+    );
+    assert_eq!(
+        err,
+        "latch: 2 problems in the contracts directory; nothing was sent\n"
+    );
+    let (code, out, err) = online(
+        &s,
+        cwd,
+        &["apply", "contracts", "--dry-run", "--reason", "CHG-7"],
+        None,
+    )
+    .await;
     assert_eq!((code, err.as_str()), (0, ""), "{out}");
     let ahead_shown = shown(&serde_json::json!(day_ahead * 1000));
     let expected = format!(
@@ -749,14 +771,6 @@ async fn apply_list_history_show_cancel_promote_rollback() {
         f(3)
     );
     assert_eq!(out, expected);
-
-    // Version 3's file has no reason, and the registry changes: both need --reason.
-    let (code, out, err) = online(&s, cwd, &["apply", "contracts"], None).await;
-    assert_eq!((code, out.as_str()), (2, ""), "{err}");
-    assert_eq!(
-        err,
-        "latch: contracts/scopes.toml differs from the server's registry (version 1): pass --reason to record why\n"
-    );
     assert_eq!(
         admin_get(&s, &format!("/admin/contracts/{ORDERS}")).await["history"]
             .as_array()
