@@ -78,13 +78,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let keys = Arc::new(Keys::new(store.clone(), kek, config.key_policy()));
     keys.reload().await?;
     keys.tick().await?;
+    let clients = config.clients();
+    let book = app::contracts::load(&store).await?;
+    let contracts = Arc::new(app::contracts::Contracts::new(clients, book));
     let table = Arc::new(Table::new(config.revocation_retention()));
     let follower = Follower::new(
         store.clone(),
         table.clone(),
         keys.clone(),
         FollowerConfig::new(config.store.max_staleness),
-    );
+    )
+    .with_contracts(contracts.clone());
     follower.load().await?;
     store
         .append_audit(audit::NewAudit {
@@ -107,7 +111,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         exempt: config.limits.proxies().into(),
     };
     let trusted = config.trusted_issuers()?;
-    let app = App::new(config, trusted, keys.clone(), table, store, prometheus);
+    let app = App::new(
+        config,
+        trusted,
+        keys.clone(),
+        table,
+        store,
+        prometheus,
+        contracts,
+    );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
     println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");
 
@@ -115,6 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tasks = [
         tokio::spawn(follower.run(stop_rx.clone())),
         tokio::spawn(app::keys::run_rotation(keys, stop_rx.clone())),
+        tokio::spawn(app::contracts::run_watch(app.clone(), stop_rx.clone())),
         tokio::spawn(server::serve(
             metrics_listener,
             app.clone(),

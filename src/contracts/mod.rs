@@ -207,7 +207,7 @@ impl Amendment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "op")]
 pub enum Change {
-    Amend { amendment: Amendment },
+    Amend { amendment: Box<Amendment> },
     Cancel { doc: String, version: u64 },
 }
 
@@ -255,7 +255,7 @@ impl Book {
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::Amend { amendment } => self.insert(Entry {
-                amendment: amendment.clone(),
+                amendment: (**amendment).clone(),
                 cancelled: false,
             }),
             Change::Cancel { doc, version } => {
