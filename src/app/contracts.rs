@@ -200,6 +200,13 @@ fn build(
             Stage::Enforced => c.audiences.push(name.clone()),
         }
     }
+    // The configuration's order first (its first audience is the default one, its scope
+    // order is the default scope string), then names the contract added, by name.
+    let config_order = |list: &[String], name: &String| {
+        list.iter().position(|x| x == name).unwrap_or(usize::MAX)
+    };
+    c.scopes.sort_by_key(|s| config_order(&base.scopes, s));
+    c.audiences.sort_by_key(|a| config_order(&base.audiences, a));
     c.suspended = k.suspended;
     c.access_ttl = k.access_ttl_secs.map(Duration::from_secs);
     c.auth_methods = k.auth_methods.clone();
