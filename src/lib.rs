@@ -179,6 +179,36 @@ async fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
     }
 }
 
+/// For `latch check`: how the contracts recorded in the store differ from `[[clients]]`
+/// (the store wins once a contract is recorded). Opens the store without keys; an
+/// embedded store held by a running node cannot be read and is an error here.
+pub async fn contract_drift(config: &Config) -> Result<Vec<String>, StartError> {
+    let store: SharedStore = match config.store.kind {
+        StoreKind::Embedded => {
+            // Never create a data directory just to compare: nothing recorded yet.
+            if !config.store.path.join("latch.lock").exists() {
+                return Ok(Vec::new());
+            }
+            Arc::new(store::embedded::EmbeddedStore::open(&config.store.path)?)
+        }
+        StoreKind::Redis => {
+            let url = config.store.redis_url.as_deref().unwrap_or_default();
+            let options = config.store.redis_options()?;
+            Arc::new(
+                store::redis::RedisStore::connect(
+                    url,
+                    options,
+                    Duration::from_secs(2),
+                    store::redis::Replication::default(),
+                )
+                .await?,
+            )
+        }
+    };
+    let book = app::contracts::load(&store).await?;
+    Ok(app::contracts::drift(&book, &config.clients(), time::now_ms()))
+}
+
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await

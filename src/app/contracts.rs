@@ -278,6 +278,47 @@ pub fn registry_of(clients: &Clients) -> Registry {
     r
 }
 
+/// One line per difference between the configuration and the contracts in force.
+pub fn drift(book: &Book, clients: &Clients, now_ms: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in clients.iter() {
+        let doc = client_doc(&c.id);
+        let Some(a) = book.in_force(&doc, now_ms) else { continue };
+        let Some(stored) = a.contract() else { continue };
+        let d = crate::contracts::delta(Some(&contract_of(c)), stored);
+        if d == crate::contracts::Delta::default() {
+            continue;
+        }
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(d.added.iter().map(|(n, s)| format!("+{n} ({})", s.as_str())));
+        parts.extend(d.removed.iter().map(|(n, _)| format!("-{n}")));
+        parts.extend(
+            d.moved
+                .iter()
+                .map(|(n, from, to)| format!("{n} {} -> {}", from.as_str(), to.as_str())),
+        );
+        parts.extend(d.other.iter().map(|f| format!("{f} changed")));
+        out.push(format!(
+            "client {}: the store's contract version {} (in force) differs from [[clients]]: {}; the store wins",
+            c.id,
+            a.version,
+            parts.join(", ")
+        ));
+    }
+    let mut stored: Vec<&str> = book
+        .docs()
+        .filter_map(|d| d.strip_prefix("client:"))
+        .filter(|id| clients.get(id).is_none())
+        .collect();
+    stored.sort_unstable();
+    for id in stored {
+        out.push(format!(
+            "client {id}: has a contract in the store but no [[clients]] entry (no secret): it cannot authenticate"
+        ));
+    }
+    out
+}
+
 /// Loads every recorded amendment.
 pub async fn load(store: &SharedStore) -> Result<Book, StoreError> {
     let mut entries = Vec::new();
