@@ -54,6 +54,7 @@ fn claims() -> AccessClaims {
         rse: 1,
         dcl: Vec::new(),
         djt: Vec::new(),
+        cv: 0,
     }
 }
 

@@ -56,8 +56,19 @@ impl Role {
     }
 }
 
-/// One client, as configured.
-#[derive(Debug)]
+/// A granted scope or audience on its way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deprecated {
+    pub name: String,
+    /// When the contract version that deprecates it took effect, Unix ms.
+    pub since_ms: i64,
+    /// When a scheduled amendment stops granting it, Unix ms.
+    pub sunset_ms: Option<i64>,
+}
+
+/// One client: its secret and rates from the configuration, its rights from the
+/// authorization contract in force (`crate::app::contracts` builds one per version).
+#[derive(Debug, Clone)]
 pub struct Client {
     pub id: ClientId,
     secret_sha256: [u8; 32],
@@ -74,6 +85,25 @@ pub struct Client {
     pub token_rate: Option<Rate>,
     /// RFC 7009 revocation limit (`None`: unlimited).
     pub revoke_rate: Option<Rate>,
+    /// The contract version these rights come from (0: the configuration, no contract
+    /// recorded yet).
+    pub contract_version: u64,
+    /// Scopes and audiences in `shadow`: refused, counted as "would have been granted".
+    pub shadow_scopes: Vec<String>,
+    pub shadow_audiences: Vec<String>,
+    /// Granted scopes and audiences that are deprecated (by the contract's ramp or the
+    /// registry), with the planned removal time (Unix ms) when one is scheduled.
+    pub deprecated: Vec<Deprecated>,
+    /// Scopes the contract names but the registry retired: never granted.
+    pub retired_scopes: Vec<String>,
+    /// No token is issued, and live tokens are inactive.
+    pub suspended: bool,
+    /// Access-token lifetime (`None`: the server's `tokens.access_ttl`).
+    pub access_ttl: Option<std::time::Duration>,
+    /// Accepted authentication methods (empty: every method).
+    pub auth_methods: Vec<String>,
+    /// Trusted issuers whose assertions it may present (empty: every trusted issuer).
+    pub trusted_issuers: Vec<String>,
 }
 
 impl Client {
@@ -90,7 +120,21 @@ impl Client {
             delegate_service_tokens: false,
             token_rate: None,
             revoke_rate: None,
+            contract_version: 0,
+            shadow_scopes: Vec::new(),
+            shadow_audiences: Vec::new(),
+            deprecated: Vec::new(),
+            retired_scopes: Vec::new(),
+            suspended: false,
+            access_ttl: None,
+            auth_methods: Vec::new(),
+            trusted_issuers: Vec::new(),
         }
+    }
+
+    /// Whether it may authenticate with `method` (`client_secret_basic`, `client_secret_post`).
+    pub fn accepts_auth_method(&self, method: &str) -> bool {
+        self.auth_methods.is_empty() || self.auth_methods.iter().any(|m| m == method)
     }
 
     pub fn has_role(&self, role: Role) -> bool {
@@ -123,6 +167,10 @@ impl Clients {
         Clients {
             by_id: Arc::new(by_id),
         }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Client>> {
+        self.by_id.values()
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Client>> {

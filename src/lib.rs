@@ -78,13 +78,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let keys = Arc::new(Keys::new(store.clone(), kek, config.key_policy()));
     keys.reload().await?;
     keys.tick().await?;
+    let clients = config.clients();
+    let book = app::contracts::load(&store).await?;
+    let contracts = Arc::new(app::contracts::Contracts::new(clients, book));
     let table = Arc::new(Table::new(config.revocation_retention()));
     let follower = Follower::new(
         store.clone(),
         table.clone(),
         keys.clone(),
         FollowerConfig::new(config.store.max_staleness),
-    );
+    )
+    .with_contracts(contracts.clone());
     follower.load().await?;
     store
         .append_audit(audit::NewAudit {
@@ -107,7 +111,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         exempt: config.limits.proxies().into(),
     };
     let trusted = config.trusted_issuers()?;
-    let app = App::new(config, trusted, keys.clone(), table, store, prometheus);
+    let app = App::new(
+        config,
+        trusted,
+        keys.clone(),
+        table,
+        store,
+        prometheus,
+        contracts,
+    );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
     println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");
 
@@ -115,6 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tasks = [
         tokio::spawn(follower.run(stop_rx.clone())),
         tokio::spawn(app::keys::run_rotation(keys, stop_rx.clone())),
+        tokio::spawn(app::contracts::run_watch(app.clone(), stop_rx.clone())),
         tokio::spawn(server::serve(
             metrics_listener,
             app.clone(),
@@ -164,6 +177,36 @@ async fn open_store(config: &Config) -> Result<(SharedStore, Kek), StartError> {
             Ok((Arc::new(store), kek))
         }
     }
+}
+
+/// For `latch check`: how the contracts recorded in the store differ from `[[clients]]`
+/// (the store wins once a contract is recorded). Opens the store without keys; an
+/// embedded store held by a running node cannot be read and is an error here.
+pub async fn contract_drift(config: &Config) -> Result<Vec<String>, StartError> {
+    let store: SharedStore = match config.store.kind {
+        StoreKind::Embedded => {
+            // Never create a data directory just to compare: nothing recorded yet.
+            if !config.store.path.join("latch.lock").exists() {
+                return Ok(Vec::new());
+            }
+            Arc::new(store::embedded::EmbeddedStore::open(&config.store.path)?)
+        }
+        StoreKind::Redis => {
+            let url = config.store.redis_url.as_deref().unwrap_or_default();
+            let options = config.store.redis_options()?;
+            Arc::new(
+                store::redis::RedisStore::connect(
+                    url,
+                    options,
+                    Duration::from_secs(2),
+                    store::redis::Replication::default(),
+                )
+                .await?,
+            )
+        }
+    };
+    let book = app::contracts::load(&store).await?;
+    Ok(app::contracts::drift(&book, &config.clients(), time::now_ms()))
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {

@@ -293,6 +293,7 @@ fn check(path: PathBuf) -> ExitCode {
     if config.has_demo_secret() {
         println!("  warning: demo secrets configured; latch will listen on loopback only");
     }
+    report_contract_drift(&config);
     if config.store.kind == latch::config::StoreKind::Redis {
         return check_redis(&config);
     }
@@ -301,6 +302,34 @@ fn check(path: PathBuf) -> ExitCode {
 
 /// Reads the Redis settings latch depends on, if Redis is reachable now. A setting latch
 /// refuses to start on fails the check; an unreachable Redis does not (the file is valid).
+/// Prints how the contracts in the store differ from `[[clients]]`, if the store can be
+/// read now (informational: the store wins; a busy or unreachable store is noted).
+fn report_contract_drift(config: &Config) {
+    let drift = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    latch::contract_drift(config),
+                )
+                .await
+                .map_err(|_| "no answer within 10s".to_string())?
+                .map_err(|e| e.to_string())
+            })
+        });
+    match drift {
+        Ok(lines) if lines.is_empty() => println!("  contracts: the store agrees with [[clients]]"),
+        Ok(lines) => lines.iter().for_each(|l| println!("  contracts: {l}")),
+        Err(e) => println!(
+            "  contracts: not compared with the store ({})",
+            latch::store::redis::topology::redact(&e)
+        ),
+    }
+}
+
 fn check_redis(config: &Config) -> ExitCode {
     use latch::store::redis::{topology::redact, RedisStore};
     let url = config.store.redis_url.as_deref().unwrap_or_default();

@@ -27,6 +27,19 @@ pub const REPLICA_ACK_FAILURES: &str = "latch_store_replica_ack_failures_total";
 pub const DEADLINES_TOTAL: &str = "latch_request_deadline_exceeded_total";
 /// Requests refused 429, by `endpoint` and `limit` (`limits::Limit::label`).
 pub const RATE_LIMITED_TOTAL: &str = "latch_rate_limited_total";
+/// Token-endpoint decisions under the contracts, by `reason` (`granted` or a refusal code).
+pub const CONTRACT_DECISIONS: &str = "latch_contract_decisions_total";
+/// Requests refused for a scope or audience in `shadow` ("would have been granted"), by `name`.
+pub const CONTRACT_SHADOW_HITS: &str = "latch_contract_shadow_hits_total";
+/// Token and introspection answers carrying a deprecated scope or audience, by `name`.
+pub const CONTRACT_DEPRECATED_USE: &str = "latch_contract_deprecated_use_total";
+/// The contract version in force per client on this node (gauge, label `client`).
+pub const CONTRACT_VERSION: &str = "latch_contract_version";
+/// Scopes and audiences per client in a ramp stage (gauge, labels `client`, `stage`).
+pub const CONTRACT_RAMP: &str = "latch_contract_ramp_items";
+/// Contract changes applied by this node, by `kind` (`scheduled`: took effect at a
+/// planned time; `immediate`; `rollback`; `cancel`).
+pub const CONTRACT_CHANGES: &str = "latch_contract_changes_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

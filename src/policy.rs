@@ -5,24 +5,59 @@
 use crate::clients::{Client, Grant, Role};
 use crate::sessions::RefreshRecord;
 
-/// Asked for more than is allowed: the scope or the audience.
+/// Asked for more than is allowed: what kind of refusal, a stable reason code (documented
+/// in docs/API.md; safe to show: it names nothing of other clients), and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// RFC 6749 `invalid_scope`.
-    #[error("{0}")]
-    Scope(String),
-    /// RFC 8707 `invalid_target`.
-    #[error("{0}")]
-    Target(String),
+#[error("{description}")]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub reason: &'static str,
+    pub description: String,
 }
 
-/// The scopes granted: the requested ones if all are in `allowed` (each once, in the
-/// order asked), else a refusal naming the first that is not; all of `allowed` when
-/// none are asked for.
-pub fn scope_within<S: AsRef<str>>(
-    allowed: &[S],
-    requested: Option<&str>,
-) -> Result<String, Refusal> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// RFC 6749 `invalid_scope`.
+    Scope,
+    /// RFC 8707 `invalid_target`.
+    Target,
+    /// The client may get no token at all (RFC 6749 `unauthorized_client`).
+    Client,
+}
+
+impl Refusal {
+    pub fn scope(reason: &'static str, description: String) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Scope,
+            reason,
+            description,
+        }
+    }
+
+    fn target(reason: &'static str, description: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: RefusalKind::Target,
+            reason,
+            description: description.into(),
+        }
+    }
+
+    /// Whether it refused something in `shadow`: a "would have been granted".
+    pub fn is_shadow(&self) -> bool {
+        self.reason == "scope_in_shadow" || self.reason == "audience_in_shadow"
+    }
+}
+
+fn quoted(s: &str) -> String {
+    format!("{:?}", s.chars().take(64).collect::<String>())
+}
+
+/// The requested scopes if all are in `allowed` (each once, in the order asked), else
+/// the first that is not; all of `allowed` when none are asked for.
+fn within<'a, S: AsRef<str>>(
+    allowed: &'a [S],
+    requested: Option<&'a str>,
+) -> Result<String, &'a str> {
     let allowed: Vec<&str> = allowed.iter().map(AsRef::as_ref).collect();
     let Some(requested) = requested else {
         return Ok(allowed.join(" "));
@@ -30,10 +65,7 @@ pub fn scope_within<S: AsRef<str>>(
     let mut granted: Vec<&str> = Vec::new();
     for s in requested.split(' ').filter(|s| !s.is_empty()) {
         if !allowed.contains(&s) {
-            return Err(Refusal::Scope(format!(
-                "scope {:?} is not allowed here",
-                s.chars().take(64).collect::<String>()
-            )));
+            return Err(s);
         }
         if !granted.contains(&s) {
             granted.push(s);
@@ -42,19 +74,86 @@ pub fn scope_within<S: AsRef<str>>(
     Ok(granted.join(" "))
 }
 
+/// The scopes granted from `allowed` (a session's or a subject token's): the requested
+/// ones if all are in it, else a refusal naming the first that is not (`scope_not_allowed`).
+pub fn scope_within<S: AsRef<str>>(
+    allowed: &[S],
+    requested: Option<&str>,
+) -> Result<String, Refusal> {
+    within(allowed, requested).map_err(|s| {
+        Refusal::scope(
+            "scope_not_allowed",
+            format!("scope {} is not allowed here", quoted(s)),
+        )
+    })
+}
+
+/// The scopes a client's contract grants for `requested` (all granted ones when none
+/// are asked for). A scope it does not grant is refused with why: `scope_in_shadow` (on
+/// trial: counted as "would have been granted"), `scope_retired` (retired in the
+/// registry), or `scope_not_in_contract`.
+pub fn contract_scope(client: &Client, requested: Option<&str>) -> Result<String, Refusal> {
+    within(&client.scopes, requested).map_err(|s| {
+        if client.shadow_scopes.iter().any(|x| x == s) {
+            Refusal::scope(
+                "scope_in_shadow",
+                format!(
+                    "scope {} is being rolled out to this client and is not granted yet (shadow stage)",
+                    quoted(s)
+                ),
+            )
+        } else if client.retired_scopes.iter().any(|x| x == s) {
+            Refusal::scope(
+                "scope_retired",
+                format!("scope {} is retired and no longer granted", quoted(s)),
+            )
+        } else {
+            Refusal::scope(
+                "scope_not_in_contract",
+                format!("scope {} is not in this client's contract", quoted(s)),
+            )
+        }
+    })
+}
+
+/// Refuses every request of a suspended client.
+pub fn not_suspended(client: &Client) -> Result<(), Refusal> {
+    if client.suspended {
+        return Err(Refusal {
+            kind: RefusalKind::Client,
+            reason: "contract_suspended",
+            description: "this client's contract is suspended; no token is issued".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The audience asked for with `resource` (RFC 8707), which must be one of the client's;
 /// the client's first audience by default.
 pub fn audience(client: &Client, resource: Option<&str>) -> Result<String, Refusal> {
     match resource {
-        Some(r) if client.audiences.iter().any(|a| a == r) => Ok(r.to_string()),
-        Some(_) => Err(Refusal::Target(
-            "resource is not an audience of this client".into(),
-        )),
-        None => client
-            .audiences
-            .first()
-            .cloned()
-            .ok_or_else(|| Refusal::Target("this client has no audience".into())),
+        Some(r) => granted_audience(client, r),
+        None => client.audiences.first().cloned().ok_or_else(|| {
+            Refusal::target("audience_not_in_contract", "this client has no audience")
+        }),
+    }
+}
+
+/// `aud` if the client's contract grants it; else why not (`audience_in_shadow`,
+/// `audience_not_in_contract`).
+fn granted_audience(client: &Client, aud: &str) -> Result<String, Refusal> {
+    if client.audiences.iter().any(|a| a == aud) {
+        Ok(aud.to_string())
+    } else if client.shadow_audiences.iter().any(|a| a == aud) {
+        Err(Refusal::target(
+            "audience_in_shadow",
+            "this audience is being rolled out to this client and is not granted yet (shadow stage)",
+        ))
+    } else {
+        Err(Refusal::target(
+            "audience_not_in_contract",
+            "the requested audience is not in this client's contract",
+        ))
     }
 }
 
@@ -66,13 +165,11 @@ pub fn exchange_audience(
     resource: Option<&str>,
 ) -> Result<String, Refusal> {
     match (audience, resource) {
-        (Some(a), Some(r)) if a != r => Err(Refusal::Target(
-            "audience and resource name different targets; one token has one audience".into(),
+        (Some(a), Some(r)) if a != r => Err(Refusal::target(
+            "audience_mismatch",
+            "audience and resource name different targets; one token has one audience",
         )),
-        (Some(a), _) if !client.audiences.iter().any(|c| c == a) => Err(Refusal::Target(
-            "audience is not an audience of this client".into(),
-        )),
-        (Some(a), _) => Ok(a.to_string()),
+        (Some(a), _) => granted_audience(client, a),
         (None, _) => self::audience(client, resource),
     }
 }
@@ -116,17 +213,17 @@ mod tests {
         assert_eq!(scope_within(&allowed, Some("c a")).unwrap(), "c a");
         assert_eq!(scope_within(&allowed, Some(" a  a ")).unwrap(), "a");
         assert_eq!(scope_within(&allowed, Some("")).unwrap(), "");
-        let Err(Refusal::Scope(why)) = scope_within(&allowed, Some("a admin")) else {
-            panic!("a scope outside the allowed must be refused");
-        };
-        assert!(why.contains("admin"), "{why}");
+        let refusal = scope_within(&allowed, Some("a admin")).expect_err("outside the allowed");
+        assert_eq!(
+            (refusal.kind, refusal.reason),
+            (RefusalKind::Scope, "scope_not_allowed")
+        );
+        assert!(refusal.description.contains("admin"), "{refusal}");
         let long = "x".repeat(10_000);
-        let Err(Refusal::Scope(why)) = scope_within(&allowed, Some(&long)) else {
-            panic!("refused");
-        };
+        let refusal = scope_within(&allowed, Some(&long)).expect_err("refused");
         assert!(
-            why.len() < 100,
-            "the description quotes at most 64 chars: {why}"
+            refusal.description.len() < 100,
+            "the description quotes at most 64 chars: {refusal}"
         );
     }
 
@@ -135,14 +232,15 @@ mod tests {
         let c = client(&["a"], &["https://one", "https://two"]);
         assert_eq!(audience(&c, None).unwrap(), "https://one");
         assert_eq!(audience(&c, Some("https://two")).unwrap(), "https://two");
-        assert!(matches!(
-            audience(&c, Some("https://evil")),
-            Err(Refusal::Target(_))
-        ));
-        assert!(matches!(
-            audience(&client(&[], &[]), None),
-            Err(Refusal::Target(_))
-        ));
+        let target = |r: Result<String, Refusal>| r.map_err(|e| (e.kind, e.reason));
+        assert_eq!(
+            target(audience(&c, Some("https://evil"))),
+            Err((RefusalKind::Target, "audience_not_in_contract"))
+        );
+        assert_eq!(
+            target(audience(&client(&[], &[]), None)),
+            Err((RefusalKind::Target, "audience_not_in_contract"))
+        );
     }
 
     #[test]
@@ -166,11 +264,43 @@ mod tests {
             (Some("https://evil"), None),
             (None, Some("https://evil")),
         ] {
-            assert!(
-                matches!(exchange_audience(&c, a, r), Err(Refusal::Target(_))),
-                "{a:?} {r:?}"
-            );
+            let refusal = exchange_audience(&c, a, r).expect_err("refused");
+            assert_eq!(refusal.kind, RefusalKind::Target, "{a:?} {r:?}");
         }
+    }
+
+    #[test]
+    fn contract_refusals_say_why() {
+        let mut c = client(&["read"], &["https://api"]);
+        c.shadow_scopes = vec!["write".into()];
+        c.retired_scopes = vec!["old".into()];
+        c.shadow_audiences = vec!["https://new".into()];
+        let reason = |r: Result<String, Refusal>| r.map_err(|e| e.reason);
+        assert_eq!(reason(contract_scope(&c, Some("read"))), Ok("read".into()));
+        assert_eq!(
+            reason(contract_scope(&c, Some("read write"))),
+            Err("scope_in_shadow")
+        );
+        assert_eq!(
+            reason(contract_scope(&c, Some("old"))),
+            Err("scope_retired")
+        );
+        assert_eq!(
+            reason(contract_scope(&c, Some("admin"))),
+            Err("scope_not_in_contract")
+        );
+        assert_eq!(
+            reason(audience(&c, Some("https://new"))),
+            Err("audience_in_shadow")
+        );
+        assert!(contract_scope(&c, Some("write")).unwrap_err().is_shadow());
+        assert!(not_suspended(&c).is_ok());
+        c.suspended = true;
+        let refusal = not_suspended(&c).unwrap_err();
+        assert_eq!(
+            (refusal.kind, refusal.reason),
+            (RefusalKind::Client, "contract_suspended")
+        );
     }
 
     #[test]

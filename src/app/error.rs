@@ -38,6 +38,15 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeysError),
+    /// A document that does not validate: every problem found.
+    #[error("the request does not validate")]
+    Invalid(Vec<crate::contracts::Problem>),
+    /// The state changed since the caller read it (a lost compare-and-set), or the
+    /// request needs another state first.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no such resource")]
+    NotFound,
     /// A bug or an impossible state.
     #[error("{0}")]
     Internal(String),

@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
+use super::contracts::Contracts;
 use super::keys::Keys;
 use crate::audit::NewAudit;
 use crate::metrics as m;
-use crate::revocation::{Epochs, NewRevocation, RevocationKind, Table};
+use crate::revocation::{Epochs, NewRevocation, RevocationEvent, RevocationKind, Table};
 use crate::store::{Head, SharedStore, StoreError, StoreEvent};
 #[cfg(not(test))]
 use crate::time::now_ms;
@@ -67,6 +68,8 @@ pub struct Follower {
     store: SharedStore,
     table: Arc<Table>,
     keys: Arc<Keys>,
+    /// Where contract changes from the log go (none in follower unit tests).
+    contracts: Option<Arc<Contracts>>,
     config: FollowerConfig,
     /// Revocations to write back into the new epoch; retried on every poll until done,
     /// and the node is not fresh until they are.
@@ -84,9 +87,27 @@ impl Follower {
             store,
             table,
             keys,
+            contracts: None,
             config,
             restore: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Hands every contract change of the log to `contracts`, in log order.
+    pub fn with_contracts(mut self, contracts: Arc<Contracts>) -> Follower {
+        self.contracts = Some(contracts);
+        self
+    }
+
+    /// Applies one log entry: a revocation to the table, a contract change to the
+    /// contracts (before `applied` passes it, so a fresh node has it).
+    fn apply(&self, e: &RevocationEvent) {
+        if e.kind == RevocationKind::Contract {
+            if let Some(contracts) = &self.contracts {
+                contracts.apply_event(e);
+            }
+        }
+        self.table.insert(e);
     }
 
     /// Loads every revocation that can still matter, up to the store's head, and marks the
@@ -115,7 +136,7 @@ impl Follower {
                 if e.revoked_at_ms + retention.for_kind(e.kind) <= now {
                     continue;
                 }
-                self.table.insert(e);
+                self.apply(e);
                 if live {
                     observe_propagation(e.revoked_at_ms);
                 }
@@ -150,7 +171,7 @@ impl Follower {
                     let logged = self.store.revocations_after(applied, i64::MIN, 1).await?;
                     return match logged.first() {
                         Some(l) if l.seq == e.seq && l.kind == e.kind && l.value == e.value => {
-                            self.table.insert(l);
+                            self.apply(l);
                             self.table.set_applied(l.seq);
                             observe_propagation(l.revoked_at_ms);
                             Ok(())
@@ -307,7 +328,7 @@ impl Follower {
             };
             match self.store.append_revocation(rev).await {
                 Ok(event) => {
-                    self.table.insert(&event);
+                    self.apply(&event);
                     done += 1;
                 }
                 Err(e) => {

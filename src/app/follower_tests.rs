@@ -367,6 +367,18 @@ impl Store for FakeStore {
     fn audit_after(&self, _: u64, _: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
         self.answer(|_| not_faked())
     }
+
+    fn append_contract(
+        &self,
+        _: crate::store::ContractWrite,
+        _: NewAudit,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
 }
 
 // === a node: table, follower, running task ===
@@ -449,7 +461,7 @@ fn verdict(table: &Table, kind: RevocationKind, value: &str, rse: u64, rsq: u64)
         Session => stamp.sid = Some(value),
         Subject => stamp.sub = value,
         Client => stamp.client_id = value,
-        RevocationKind::All => {}
+        RevocationKind::All | RevocationKind::Contract => {}
     }
     table.verdict(&stamp)
 }

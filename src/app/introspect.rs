@@ -18,7 +18,12 @@ use crate::tokens::{AccessClaims, Reason};
 /// The answer to one introspection.
 #[derive(Debug)]
 pub enum Answer {
-    Access(Arc<AccessClaims>),
+    /// An active access token, with the deprecated scopes or audience it carries (and
+    /// their planned removal, Unix ms).
+    Access {
+        claims: Arc<AccessClaims>,
+        deprecated: Vec<crate::clients::Deprecated>,
+    },
     Refresh(RefreshRecord),
     Inactive,
 }
@@ -52,7 +57,16 @@ pub async fn introspect(app: &App, caller: &Client, token: &str) -> Result<Answe
         Ok(claims) => {
             metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "active", "reason" => "")
                 .increment(1);
-            Ok(Answer::Access(claims))
+            let deprecated = app
+                .contracts
+                .client(&claims.client_id, now)
+                .map(|c| super::token::deprecated_in(&c, &claims))
+                .unwrap_or_default();
+            for d in &deprecated {
+                metrics::counter!(m::CONTRACT_DEPRECATED_USE, "name" => d.name.clone())
+                    .increment(1);
+            }
+            Ok(Answer::Access { claims, deprecated })
         }
         Err(reason) => {
             metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "inactive", "reason" => reason.as_str())
@@ -74,8 +88,8 @@ async fn refresh(app: &App, caller: &Client, token: &str) -> Result<Option<Refre
         && !app.table.is_revoked(&r.stamp())
         && caller.may_see_audience(&r.aud)
         && app
-            .clients
-            .get(&r.client_id)
-            .is_some_and(|c| policy::session_allowed(c, &r));
+            .contracts
+            .client(&r.client_id, now_ms())
+            .is_some_and(|c| !c.suspended && policy::session_allowed(&c, &r));
     Ok(active.then_some(r))
 }

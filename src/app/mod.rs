@@ -5,6 +5,7 @@
 //! decision on a token goes through a [`View`] from [`App::fresh`]. The HTTP layer calls
 //! these and maps [`Error`] to answers.
 
+pub mod contracts;
 mod error;
 pub mod follower;
 pub mod introspect;
@@ -45,8 +46,10 @@ pub struct App {
 pub struct Inner {
     /// The validated configuration this node started with.
     pub config: Config,
-    /// Configured clients, for authentication and policy.
+    /// Configured clients: secrets and rates, for authentication.
     pub clients: Clients,
+    /// The authorization contracts in force: every client's rights at an instant.
+    pub contracts: Arc<contracts::Contracts>,
     /// Identity providers whose assertions open user sessions.
     pub trusted: TrustedIssuers,
     /// The key ring and the operations that change keys.
@@ -85,8 +88,9 @@ impl App {
         table: Arc<Table>,
         store: SharedStore,
         metrics: PrometheusHandle,
+        contracts: Arc<contracts::Contracts>,
     ) -> App {
-        let clients = config.clients();
+        let clients = contracts.configured().clone();
         let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
         let node_tag = crate::tokens::random_id()[..6].to_string();
         let verified = VerifiedCache::new(config.limits.token_cache_entries);
@@ -97,6 +101,7 @@ impl App {
                 config,
                 verified,
                 clients,
+                contracts,
                 trusted,
                 keys,
                 table,

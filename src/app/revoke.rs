@@ -152,9 +152,11 @@ pub async fn admin_revoke(
     request_id: &str,
 ) -> Result<RevocationEvent, Error> {
     let invalid = |why: String| Error::InvalidRequest(why);
-    let kind = RevocationKind::parse(&req.kind).ok_or_else(|| {
-        invalid("kind must be one of token, session, subject, client, all".into())
-    })?;
+    let kind = RevocationKind::parse(&req.kind)
+        .filter(|k| *k != RevocationKind::Contract)
+        .ok_or_else(|| {
+            invalid("kind must be one of token, session, subject, client, all".into())
+        })?;
     let value = match (kind, req.value) {
         (RevocationKind::All, None) => String::new(),
         (RevocationKind::All, Some(v)) if v.is_empty() => String::new(),

@@ -22,9 +22,8 @@ use super::token::{token, Exchange, Issued, TokenRequest, TYPE_ACCESS_TOKEN, TYP
 use super::{App, Error};
 use crate::clients::{Client, Grant};
 use crate::config::Config;
-use crate::ids::ClientId;
 use crate::keys::Kek;
-use crate::policy::Refusal;
+use crate::policy::{Refusal, RefusalKind};
 use crate::revocation::{Point, RevocationEvent, RevocationKind, Table, Verdict};
 use crate::sessions;
 use crate::store::embedded::EmbeddedStore;
@@ -183,15 +182,27 @@ async fn node() -> Node {
     keys.reload().await.unwrap();
     keys.tick().await.unwrap();
     let table = Arc::new(Table::new(config.revocation_retention()));
+    let clients = config.clients();
+    let book = super::contracts::load(&store).await.unwrap();
+    let contracts = Arc::new(super::contracts::Contracts::new(clients, book));
     let follower = Follower::new(
         store.clone(),
         table.clone(),
         keys.clone(),
         FollowerConfig::new(config.store.max_staleness),
-    );
+    )
+    .with_contracts(contracts.clone());
     follower.load().await.unwrap();
     let trusted = config.trusted_issuers().unwrap();
-    let app = App::new(config, trusted, keys, table, store, metrics_handle());
+    let app = App::new(
+        config,
+        trusted,
+        keys,
+        table,
+        store,
+        metrics_handle(),
+        contracts,
+    );
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(follower.run(stopped));
     Node {
@@ -234,6 +245,15 @@ impl Node {
             .clone()
     }
 
+    /// A client's rights now (a client that is not configured: one with no rights).
+    fn client_rights(&self, id: &str) -> Client {
+        self.app
+            .contracts
+            .client(id, now_ms())
+            .map(|c| (*c).clone())
+            .unwrap_or_else(|| Client::new(id, [0u8; 32]))
+    }
+
     /// Another node on the same store, keys and configuration, with its own `table`.
     fn with_table(&self, table: Arc<Table>) -> App {
         let config = self.app.config.clone();
@@ -245,6 +265,7 @@ impl Node {
             table,
             self.app.store.clone(),
             metrics_handle(),
+            self.app.contracts.clone(),
         )
     }
 
@@ -318,14 +339,14 @@ impl Node {
     /// The claims of an access token the gateway (all audiences) sees as active.
     async fn claims(&self, token: &str) -> Arc<AccessClaims> {
         match self.introspect_as("gateway-rs", token).await {
-            Answer::Access(claims) => claims,
+            Answer::Access { claims, .. } => claims,
             other => panic!("expected an active access token, got {other:?}"),
         }
     }
 
     async fn is_active(&self, token: &str) -> bool {
         match self.introspect_as("gateway-rs", token).await {
-            Answer::Access(_) | Answer::Refresh(_) => true,
+            Answer::Access { .. } | Answer::Refresh(_) => true,
             Answer::Inactive => false,
         }
     }
@@ -363,8 +384,18 @@ impl Node {
 fn variant(e: &Error) -> &'static str {
     match e {
         Error::InvalidGrant(_) => "InvalidGrant",
-        Error::Policy(Refusal::Scope(_)) => "Policy(Scope)",
-        Error::Policy(Refusal::Target(_)) => "Policy(Target)",
+        Error::Policy(Refusal {
+            kind: RefusalKind::Scope,
+            ..
+        }) => "Policy(Scope)",
+        Error::Policy(Refusal {
+            kind: RefusalKind::Target,
+            ..
+        }) => "Policy(Target)",
+        Error::Policy(_) => "Policy(Client)",
+        Error::Invalid(_) => "Invalid",
+        Error::Conflict(_) => "Conflict",
+        Error::NotFound => "NotFound",
         Error::InvalidRequest(_) => "InvalidRequest",
         Error::NotPermitted(_) => "NotPermitted",
         Error::GrantNotAllowed(_) => "GrantNotAllowed",
@@ -725,14 +756,14 @@ async fn a_token_carries_its_views_stamp_and_a_later_revocation_still_covers_it(
     // Tokens made through the view still carry the stamp read when it was made.
     let claims = view.access_claims(
         "orders-service",
-        &ClientId::new("orders-service"),
+        &n.client_rights("orders-service"),
         ORDERS_AUD.into(),
         "orders:read".into(),
     );
     assert_eq!(Point::new(claims.rse, claims.rsq), stamp);
     let bystander = view.access_claims(
         "billing-service",
-        &ClientId::new("billing-service"),
+        &n.client_rights("billing-service"),
         BILLING_AUD.into(),
         "billing:read".into(),
     );
@@ -1018,7 +1049,7 @@ async fn introspection_respects_the_callers_audiences_and_the_issuing_client() {
             _ => &refresh_token,
         };
         let got = match n.introspect_as(caller, token).await {
-            Answer::Access(_) => "access",
+            Answer::Access { .. } => "access",
             Answer::Refresh(r) => {
                 assert_eq!(r.client_id, "idp-hook");
                 "refresh"
@@ -1033,7 +1064,7 @@ async fn introspection_respects_the_callers_audiences_and_the_issuing_client() {
     let ghost = view
         .sign(&view.access_claims(
             "ghost",
-            &ClientId::new("ghost"),
+            &n.client_rights("ghost"),
             ORDERS_AUD.into(),
             "orders:read".into(),
         ))
@@ -1041,7 +1072,7 @@ async fn introspection_respects_the_callers_audiences_and_the_issuing_client() {
     let known = view
         .sign(&view.access_claims(
             "orders-service",
-            &ClientId::new("orders-service"),
+            &n.client_rights("orders-service"),
             ORDERS_AUD.into(),
             "orders:read".into(),
         ))
@@ -1058,7 +1089,7 @@ async fn introspection_respects_the_callers_audiences_and_the_issuing_client() {
     ));
     assert!(matches!(
         n.introspect_as("gateway-rs", &known).await,
-        Answer::Access(_)
+        Answer::Access { .. }
     ));
 
     for garbage in ["", "garbage", "eyJ.e30.x", &sessions::new_refresh_token().0] {

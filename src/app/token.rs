@@ -10,7 +10,7 @@ use super::error::Error;
 use super::view::View;
 use super::App;
 use crate::audit::NewAudit;
-use crate::clients::{Client, Grant, Role};
+use crate::clients::{Client, Deprecated, Grant, Role};
 use crate::metrics as m;
 use crate::policy;
 use crate::revocation::{NewRevocation, RevocationKind, Verdict};
@@ -65,16 +65,83 @@ pub struct Issued {
     pub scope: String,
     pub refresh_token: Option<String>,
     pub grant: Grant,
+    /// Deprecated scopes or audiences the token carries, each with its planned removal
+    /// (Unix ms) when scheduled: the answer says so (`Deprecation`, `Sunset`).
+    pub deprecated: Vec<Deprecated>,
 }
 
-/// Issues tokens to an authenticated `client`: checks that it may use the grant and its
-/// issuance rate, then runs the grant.
+/// Issues tokens to an authenticated `client` (its rights under the contract in force):
+/// checks that it may use the grant and its issuance rate, then runs the grant. Every
+/// decision is counted by reason and logged with the client, the requested and granted
+/// scopes, the contract version and the reason; a refusal of something in `shadow` is
+/// logged as "would have been granted".
 pub async fn token(
     app: &App,
     client: &Client,
     req: TokenRequest<'_>,
     request_id: &str,
 ) -> Result<Issued, Error> {
+    let requested = match req {
+        TokenRequest::ClientCredentials { scope, .. }
+        | TokenRequest::RefreshToken { scope, .. } => scope,
+        TokenRequest::TokenExchange(x) => x.scope,
+    };
+    let result = grant(app, client, req, request_id).await;
+    match &result {
+        Ok(issued) => {
+            metrics::counter!(m::CONTRACT_DECISIONS, "reason" => "granted").increment(1);
+            for d in &issued.deprecated {
+                metrics::counter!(m::CONTRACT_DEPRECATED_USE, "name" => d.name.clone())
+                    .increment(1);
+            }
+            tracing::debug!(
+                target: "latch::contracts",
+                client = %client.id,
+                requested = requested.unwrap_or(""),
+                granted = %issued.scope,
+                contract_version = client.contract_version,
+                reason = "granted",
+                "token decision"
+            );
+        }
+        Err(Error::Policy(refusal)) => {
+            metrics::counter!(m::CONTRACT_DECISIONS, "reason" => refusal.reason).increment(1);
+            if refusal.is_shadow() {
+                let name = requested.unwrap_or("").to_string();
+                metrics::counter!(m::CONTRACT_SHADOW_HITS, "client" => client.id.to_string())
+                    .increment(1);
+                tracing::info!(
+                    target: "latch::contracts",
+                    client = %client.id,
+                    requested = %name,
+                    contract_version = client.contract_version,
+                    stage = "shadow",
+                    reason = refusal.reason,
+                    "would have been granted"
+                );
+            } else {
+                tracing::info!(
+                    target: "latch::contracts",
+                    client = %client.id,
+                    requested = requested.unwrap_or(""),
+                    contract_version = client.contract_version,
+                    reason = refusal.reason,
+                    "token refused"
+                );
+            }
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+async fn grant(
+    app: &App,
+    client: &Client,
+    req: TokenRequest<'_>,
+    request_id: &str,
+) -> Result<Issued, Error> {
+    policy::not_suspended(client)?;
     if !client.has_grant(req.grant()) {
         return Err(Error::GrantNotAllowed(
             "this client may not use this grant type",
@@ -83,11 +150,11 @@ pub async fn token(
     app.limits.token(&client.id, client.token_rate, now_ms())?;
     match req {
         TokenRequest::ClientCredentials { scope, resource } => {
-            let scope = policy::scope_within(&client.scopes, scope)?;
+            let scope = policy::contract_scope(client, scope)?;
             let aud = policy::audience(client, resource)?;
             let view = app.fresh(now_ms())?;
-            let claims = view.access_claims(&client.id, &client.id, aud, scope);
-            issue(&view, &claims, Grant::ClientCredentials, None)
+            let claims = view.access_claims(&client.id, client, aud, scope);
+            issue(&view, client, &claims, Grant::ClientCredentials, None)
         }
         TokenRequest::RefreshToken {
             refresh_token,
@@ -103,6 +170,7 @@ pub async fn token(
 /// Signs `claims` and counts the issuance.
 fn issue(
     view: &View<'_>,
+    client: &Client,
     claims: &AccessClaims,
     grant: Grant,
     refresh_token: Option<String>,
@@ -115,7 +183,21 @@ fn issue(
         scope: claims.scope.clone(),
         refresh_token,
         grant,
+        deprecated: deprecated_in(client, claims),
     })
+}
+
+/// The deprecated scopes and audience `claims` carry under `client`'s contract.
+pub fn deprecated_in(client: &Client, claims: &AccessClaims) -> Vec<Deprecated> {
+    if client.deprecated.is_empty() {
+        return Vec::new();
+    }
+    client
+        .deprecated
+        .iter()
+        .filter(|d| d.name == claims.aud || claims.scope.split(' ').any(|s| s == d.name))
+        .cloned()
+        .collect()
 }
 
 /// A parameter the grant cannot do without.
@@ -189,7 +271,13 @@ async fn open_session(
             "the assertion's subject collides with a client id",
         ));
     }
-    let scope = policy::scope_within(&client.scopes, x.scope)?;
+    if !client.trusted_issuers.is_empty() && !client.trusted_issuers.contains(&a.iss) {
+        tracing::info!(client = %client.id, issuer = %a.iss, "assertion issuer not in the client's contract");
+        return Err(Error::InvalidGrant(
+            "this client's contract does not accept assertions of this issuer",
+        ));
+    }
+    let scope = policy::contract_scope(client, x.scope)?;
     let aud = policy::exchange_audience(client, x.audience, x.resource)?;
     // One use per assertion, remembered exactly as long as it could be accepted: until
     // its `exp` or its maximum age, whichever comes first, plus leeway.
@@ -200,7 +288,7 @@ async fn open_session(
         return Err(Error::InvalidGrant("the assertion was already used"));
     }
     let view = app.fresh(now)?;
-    let mut claims = view.access_claims(&a.sub, &client.id, aud, scope);
+    let mut claims = view.access_claims(&a.sub, client, aud, scope);
     claims.sid = Some(crate::tokens::random_id());
     claims.username = a.username;
     let (refresh_token, hash) = sessions::new_refresh_token();
@@ -214,7 +302,13 @@ async fn open_session(
         request_id: request_id.to_string(),
     };
     app.store.open_session(hash, record, audit).await?;
-    issue(&view, &claims, Grant::TokenExchange, Some(refresh_token))
+    issue(
+        &view,
+        client,
+        &claims,
+        Grant::TokenExchange,
+        Some(refresh_token),
+    )
 }
 
 /// A service acting for a user: a down-scoped token for another audience, with the
@@ -263,13 +357,14 @@ async fn delegate(
     }
     let scope = policy::scope_within(&policy::delegable(client, &subject.scope), x.scope)?;
     if scope.is_empty() {
-        return Err(policy::Refusal::Scope(
+        return Err(policy::Refusal::scope(
+            "scope_not_allowed",
             "no scope is shared by the subject token and this client".into(),
         )
         .into());
     }
     let aud = policy::exchange_audience(client, x.audience, x.resource)?;
-    let mut claims = view.access_claims(&subject.sub, &client.id, aud, scope);
+    let mut claims = view.access_claims(&subject.sub, client, aud, scope);
     claims.exp = claims.exp.min(subject.exp);
     claims.sid = subject.sid.clone();
     claims.username = subject.username.clone();
@@ -282,7 +377,7 @@ async fn delegate(
     claims.dcl.push(subject.client_id.clone());
     claims.djt = subject.djt.clone();
     claims.djt.push(subject.jti.clone());
-    issue(&view, &claims, Grant::TokenExchange, None)
+    issue(&view, client, &claims, Grant::TokenExchange, None)
 }
 
 // === refresh_token grant ===
@@ -323,7 +418,7 @@ async fn refresh(
     }
     let session_scope: Vec<&str> = record.scope.split(' ').filter(|s| !s.is_empty()).collect();
     let scope = policy::scope_within(&session_scope, scope)?;
-    let mut claims = view.access_claims(&record.sub, &client.id, record.aud.clone(), scope);
+    let mut claims = view.access_claims(&record.sub, client, record.aud.clone(), scope);
     claims.sid = Some(record.sid.clone());
     claims.username = record.username.clone();
     let (next_token, next_hash) = sessions::new_refresh_token();
@@ -339,7 +434,13 @@ async fn refresh(
         .rotate_refresh(hash.clone(), next_hash, next)
         .await?
     {
-        Rotation::Rotated => issue(&view, &claims, Grant::RefreshToken, Some(next_token)),
+        Rotation::Rotated => issue(
+            &view,
+            client,
+            &claims,
+            Grant::RefreshToken,
+            Some(next_token),
+        ),
         Rotation::Reused(r) if sessions::authentic(app.keys.refresh_record_mac(), &hash, &r) => {
             Err(reuse(app, &r, request_id).await)
         }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use super::error::Error;
 use super::App;
 use crate::clients::Client;
-use crate::ids::ClientId;
 use crate::revocation::Point;
 use crate::sessions::RefreshRecord;
 use crate::tokens::{self, AccessClaims, Reason, Verifier};
@@ -72,17 +71,20 @@ impl View<'_> {
         }
     }
 
-    /// Whether `token` is active: signature, key state, time, issuer, revocation, and
-    /// the client it was issued to still configured (a removed client's tokens die with
-    /// it, for introspection and for token exchange alike).
+    /// Whether `token` is active: signature, key state, time, issuer, revocation, the
+    /// client it was issued to still configured (a removed client's tokens die with it,
+    /// for introspection and for token exchange alike), and within that client's
+    /// contract in force now (a narrowing or a suspension makes exceeding tokens
+    /// inactive on every node once the node has applied it; same log, same bound).
     pub fn decide(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
         let claims = self
             .app
             .keys
             .with_ring(|ring| self.verifier(ring).decide(token))?;
-        if self.app.clients.get(&claims.client_id).is_none() {
+        let Some(client) = self.app.contracts.client(&claims.client_id, self.now_ms) else {
             return Err(Reason::UnknownClient);
-        }
+        };
+        within_contract(&claims, &client)?;
         Ok(claims)
     }
 
@@ -104,26 +106,31 @@ impl View<'_> {
             .with_ring(|ring| self.verifier(ring).authentic(token))
     }
 
-    /// Claims of a new access token for `sub`, issued to `client_id`, carrying this
-    /// view's stamp.
+    /// Claims of a new access token for `sub`, issued to `client` under its contract in
+    /// force (its version in `cv`, its lifetime if it sets one), carrying this view's
+    /// stamp.
     pub fn access_claims(
         &self,
         sub: &str,
-        client_id: &ClientId,
+        client: &Client,
         aud: String,
         scope: String,
     ) -> AccessClaims {
         let config = &self.app.config;
         let iat = self.now_ms.div_euclid(1000);
+        let ttl = client
+            .access_ttl
+            .unwrap_or(config.tokens.access_ttl)
+            .min(crate::config::ACCESS_TTL_CAP);
         AccessClaims {
             iss: config.issuer.clone(),
             sub: sub.to_string(),
             aud,
-            exp: iat + config.tokens.access_ttl.as_secs() as i64,
+            exp: iat + ttl.as_secs() as i64,
             iat,
             nbf: iat,
             jti: tokens::random_id(),
-            client_id: client_id.to_string(),
+            client_id: client.id.to_string(),
             scope,
             sid: None,
             act: None,
@@ -132,6 +139,7 @@ impl View<'_> {
             rsq: self.stamp.seq,
             dcl: Vec::new(),
             djt: Vec::new(),
+            cv: client.contract_version,
         }
     }
 
@@ -161,5 +169,31 @@ impl View<'_> {
                 .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
             tokens::sign(signer, claims).map_err(|e| Error::Internal(format!("signing: {e}")))
         })
+    }
+}
+
+/// Whether `claims` stay within `client`'s rights: a token issued under the version in
+/// force passes at once; an older one must carry only scopes and an audience the
+/// contract in force still grants. Delegated tokens are judged by their own (acting)
+/// client's contract.
+pub fn within_contract(claims: &AccessClaims, client: &Client) -> Result<(), Reason> {
+    if client.suspended {
+        return Err(Reason::ContractSuspended);
+    }
+    if claims.cv == client.contract_version {
+        return Ok(());
+    }
+    let scopes_ok = claims
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .all(|s| client.scopes.iter().any(|c| c == s));
+    // A token for the client's own id as audience (a subject token for delegation) is
+    // not an audience grant of the contract.
+    let aud_ok = client.audiences.contains(&claims.aud) || *client.id == claims.aud;
+    if scopes_ok && aud_ok {
+        Ok(())
+    } else {
+        Err(Reason::ContractNarrowed)
     }
 }

@@ -209,7 +209,7 @@ impl Amendment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "op")]
 pub enum Change {
-    Amend { amendment: Amendment },
+    Amend { amendment: Box<Amendment> },
     Cancel { doc: String, version: u64 },
 }
 
@@ -257,7 +257,7 @@ impl Book {
     pub fn apply(&mut self, change: &Change) {
         match change {
             Change::Amend { amendment } => self.insert(Entry {
-                amendment: amendment.clone(),
+                amendment: (**amendment).clone(),
                 cancelled: false,
             }),
             Change::Cancel { doc, version } => {

@@ -68,9 +68,11 @@ fn the_book_puts_in_force_the_highest_effective_uncancelled_version() {
     // Replaying the same change is idempotent.
     let a3 = amendment(3, 0, contract(&[]));
     book.apply(&Change::Amend {
-        amendment: a3.clone(),
+        amendment: Box::new(a3.clone()),
     });
-    book.apply(&Change::Amend { amendment: a3 });
+    book.apply(&Change::Amend {
+        amendment: Box::new(a3),
+    });
     assert_eq!(book.history(&doc).len(), 3);
     assert!(book.in_force("client:other", 0).is_none());
 }
@@ -78,7 +80,7 @@ fn the_book_puts_in_force_the_highest_effective_uncancelled_version() {
 #[test]
 fn a_change_round_trips_through_json() {
     let change = Change::Amend {
-        amendment: amendment(4, 7, contract(&[("a", Stage::Deprecated)])),
+        amendment: Box::new(amendment(4, 7, contract(&[("a", Stage::Deprecated)]))),
     };
     let json = serde_json::to_string(&change).unwrap();
     assert_eq!(serde_json::from_str::<Change>(&json).unwrap(), change);

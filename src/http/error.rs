@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::app::{self, keys::KeysError};
 use crate::limits::Limited;
-use crate::policy::Refusal;
+use crate::policy::{Refusal, RefusalKind};
 use crate::store::StoreError;
 
 /// Every way a request can fail.
@@ -56,6 +56,13 @@ pub enum ApiError {
     /// State too stale to decide on, store unreachable, or no signing key: fail closed.
     #[error("{0}")]
     Unavailable(String),
+    /// A scope, audience or client refused by the contract in force: the OAuth error of
+    /// its kind, with the stable `reason` code next to it.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// A document that does not validate: 400 `invalid_request` with every `problem`.
+    #[error("the request does not validate; see problems")]
+    Invalid(Vec<crate::contracts::Problem>),
     /// A bug or an impossible state. Logged in full; the client sees only `server_error`.
     #[error("{0}")]
     Internal(String),
@@ -72,6 +79,15 @@ impl ApiError {
             InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
             InvalidTarget(_) => (StatusCode::BAD_REQUEST, "invalid_target"),
+            Refused(r) => (
+                StatusCode::BAD_REQUEST,
+                match r.kind {
+                    RefusalKind::Scope => "invalid_scope",
+                    RefusalKind::Target => "invalid_target",
+                    RefusalKind::Client => "unauthorized_client",
+                },
+            ),
+            Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -101,7 +117,12 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let body = json!({ "error": code, "error_description": description });
+        let mut body = json!({ "error": code, "error_description": description });
+        match &self {
+            ApiError::Refused(r) => body["reason"] = json!(r.reason),
+            ApiError::Invalid(problems) => body["problems"] = json!(problems),
+            _ => {}
+        }
         let mut resp = json_response(status, &body);
         let headers = resp.headers_mut();
         match self {
@@ -135,8 +156,10 @@ impl From<app::Error> for ApiError {
         use app::Error as E;
         match e {
             E::InvalidGrant(why) => ApiError::InvalidGrant(why),
-            E::Policy(Refusal::Scope(why)) => ApiError::InvalidScope(why),
-            E::Policy(Refusal::Target(why)) => ApiError::InvalidTarget(why),
+            E::Policy(refusal) => ApiError::Refused(refusal),
+            E::Invalid(problems) => ApiError::Invalid(problems),
+            E::Conflict(why) => ApiError::Conflict(why),
+            E::NotFound => ApiError::NotFound,
             E::InvalidRequest(why) => ApiError::InvalidRequest(why),
             E::NotPermitted(why) => ApiError::UnauthorizedClient(why),
             E::GrantNotAllowed(why) => ApiError::GrantNotAllowed(why),

@@ -19,6 +19,7 @@ use error::{bytes_response, json_response, ApiError};
 use request::{read_body, require_content_type, ClientAddr, Form};
 
 pub mod admin;
+pub mod contracts;
 pub mod error;
 pub mod oauth;
 pub mod request;
@@ -40,6 +41,8 @@ enum Route {
     AdminKeyRevoke,
     AdminAudit,
     AdminStoreRecover,
+    AdminContracts,
+    AdminScopes,
     Healthz,
     Readyz,
     NotFound,
@@ -58,6 +61,10 @@ impl Route {
             "/admin/keys/rotate" => Route::AdminKeysRotate,
             "/admin/audit" => Route::AdminAudit,
             "/admin/store/recover" => Route::AdminStoreRecover,
+            "/admin/scopes" => Route::AdminScopes,
+            p if p == "/admin/contracts" || p.starts_with("/admin/contracts/") => {
+                Route::AdminContracts
+            }
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             p if key_to_revoke(p).is_some() => Route::AdminKeyRevoke,
@@ -78,6 +85,8 @@ impl Route {
             Route::AdminKeyRevoke => "admin_key_revoke",
             Route::AdminAudit => "admin_audit",
             Route::AdminStoreRecover => "admin_store_recover",
+            Route::AdminContracts => "admin_contracts",
+            Route::AdminScopes => "admin_scopes",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::NotFound => "not_found",
@@ -212,6 +221,10 @@ async fn dispatch(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if route == Route::NotFound {
         return Err(ApiError::NotFound);
+    }
+    if matches!(route, Route::AdminContracts | Route::AdminScopes) {
+        // These paths answer GET and POST, by sub-path.
+        return contracts::dispatch(app, req, request_id).await;
     }
     let allowed = route.method();
     if req.method().as_str() != allowed {

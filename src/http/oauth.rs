@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 use serde::Serialize;
@@ -15,7 +16,7 @@ use crate::app::introspect::{self, Answer};
 use crate::app::revoke::revoke_token;
 use crate::app::token::{self, Exchange, Issued, TokenRequest, TYPE_ACCESS_TOKEN};
 use crate::app::App;
-use crate::clients::{Grant, Role};
+use crate::clients::{Deprecated, Grant, Role};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -61,6 +62,7 @@ pub async fn token(
         }),
     };
     let issued: Issued = token::token(app, &client, req, request_id).await?;
+    let deprecated = issued.deprecated.clone();
     let body = TokenResponse {
         access_token: &issued.access_token,
         token_type: "Bearer",
@@ -69,7 +71,7 @@ pub async fn token(
         refresh_token: issued.refresh_token.as_deref(),
         issued_token_type: (issued.grant == Grant::TokenExchange).then_some(TYPE_ACCESS_TOKEN),
     };
-    Ok(json_body(StatusCode::OK, &body))
+    Ok(deprecation(json_body(StatusCode::OK, &body), &deprecated))
 }
 
 // === /introspect ===
@@ -118,24 +120,30 @@ pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, A
     require_role(&caller, Role::Introspect)?;
     let token = form.required("token")?;
     Ok(match introspect::introspect(app, &caller, token).await? {
-        Answer::Access(c) => json_body(
-            StatusCode::OK,
-            &AccessIntrospection {
-                active: true,
-                scope: &c.scope,
-                client_id: &c.client_id,
-                sub: &c.sub,
-                aud: &c.aud,
-                iss: &c.iss,
-                exp: c.exp,
-                iat: c.iat,
-                nbf: c.nbf,
-                jti: &c.jti,
-                token_type: "Bearer",
-                sid: c.sid.as_deref(),
-                act: c.act.as_ref(),
-                username: c.username.as_deref(),
-            },
+        Answer::Access {
+            claims: c,
+            deprecated,
+        } => deprecation(
+            json_body(
+                StatusCode::OK,
+                &AccessIntrospection {
+                    active: true,
+                    scope: &c.scope,
+                    client_id: &c.client_id,
+                    sub: &c.sub,
+                    aud: &c.aud,
+                    iss: &c.iss,
+                    exp: c.exp,
+                    iat: c.iat,
+                    nbf: c.nbf,
+                    jti: &c.jti,
+                    token_type: "Bearer",
+                    sid: c.sid.as_deref(),
+                    act: c.act.as_ref(),
+                    username: c.username.as_deref(),
+                },
+            ),
+            &deprecated,
         ),
         Answer::Refresh(r) => json_body(
             StatusCode::OK,
@@ -174,6 +182,32 @@ pub async fn revoke(
     let token = form.required("token")?;
     revoke_token(app, &caller, token, request_id).await?;
     Ok(super::error::empty_ok())
+}
+
+/// An answer about a token that carries a deprecated scope or audience says so:
+/// `Deprecation: @<unix seconds>` (RFC 9745: since the contract version that deprecated
+/// it took effect), `Sunset` (RFC 8594) with the earliest planned removal when one is
+/// scheduled, and `X-Latch-Deprecated` naming what is deprecated.
+fn deprecation(mut resp: Resp, deprecated: &[Deprecated]) -> Resp {
+    if deprecated.is_empty() {
+        return resp;
+    }
+    let headers = resp.headers_mut();
+    let since = deprecated.iter().map(|d| d.since_ms).min().unwrap_or(0);
+    if let Ok(v) = HeaderValue::from_str(&format!("@{}", since.div_euclid(1000))) {
+        headers.insert("deprecation", v);
+    }
+    if let Some(ms) = deprecated.iter().filter_map(|d| d.sunset_ms).min() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            headers.insert("sunset", v);
+        }
+    }
+    let names: Vec<&str> = deprecated.iter().map(|d| d.name.as_str()).collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("deprecated={}", names.join(" "))) {
+        headers.insert("x-latch-deprecated", v);
+    }
+    resp
 }
 
 fn json_body<T: Serialize>(status: StatusCode, body: &T) -> Resp {

@@ -204,7 +204,19 @@ pub fn authenticate(
         .map(|c| c.id.as_str());
     let now = now_ms();
     app.limits.before_auth(address, counted, now)?;
-    let result = verify(&app.clients, basic, form);
+    let result = verify(&app.clients, basic, form).and_then(|(configured, method)| {
+        // The rights come from the contract in force; it may also narrow the methods.
+        let client = app
+            .contracts
+            .client(&configured.id, now)
+            .ok_or(ApiError::InvalidClient)?;
+        if client.accepts_auth_method(method) {
+            Ok(client)
+        } else {
+            tracing::debug!(client = %client.id, method, "authentication method not in the contract");
+            Err(ApiError::InvalidClient)
+        }
+    });
     if result.is_err() {
         app.limits.auth_failed(address, counted, now);
     }
@@ -230,7 +242,12 @@ fn presented_id<'a>(
         .map(std::borrow::Cow::Borrowed)
 }
 
-fn verify(clients: &Clients, basic: Basic, form: Option<&Form>) -> Result<Arc<Client>, ApiError> {
+/// The configured client whose secret was presented, and how it was presented.
+fn verify(
+    clients: &Clients,
+    basic: Basic,
+    form: Option<&Form>,
+) -> Result<(Arc<Client>, &'static str), ApiError> {
     let in_body = form.and_then(|f| f.get("client_secret")).is_some();
     if let Some(basic) = basic {
         if in_body {
@@ -239,13 +256,14 @@ fn verify(clients: &Clients, basic: Basic, form: Option<&Form>) -> Result<Arc<Cl
             ));
         }
         let (id, secret) = basic.ok_or(ApiError::InvalidClient)?;
-        return check(clients, &id, &secret);
+        return Ok((check(clients, &id, &secret)?, "client_secret_basic"));
     }
     if let Some(form) = form {
         if let (Some(id), Some(secret)) = (form.get("client_id"), form.get("client_secret")) {
-            return clients
+            let client = clients
                 .authenticate(id, secret.as_bytes())
-                .ok_or(ApiError::InvalidClient);
+                .ok_or(ApiError::InvalidClient)?;
+            return Ok((client, "client_secret_post"));
         }
     }
     Err(ApiError::InvalidClient)

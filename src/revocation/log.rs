@@ -12,15 +12,22 @@ pub enum RevocationKind {
     Subject,
     Client,
     All,
+    /// Not a revocation by itself: a change to the authorization contracts (its value is
+    /// a `contracts::Change` as JSON). It travels in the same ordered log, so every node
+    /// applies it in order and proves it has it exactly as it proves it has every
+    /// revocation; a narrowing it brings makes exceeding tokens inactive. Admins cannot
+    /// record it through `/admin/revoke`.
+    Contract,
 }
 
 impl RevocationKind {
-    pub const ALL: [RevocationKind; 5] = [
+    pub const ALL: [RevocationKind; 6] = [
         RevocationKind::Token,
         RevocationKind::Session,
         RevocationKind::Subject,
         RevocationKind::Client,
         RevocationKind::All,
+        RevocationKind::Contract,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +37,7 @@ impl RevocationKind {
             RevocationKind::Subject => "subject",
             RevocationKind::Client => "client",
             RevocationKind::All => "all",
+            RevocationKind::Contract => "contract",
         }
     }
 
@@ -110,6 +118,7 @@ pub fn parse_closed(text: &str) -> Result<Vec<ClosedEpoch>, String> {
 pub fn revocation_target(kind: RevocationKind, value: &str) -> String {
     match kind {
         RevocationKind::All => "all".to_string(),
+        RevocationKind::Contract => "contracts".to_string(),
         k => format!("{}:{}", k.as_str(), value),
     }
 }

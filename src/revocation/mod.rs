@@ -230,13 +230,17 @@ impl Table {
             RevocationKind::Session => Some(&self.sessions),
             RevocationKind::Subject => Some(&self.subjects),
             RevocationKind::Client => Some(&self.clients),
-            RevocationKind::All => None,
+            RevocationKind::All | RevocationKind::Contract => None,
         }
     }
 
     /// Records a revocation (idempotent; keeps the highest seq per key). It is kept for
     /// the retention of its kind after `revoked_at`.
     pub fn insert(&self, e: &RevocationEvent) {
+        if e.kind == RevocationKind::Contract {
+            // A contract change: the follower hands it to the contracts, not the table.
+            return;
+        }
         let expires_at_ms = e
             .revoked_at_ms
             .saturating_add(self.retention.for_kind(e.kind));
@@ -403,9 +407,10 @@ impl Table {
 
     /// Whether revocation `kind:value` already covers tokens stamped `rsq`.
     pub fn covers(&self, kind: RevocationKind, value: &str, rsq: u64) -> bool {
-        match self.map(kind) {
-            Some(map) => map.get(value).is_some_and(|e| e.seq > rsq),
-            None => self.all.load(Ordering::Acquire) > rsq,
+        match (kind, self.map(kind)) {
+            (_, Some(map)) => map.get(value).is_some_and(|e| e.seq > rsq),
+            (RevocationKind::All, None) => self.all.load(Ordering::Acquire) > rsq,
+            (_, None) => false,
         }
     }
 

@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use super::{
-    decode_refresh as decode, encode_refresh as encode, BoxFuture, Head, Store, StoreError,
-    StoreEvent,
+    decode_refresh as decode, encode_refresh as encode, BoxFuture, ContractWrite, Head, Store,
+    StoreError, StoreEvent,
 };
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
@@ -67,6 +67,13 @@ CREATE INDEX IF NOT EXISTS seen_until ON seen (until_ms);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contracts (
+    doc TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    amendment TEXT NOT NULL,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (doc, version)
 );
 CREATE TABLE IF NOT EXISTS epochs (
     id TEXT PRIMARY KEY,
@@ -261,20 +268,55 @@ fn keys_version(conn: &Connection) -> rusqlite::Result<u64> {
     Ok(v.unwrap_or(0) as u64)
 }
 
-impl Store for EmbeddedStore {
-    fn kind(&self) -> &'static str {
-        "embedded"
-    }
-
-    fn append_revocation(
+impl EmbeddedStore {
+    /// One log entry with its audit record, in one transaction, then announced; with
+    /// `contract`, the contract change's compare-and-set and history write in the same
+    /// transaction.
+    fn append_logged(
         &self,
         rev: NewRevocation,
+        contract: Option<ContractWrite>,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
         let inner_epoch = self.inner.clone();
         let inner_epoch = move || inner_epoch.epoch.load(Ordering::Acquire);
         self.with_conn(move |conn, events| {
             let now = now_ms();
             let tx = conn.transaction().map_err(unavailable)?;
+            let action = match &contract {
+                None => "revoke",
+                Some(w) if w.cancel => "contract_cancel",
+                Some(_) => "contract_amend",
+            };
+            if let Some(w) = &contract {
+                if w.cancel {
+                    let changed = tx
+                        .execute(
+                            "UPDATE contracts SET cancelled = 1
+                             WHERE doc = ?1 AND version = ?2 AND cancelled = 0",
+                            params![w.doc, w.version as i64],
+                        )
+                        .map_err(unavailable)?;
+                    if changed != 1 {
+                        return Err(StoreError::Conflict);
+                    }
+                } else {
+                    let latest: i64 = tx
+                        .query_row(
+                            "SELECT COALESCE(MAX(version), 0) FROM contracts WHERE doc = ?1",
+                            params![w.doc],
+                            |r| r.get(0),
+                        )
+                        .map_err(unavailable)?;
+                    if latest as u64 + 1 != w.version {
+                        return Err(StoreError::Conflict);
+                    }
+                    tx.execute(
+                        "INSERT INTO contracts (doc, version, amendment) VALUES (?1, ?2, ?3)",
+                        params![w.doc, w.version as i64, w.amendment],
+                    )
+                    .map_err(unavailable)?;
+                }
+            }
             tx.execute(
                 "INSERT INTO revocations (kind, value, revoked_at_ms, reason, actor)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -284,7 +326,7 @@ impl Store for EmbeddedStore {
             let seq = tx.last_insert_rowid() as u64;
             let audit = NewAudit {
                 actor: rev.actor.clone(),
-                action: "revoke".into(),
+                action: action.into(),
                 target: revocation_target(rev.kind, &rev.value),
                 reason: rev.reason.clone(),
                 request_id: rev.request_id.clone(),
@@ -303,6 +345,48 @@ impl Store for EmbeddedStore {
                 event: event.clone(),
             });
             Ok(event)
+        })
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn append_revocation(
+        &self,
+        rev: NewRevocation,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        self.append_logged(rev, None)
+    }
+
+    fn append_contract(
+        &self,
+        write: ContractWrite,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        let rev = NewRevocation {
+            kind: RevocationKind::Contract,
+            value: write.change.clone(),
+            reason: audit.reason,
+            actor: audit.actor,
+            request_id: audit.request_id,
+        };
+        self.append_logged(rev, Some(write))
+    }
+
+    fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached("SELECT amendment, cancelled FROM contracts")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? != 0))
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
     }
 

@@ -49,6 +49,19 @@ impl Head {
     }
 }
 
+/// One contract change to record (see [`Store::append_contract`]).
+#[derive(Debug, Clone)]
+pub struct ContractWrite {
+    /// `registry` or `client:<id>`.
+    pub doc: String,
+    pub version: u64,
+    /// The amendment's JSON, stored as its history (empty for a cancellation).
+    pub amendment: String,
+    /// The change's JSON: the log entry's value.
+    pub change: String,
+    pub cancel: bool,
+}
+
 /// What the feed announces. Announcements are hints for speed; [`Store::head`] is the truth.
 #[derive(Debug, Clone)]
 pub enum StoreEvent {
@@ -165,6 +178,21 @@ pub trait Store: Send + Sync + 'static {
         new_hash: String,
         new: RefreshRecord,
     ) -> BoxFuture<'_, Result<Rotation, StoreError>>;
+
+    /// Records a contract change (`contracts::Change` as JSON) atomically with its log
+    /// entry (kind `contract`, value the same JSON, announced like a revocation) and its
+    /// audit record. For an amendment, `write.version` must be the document's latest
+    /// version plus one, else nothing is written and the answer is `Conflict`: of
+    /// concurrent amendments to one document exactly one wins. For a cancellation, the
+    /// version must exist and not be cancelled yet (else `Conflict`).
+    fn append_contract(
+        &self,
+        write: ContractWrite,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>>;
+
+    /// Every recorded amendment (its JSON) and whether it was cancelled, in no order.
+    fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>>;
 
     /// Audit records with seq > `after`, oldest first.
     fn audit_after(

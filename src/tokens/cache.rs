@@ -105,6 +105,7 @@ mod tests {
                 rse: 0,
                 dcl: Vec::new(),
                 djt: Vec::new(),
+                cv: 0,
             }),
         }
     }

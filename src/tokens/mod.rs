@@ -59,6 +59,15 @@ pub struct AccessClaims {
     /// what was derived from it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub djt: Vec<String>,
+    /// The version of the client's authorization contract the token was issued under
+    /// (0: none recorded). A token of an older version is checked against the contract
+    /// in force at every introspection; one that exceeds it is inactive.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cv: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl AccessClaims {
@@ -99,6 +108,10 @@ pub enum Reason {
     StampAhead,
     Audience,
     UnknownClient,
+    /// The client's contract in force no longer allows what the token carries.
+    ContractNarrowed,
+    /// The client's contract is suspended.
+    ContractSuspended,
 }
 
 impl Reason {
@@ -119,6 +132,8 @@ impl Reason {
             Reason::Revoked => "revoked",
             Reason::StaleEpoch => "stale_epoch",
             Reason::StampAhead => "stamp_ahead",
+            Reason::ContractNarrowed => "contract_narrowed",
+            Reason::ContractSuspended => "contract_suspended",
             Reason::Audience => "audience",
             Reason::UnknownClient => "unknown_client",
         }

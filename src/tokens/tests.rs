@@ -53,6 +53,7 @@ fn claims() -> AccessClaims {
         rse: EPOCH,
         dcl: Vec::new(),
         djt: Vec::new(),
+        cv: 0,
     }
 }
 

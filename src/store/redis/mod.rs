@@ -33,7 +33,9 @@ use tokio::sync::broadcast;
 
 use topology::{redact, Conn, Options, Target, Topology};
 
-use super::{decode_refresh, encode_refresh, BoxFuture, Head, Store, StoreError, StoreEvent};
+use super::{
+    decode_refresh, encode_refresh, BoxFuture, ContractWrite, Head, Store, StoreError, StoreEvent,
+};
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
 use crate::revocation::{
@@ -53,6 +55,12 @@ const AUDIT_LOG: &str = "{latch}:audit:log";
 const KEYS: &str = "{latch}:keys";
 const KEYS_VERSION: &str = "{latch}:keys:version";
 const CHANNEL: &str = "{latch}:events";
+/// Contract amendments: field `<doc>\n<version>` → the amendment's JSON.
+const CONTRACTS: &str = "{latch}:contracts";
+/// Latest version per document.
+const CONTRACTS_LATEST: &str = "{latch}:contracts:latest";
+/// Cancelled amendments: field `<doc>\n<version>` → 1.
+const CONTRACTS_CANCELLED: &str = "{latch}:contracts:cancelled";
 
 /// A refresh token's key, by the SHA-256 of the token.
 fn refresh_key(hash: &str) -> String {
@@ -139,13 +147,34 @@ redis.call('HSET', KEYS[1], 'seq', seq)
 redis.call('XADD', KEYS[2], seq .. '-0', 'kind', ARGV[2], 'value', ARGV[3], 'at', ms,
   'reason', ARGV[4], 'actor', ARGV[5])
 local aseq = redis.call('INCR', KEYS[4])
-redis.call('XADD', KEYS[5], aseq .. '-0', 'time', ms, 'actor', ARGV[5], 'action', 'revoke',
+redis.call('XADD', KEYS[5], aseq .. '-0', 'time', ms, 'actor', ARGV[5], 'action', ARGV[14] or 'revoke',
   'target', ARGV[7], 'reason', ARGV[4], 'request_id', ARGV[6])
 if ARGV[9] == '0' then
   redis.call('HSET', KEYS[1], 'acked', seq)
   redis.call('PUBLISH', ARGV[8], 'rev\\n' .. epoch .. '\\n' .. seq .. '\\n' .. ms .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
 end
 return {epoch, seq, ms, aseq, rid}
+";
+
+/// Runs before [`REVOKE`] in the contract script, in the same atomic call: the
+/// compare-and-set on the document's version (or the cancellation's checks), then the
+/// history write; REVOKE then appends the log entry (kind `contract`), the audit record
+/// and the announcement. KEYS[6] contracts, KEYS[7] contracts:latest, KEYS[8]
+/// contracts:cancelled. ARGV[10] doc, ARGV[11] version, ARGV[12] amendment JSON, ARGV[13]
+/// `amend` or `cancel`. Returns {-1} on a lost compare-and-set.
+const CONTRACT_CHECK: &str = "
+local cfield = ARGV[10] .. '\n' .. ARGV[11]
+if ARGV[13] == 'amend' then
+  local latest = tonumber(redis.call('HGET', KEYS[7], ARGV[10]) or '0')
+  if latest + 1 ~= tonumber(ARGV[11]) then return {-1} end
+  redis.call('HSET', KEYS[6], cfield, ARGV[12])
+  redis.call('HSET', KEYS[7], ARGV[10], ARGV[11])
+else
+  if redis.call('HEXISTS', KEYS[6], cfield) == 0 or redis.call('HEXISTS', KEYS[8], cfield) == 1 then
+    return {-1}
+  end
+  redis.call('HSET', KEYS[8], cfield, 1)
+end
 ";
 
 /// After `WAIT` confirmed the replicas: raises `acked` (replication is one ordered stream,
@@ -246,6 +275,7 @@ struct Inner {
     bump: Script,
     ack: Script,
     revoke: Script,
+    contract: Script,
     save_keys: Script,
     load_keys: Script,
     audit: Script,
@@ -342,6 +372,7 @@ impl RedisStore {
             bump: counter_script(BUMP),
             ack: Script::new(ACK),
             revoke: counter_script(REVOKE),
+            contract: counter_script(&format!("{CONTRACT_CHECK}{REVOKE}")),
             save_keys: script(SAVE_KEYS),
             load_keys: Script::new(LOAD_KEYS),
             audit: script(AUDIT),
@@ -603,6 +634,106 @@ fn audit_entry(id: &str, f: &[String]) -> AuditRecord {
     }
 }
 
+impl RedisStore {
+    /// One log entry with its audit record, announced once durable (and, with
+    /// `min_replicas_ack`, replicated); with `contract`, the contract change's
+    /// compare-and-set and history write in the same script.
+    async fn append_logged(
+        &self,
+        rev: NewRevocation,
+        contract: Option<ContractWrite>,
+    ) -> Result<RevocationEvent, StoreError> {
+        let target = revocation_target(rev.kind, &rev.value);
+        let min_acks = self.inner.replication.min_acks;
+        // One connection for the script and WAIT: WAIT covers this connection's writes.
+        let mut conn = self.conn();
+        let action = match &contract {
+            None => "revoke",
+            Some(w) if w.cancel => "contract_cancel",
+            Some(_) => "contract_amend",
+        };
+        let script = if contract.is_some() {
+            &self.inner.contract
+        } else {
+            &self.inner.revoke
+        };
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(REV_STATE)
+            .key(REV_LOG)
+            .key(LEGACY_REV_SEQ)
+            .key(AUDIT_SEQ)
+            .key(AUDIT_LOG)
+            .arg(epoch_hex(new_epoch_id()))
+            .arg(rev.kind.as_str())
+            .arg(&rev.value)
+            .arg(&rev.reason)
+            .arg(&rev.actor)
+            .arg(&rev.request_id)
+            .arg(&target)
+            .arg(CHANNEL)
+            .arg(min_acks);
+        if let Some(w) = &contract {
+            invocation
+                .key(CONTRACTS)
+                .key(CONTRACTS_LATEST)
+                .key(CONTRACTS_CANCELLED)
+                .arg(&w.doc)
+                .arg(w.version)
+                .arg(&w.amendment)
+                .arg(if w.cancel { "cancel" } else { "amend" })
+                .arg(action);
+        }
+        let reply: Vec<redis::Value> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if reply.len() == 1 {
+            return Err(StoreError::Conflict);
+        }
+        let (epoch, seq, ms, aseq, run_id): (String, u64, i64, u64, String) =
+            redis::from_redis_value_ref(&redis::Value::Array(reply))
+                .map_err(|e| StoreError::Unavailable(format!("unexpected reply: {e}")))?;
+        let audit = NewAudit {
+            actor: rev.actor,
+            action: action.into(),
+            target,
+            reason: rev.reason,
+            request_id: rev.request_id,
+        };
+        crate::audit::log(&audit.recorded(aseq, ms));
+        if min_acks > 0 {
+            self.await_replicas(&mut conn).await?;
+            let acked: i64 = self
+                .inner
+                .ack
+                .key(REV_STATE)
+                .key(REV_LOG)
+                .arg(&epoch)
+                .arg(seq)
+                .arg(ms)
+                .arg(rev.kind.as_str())
+                .arg(&rev.value)
+                .arg(CHANNEL)
+                .arg(&run_id)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if acked != 1 {
+                return Err(StoreError::Unavailable(
+                    "redis changed between the revocation and its replica check".into(),
+                ));
+            }
+        }
+        Ok(RevocationEvent {
+            seq,
+            kind: rev.kind,
+            value: rev.value,
+            revoked_at_ms: ms,
+        })
+    }
+}
+
 impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
@@ -612,68 +743,44 @@ impl Store for RedisStore {
         &self,
         rev: NewRevocation,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        Box::pin(self.append_logged(rev, None))
+    }
+
+    fn append_contract(
+        &self,
+        write: ContractWrite,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        let rev = NewRevocation {
+            kind: RevocationKind::Contract,
+            value: write.change.clone(),
+            reason: audit.reason,
+            actor: audit.actor,
+            request_id: audit.request_id,
+        };
+        Box::pin(self.append_logged(rev, Some(write)))
+    }
+
+    fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>> {
         Box::pin(async move {
-            let target = revocation_target(rev.kind, &rev.value);
-            let min_acks = self.inner.replication.min_acks;
-            // One connection for the script and WAIT: WAIT covers this connection's writes.
             let mut conn = self.conn();
-            let (epoch, seq, ms, aseq, run_id): (String, u64, i64, u64, String) = self
-                .inner
-                .revoke
-                .key(REV_STATE)
-                .key(REV_LOG)
-                .key(LEGACY_REV_SEQ)
-                .key(AUDIT_SEQ)
-                .key(AUDIT_LOG)
-                .arg(epoch_hex(new_epoch_id()))
-                .arg(rev.kind.as_str())
-                .arg(&rev.value)
-                .arg(&rev.reason)
-                .arg(&rev.actor)
-                .arg(&rev.request_id)
-                .arg(&target)
-                .arg(CHANNEL)
-                .arg(min_acks)
-                .invoke_async(&mut conn)
+            let all: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(CONTRACTS)
+                .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            let audit = NewAudit {
-                actor: rev.actor,
-                action: "revoke".into(),
-                target,
-                reason: rev.reason,
-                request_id: rev.request_id,
-            };
-            crate::audit::log(&audit.recorded(aseq, ms));
-            if min_acks > 0 {
-                self.await_replicas(&mut conn).await?;
-                let acked: i64 = self
-                    .inner
-                    .ack
-                    .key(REV_STATE)
-                    .key(REV_LOG)
-                    .arg(&epoch)
-                    .arg(seq)
-                    .arg(ms)
-                    .arg(rev.kind.as_str())
-                    .arg(&rev.value)
-                    .arg(CHANNEL)
-                    .arg(&run_id)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
-                if acked != 1 {
-                    return Err(StoreError::Unavailable(
-                        "redis changed between the revocation and its replica check".into(),
-                    ));
-                }
-            }
-            Ok(RevocationEvent {
-                seq,
-                kind: rev.kind,
-                value: rev.value,
-                revoked_at_ms: ms,
-            })
+            let cancelled: Vec<String> = redis::cmd("HKEYS")
+                .arg(CONTRACTS_CANCELLED)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(all
+                .into_iter()
+                .map(|(field, json)| {
+                    let gone = cancelled.contains(&field);
+                    (json, gone)
+                })
+                .collect())
         })
     }
 
