@@ -204,8 +204,6 @@ impl Amendment {
 }
 
 /// A change to the book, as the ordered log carries it.
-// One change per amendment, parsed once from the log: boxing the large variant buys nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "op")]
 pub enum Change {
