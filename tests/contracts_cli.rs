@@ -742,8 +742,8 @@ async fn apply_list_history_show_cancel_promote_rollback() {
     assert_eq!(
         out,
         format!(
-            "FILE                                  KEY     CODE            MESSAGE\n\
-             contracts/scopes.toml                 -       missing_reason  differs from the server's registry (version 1): pass --reason to record why\n\
+            "FILE                                     KEY     CODE            MESSAGE\n\
+             contracts/scopes.toml                    -       missing_reason  differs from the server's registry (version 1): pass --reason to record why\n\
              {}  reason  missing_reason  every amendment records why: set `reason` in the file or pass --reason\n",
             f(3)
         )
@@ -786,8 +786,8 @@ async fn apply_list_history_show_cancel_promote_rollback() {
     assert_eq!(
         out,
         format!(
-            "DOC                    VERSION  BASE  ACTION  EFFECTIVE (UTC)      FILE                                  RESULT\n\
-             registry               2        1     amend   when applied         contracts/scopes.toml                 in force\n\
+            "DOC                    VERSION  BASE  ACTION  EFFECTIVE (UTC)      FILE                                     RESULT\n\
+             registry               2        1     amend   when applied         contracts/scopes.toml                    in force\n\
              client:orders-service  2        1     amend   when applied         {}  in force\n\
              client:orders-service  3        2     amend   {ahead_shown}  {}  scheduled\n\
              applied 3 amendments\n",
@@ -819,10 +819,10 @@ async fn apply_list_history_show_cancel_promote_rollback() {
     assert_eq!(
         out,
         format!(
-            "VERSION  STATE       EFFECTIVE (UTC)      RECORDED (UTC)       AUTHOR          REASON                        ROLLBACK OF  CHANGELOG\n\
-             1        superseded  {}  {}  latch           seeded from the configuration  -            version 1: as configured in [[clients]]\n\
-             2        in force    {}  {}  security-admin  CHG-7                         -            refunds in shadow\n\
-             3        scheduled   {}  {}  security-admin  CHG-7                         -            refunds enforced\n",
+            "VERSION  STATE       EFFECTIVE (UTC)      RECORDED (UTC)       AUTHOR          REASON             ROLLBACK OF  CHANGELOG\n\
+             1        superseded  {}  {}  latch           the configuration  -            version 1: as configured in [[clients]]\n\
+             2        in force    {}  {}  security-admin  CHG-7              -            refunds in shadow\n\
+             3        scheduled   {}  {}  security-admin  CHG-7              -            refunds enforced\n",
             at(0, "effective_at_ms"),
             at(0, "recorded_at_ms"),
             at(1, "effective_at_ms"),
@@ -833,16 +833,35 @@ async fn apply_list_history_show_cancel_promote_rollback() {
     );
     let (code, out, _) = online(&s, cwd, &["show", ORDERS], None).await;
     assert_eq!(code, 0);
-    assert!(out.starts_with("FIELD"), "{out}");
-    for line in [
-        "doc                                         client:orders-service",
-        "version                                     2",
-        "state                                       in force",
-        "scope orders:refund                         shadow",
-        "scope orders:read                           enforced",
-    ] {
-        assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
-    }
+    assert_eq!(
+        out,
+        format!(
+            "FIELD                                     VALUE\n\
+             doc                                       client:orders-service\n\
+             version                                   2\n\
+             state                                     in force\n\
+             effective (UTC)                           {}\n\
+             recorded (UTC)                            {}\n\
+             author                                    security-admin\n\
+             reason                                    CHG-7\n\
+             changelog                                 refunds in shadow\n\
+             rollback of                               -\n\
+             grants                                    client_credentials\n\
+             roles                                     none\n\
+             access_ttl_secs                           default\n\
+             auth_methods                              any\n\
+             trusted_issuers                           any\n\
+             delegate_service_tokens                   false\n\
+             suspended                                 false\n\
+             scope orders:read                         enforced\n\
+             scope orders:refund                       shadow\n\
+             scope orders:write                        enforced\n\
+             audience https://orders-internal.example  enforced\n\
+             audience https://orders.example           enforced\n",
+            at(1, "effective_at_ms"),
+            at(1, "recorded_at_ms"),
+        )
+    );
     let (code, out, _) = online(&s, cwd, &["show", ORDERS, "3", "--json"], None).await;
     assert_eq!(code, 0);
     let v3: Value = serde_json::from_str(&out).unwrap();
@@ -964,7 +983,7 @@ async fn apply_list_history_show_cancel_promote_rollback() {
     assert_eq!(
         out,
         format!(
-            "DOC                    VERSION  BASE  ACTION  EFFECTIVE (UTC)      FILE                             RESULT\n\
+            "DOC                    VERSION  BASE  ACTION  EFFECTIVE (UTC)      FILE                                RESULT\n\
              client:orders-service  6        5     amend   when applied         next/clients/{ORDERS}/6.toml  in force\n\
              client:orders-service  7        6     amend   2020-01-01 00:00:00  next/clients/{ORDERS}/7.toml  refused\n\
              applied 1 of 2 amendments; stopped at the refusal below\n"
@@ -994,7 +1013,7 @@ async fn apply_list_history_show_cancel_promote_rollback() {
     assert_eq!(
         out,
         format!(
-            "FILE                            KEY                   CODE                MESSAGE\n\
+            "FILE                               KEY                   CODE                MESSAGE\n\
              bad/clients/{ORDERS}/7.toml  scopes.\"orders:nuke\"  unregistered_scope  scope \"orders:nuke\" is not in the registry\n"
         )
     );

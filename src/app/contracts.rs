@@ -202,11 +202,11 @@ fn build(
     }
     // The configuration's order first (its first audience is the default one, its scope
     // order is the default scope string), then names the contract added, by name.
-    let config_order = |list: &[String], name: &String| {
-        list.iter().position(|x| x == name).unwrap_or(usize::MAX)
-    };
+    let config_order =
+        |list: &[String], name: &String| list.iter().position(|x| x == name).unwrap_or(usize::MAX);
     c.scopes.sort_by_key(|s| config_order(&base.scopes, s));
-    c.audiences.sort_by_key(|a| config_order(&base.audiences, a));
+    c.audiences
+        .sort_by_key(|a| config_order(&base.audiences, a));
     c.suspended = k.suspended;
     c.access_ttl = k.access_ttl_secs.map(Duration::from_secs);
     c.auth_methods = k.auth_methods.clone();
@@ -283,14 +283,20 @@ pub fn drift(book: &Book, clients: &Clients, now_ms: i64) -> Vec<String> {
     let mut out = Vec::new();
     for c in clients.iter() {
         let doc = client_doc(&c.id);
-        let Some(a) = book.in_force(&doc, now_ms) else { continue };
+        let Some(a) = book.in_force(&doc, now_ms) else {
+            continue;
+        };
         let Some(stored) = a.contract() else { continue };
         let d = crate::contracts::delta(Some(&contract_of(c)), stored);
         if d == crate::contracts::Delta::default() {
             continue;
         }
         let mut parts: Vec<String> = Vec::new();
-        parts.extend(d.added.iter().map(|(n, s)| format!("+{n} ({})", s.as_str())));
+        parts.extend(
+            d.added
+                .iter()
+                .map(|(n, s)| format!("+{n} ({})", s.as_str())),
+        );
         parts.extend(d.removed.iter().map(|(n, _)| format!("-{n}")));
         parts.extend(
             d.moved

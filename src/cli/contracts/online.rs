@@ -334,18 +334,20 @@ async fn cancel(
     Ok(Output { json: answer, text })
 }
 
-/// The highest version in a client's history (the base of its next amendment), and that
-/// version's contract.
+/// The highest version in a client's history (the base of its next amendment, cancelled
+/// versions count), and the contract of the latest version not cancelled (what a
+/// promotion starts from).
 async fn latest(c: &AdminClient, client: &str) -> Result<(u64, Option<Contract>), Failure> {
     let h = c.call(Method::GET, &contract_path(client), None).await?;
     let list = items(&h["history"]);
-    let last = list
+    let version = |a: &&Value| a["version"].as_u64().unwrap_or(0);
+    let base = list.iter().map(|a| version(&a)).max().unwrap_or(0);
+    let current = list
         .iter()
-        .max_by_key(|a| a["version"].as_u64().unwrap_or(0));
-    Ok((
-        last.and_then(|a| a["version"].as_u64()).unwrap_or(0),
-        last.and_then(contract_of),
-    ))
+        .filter(|a| a["cancelled"] != true)
+        .max_by_key(version)
+        .and_then(contract_of);
+    Ok((base, current))
 }
 
 async fn promote(c: &AdminClient, a: PromoteArgs) -> Result<Output, Failure> {
