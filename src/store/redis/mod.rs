@@ -163,7 +163,7 @@ return {epoch, seq, ms, aseq, rid}
 /// contracts:cancelled. ARGV[10] doc, ARGV[11] version, ARGV[12] amendment JSON, ARGV[13]
 /// `amend` or `cancel`. Returns {-1} on a lost compare-and-set.
 const CONTRACT_CHECK: &str = "
-local cfield = ARGV[10] .. '\n' .. ARGV[11]
+local cfield = ARGV[10] .. '\\n' .. ARGV[11]
 if ARGV[13] == 'amend' then
   local latest = tonumber(redis.call('HGET', KEYS[7], ARGV[10]) or '0')
   if latest + 1 ~= tonumber(ARGV[11]) then return {-1} end
