@@ -35,7 +35,7 @@ const OUTAGE: &str = "needs a store outage: outage_answers_match_the_openapi_doc
 /// Why it does not drive a 408 or 429.
 const LIMITS: &str = "needs tiny limits and deadlines: limit_answers_match_the_openapi_document";
 /// Operations that authenticate a client, so an auth-failure limit can refuse them (429).
-const AUTHENTICATED: [(&str, &str); 9] = [
+const AUTHENTICATED: [(&str, &str); 18] = [
     ("post", "/token"),
     ("post", "/introspect"),
     ("post", "/revoke"),
@@ -45,7 +45,28 @@ const AUTHENTICATED: [(&str, &str); 9] = [
     ("post", "/admin/keys/{kid}/revoke"),
     ("get", "/admin/audit"),
     ("post", "/admin/store/recover"),
+    ("get", "/admin/contracts"),
+    ("get", "/admin/contracts/{client}"),
+    ("post", "/admin/contracts/{client}"),
+    ("get", "/admin/contracts/{client}/{version}"),
+    ("post", "/admin/contracts/{client}/{version}/cancel"),
+    ("post", "/admin/contracts/{client}/rollback"),
+    ("post", "/admin/contracts/{client}/promote"),
+    ("get", "/admin/scopes"),
+    ("post", "/admin/scopes"),
 ];
+
+/// The contracts admin API's client in concrete paths.
+const CONTRACT_CLIENT: &str = "orders-service";
+
+/// A documented path with its parameters filled in: `kid`, the contracts fixture's client,
+/// and version 1 (which every configured client has).
+fn concrete(template: &str, kid: &str) -> String {
+    template
+        .replace("{kid}", kid)
+        .replace("{client}", CONTRACT_CLIENT)
+        .replace("{version}", "1")
+}
 
 /// Documented answers the embedded-store test does not provoke, and why. Each must stay
 /// documented.
@@ -72,6 +93,16 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("get", "/admin/audit", "503", OUTAGE),
     ("get", "/readyz", "503", OUTAGE),
     ("post", "/admin/store/recover", "503", OUTAGE),
+    ("post", "/admin/contracts/{client}", "503", OUTAGE),
+    (
+        "post",
+        "/admin/contracts/{client}/{version}/cancel",
+        "503",
+        OUTAGE,
+    ),
+    ("post", "/admin/contracts/{client}/rollback", "503", OUTAGE),
+    ("post", "/admin/contracts/{client}/promote", "503", OUTAGE),
+    ("post", "/admin/scopes", "503", OUTAGE),
 ];
 
 /// Whether [`NOT_DRIVEN`] (or, for 408 and 429, [`LIMITS`]) excuses an answer.
@@ -160,8 +191,10 @@ impl Api {
     fn check(&self, method: &Method, template: &str, resp: &Resp) -> Result<(), String> {
         let item = self.path_item(template);
         let m = method.as_str().to_ascii_lowercase();
-        let (op_method, op) = match item.get(&m) {
-            Some(op) => (m.clone(), op),
+        // A method the path does not document: 405, as each documented operation of the
+        // path says, with `Allow` naming them all (`GET, POST` where both are).
+        let methods: Vec<String> = match item.get(&m) {
+            Some(_) => vec![m],
             None => {
                 if resp.status != 405 {
                     return Err(format!(
@@ -169,33 +202,36 @@ impl Api {
                         resp.status
                     ));
                 }
-                let (om, op) = item
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .find(|(k, _)| ["get", "post"].contains(&k.as_str()))
-                    .expect("an operation");
+                let documented: Vec<String> = ["get", "post"]
+                    .into_iter()
+                    .filter(|m| item.get(*m).is_some())
+                    .map(String::from)
+                    .collect();
                 let allow = resp.header("allow").unwrap_or_default();
-                if !allow.eq_ignore_ascii_case(om) {
-                    return Err(format!("Allow {allow:?}, documented method {om}"));
+                let expected = documented.join(", ");
+                if !allow.eq_ignore_ascii_case(&expected) {
+                    return Err(format!("Allow {allow:?}, documented methods {expected}"));
                 }
-                (om.clone(), op)
+                documented
             }
         };
         let status = resp.status.as_u16().to_string();
-        let response = op["responses"].get(&status).ok_or_else(|| {
-            format!(
-                "{} {template} answered {status}, which is not documented: {}",
-                op_method.to_uppercase(),
-                resp.text()
-            )
-        })?;
-        self.check_response(self.resolve(response), resp)
-            .map_err(|e| format!("{} {template} {status}: {e}", op_method.to_uppercase()))?;
-        self.covered
-            .lock()
-            .unwrap()
-            .insert((op_method, template.to_string(), status));
+        for op_method in methods {
+            let op = &item[&op_method];
+            let response = op["responses"].get(&status).ok_or_else(|| {
+                format!(
+                    "{} {template} answered {status}, which is not documented: {}",
+                    op_method.to_uppercase(),
+                    resp.text()
+                )
+            })?;
+            self.check_response(self.resolve(response), resp)
+                .map_err(|e| format!("{} {template} {status}: {e}", op_method.to_uppercase()))?;
+            self.covered
+                .lock()
+                .unwrap()
+                .insert((op_method, template.to_string(), status.clone()));
+        }
         Ok(())
     }
 
@@ -670,10 +706,12 @@ async fn real_answers_match_the_openapi_document() {
         }
     }
 
+    contracts(&api, &s).await;
+
     // --- for every documented path: another method (405); for POSTs, 413 and 415 ---
     let admin_auth = basic(&admin.id, &admin.secret);
     for (method, template) in api.operations() {
-        let path = template.replace("{kid}", &next);
+        let path = concrete(&template, &next);
         let other = if method == "get" {
             Method::DELETE
         } else {
@@ -684,15 +722,21 @@ async fn real_answers_match_the_openapi_document() {
         if method != "post" {
             continue;
         }
-        let big = vec![b'a'; 20_000];
-        let r = raw(
-            &s,
-            Method::POST,
-            &path,
-            &[("content-type", FORM), ("authorization", &admin_auth)],
-            &big,
-        )
-        .await;
+        let r = if template.starts_with("/admin/contracts") || template == "/admin/scopes" {
+            // Past the contracts' own 256 KiB: declared, not sent (latch answers at once,
+            // and a client still writing that much would see the connection closed).
+            declared_too_large(&s, &path, &admin_auth).await
+        } else {
+            let big = vec![b'a'; 20_000];
+            raw(
+                &s,
+                Method::POST,
+                &path,
+                &[("content-type", FORM), ("authorization", &admin_auth)],
+                &big,
+            )
+            .await
+        };
         r.assert_error(413, "invalid_request");
         api.assert(Method::POST, &template, &r);
         let wrong_type = if template.starts_with("/admin/") {
@@ -748,6 +792,282 @@ async fn real_answers_match_the_openapi_document() {
         assert!(
             !covered.contains(&(m.to_string(), t.to_string(), st.to_string())),
             "{m} {t} {st} is driven now; remove it from NOT_DRIVEN"
+        );
+    }
+}
+
+/// The contracts admin API: every operation to its success and its main errors, and the
+/// deprecation headers of `/token` and `/introspect` answers (one client's contract
+/// amended: a new scope through its ramp, a scheduled version cancelled, a promotion, a
+/// rollback, then `orders:read` deprecated with its removal scheduled).
+async fn contracts(api: &Api, s: &TestServer) {
+    let admin = clients::admin();
+    let nobody = clients::nobody();
+    let c = format!("/admin/contracts/{CONTRACT_CLIENT}");
+    let get = |path: String, client: ClientDef| async move { s.get(&path, client.auth()).await };
+    let post = |path: String, body: Value, client: ClientDef| async move {
+        s.post_json(&path, &body, client.auth()).await
+    };
+
+    // Reads.
+    for (client, status) in [
+        (admin.clone(), 200),
+        (wrong_secret(&admin), 401),
+        (nobody.clone(), 403),
+    ] {
+        for (path, template) in [
+            ("/admin/contracts".to_string(), "/admin/contracts"),
+            ("/admin/scopes".to_string(), "/admin/scopes"),
+            (c.clone(), "/admin/contracts/{client}"),
+            (format!("{c}/1"), "/admin/contracts/{client}/{version}"),
+        ] {
+            let r = get(path, client.clone()).await;
+            assert_eq!(r.status, status, "{template}: {}", r.text());
+            api.assert(Method::GET, template, &r);
+        }
+    }
+    for (path, template, status) in [
+        (
+            "/admin/contracts/no-such-client".to_string(),
+            "/admin/contracts/{client}",
+            404,
+        ),
+        (format!("{c}/9"), "/admin/contracts/{client}/{version}", 404),
+        (format!("{c}/x"), "/admin/contracts/{client}/{version}", 400),
+    ] {
+        let r = get(path, admin.clone()).await;
+        assert_eq!(r.status, status, "{template}: {}", r.text());
+        api.assert(Method::GET, template, &r);
+    }
+
+    // The registry: a new scope.
+    let registry = get("/admin/scopes".into(), admin.clone()).await.json();
+    let mut with_refund = registry["registry"].clone();
+    with_refund["scopes"]["orders:refund"] = json!({"description": "refunds", "owner": "orders"});
+    let mut bad = with_refund.clone();
+    bad["scopes"]["bad scope"] = json!({});
+    let base = registry["latest_version"].as_u64().unwrap();
+    let amend_registry = |base: u64, r: &Value| json!({"base_version": base, "registry": r, "changelog": "refunds", "reason": "openapi"});
+    for (body, client, status) in [
+        (amend_registry(base, &bad), admin.clone(), 400),
+        (amend_registry(base, &with_refund), admin.clone(), 200),
+        (amend_registry(base, &with_refund), admin.clone(), 409),
+        (
+            amend_registry(base, &with_refund),
+            wrong_secret(&admin),
+            401,
+        ),
+        (amend_registry(base, &with_refund), nobody.clone(), 403),
+    ] {
+        let r = post("/admin/scopes".into(), body, client).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        api.assert(Method::POST, "/admin/scopes", &r);
+        if status == 400 {
+            assert_eq!(
+                r.json()["problems"][0]["code"],
+                "invalid_scope_name",
+                "{}",
+                r.text()
+            );
+        }
+    }
+
+    // Amendments: version 2 puts the new scope in shadow, 3 is scheduled a day ahead.
+    let v1 = get(format!("{c}/1"), admin.clone()).await.json()["body"]["content"].clone();
+    let mut shadow = v1.clone();
+    shadow["scopes"]["orders:refund"] = json!("shadow");
+    let mut enforced = v1.clone();
+    enforced["scopes"]["orders:refund"] = json!("enforced");
+    let mut unregistered = shadow.clone();
+    unregistered["scopes"]["orders:nuke"] = json!("shadow");
+    let amend = |base: u64, contract: &Value| json!({"base_version": base, "contract": contract, "changelog": "refunds", "reason": "openapi"});
+    let ahead = {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now_secs() as u64 + 86_400);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let mut scheduled = amend(2, &enforced);
+    scheduled["effective_at"] = json!(ahead);
+    for (body, client, status) in [
+        (amend(1, &unregistered), admin.clone(), 400),
+        (amend(1, &shadow), admin.clone(), 200),
+        (amend(1, &shadow), admin.clone(), 409),
+        (scheduled, admin.clone(), 200),
+        (amend(3, &shadow), wrong_secret(&admin), 401),
+        (amend(3, &shadow), nobody.clone(), 403),
+    ] {
+        let r = post(c.clone(), body, client).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        api.assert(Method::POST, "/admin/contracts/{client}", &r);
+    }
+    let r = s
+        .token_resp(&clients::orders(), &[("scope", "orders:refund")])
+        .await;
+    r.assert_error(400, "invalid_scope");
+    assert_eq!(r.json()["reason"], "scope_in_shadow", "{}", r.text());
+    api.assert(Method::POST, "/token", &r);
+
+    // Cancel version 3.
+    let cancel = "/admin/contracts/{client}/{version}/cancel";
+    for (path, body, client, status) in [
+        (
+            format!("{c}/3/cancel"),
+            json!({"reason": " "}),
+            admin.clone(),
+            400,
+        ),
+        (
+            format!("{c}/3/cancel"),
+            json!({"reason": "openapi"}),
+            admin.clone(),
+            200,
+        ),
+        (
+            format!("{c}/3/cancel"),
+            json!({"reason": "openapi"}),
+            admin.clone(),
+            409,
+        ),
+        (
+            format!("{c}/9/cancel"),
+            json!({"reason": "openapi"}),
+            admin.clone(),
+            404,
+        ),
+        (
+            format!("{c}/3/cancel"),
+            json!({"reason": "x"}),
+            wrong_secret(&admin),
+            401,
+        ),
+        (
+            format!("{c}/3/cancel"),
+            json!({"reason": "x"}),
+            nobody.clone(),
+            403,
+        ),
+    ] {
+        let r = post(path, body, client).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        api.assert(Method::POST, cancel, &r);
+    }
+
+    // Promote the shadow scope (version 4).
+    let promote = |name: &str, kind: &str, base: u64| json!({"name": name, "kind": kind, "base_version": base, "reason": "openapi"});
+    for (path, body, client, status) in [
+        (
+            format!("{c}/promote"),
+            promote("orders:refund", "scope", 1),
+            admin.clone(),
+            409,
+        ),
+        (
+            format!("{c}/promote"),
+            promote("orders:read", "scope", 3),
+            admin.clone(),
+            400,
+        ),
+        (
+            format!("{c}/promote"),
+            promote("orders:refund", "nope", 3),
+            admin.clone(),
+            400,
+        ),
+        (
+            "/admin/contracts/no-such-client/promote".to_string(),
+            promote("orders:refund", "scope", 1),
+            admin.clone(),
+            404,
+        ),
+        (
+            format!("{c}/promote"),
+            promote("orders:refund", "scope", 3),
+            admin.clone(),
+            200,
+        ),
+        (
+            format!("{c}/promote"),
+            promote("x", "scope", 4),
+            wrong_secret(&admin),
+            401,
+        ),
+        (
+            format!("{c}/promote"),
+            promote("x", "scope", 4),
+            nobody.clone(),
+            403,
+        ),
+    ] {
+        let r = post(path, body, client).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        api.assert(Method::POST, "/admin/contracts/{client}/promote", &r);
+    }
+
+    // Roll back to version 2 (version 5).
+    let rollback =
+        |to: u64, base: u64| json!({"to": to, "base_version": base, "reason": "openapi"});
+    for (body, client, status) in [
+        (rollback(3, 4), admin.clone(), 400),
+        (rollback(99, 4), admin.clone(), 404),
+        (rollback(2, 1), admin.clone(), 409),
+        (rollback(2, 4), admin.clone(), 200),
+        (rollback(2, 5), wrong_secret(&admin), 401),
+        (rollback(2, 5), nobody.clone(), 403),
+    ] {
+        let r = post(format!("{c}/rollback"), body, client).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        api.assert(Method::POST, "/admin/contracts/{client}/rollback", &r);
+        if status == 400 {
+            assert_eq!(
+                r.json()["problems"][0]["code"],
+                "never_in_force",
+                "{}",
+                r.text()
+            );
+        }
+    }
+
+    // orders:read deprecated now (version 6), removed a day ahead (version 7): tokens
+    // carrying it are answered with Deprecation, Sunset and X-Latch-Deprecated.
+    let mut deprecated = shadow.clone();
+    deprecated["scopes"]["orders:read"] = json!("deprecated");
+    let mut removed = deprecated.clone();
+    removed["scopes"]
+        .as_object_mut()
+        .unwrap()
+        .remove("orders:read");
+    let mut later = amend(6, &removed);
+    later["effective_at"] = json!(ahead);
+    for body in [amend(5, &deprecated), later] {
+        let r = post(c.clone(), body, admin.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = s
+        .token_resp(&clients::orders(), &[("scope", "orders:read")])
+        .await;
+    api.assert(Method::POST, "/token", &r);
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let r2 = s
+        .post_form(
+            "/introspect",
+            &[("token", &token)],
+            clients::rs_all().auth(),
+        )
+        .await;
+    api.assert(Method::POST, "/introspect", &r2);
+    for r in [&r, &r2] {
+        assert!(
+            r.header("deprecation").is_some_and(|d| d.starts_with('@')),
+            "{:?}",
+            r.headers
+        );
+        assert!(
+            r.header("sunset").is_some_and(|d| d.ends_with(" GMT")),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(
+            r.header("x-latch-deprecated").as_deref(),
+            Some("deprecated=orders:read")
         );
     }
 }
@@ -823,6 +1143,39 @@ async fn the_checker_rejects_answers_that_do_not_match() {
     let mut with_body = revoked.clone();
     with_body.body = bytes::Bytes::from_static(b"{}");
     assert!(api.check(&Method::POST, "/revoke", &with_body).is_err());
+
+    // Contracts: an amendment with an extra field or a wrong body, an error with an
+    // unknown reason; a 405 of a GET-and-POST path must allow both.
+    let c = format!("/admin/contracts/{CONTRACT_CLIENT}");
+    let r = s.get(&format!("{c}/1"), clients::admin().auth()).await;
+    api.assert(Method::GET, "/admin/contracts/{client}/{version}", &r);
+    let amendment = r.json();
+    let schema = api.body_schema("get", "/admin/contracts/{client}/{version}", "200");
+    let mut extra = amendment.clone();
+    extra["surprise"] = json!(1);
+    let mut wrong_body = amendment.clone();
+    wrong_body["body"]["kind"] = json!("registry");
+    let mut bad_stage = amendment.clone();
+    bad_stage["body"]["content"]["scopes"]["orders:read"] = json!("maybe");
+    for bad in [extra, wrong_body, bad_stage] {
+        assert!(api.check_body(&schema, &bad).is_err(), "accepted {bad}");
+    }
+    let error = api.body_schema("post", "/token", "400");
+    let refusal =
+        json!({"error": "invalid_scope", "error_description": "x", "reason": "scope_in_shadow"});
+    assert!(api.check_body(&error, &refusal).is_ok());
+    let mut unknown = refusal.clone();
+    unknown["reason"] = json!("because");
+    assert!(api.check_body(&error, &unknown).is_err());
+    let r = raw(&s, Method::DELETE, &c, &[], b"").await;
+    api.assert(Method::DELETE, "/admin/contracts/{client}", &r);
+    let mut get_only = r.clone();
+    get_only
+        .headers
+        .insert("allow", hyper::header::HeaderValue::from_static("GET"));
+    assert!(api
+        .check(&Method::DELETE, "/admin/contracts/{client}", &get_only)
+        .is_err());
 }
 
 /// The 503s: one node in redis mode, Redis stopped. Every documented 503 must be driven
@@ -842,6 +1195,14 @@ async fn outage_answers_match_the_openapi_document() {
         .first()
         .expect("an active key")
         .clone();
+    // Version 2 of a contract deprecates a scope, so a promotion has something to do.
+    let c = format!("/admin/contracts/{CONTRACT_CLIENT}");
+    let mut v2 = s.get(&format!("{c}/1"), admin.auth()).await.json()["body"]["content"].clone();
+    v2["scopes"]["orders:write"] = json!("deprecated");
+    let amend = json!({"base_version": 1, "contract": v2, "changelog": "x", "reason": "openapi"});
+    let r = s.post_json(&c, &amend, admin.auth()).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), s.logs());
+    let registry = s.get("/admin/scopes", admin.auth()).await.json();
     redis.stop();
     // The feed goes down first (503 at once); answers fail closed only once the state
     // is stale too, so wait for that reason.
@@ -905,6 +1266,36 @@ async fn outage_answers_match_the_openapi_document() {
     let r = s.get("/admin/audit", admin.auth()).await;
     r.assert_error(503, "temporarily_unavailable");
     api.assert(Method::GET, "/admin/audit", &r);
+    let mut amend = amend;
+    amend["base_version"] = json!(2);
+    for (path, template, body) in [
+        (c.clone(), "/admin/contracts/{client}", amend),
+        (
+            format!("{c}/2/cancel"),
+            "/admin/contracts/{client}/{version}/cancel",
+            json!({"reason": "openapi"}),
+        ),
+        (
+            format!("{c}/rollback"),
+            "/admin/contracts/{client}/rollback",
+            json!({"to": 1, "base_version": 2, "reason": "openapi"}),
+        ),
+        (
+            format!("{c}/promote"),
+            "/admin/contracts/{client}/promote",
+            json!({"name": "orders:write", "kind": "scope", "base_version": 2, "reason": "openapi"}),
+        ),
+        (
+            "/admin/scopes".to_string(),
+            "/admin/scopes",
+            json!({"base_version": registry["latest_version"], "registry": registry["registry"],
+                   "changelog": "x", "reason": "openapi"}),
+        ),
+    ] {
+        let r = s.post_json(&path, &body, admin.auth()).await;
+        r.assert_error(503, "temporarily_unavailable");
+        api.assert(Method::POST, template, &r);
+    }
 
     let covered = api.covered.lock().unwrap().clone();
     for (method, template) in api.operations() {
@@ -944,6 +1335,37 @@ async fn stalled_body(s: &TestServer, path: &str, content_type: &str) -> Resp {
     .await;
     assert!(read.is_ok(), "{path}: latch did not close the connection");
     parse_response(&got).unwrap_or_else(|| panic!("{path}: {:?}", String::from_utf8_lossy(&got)))
+}
+
+/// A request that declares a 300 000-byte body and sends none: the answer to its head.
+async fn declared_too_large(s: &TestServer, path: &str, authorization: &str) -> Resp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Authorization: {authorization}\r\nContent-Length: 300000\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answer = tokio::time::timeout(DEADLINE, async {
+        // Bounded: at most 64 reads, and the deadline; done once an answer parses.
+        for _ in 0..64 {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if let Some(r) = parse_response(&got) {
+                return Some(r);
+            }
+        }
+        parse_response(&got)
+    })
+    .await;
+    answer
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("{path}: {:?}", String::from_utf8_lossy(&got)))
 }
 
 /// An HTTP/1.1 answer with a Content-Length body, as [`Resp`].
@@ -997,7 +1419,7 @@ async fn limit_answers_match_the_openapi_document() {
 
     // 408: the body never completes. Read before authentication, so no credentials.
     for (method, template) in AUTHENTICATED.iter().filter(|(m, _)| *m == "post") {
-        let path = template.replace("{kid}", &kid);
+        let path = concrete(template, &kid);
         let media = if template.starts_with("/admin/") {
             "application/json"
         } else {
@@ -1090,6 +1512,24 @@ async fn limit_answers_match_the_openapi_document() {
         let r = s.get(path, admin.auth()).await;
         r.assert_error(429, "slow_down");
         api.assert(Method::GET, path, &r);
+    }
+    for (method, template) in AUTHENTICATED
+        .iter()
+        .filter(|(_, t)| t.starts_with("/admin/contracts") || *t == "/admin/scopes")
+    {
+        let path = concrete(template, &kid);
+        let r = if *method == "get" {
+            s.get(&path, admin.auth()).await
+        } else {
+            s.post_json(&path, &json!({}), admin.auth()).await
+        };
+        r.assert_error(429, "slow_down");
+        let m = if *method == "get" {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        api.assert(m, template, &r);
     }
 
     let covered = api.covered.lock().unwrap().clone();
