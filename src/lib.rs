@@ -206,7 +206,11 @@ pub async fn contract_drift(config: &Config) -> Result<Vec<String>, StartError> 
         }
     };
     let book = app::contracts::load(&store).await?;
-    Ok(app::contracts::drift(&book, &config.clients(), time::now_ms()))
+    Ok(app::contracts::drift(
+        &book,
+        &config.clients(),
+        time::now_ms(),
+    ))
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
