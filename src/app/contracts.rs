@@ -39,8 +39,20 @@ pub struct Contracts {
     /// Documents whose version 1 is implicit (the configuration, not yet recorded): it is
     /// recorded by the first amendment, so a start-up writes nothing.
     implicit: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// (client, contract version, registry version) → its rights.
-    built: DashMap<(String, u64, u64), Arc<Client>>,
+    /// Client id → its rights in force, while they stay in force: built for one book
+    /// generation, until the next scheduled switch. The hot path is one lookup by `&str`.
+    built: DashMap<String, Built>,
+    /// Bumped by every applied change: a cached entry of an older generation is stale.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+struct Built {
+    generation: u64,
+    /// Valid from (the later of the contract's and the registry's `effective_at`) ...
+    from_ms: i64,
+    /// ... until the next scheduled amendment of either takes effect.
+    until_ms: i64,
+    client: Arc<Client>,
 }
 
 impl Contracts {
@@ -63,6 +75,7 @@ impl Contracts {
             book: ArcSwap::from_pointee(book),
             implicit: std::sync::Mutex::new(implicit),
             built: DashMap::new(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -94,6 +107,8 @@ impl Contracts {
         let mut book = (*self.book.load_full()).clone();
         book.apply(change);
         self.book.store(Arc::new(book));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.built.clear();
     }
 
@@ -113,6 +128,12 @@ impl Contracts {
     /// `None` for a client that is not configured (it cannot authenticate, and its tokens
     /// are inactive).
     pub fn client(&self, id: &str, now_ms: i64) -> Option<Arc<Client>> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(b) = self.built.get(id) {
+            if b.generation == generation && b.from_ms <= now_ms && now_ms < b.until_ms {
+                return Some(b.client.clone());
+            }
+        }
         let base = self.base.get(id)?;
         let book = self.book.load();
         let doc = client_doc(id);
@@ -120,18 +141,32 @@ impl Contracts {
             return Some(base.clone());
         };
         let registry = book.in_force(REGISTRY, now_ms);
-        let key = (id.to_string(), a.version, registry.map_or(0, |r| r.version));
-        if let Some(c) = self.built.get(&key) {
-            return Some(c.clone());
-        }
-        let built = Arc::new(build(
+        let scheduled = book.scheduled(&doc, now_ms);
+        let next = |list: &[&Amendment]| list.iter().map(|s| s.effective_at_ms).min();
+        let until_ms = [next(&scheduled), next(&book.scheduled(REGISTRY, now_ms))]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(i64::MAX);
+        let from_ms = a
+            .effective_at_ms
+            .max(registry.map_or(i64::MIN, |r| r.effective_at_ms));
+        let client = Arc::new(build(
             base,
             a,
             registry.and_then(Amendment::registry),
-            &book.scheduled(&doc, now_ms),
+            &scheduled,
         ));
-        self.built.insert(key, built.clone());
-        Some(built)
+        self.built.insert(
+            id.to_string(),
+            Built {
+                generation,
+                from_ms,
+                until_ms,
+                client: client.clone(),
+            },
+        );
+        Some(client)
     }
 }
 
@@ -828,5 +863,107 @@ pub async fn run_watch(app: App, mut shutdown: tokio::sync::watch::Receiver<bool
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn base() -> Clients {
+        let mut c = Client::new("svc", [1u8; 32]);
+        c.grants = vec![Grant::ClientCredentials];
+        c.scopes = vec!["b".into(), "a".into()];
+        c.audiences = vec!["https://z".into(), "https://a".into()];
+        Clients::new([c])
+    }
+
+    fn amendment(version: u64, at: i64, scopes: &[(&str, Stage)]) -> Amendment {
+        let mut k = contract_of(base().get("svc").unwrap());
+        k.scopes = scopes
+            .iter()
+            .map(|(n, s)| (n.to_string(), *s))
+            .collect::<BTreeMap<_, _>>();
+        Amendment {
+            doc: client_doc("svc"),
+            version,
+            effective_at_ms: at,
+            recorded_at_ms: 0,
+            changelog: "c".into(),
+            author: "admin".into(),
+            reason: "r".into(),
+            rollback_of: None,
+            body: Body::Contract(k),
+        }
+    }
+
+    #[test]
+    fn version_one_is_the_configuration_in_its_order() {
+        let contracts = Contracts::new(base(), Book::default());
+        let c = contracts.client("svc", 10).unwrap();
+        assert_eq!(c.contract_version, 1);
+        assert_eq!(
+            c.scopes,
+            vec!["b".to_string(), "a".to_string()],
+            "config order kept"
+        );
+        assert_eq!(
+            c.audiences[0], "https://z",
+            "the first audience stays the default"
+        );
+        assert!(contracts.client("nobody", 10).is_none());
+        assert!(contracts.is_implicit("client:svc") && contracts.is_implicit(REGISTRY));
+        assert!(drift(&contracts.book(), &base(), 10).is_empty());
+    }
+
+    #[test]
+    fn rights_switch_at_effective_at_and_on_every_change() {
+        use Stage::*;
+        let contracts = Contracts::new(base(), Book::default());
+        let v2 = amendment(2, 100, &[("a", Enforced), ("b", Shadow)]);
+        contracts.apply(&Change::Amend {
+            amendment: Box::new(v2),
+        });
+        assert!(!contracts.is_implicit("client:svc"));
+        let before = contracts.client("svc", 99).unwrap();
+        assert_eq!(before.contract_version, 1, "cached before the switch");
+        let after = contracts.client("svc", 100).unwrap();
+        assert_eq!(
+            after.contract_version, 2,
+            "the cache does not outlive effective_at"
+        );
+        assert_eq!(after.scopes, vec!["a".to_string()]);
+        assert_eq!(after.shadow_scopes, vec!["b".to_string()]);
+        let v3 = amendment(3, 0, &[("a", Deprecated)]);
+        let v4 = amendment(4, 500, &[]);
+        contracts.apply(&Change::Amend {
+            amendment: Box::new(v3),
+        });
+        contracts.apply(&Change::Amend {
+            amendment: Box::new(v4),
+        });
+        let c = contracts.client("svc", 200).unwrap();
+        assert_eq!(c.contract_version, 3, "a change clears the cache");
+        assert_eq!(c.deprecated.len(), 1);
+        assert_eq!(
+            c.deprecated[0].sunset_ms,
+            Some(500),
+            "the scheduled removal is the sunset"
+        );
+        contracts.apply(&Change::Cancel {
+            doc: client_doc("svc"),
+            version: 4,
+        });
+        let c = contracts.client("svc", 600).unwrap();
+        assert_eq!((c.contract_version, c.deprecated[0].sunset_ms), (3, None));
+        let lines = drift(&contracts.book(), &base(), 600);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("version 3") && lines[0].contains("a enforced -> deprecated"),
+            "{}",
+            lines[0]
+        );
     }
 }
