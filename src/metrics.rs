@@ -29,7 +29,7 @@ pub const DEADLINES_TOTAL: &str = "latch_request_deadline_exceeded_total";
 pub const RATE_LIMITED_TOTAL: &str = "latch_rate_limited_total";
 /// Token-endpoint decisions under the contracts, by `reason` (`granted` or a refusal code).
 pub const CONTRACT_DECISIONS: &str = "latch_contract_decisions_total";
-/// Requests refused for a scope or audience in `shadow` ("would have been granted"), by `name`.
+/// Requests refused for a scope or audience in `shadow` ("would have been granted"), by `client`.
 pub const CONTRACT_SHADOW_HITS: &str = "latch_contract_shadow_hits_total";
 /// Token and introspection answers carrying a deprecated scope or audience, by `name`.
 pub const CONTRACT_DEPRECATED_USE: &str = "latch_contract_deprecated_use_total";
