@@ -826,14 +826,21 @@ async fn an_epoch_closed_by_another_node_below_this_ones_applied_is_reread_in_fu
     // The other node checks the head first and closes E1 at 3.
     other.poll().await.unwrap();
     assert_eq!(store.audit_actions(), ["store_epoch_bump"]);
-    assert_eq!(verdict(&other_table, Subject, "victim", E1, 2), Verdict::Revoked);
+    assert_eq!(
+        verdict(&other_table, Subject, "victim", E1, 2),
+        Verdict::Revoked
+    );
     // This node then sees only a new epoch, closed at 3, below its applied 5.
     advance(poll_interval()).await;
     assert_eq!(node.table.closed_at(E1), Some(3));
     assert_eq!(node.table.epoch(), store.state().epoch);
     assert_eq!(node.verdict(Subject, "victim", E1, 2), Verdict::Revoked);
     assert_eq!(node.applied(), 3);
-    assert_eq!(store.audit_actions(), ["store_epoch_bump"], "one bump, not two");
+    assert_eq!(
+        store.audit_actions(),
+        ["store_epoch_bump"],
+        "one bump, not two"
+    );
 }
 
 /// The store lost everything (`FLUSHALL`) and a revocation reached it before this
