@@ -32,16 +32,28 @@ async fn probe(node: &TestServer, token: &str, what: &str) -> Option<bool> {
 }
 
 /// Waits until `token` no longer reads `active:true` on every node (inactive or 503), then
-/// checks that it stays so for a few more rounds.
+/// checks that it stays so for a few more rounds. A failure shows every node's log: which
+/// node saw what of the store is the first thing to know.
 async fn await_never_active(nodes: &[&TestServer], token: &str, what: &str) {
     for (i, n) in nodes.iter().enumerate() {
-        eventually(DEADLINE, what, || async {
+        let reached = try_eventually(DEADLINE, || async {
             match probe(n, token, what).await {
                 Some(true) => Err(format!("node {i} answers active:true")),
                 _ => Ok(()),
             }
         })
         .await;
+        if let Err(last) = reached {
+            let logs: Vec<String> = nodes
+                .iter()
+                .enumerate()
+                .map(|(j, n)| format!("=== node {j} ===\n{}", n.diagnostics()))
+                .collect();
+            panic!(
+                "not reached within {DEADLINE:?}: {what}; last: {last}\n{}",
+                logs.join("\n")
+            );
+        }
     }
     for round in 0..20 {
         for (i, n) in nodes.iter().enumerate() {

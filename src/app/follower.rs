@@ -202,8 +202,6 @@ impl Follower {
         let started = now_ms();
         let feed_was_live = self.store.feed_live();
         let mut head = self.store.head().await?;
-        // Set when this node's `applied` is proven wrong: it may have skipped real entries.
-        let mut reread_all = false;
         if head.epoch == self.table.epoch() && head.revocation_seq < self.table.applied() {
             // The store went back within one epoch without noticing (someone rewrote its
             // state): proof of loss. Close the epoch; the change below restores.
@@ -226,15 +224,10 @@ impl Follower {
                     request_id: String::new(),
                 })
                 .await?;
-            // `applied` came from a head the store did not back (a rewritten counter):
-            // announcements at or below it were skipped as already applied, and the
-            // store may since have given those seqs to real revocations. Read every
-            // retained entry again (inserting is idempotent), not only those above the
-            // closing seq. Found by tests/redteam.rs.
-            reread_all = true;
+            // The epoch is now closed below `applied`: the change rereads the whole log.
         }
         if head.epoch != self.table.epoch() {
-            self.change_epoch(&head, reread_all).await?;
+            self.change_epoch(&head).await?;
         } else if head.revocation_seq > self.table.applied() {
             self.catch_up(&head, self.table.applied(), true).await?;
         }
@@ -256,9 +249,8 @@ impl Follower {
 
     /// Switches to the store's new epoch: lowers `applied` to what the store still has,
     /// switches, reads the log, and queues what this node holds above the old epoch's
-    /// closing seq for writing back. `reread_all`: read the whole retained log, not only
-    /// what lies above what this node had applied.
-    async fn change_epoch(&self, head: &Head, reread_all: bool) -> Result<(), StoreError> {
+    /// closing seq for writing back.
+    async fn change_epoch(&self, head: &Head) -> Result<(), StoreError> {
         let old = self.table.epoch();
         let applied = self.table.applied();
         let closed_at = head
@@ -266,6 +258,16 @@ impl Follower {
             .iter()
             .find(|c| c.id == old)
             .map(|c| c.closed_at);
+        // Only an `applied` at or below the old epoch's closing seq is backed by the
+        // store; then this node holds every entry up to it, and the read starts there.
+        // Above it, the store went back (lost history, or a rewritten counter: then
+        // announcements at or below `applied` were skipped as applied while the store
+        // gave those seqs to real revocations, and whichever node noticed first closed
+        // the epoch at or above them). With the old epoch unknown, the new one may number
+        // from 0, below `applied`. Either way read every retained entry again (inserting
+        // is idempotent). Found by tests/redteam.rs under load (another node closed the
+        // epoch) and follower_tests.rs.
+        let reread_all = closed_at.is_none_or(|c| applied > c);
         // Entries above the closing seq were lost by the store (or are this node's own
         // writes in the new epoch: writing those again is a harmless duplicate). If the
         // old epoch is unknown to the store, every stamp of it is invalid and nothing

@@ -811,6 +811,70 @@ async fn a_seq_that_went_back_in_one_epoch_closes_it_and_the_whole_log_is_reread
     assert_eq!(node.applied(), 3);
 }
 
+/// The flake of `tests/redteam.rs::an_inflated_then_restored_seq_does_not_hide_a_revocation`:
+/// both nodes applied an inflated head, the counter was put back, and a real revocation
+/// got a seq at or below both watermarks. The *other* node's head check closes the epoch
+/// first (at that revocation's seq), so this node meets a plain epoch change whose
+/// closing seq is below its `applied`: reading from the closing seq up would skip the
+/// revocation for good.
+#[tokio::test(start_paused = true)]
+async fn an_epoch_closed_by_another_node_below_this_ones_applied_is_reread_in_full() {
+    start_clock();
+    let store = FakeStore::new(E1);
+    store.log(Subject, "a");
+    store.log(Subject, "b");
+    store.rewrite_seq(5);
+    let node = Node::start(&store).await;
+    let other_table = Arc::new(Table::new(RETENTION));
+    let other = follower(&store, &other_table);
+    other.load().await.unwrap();
+    assert_eq!((node.applied(), other_table.applied()), (5, 5));
+    // The counter goes back; the real revocation at seq 3 is announced, and skipped.
+    store.rewrite_seq(2);
+    let victim = store.log(Subject, "victim");
+    store.announce(&victim);
+    settle().await;
+    assert_eq!(node.verdict(Subject, "victim", E1, 2), Verdict::Live);
+    // The other node checks the head first and closes E1 at 3.
+    other.poll().await.unwrap();
+    assert_eq!(store.audit_actions(), ["store_epoch_bump"]);
+    assert_eq!(
+        verdict(&other_table, Subject, "victim", E1, 2),
+        Verdict::Revoked
+    );
+    // This node then sees only a new epoch, closed at 3, below its applied 5.
+    advance(poll_interval()).await;
+    assert_eq!(node.table.closed_at(E1), Some(3));
+    assert_eq!(node.table.epoch(), store.state().epoch);
+    assert_eq!(node.verdict(Subject, "victim", E1, 2), Verdict::Revoked);
+    assert_eq!(node.applied(), 3);
+    assert_eq!(
+        store.audit_actions(),
+        ["store_epoch_bump"],
+        "one bump, not two"
+    );
+}
+
+/// The store lost everything (`FLUSHALL`) and a revocation reached it before this
+/// node's next head check: the new epoch numbers from 0, so its first seqs are at or
+/// below this node's old `applied`, and must still be read.
+#[tokio::test(start_paused = true)]
+async fn a_revocation_in_an_epoch_that_starts_from_nothing_is_not_skipped() {
+    start_clock();
+    let store = FakeStore::new(E1);
+    store.log(Subject, "a");
+    store.log(Token, "j2");
+    let node = Node::start(&store).await;
+    store.forget_everything(E2);
+    let e = store.log(Subject, "after-the-flush");
+    assert_eq!(e.seq, 1);
+    store.announce_in(E2, &e);
+    settle().await;
+    assert_eq!(node.table.epoch(), E2);
+    assert_eq!(node.applied(), 1);
+    assert_applied(&node, &e, E2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_announcement_from_another_epoch_makes_it_switch_at_once() {
     start_clock();
