@@ -61,7 +61,19 @@ fn op(method: &Method, path: &str) -> Result<Op, ApiError> {
     let rest = path
         .strip_prefix("/admin/contracts")
         .ok_or(ApiError::NotFound)?;
-    let parts: Vec<&str> = rest.split('/').skip(1).collect();
+    // Segments are percent-decoded (a client id may hold characters a URI escapes); a
+    // segment that does not decode to UTF-8 names nothing.
+    let decoded: Vec<String> = rest
+        .split('/')
+        .skip(1)
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|d| d.into_owned())
+                .map_err(|_| ApiError::NotFound)
+        })
+        .collect::<Result<_, _>>()?;
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let valid = |s: &str| !s.is_empty() && s.len() <= 128 && !s.contains(':');
     match parts.as_slice() {
         [] if get => Ok(Op::List),
@@ -386,6 +398,14 @@ mod tests {
         ));
         assert!(matches!(
             op(&get, "/admin/contracts//"),
+            Err(ApiError::NotFound)
+        ));
+        assert_eq!(
+            op(&get, "/admin/contracts/a%2Fb").unwrap(),
+            Op::History("a/b".into())
+        );
+        assert!(matches!(
+            op(&get, "/admin/contracts/%FF"),
             Err(ApiError::NotFound)
         ));
     }
