@@ -21,7 +21,7 @@ use latch::sessions::{RefreshRecord, Rotation};
 use latch::store::embedded::EmbeddedStore;
 use latch::store::redis::topology::{Credentials, Options};
 use latch::store::redis::{RedisStore, Replication};
-use latch::store::{encode_refresh, SharedStore, Store, StoreError, StoreEvent};
+use latch::store::{encode_refresh, ContractWrite, SharedStore, Store, StoreError, StoreEvent};
 use latch::time::now_ms;
 use testkit::poll::eventually;
 use testkit::redis::RedisProcess;
@@ -192,6 +192,8 @@ contract! {
         every_change_is_audited_with_the_change,
         claim_once_is_true_once_then_false_until_expiry,
         of_concurrent_claims_of_one_key_exactly_one_wins,
+        contract_amendments_compare_and_set_on_the_version_and_travel_in_the_log,
+        of_concurrent_amendments_of_one_document_exactly_one_wins,
         a_refresh_token_rotates_once_then_reports_reuse_and_unknown,
         of_concurrent_rotations_of_one_token_exactly_one_wins,
         refresh_records_round_trip_byte_identical,
@@ -825,6 +827,128 @@ async fn of_concurrent_claims_of_one_key_exactly_one_wins(store: SharedStore) {
         }
     }
     assert_eq!(won, 1);
+}
+
+// === contracts ===
+
+fn contract_write(doc: &str, version: u64, cancel: bool) -> ContractWrite {
+    ContractWrite {
+        doc: doc.into(),
+        version,
+        amendment: if cancel {
+            String::new()
+        } else {
+            format!("{{\"v\":{version}}}")
+        },
+        change: format!(
+            "{{\"op\":\"{}\",\"doc\":\"{doc}\",\"version\":{version}}}",
+            if cancel { "cancel" } else { "amend" }
+        ),
+        cancel,
+    }
+}
+
+async fn contract_amendments_compare_and_set_on_the_version_and_travel_in_the_log(
+    store: SharedStore,
+) {
+    let doc = "client:svc";
+    let first = store
+        .append_contract(contract_write(doc, 1, false), audit("contract_amend", doc))
+        .await
+        .expect("version 1");
+    assert_eq!(first.kind, RevocationKind::Contract);
+    assert_eq!(
+        first.value,
+        contract_write(doc, 1, false).change,
+        "the log carries the change"
+    );
+    for (version, why) in [
+        (1, "the same version again"),
+        (3, "a version that skips one"),
+    ] {
+        let r = store
+            .append_contract(
+                contract_write(doc, version, false),
+                audit("contract_amend", doc),
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict)), "{why}: {r:?}");
+    }
+    let second = store
+        .append_contract(contract_write(doc, 2, false), audit("contract_amend", doc))
+        .await
+        .expect("version 2");
+    assert!(second.seq > first.seq);
+    // Another document has its own versions.
+    store
+        .append_contract(
+            contract_write("registry", 1, false),
+            audit("contract_amend", "registry"),
+        )
+        .await
+        .expect("the registry's version 1");
+    let cancelled = store
+        .append_contract(contract_write(doc, 2, true), audit("contract_cancel", doc))
+        .await
+        .expect("cancel version 2");
+    for (version, why) in [(2, "cancelled twice"), (9, "a version that does not exist")] {
+        let r = store
+            .append_contract(
+                contract_write(doc, version, true),
+                audit("contract_cancel", doc),
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict)), "{why}: {r:?}");
+    }
+    let mut entries = store.contract_entries().await.expect("entries");
+    entries.sort();
+    assert_eq!(
+        entries,
+        vec![
+            ("{\"v\":1}".to_string(), false),
+            ("{\"v\":1}".to_string(), false),
+            ("{\"v\":2}".to_string(), true),
+        ]
+    );
+    let log = store.revocations_after(0, 0, 100).await.expect("log");
+    let seqs: Vec<u64> = log
+        .iter()
+        .filter(|e| e.kind == RevocationKind::Contract)
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs.len(), 4, "every write is one log entry: {log:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(*seqs.last().unwrap(), cancelled.seq);
+    assert_eq!(
+        store.head().await.expect("head").revocation_seq,
+        cancelled.seq
+    );
+}
+
+async fn of_concurrent_amendments_of_one_document_exactly_one_wins(store: SharedStore) {
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append_contract(
+                        contract_write("client:raced", 1, false),
+                        audit("contract_amend", "client:raced"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        match r.await.expect("racer") {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict) => {}
+            Err(e) => panic!("a racer failed otherwise: {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(store.contract_entries().await.expect("entries").len(), 1);
 }
 
 // === sessions ===
