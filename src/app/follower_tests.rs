@@ -225,6 +225,7 @@ impl FakeStore {
             keys_version: 0,
             epoch: s.epoch,
             closed: s.closed.clone(),
+            time_ms: now_ms(),
         }
     }
 
@@ -364,6 +365,14 @@ impl Store for FakeStore {
     }
 
     fn audit_after(&self, _: u64, _: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn report_node(&self, _: crate::nodes::NodeReport) -> BoxFuture<'_, Result<i64, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<crate::nodes::Registry, StoreError>> {
         self.answer(|_| not_faked())
     }
 }

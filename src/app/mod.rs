@@ -9,6 +9,7 @@ mod error;
 pub mod follower;
 pub mod introspect;
 pub mod keys;
+pub mod nodes;
 pub mod revoke;
 pub mod token;
 mod view;
@@ -62,6 +63,8 @@ pub struct Inner {
     pub limits: crate::limits::RateLimits,
     /// Past this age of the revocation state, requests fail closed, in ms.
     pub max_staleness_ms: i64,
+    /// This node's id in the registry (random per process start).
+    node_id: String,
     /// Distinguishes this process's request ids from other nodes'.
     node_tag: String,
     request_seq: AtomicU64,
@@ -82,6 +85,7 @@ impl App {
         table: Arc<Table>,
         store: SharedStore,
         metrics: PrometheusHandle,
+        node_id: String,
     ) -> App {
         let clients = config.clients();
         let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
@@ -100,10 +104,16 @@ impl App {
                 store,
                 metadata,
                 metrics,
+                node_id,
                 node_tag,
                 request_seq: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// This node's id in the registry.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// A new request id, unique across nodes.

@@ -38,6 +38,9 @@ pub enum ApiError {
     UnsupportedGrantType,
     #[error("no such resource")]
     NotFound,
+    /// A named thing that does not exist (an unknown revocation seq), said in words.
+    #[error("{0}")]
+    NoSuch(String),
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
     #[error("{0}")]
@@ -73,7 +76,7 @@ impl ApiError {
             InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
             InvalidTarget(_) => (StatusCode::BAD_REQUEST, "invalid_target"),
             UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            NotFound | NoSuch(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
@@ -138,6 +141,7 @@ impl From<app::Error> for ApiError {
             E::Policy(Refusal::Scope(why)) => ApiError::InvalidScope(why),
             E::Policy(Refusal::Target(why)) => ApiError::InvalidTarget(why),
             E::InvalidRequest(why) => ApiError::InvalidRequest(why),
+            E::NotFound(why) => ApiError::NoSuch(why),
             E::NotPermitted(why) => ApiError::UnauthorizedClient(why),
             E::GrantNotAllowed(why) => ApiError::GrantNotAllowed(why),
             E::RateLimited(limited) => ApiError::RateLimited(limited),

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
+use crate::nodes::{NodeReport, Registry};
 use crate::revocation::{ClosedEpoch, NewRevocation, RevocationEvent};
 use crate::sessions::{RefreshRecord, Rotation};
 
@@ -40,6 +41,9 @@ pub struct Head {
     /// Every closed epoch this store knows, with the seq it was closed at. A stamp
     /// `(e, n)` of a closed epoch is valid iff `n <= closed_at`.
     pub closed: Vec<ClosedEpoch>,
+    /// The store's clock when it answered, Unix ms: the one clock the node registry is
+    /// judged on (a freshness proof is recorded with this time).
+    pub time_ms: i64,
 }
 
 /// What the feed announces. Announcements are hints for speed; [`Store::head`] is the truth.
@@ -165,6 +169,22 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>>;
+
+    /// Records `report` as its node's entry in the registry, on the store's clock: the
+    /// first report sets `started_at`; a changed `(epoch, applied)` is appended to the
+    /// node's ack history (newest first, at most `nodes::ACK_HISTORY`) at the store's
+    /// time; a given `fresh_at_ms` raises the recorded proof (never lowers it); every
+    /// report is a heartbeat. A node is kept `nodes::GONE_KEPT_MS` past its expiry, then
+    /// forgotten. Returns the store's time of the write.
+    ///
+    /// The registry is soft state, not history: a store may keep it in memory (the
+    /// embedded store does), and losing it only makes nodes look stale until their next
+    /// report.
+    fn report_node(&self, report: NodeReport) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    /// Every node the registry holds (gone ones too, until forgotten), ordered by name
+    /// then id, and the store's time at which it was read.
+    fn nodes(&self) -> BoxFuture<'_, Result<Registry, StoreError>>;
 }
 
 pub fn encode_refresh(r: &RefreshRecord) -> Result<String, StoreError> {

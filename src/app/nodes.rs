@@ -1,0 +1,374 @@
+//! This node in the registry, and the registry for the responder.
+//!
+//! [`Reporter`] is the node's one writer to the registry: a task that writes the node's
+//! report (`nodes::NodeReport`) on every heartbeat, at once when `applied` moves (prompt
+//! acknowledgements), and whenever the follower has a freshness proof to record. One
+//! write is in flight at a time; whatever changed meanwhile is read when the next write
+//! starts, so acknowledgements coalesce and the latest value wins.
+//!
+//! **Architecture Invariant:** the follower trusts a freshness proof only once the
+//! registry holds it ([`Reporter::prove`] before `Table::mark_fresh`), so the registry's
+//! proof is never older than the one the node answers from, and "failing closed" in the
+//! registry is a fact about the node, not a guess.
+//!
+//! [`status`] and [`revocation`] are the two audited reads behind `GET /admin/nodes` and
+//! `GET /admin/revocations/{seq}`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use super::error::Error;
+use super::keys::Keys;
+use super::App;
+use crate::audit::NewAudit;
+use crate::metrics as m;
+use crate::nodes::{NodeReport, Registry};
+use crate::revocation::{RevocationEvent, Table};
+use crate::store::{Head, SharedStore, StoreError};
+use crate::time::now_ms;
+
+/// How many of the newest revocations `GET /admin/nodes` shows.
+pub const RECENT: u64 = 5;
+
+/// Who this node is in the registry (fixed for the life of the process).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Random per process start.
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub version: String,
+}
+
+/// How the reporter runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ReporterConfig {
+    /// A report at least this often.
+    pub heartbeat: Duration,
+    /// Past this age of the last heartbeat the node is gone.
+    pub ttl: Duration,
+    /// Report every change of `applied` at once (`node.acks`); otherwise only with
+    /// heartbeats and freshness proofs.
+    pub prompt_acks: bool,
+    pub max_staleness: Duration,
+}
+
+/// What the writes so far have done with freshness proofs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Outcome {
+    /// The newest proof a successful write carried.
+    recorded: i64,
+    /// The newest proof a failed write carried.
+    failed: i64,
+}
+
+/// The node's writer to the registry. Shared by `Arc` between its task and the follower.
+pub struct Reporter {
+    store: SharedStore,
+    table: Arc<Table>,
+    keys: Arc<Keys>,
+    /// Who this node is; the address is known only once the listener is bound.
+    me: Mutex<Identity>,
+    config: ReporterConfig,
+    /// The newest freshness proof to record (store ms; 0: none yet).
+    proof: AtomicI64,
+    /// Asks the task for a write now.
+    wake: Notify,
+    outcome: watch::Sender<Outcome>,
+}
+
+// === impl Reporter ===
+
+impl Reporter {
+    pub fn new(
+        store: SharedStore,
+        table: Arc<Table>,
+        keys: Arc<Keys>,
+        me: Identity,
+        config: ReporterConfig,
+    ) -> Reporter {
+        Reporter {
+            store,
+            table,
+            keys,
+            me: Mutex::new(me),
+            config,
+            proof: AtomicI64::new(0),
+            wake: Notify::new(),
+            outcome: watch::channel(Outcome::default()).0,
+        }
+    }
+
+    fn identity(&self) -> Identity {
+        self.me.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn id(&self) -> String {
+        self.identity().id
+    }
+
+    /// Sets the bound address (and the name, unless `node.name` gave one), once known.
+    pub fn set_address(&self, address: String, name: Option<String>) {
+        let mut me = self.me.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = name {
+            me.name = name;
+        }
+        me.address = address;
+    }
+
+    /// Records a freshness proof (the store's time `at_ms` of a head check after which
+    /// everything was applied) and resolves once a write carrying it succeeded. The
+    /// follower marks the node fresh only after this.
+    pub async fn prove(&self, at_ms: i64) -> Result<(), StoreError> {
+        let mut outcome = self.outcome.subscribe();
+        self.proof.fetch_max(at_ms, Ordering::AcqRel);
+        self.wake.notify_one();
+        let wait = async {
+            loop {
+                let o = *outcome.borrow_and_update();
+                if o.recorded >= at_ms {
+                    return Ok(());
+                }
+                if o.failed >= at_ms {
+                    return Err(StoreError::Unavailable(
+                        "the freshness proof could not be recorded in the node registry".into(),
+                    ));
+                }
+                if outcome.changed().await.is_err() {
+                    return Err(StoreError::Unavailable("node reporter stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(self.config.max_staleness, wait)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "recording the freshness proof timed out".into(),
+                ))
+            })
+    }
+
+    /// Writes one report now (also the node's first registration).
+    pub async fn report(&self) -> Result<i64, StoreError> {
+        let proof = self.proof.load(Ordering::Acquire);
+        let (epoch, applied) = self.table.stamp_now();
+        let me = self.identity();
+        let report = NodeReport {
+            id: me.id,
+            name: me.name,
+            address: me.address,
+            version: me.version,
+            max_staleness_ms: self.config.max_staleness.as_millis() as i64,
+            ttl_ms: self.config.ttl.as_millis() as i64,
+            epoch,
+            applied,
+            keys_version: self.keys.with_ring(|r| r.version),
+            fresh_at_ms: (proof > 0).then_some(proof),
+            ready: self.ready(),
+        };
+        let result = self.store.report_node(report).await;
+        self.outcome.send_modify(|o| match result {
+            Ok(_) => o.recorded = o.recorded.max(proof),
+            Err(_) => o.failed = o.failed.max(proof),
+        });
+        if result.is_err() {
+            metrics::counter!(m::NODE_REPORTS_FAILED).increment(1);
+        }
+        result
+    }
+
+    /// What `/readyz` would say: a signing key, fresh state, a live feed.
+    fn ready(&self) -> bool {
+        let max_ms = self.config.max_staleness.as_millis() as i64;
+        self.keys.with_ring(|r| r.signer().is_some())
+            && self.table.is_fresh(now_ms(), max_ms)
+            && self.store.feed_live()
+    }
+
+    /// Runs until `shutdown` fires: a report on every heartbeat, on every proof, and
+    /// (with prompt acknowledgements) whenever `applied` moved, one at a time.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut applied = self.table.watch_applied();
+        let mut beat = tokio::time::interval(self.config.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut up = true;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.wake.notified() => {}
+                _ = applied.changed(), if self.config.prompt_acks => {}
+                _ = beat.tick() => {}
+            }
+            // Changes that arrive while this write is in flight are marked on `applied`
+            // and picked up by the next one: coalesced, the latest value wins.
+            applied.borrow_and_update();
+            match self.report().await {
+                Ok(_) if !up => {
+                    tracing::info!("node registry reachable again");
+                    up = true;
+                }
+                Err(error) if up => {
+                    tracing::warn!(%error, "node registry report failed");
+                    up = false;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The store's clock as this node sees it: `store - local`, from head round trips.
+/// The propagation histogram reads it, so it measures on the store's clock.
+pub struct StoreClock {
+    offset_ms: AtomicI64,
+}
+
+/// Samples taken over a round trip longer than this are not precise enough to keep.
+const CLOCK_SAMPLE_MAX_RTT_MS: i64 = 20;
+
+impl StoreClock {
+    /// A head check sent at local `before` and answered at local `after`, with the
+    /// store's time `store_ms` (0: the store did not say).
+    pub fn sample(&self, before: i64, store_ms: i64, after: i64) {
+        if store_ms > 0 && (0..=CLOCK_SAMPLE_MAX_RTT_MS).contains(&(after - before)) {
+            let offset = store_ms - (before + after) / 2;
+            self.offset_ms.store(offset, Ordering::Relaxed);
+        }
+    }
+
+    /// `store - local` in ms (0 until sampled).
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// The process's estimate of the store's clock.
+pub fn store_clock() -> &'static StoreClock {
+    static CLOCK: StoreClock = StoreClock {
+        offset_ms: AtomicI64::new(0),
+    };
+    &CLOCK
+}
+
+/// What `GET /admin/nodes` shows: the store's head, every node, the newest revocations.
+#[derive(Debug)]
+pub struct Status {
+    pub head: Head,
+    pub registry: Registry,
+    /// The newest revocations still in the log, oldest first.
+    pub recent: Vec<RevocationEvent>,
+    /// This node's id, to mark it in the answer.
+    pub this_node: String,
+}
+
+/// The cluster at a glance, read by `actor` (audited `nodes_read`).
+pub async fn status(app: &App, actor: &str, request_id: &str) -> Result<Status, Error> {
+    let head = app.store.head().await?;
+    let registry = app.store.nodes().await?;
+    let from = head.revocation_seq.saturating_sub(RECENT);
+    let mut recent = app
+        .store
+        .revocations_after(from, i64::MIN, RECENT as usize)
+        .await?;
+    recent.retain(|e| e.seq <= head.revocation_seq);
+    audit_read(app, actor, "nodes_read", "nodes", request_id).await?;
+    Ok(Status {
+        head,
+        registry,
+        recent,
+        this_node: app.node_id().to_string(),
+    })
+}
+
+/// One revocation and what every node proves about it.
+#[derive(Debug)]
+pub struct RevocationStatus {
+    pub head: Head,
+    pub registry: Registry,
+    pub revocation: RevocationEvent,
+}
+
+/// Revocation `seq` and the registry, read by `actor` (audited `revocation_read`). A seq
+/// the store never acknowledged, or pruned from its log, is not found.
+pub async fn revocation(
+    app: &App,
+    actor: &str,
+    seq: u64,
+    request_id: &str,
+) -> Result<RevocationStatus, Error> {
+    let head = app.store.head().await?;
+    let unknown = || {
+        Error::NotFound(format!(
+            "no revocation with seq {seq}: the store's log goes up to {} \
+             (older entries are pruned once nothing they match can be alive)",
+            head.revocation_seq
+        ))
+    };
+    if seq == 0 || seq > head.revocation_seq {
+        return Err(unknown());
+    }
+    let revocation = app
+        .store
+        .revocations_after(seq - 1, i64::MIN, 1)
+        .await?
+        .into_iter()
+        .next()
+        .filter(|e| e.seq == seq)
+        .ok_or_else(unknown)?;
+    let registry = app.store.nodes().await?;
+    audit_read(
+        app,
+        actor,
+        "revocation_read",
+        &format!("revocation:{seq}"),
+        request_id,
+    )
+    .await?;
+    Ok(RevocationStatus {
+        head,
+        registry,
+        revocation,
+    })
+}
+
+async fn audit_read(
+    app: &App,
+    actor: &str,
+    action: &str,
+    target: &str,
+    request_id: &str,
+) -> Result<(), Error> {
+    app.store
+        .append_audit(NewAudit {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            reason: String::new(),
+            request_id: request_id.to_string(),
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_clock_keeps_only_precise_samples() {
+        let c = StoreClock {
+            offset_ms: AtomicI64::new(0),
+        };
+        c.sample(1000, 5005, 1010);
+        assert_eq!(c.offset_ms(), 4000);
+        c.sample(2000, 9000, 2100);
+        assert_eq!(c.offset_ms(), 4000, "a 100 ms round trip is too coarse");
+        c.sample(3000, 0, 3001);
+        assert_eq!(c.offset_ms(), 4000, "a store that gives no time");
+        c.sample(3000, 2999, 3002);
+        assert_eq!(c.offset_ms(), -2);
+    }
+}
