@@ -20,6 +20,7 @@ use request::{read_body, require_content_type, ClientAddr, Form};
 
 pub mod admin;
 pub mod error;
+pub mod nodes;
 pub mod oauth;
 pub mod request;
 
@@ -40,6 +41,8 @@ enum Route {
     AdminKeyRevoke,
     AdminAudit,
     AdminStoreRecover,
+    AdminNodes,
+    AdminRevocation,
     Healthz,
     Readyz,
     NotFound,
@@ -58,9 +61,11 @@ impl Route {
             "/admin/keys/rotate" => Route::AdminKeysRotate,
             "/admin/audit" => Route::AdminAudit,
             "/admin/store/recover" => Route::AdminStoreRecover,
+            "/admin/nodes" => Route::AdminNodes,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             p if key_to_revoke(p).is_some() => Route::AdminKeyRevoke,
+            p if nodes::revocation_path(p).is_some() => Route::AdminRevocation,
             _ => Route::NotFound,
         }
     }
@@ -78,6 +83,8 @@ impl Route {
             Route::AdminKeyRevoke => "admin_key_revoke",
             Route::AdminAudit => "admin_audit",
             Route::AdminStoreRecover => "admin_store_recover",
+            Route::AdminNodes => "admin_nodes",
+            Route::AdminRevocation => "admin_revocation",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::NotFound => "not_found",
@@ -91,6 +98,8 @@ impl Route {
             | Route::Jwks
             | Route::AdminKeys
             | Route::AdminAudit
+            | Route::AdminNodes
+            | Route::AdminRevocation
             | Route::Healthz
             | Route::Readyz => "GET",
             _ => "POST",
@@ -236,6 +245,11 @@ async fn dispatch(
             Route::Readyz => Ok(readyz(app)),
             Route::AdminKeys => admin::list_keys(app, &parts),
             Route::AdminAudit => admin::audit(app, &parts).await,
+            Route::AdminNodes => nodes::list(app, &parts, request_id).await,
+            Route::AdminRevocation => {
+                let seq = nodes::revocation_path(parts.uri.path()).unwrap_or_default();
+                nodes::get(app, &parts, seq, request_id).await
+            }
             _ => Err(ApiError::NotFound),
         };
     }
