@@ -12,6 +12,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+pub mod wait;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(
