@@ -28,8 +28,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A cloneable handle to whichever store the config selected.
 pub type SharedStore = Arc<dyn Store>;
 
-/// How far the durable state goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// How far the durable state goes. Two heads are equal when they say the same about the
+/// state, whenever they were read (`time_ms` is not compared).
+#[derive(Debug, Clone, Default)]
 pub struct Head {
     /// Highest revocation seq that nodes may apply and stamp tokens with: assigned and,
     /// where `store.min_replicas_ack > 0`, confirmed on that many replicas.
@@ -45,6 +46,15 @@ pub struct Head {
     /// judged on (a freshness proof is recorded with this time).
     pub time_ms: i64,
 }
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Head) -> bool {
+        (self.revocation_seq, self.keys_version, self.epoch, &self.closed)
+            == (other.revocation_seq, other.keys_version, other.epoch, &other.closed)
+    }
+}
+
+impl Eq for Head {}
 
 /// What the feed announces. Announcements are hints for speed; [`Store::head`] is the truth.
 #[derive(Debug, Clone)]
