@@ -138,7 +138,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Registered under its real address before it answers anything.
     reporter.report().await?;
     let node_id = reporter.id();
-    let app = App::new(config, trusted, keys.clone(), table, store, prometheus, node_id);
+    let app = App::new(
+        config,
+        trusted,
+        keys.clone(),
+        table,
+        store,
+        prometheus,
+        node_id,
+    );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
     println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");
 

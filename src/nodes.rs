@@ -172,7 +172,9 @@ impl NodeRecord {
             acks.truncate(ACK_HISTORY);
         }
         NodeRecord {
-            fresh_at_ms: report.fresh_at_ms.map_or(fresh_at_ms, |f| f.max(fresh_at_ms)),
+            fresh_at_ms: report
+                .fresh_at_ms
+                .map_or(fresh_at_ms, |f| f.max(fresh_at_ms)),
             id: report.id,
             name: report.name,
             address: report.address,
@@ -432,7 +434,11 @@ mod tests {
         for (applied, fresh, beat, want) in cases {
             let n = node(applied, fresh, beat);
             let got = n.confirm(&epochs(), &rev(10, now - 10), now);
-            assert_eq!(got.as_str(), want, "applied {applied} fresh {fresh} beat {beat}");
+            assert_eq!(
+                got.as_str(),
+                want,
+                "applied {applied} fresh {fresh} beat {beat}"
+            );
         }
     }
 
@@ -517,7 +523,11 @@ mod tests {
         let proof = Proof::of(&registry, &epochs(), rev(10, now - 10));
         assert!(proof.is_confirmed());
         assert!(proof.waiting_for().is_empty());
-        assert_eq!(proof.reached_last_ms(), Some(6), "the late starter is not counted");
+        assert_eq!(
+            proof.reached_last_ms(),
+            Some(6),
+            "the late starter is not counted"
+        );
         let states: Vec<_> = proof.nodes.iter().map(|(_, c)| c.as_str()).collect();
         assert_eq!(states, ["applied", "applied", "failing_closed", "gone"]);
         registry.nodes.push(pending);

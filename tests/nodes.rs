@@ -129,7 +129,11 @@ async fn wait_confirms_the_revocation_on_all_three_nodes() {
     let seq = seq_of(&out);
     // Once confirmed, the token is inactive on every node.
     for n in &nodes {
-        assert!(!n.is_active(&token).await, "active on {} after --wait", n.addr);
+        assert!(
+            !n.is_active(&token).await,
+            "active on {} after --wait",
+            n.addr
+        );
     }
     let answer = admin_get(&nodes[2], &format!("/admin/revocations/{seq}")).await;
     assert_eq!(answer["confirmed"], true, "{answer}");
@@ -155,8 +159,9 @@ async fn wait_confirms_the_revocation_on_all_three_nodes() {
     let audit = nodes[0].audit(0).await;
     for action in ["revocation_read", "nodes_read"] {
         assert!(
-            audit.iter().any(|r| r["action"] == action
-                && r["actor"] == clients::admin().id),
+            audit
+                .iter()
+                .any(|r| r["action"] == action && r["actor"] == clients::admin().id),
             "{action} not audited: {audit:?}"
         );
     }
@@ -177,41 +182,52 @@ async fn a_frozen_node_is_pending_then_failing_closed() {
     // non-zero naming it; from then on it is failing closed and the CLI exits 0.
     let refused = AtomicUsize::new(0);
     let (first, frozen_id, count) = (&nodes[0], &frozen, &refused);
-    let last = eventually(DEADLINE, "the frozen node is reported failing closed", move || async move {
-        let frozen = frozen_id;
-        let (st, out, err) = cli(
-            first,
-            &[
-                "revoke",
-                "--client",
-                "billing-service",
-                "--reason",
-                "freeze",
-                "--wait",
-                "--timeout",
-                "300ms",
-                "--json",
-            ],
-        )
-        .await;
-        let answer: Value = serde_json::from_str(
-            out.trim_start_matches(|c| c != '{'),
-        )
-        .unwrap_or_else(|e| panic!("--json output ({e}): {out}\n{err}"));
-        let status = row(&answer, frozen)["status"].clone();
-        if st.success() {
-            return Ok((answer, status));
-        }
-        assert_eq!(st.code(), Some(3), "{out}\n{err}");
-        assert_eq!(status, "pending", "a non-zero exit names a pending node: {answer}");
-        assert!(err.contains(frozen.as_str()), "the pending node is named: {err}");
-        assert_eq!(answer["waiting_for"], json!([frozen]));
-        count.fetch_add(1, Ordering::SeqCst);
-        Err(format!("still pending: {status}"))
-    })
+    let last = eventually(
+        DEADLINE,
+        "the frozen node is reported failing closed",
+        move || async move {
+            let frozen = frozen_id;
+            let (st, out, err) = cli(
+                first,
+                &[
+                    "revoke",
+                    "--client",
+                    "billing-service",
+                    "--reason",
+                    "freeze",
+                    "--wait",
+                    "--timeout",
+                    "300ms",
+                    "--json",
+                ],
+            )
+            .await;
+            let answer: Value = serde_json::from_str(out.trim_start_matches(|c| c != '{'))
+                .unwrap_or_else(|e| panic!("--json output ({e}): {out}\n{err}"));
+            let status = row(&answer, frozen)["status"].clone();
+            if st.success() {
+                return Ok((answer, status));
+            }
+            assert_eq!(st.code(), Some(3), "{out}\n{err}");
+            assert_eq!(
+                status, "pending",
+                "a non-zero exit names a pending node: {answer}"
+            );
+            assert!(
+                err.contains(frozen.as_str()),
+                "the pending node is named: {err}"
+            );
+            assert_eq!(answer["waiting_for"], json!([frozen]));
+            count.fetch_add(1, Ordering::SeqCst);
+            Err(format!("still pending: {status}"))
+        },
+    )
     .await;
     let (answer, status) = last;
-    assert!(refused.load(Ordering::SeqCst) >= 1, "the frozen node was never seen pending");
+    assert!(
+        refused.load(Ordering::SeqCst) >= 1,
+        "the frozen node was never seen pending"
+    );
     assert_eq!(status, "failing_closed", "{answer}");
     assert_eq!(answer["confirmed"], true);
     let r = row(&answer, &frozen);
@@ -256,7 +272,14 @@ async fn a_killed_node_is_gone_and_not_waited_for_and_its_restart_reports_catch_
     let (st, out, err) = cli(
         &nodes[0],
         &[
-            "revoke", "--subject", "carol", "--reason", "gone", "--wait", "--timeout", "15s",
+            "revoke",
+            "--subject",
+            "carol",
+            "--reason",
+            "gone",
+            "--wait",
+            "--timeout",
+            "15s",
             "--json",
         ],
     )
@@ -299,13 +322,43 @@ async fn hostile_inputs_to_the_registry_endpoints_get_clear_errors() {
         .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     let cases: &[(&str, u16, &str, &str)] = &[
-        ("/admin/revocations/999999", 404, "not_found", "no revocation with seq 999999"),
+        (
+            "/admin/revocations/999999",
+            404,
+            "not_found",
+            "no revocation with seq 999999",
+        ),
         ("/admin/revocations/0", 400, "invalid_request", "at least 1"),
-        ("/admin/revocations/-1", 400, "invalid_request", "decimal integer"),
-        ("/admin/revocations/abc", 400, "invalid_request", "decimal integer"),
-        ("/admin/revocations/1e3", 400, "invalid_request", "decimal integer"),
-        ("/admin/revocations/0x1", 400, "invalid_request", "decimal integer"),
-        ("/admin/revocations/%31", 400, "invalid_request", "decimal integer"),
+        (
+            "/admin/revocations/-1",
+            400,
+            "invalid_request",
+            "decimal integer",
+        ),
+        (
+            "/admin/revocations/abc",
+            400,
+            "invalid_request",
+            "decimal integer",
+        ),
+        (
+            "/admin/revocations/1e3",
+            400,
+            "invalid_request",
+            "decimal integer",
+        ),
+        (
+            "/admin/revocations/0x1",
+            400,
+            "invalid_request",
+            "decimal integer",
+        ),
+        (
+            "/admin/revocations/%31",
+            400,
+            "invalid_request",
+            "decimal integer",
+        ),
         (
             "/admin/revocations/18446744073709551616",
             400,
@@ -325,7 +378,12 @@ async fn hostile_inputs_to_the_registry_endpoints_get_clear_errors() {
             "no revocation",
         ),
         ("/admin/revocations/", 404, "not_found", "no such resource"),
-        ("/admin/revocations/1/x", 404, "not_found", "no such resource"),
+        (
+            "/admin/revocations/1/x",
+            404,
+            "not_found",
+            "no such resource",
+        ),
     ];
     for (path, status, code, says) in cases {
         let r = s.get(path, admin.auth()).await;
@@ -372,7 +430,16 @@ async fn an_embedded_node_is_its_own_registry() {
     let kid = kids_in_state(&s.admin_keys().await, "next")[0].clone();
     let (st, out, err) = cli(
         &s,
-        &["keys", "revoke", &kid, "--reason", "leak", "--wait", "--timeout", "10s"],
+        &[
+            "keys",
+            "revoke",
+            &kid,
+            "--reason",
+            "leak",
+            "--wait",
+            "--timeout",
+            "10s",
+        ],
     )
     .await;
     assert!(st.success(), "{out}\n{err}");

@@ -698,7 +698,9 @@ async fn real_answers_match_the_openapi_document() {
     }
 
     // --- the node registry: /admin/nodes, /admin/revocations/{seq} ---
-    let seq = s.admin_revoke("subject", Some("idp|registry"), "openapi").await["seq"]
+    let seq = s
+        .admin_revoke("subject", Some("idp|registry"), "openapi")
+        .await["seq"]
         .as_u64()
         .unwrap();
     for (client, status) in [
@@ -714,7 +716,11 @@ async fn real_answers_match_the_openapi_document() {
     for (path, client, status) in [
         (path.as_str(), admin.clone(), 200),
         ("/admin/revocations/abc", admin.clone(), 400),
-        ("/admin/revocations/99999999999999999999999", admin.clone(), 400),
+        (
+            "/admin/revocations/99999999999999999999999",
+            admin.clone(),
+            400,
+        ),
         ("/admin/revocations/999999", admin.clone(), 404),
         (path.as_str(), wrong_secret(&admin), 401),
         (path.as_str(), nobody.clone(), 403),

@@ -85,7 +85,10 @@ fn the_propagation_alert_fires_at_the_documented_bound() {
         expr.contains("latch_revocation_propagation_seconds_bucket"),
         "{expr}"
     );
-    assert!(expr.ends_with("> 0.005"), "the bound is 5 ms at p99: {expr}");
+    assert!(
+        expr.ends_with("> 0.005"),
+        "the bound is 5 ms at p99: {expr}"
+    );
     let perf = std::fs::read_to_string(root().join("docs/PERFORMANCE.md")).unwrap();
     assert!(
         perf.contains("p99 ≤ 5 ms"),

@@ -1048,11 +1048,19 @@ async fn a_node_report_reads_back_on_the_stores_clock(store: SharedStore) {
         panic!("one node: {registry:?}");
     };
     assert_eq!(
-        (n.id.as_str(), n.name.as_str(), n.address.as_str(), n.version.as_str()),
+        (
+            n.id.as_str(),
+            n.name.as_str(),
+            n.address.as_str(),
+            n.version.as_str()
+        ),
         ("a1", "node-a", "127.0.0.1:8080", "1.2.3")
     );
     assert_eq!((n.epoch, n.applied, n.keys_version), (0xe1, 5, 4));
-    assert_eq!((n.max_staleness_ms, n.ttl_ms, n.ready), (2000, 10_000, true));
+    assert_eq!(
+        (n.max_staleness_ms, n.ttl_ms, n.ready),
+        (2000, 10_000, true)
+    );
     assert_eq!((n.started_at_ms, n.heartbeat_at_ms), (first, first));
     assert_eq!(n.fresh_at_ms, 1_000);
     wait_until_clock_passes(first).await;
@@ -1075,11 +1083,22 @@ async fn a_node_report_reads_back_on_the_stores_clock(store: SharedStore) {
 
 async fn a_node_records_each_change_of_applied_once_newest_first(store: SharedStore) {
     let mut times = vec![];
-    for (epoch, applied) in [(0xe1, 1), (0xe1, 1), (0xe1, 3), (0xe2, 3), (0xe2, 3), (0xe2, 9)] {
+    for (epoch, applied) in [
+        (0xe1, 1),
+        (0xe1, 1),
+        (0xe1, 3),
+        (0xe2, 3),
+        (0xe2, 3),
+        (0xe2, 9),
+    ] {
         times.push(send(&*store, report("b", "node-b", epoch, applied, None)).await);
     }
     let n = store.nodes().await.unwrap().nodes.remove(0);
-    let acks: Vec<_> = n.acks.iter().map(|a| (a.epoch, a.applied, a.at_ms)).collect();
+    let acks: Vec<_> = n
+        .acks
+        .iter()
+        .map(|a| (a.epoch, a.applied, a.at_ms))
+        .collect();
     assert_eq!(
         acks,
         [
@@ -1101,7 +1120,10 @@ async fn the_ack_history_keeps_only_the_newest_changes(store: SharedStore) {
     let n = store.nodes().await.unwrap().nodes.remove(0);
     assert_eq!(n.acks.len(), ACK_HISTORY);
     assert_eq!(n.acks[0].applied, total);
-    assert_eq!(n.acks[ACK_HISTORY - 1].applied, total - ACK_HISTORY as u64 + 1);
+    assert_eq!(
+        n.acks[ACK_HISTORY - 1].applied,
+        total - ACK_HISTORY as u64 + 1
+    );
 }
 
 async fn nodes_are_listed_by_name_and_kept_past_their_expiry(store: SharedStore) {

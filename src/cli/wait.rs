@@ -38,7 +38,13 @@ pub enum Target {
 /// Runs `action` (the revocation) and then waits until every node is settled or
 /// `timeout` passes. Prints the action's text, one line per node as its status changes,
 /// and the final table (or, with `json`, the last registry answer).
-pub fn after<F, Fut>(server: &str, json: bool, timeout: Duration, target: Target, action: F) -> ExitCode
+pub fn after<F, Fut>(
+    server: &str,
+    json: bool,
+    timeout: Duration,
+    target: Target,
+    action: F,
+) -> ExitCode
 where
     F: FnOnce(AdminClient) -> Fut,
     Fut: Future<Output = Result<(Value, String), CliError>>,
@@ -126,9 +132,14 @@ async fn wait_revocation(
     }
     let answer = last.unwrap_or(Value::Null);
     let confirmed = answer["confirmed"] == true;
-    report(&answer, json, confirmed, started.elapsed(), timeout, |rows| {
-        revocation_table(rows)
-    });
+    report(
+        &answer,
+        json,
+        confirmed,
+        started.elapsed(),
+        timeout,
+        |rows| revocation_table(rows),
+    );
     Ok(confirmed)
 }
 
@@ -162,9 +173,14 @@ async fn wait_keys(client: &AdminClient, timeout: Duration, json: bool) -> Resul
         }
     }
     let confirmed = answer["confirmed"] == true;
-    report(&answer, json, confirmed, started.elapsed(), timeout, |rows| {
-        keys_table(rows, version)
-    });
+    report(
+        &answer,
+        json,
+        confirmed,
+        started.elapsed(),
+        timeout,
+        |rows| keys_table(rows, version),
+    );
     Ok(confirmed)
 }
 
@@ -223,7 +239,10 @@ fn report(
     let rows = answer["nodes"].as_array().cloned().unwrap_or_default();
     let count = |s: &str| rows.iter().filter(|n| n["status"] == s).count();
     if json {
-        println!("{}", serde_json::to_string_pretty(answer).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(answer).unwrap_or_default()
+        );
     } else {
         let summary = format!(
             "{} applied, {} failing closed, {} gone, {} pending",
@@ -399,13 +418,25 @@ pub async fn status(client: AdminClient) -> Result<(Value, String), CliError> {
         .collect();
     out.push_str(&table(
         &[
-            "NODE", "ADDRESS", "STATE", "LAG", "READY", "PROOF AGE", "HEARTBEAT", "KEYS", "VERSION",
+            "NODE",
+            "ADDRESS",
+            "STATE",
+            "LAG",
+            "READY",
+            "PROOF AGE",
+            "HEARTBEAT",
+            "KEYS",
+            "VERSION",
             "ID",
         ],
         &rows,
     ));
     let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
-    for k in keys["keys"].as_array().map(Vec::as_slice).unwrap_or_default() {
+    for k in keys["keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         *by_state.entry(text_cell(k, "state")).or_default() += 1;
     }
     let keys_line: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
@@ -490,7 +521,12 @@ mod tests {
         let statuses: Vec<_> = rows.iter().map(|n| n["status"].clone()).collect();
         assert_eq!(
             statuses,
-            [json!("applied"), json!("failing_closed"), json!("gone"), json!("pending")]
+            [
+                json!("applied"),
+                json!("failing_closed"),
+                json!("gone"),
+                json!("pending")
+            ]
         );
         assert_eq!(answer["confirmed"], false);
         assert_eq!(answer["waiting_for"], json!(["d"]));

@@ -49,8 +49,17 @@ pub struct Head {
 
 impl PartialEq for Head {
     fn eq(&self, other: &Head) -> bool {
-        (self.revocation_seq, self.keys_version, self.epoch, &self.closed)
-            == (other.revocation_seq, other.keys_version, other.epoch, &other.closed)
+        (
+            self.revocation_seq,
+            self.keys_version,
+            self.epoch,
+            &self.closed,
+        ) == (
+            other.revocation_seq,
+            other.keys_version,
+            other.epoch,
+            &other.closed,
+        )
     }
 }
 

@@ -46,7 +46,12 @@ impl Worker for RevokeWorker {
 }
 
 /// One measured phase against `target` (a fresh pool each time).
-async fn phase(ctx: &Ctx, args: &RevokeArgs, target: Arc<Target>, label: &str) -> Result<Row, String> {
+async fn phase(
+    ctx: &Ctx,
+    args: &RevokeArgs,
+    target: Arc<Target>,
+    label: &str,
+) -> Result<Row, String> {
     let mut common = ctx.common.clone();
     common.target = target.url.clone();
     let sub = Ctx::new(common, ctx.threads)?;
@@ -119,10 +124,12 @@ pub async fn run(ctx: &Ctx, args: &RevokeArgs) -> Result<Report, String> {
         );
         report.detail("compare_target", c.url.clone());
     }
-    for (t, c) in target_rows
-        .into_iter()
-        .zip(compare_rows.into_iter().map(Some).chain(std::iter::repeat_with(|| None)))
-    {
+    for (t, c) in target_rows.into_iter().zip(
+        compare_rows
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None)),
+    ) {
         if let Some(c) = c {
             report.count(&c);
             report.rows.push(c);
