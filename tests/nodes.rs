@@ -449,3 +449,37 @@ async fn an_embedded_node_is_its_own_registry() {
     assert!(out.contains("1 revoked"), "keys by state: {out}");
     assert!(out.contains("erin"), "recent revocations: {out}");
 }
+
+/// A gone node must be provably failing closed too: `node.ttl` has to outlast
+/// `store.max_staleness` and its margin, and `latch check` names the key otherwise.
+#[tokio::test]
+async fn check_refuses_a_node_ttl_that_a_stale_node_could_outlive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.toml");
+    std::fs::write(
+        &path,
+        ServerConfig::default().to_toml(&dir.path().join("data")),
+    )
+    .unwrap();
+    for (env, ok, says) in [
+        (vec![("LATCH_NODE__TTL", "2s")], false, "node.ttl"),
+        (vec![("LATCH_NODE__TTL", "2071ms")], true, ""),
+        (
+            vec![("LATCH_NODE__TTL", "3s"), ("LATCH_NODE__HEARTBEAT", "2s")],
+            false,
+            "node.ttl",
+        ),
+        (vec![("LATCH_NODE__HEARTBEAT", "5ms")], false, "node.heartbeat"),
+        (vec![("LATCH_NODE__NAME", "")], false, "node.name"),
+        (vec![("LATCH_NODE__ACKS", "false")], true, ""),
+    ] {
+        let mut cmd = latch_cmd_async();
+        cmd.arg("check").arg("--config").arg(&path);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let (st, out, err) = run_cli(cmd).await;
+        assert_eq!(st.success(), ok, "{env:?}: {out}{err}");
+        assert!(err.contains(says), "{env:?}: {err}");
+    }
+}
