@@ -469,7 +469,11 @@ async fn check_refuses_a_node_ttl_that_a_stale_node_could_outlive() {
             false,
             "node.ttl",
         ),
-        (vec![("LATCH_NODE__HEARTBEAT", "5ms")], false, "node.heartbeat"),
+        (
+            vec![("LATCH_NODE__HEARTBEAT", "5ms")],
+            false,
+            "node.heartbeat",
+        ),
         (vec![("LATCH_NODE__NAME", "")], false, "node.name"),
         (vec![("LATCH_NODE__ACKS", "false")], true, ""),
     ] {

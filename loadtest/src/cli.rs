@@ -195,7 +195,7 @@ pub struct RevokeArgs {
     /// A second deployment to run the same load against, alternating with --target.
     #[arg(long)]
     pub compare_target: Option<String>,
-    /// Rounds of (compare, target) phases.
+    /// Rounds of one compare and one target phase (compare first in odd rounds).
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
 }

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use tokio::sync::{watch, Notify};
 
 use super::error::Error;
@@ -29,6 +31,12 @@ use crate::nodes::{NodeReport, Registry};
 use crate::revocation::{RevocationEvent, Table};
 use crate::store::{Head, SharedStore, StoreError};
 use crate::time::now_ms;
+
+/// Under a stream of revocations, acknowledgements are written at most this often per
+/// node (an idle node's first one goes at once): the registry costs a few hundred writes
+/// per second per node, not one per revocation (docs/PERFORMANCE.md, "Revocation
+/// throughput with acknowledgements").
+pub const ACK_GAP: Duration = Duration::from_millis(5);
 
 /// How many of the newest revocations `GET /admin/nodes` shows.
 pub const RECENT: u64 = 5;
@@ -189,23 +197,34 @@ impl Reporter {
     }
 
     /// Runs until `shutdown` fires: a report on every heartbeat, on every proof, and
-    /// (with prompt acknowledgements) whenever `applied` moved, one at a time.
+    /// (with prompt acknowledgements) whenever `applied` moved, one at a time; an
+    /// acknowledgement right after another write waits out [`ACK_GAP`] (a proof does not).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut applied = self.table.watch_applied();
         let mut beat = tokio::time::interval(self.config.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut up = true;
+        let mut last_write = Instant::now() - ACK_GAP;
         loop {
-            tokio::select! {
+            let ack = tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = self.wake.notified() => {}
-                _ = applied.changed(), if self.config.prompt_acks => {}
-                _ = beat.tick() => {}
+                _ = self.wake.notified() => false,
+                _ = applied.changed(), if self.config.prompt_acks => true,
+                _ = beat.tick() => false,
+            };
+            if ack {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep_until(last_write + ACK_GAP) => {}
+                }
             }
             // Changes that arrive while this write is in flight are marked on `applied`
             // and picked up by the next one: coalesced, the latest value wins.
             applied.borrow_and_update();
-            match self.report().await {
+            let result = self.report().await;
+            last_write = Instant::now();
+            match result {
                 Ok(_) if !up => {
                     tracing::info!("node registry reachable again");
                     up = true;
