@@ -375,6 +375,97 @@ async fn audit_read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{Alg, Kek, KeyPolicy};
+    use crate::revocation::{Epochs, Retention};
+    use crate::store::embedded::EmbeddedStore;
+
+    /// A reporter on a fresh embedded store, its task running; (reporter, table, store,
+    /// the stop switch, the data directory).
+    fn reporter(
+        prompt_acks: bool,
+    ) -> (
+        Arc<Reporter>,
+        Arc<Table>,
+        SharedStore,
+        watch::Sender<bool>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let table = Arc::new(Table::new(Retention::default()));
+        table.set_epochs(Epochs::new(0xe1, &[]));
+        let policy = KeyPolicy {
+            alg: Alg::EdDSA,
+            rotate_every_ms: 86_400_000,
+            publish_ahead_ms: 3_600_000,
+            min_published_ms: 60_000,
+            retire_after_ms: 3_600_000,
+        };
+        let kek = Kek::from_bytes(&[7; 32]).unwrap();
+        let keys = Arc::new(Keys::new(store.clone(), kek, policy));
+        let r = Arc::new(Reporter::new(
+            store.clone(),
+            table.clone(),
+            keys,
+            Identity {
+                id: "n1".into(),
+                name: "node-1".into(),
+                address: "127.0.0.1:1".into(),
+                version: "test".into(),
+            },
+            ReporterConfig {
+                heartbeat: Duration::from_secs(3600),
+                ttl: Duration::from_secs(10),
+                prompt_acks,
+                max_staleness: Duration::from_secs(2),
+            },
+        ));
+        let (stop, rx) = watch::channel(false);
+        tokio::spawn(r.clone().run(rx));
+        (r, table, store, stop, dir)
+    }
+
+    async fn settle() {
+        for _ in 0..64 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acknowledgements_coalesce_and_the_latest_value_wins() {
+        let (_r, table, store, _stop, _dir) = reporter(true);
+        settle().await;
+        // A burst of 100 applied revocations while the node is busy: far fewer writes,
+        // the last of which carries the newest watermark.
+        for seq in 1..=100 {
+            table.set_applied(seq);
+        }
+        tokio::time::sleep(ACK_GAP * 3).await;
+        settle().await;
+        let node = store.nodes().await.unwrap().nodes.remove(0);
+        assert_eq!(node.applied, 100);
+        assert!(node.acks.len() <= 3, "{:?}", node.acks);
+        // An idle node's next acknowledgement goes out without waiting for a heartbeat.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        table.set_applied(101);
+        tokio::time::sleep(ACK_GAP).await;
+        settle().await;
+        assert_eq!(store.nodes().await.unwrap().nodes[0].applied, 101);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_prompt_acks_only_heartbeats_and_proofs_report() {
+        let (r, table, store, _stop, _dir) = reporter(false);
+        settle().await;
+        table.set_applied(7);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(store.nodes().await.unwrap().nodes[0].applied, 0);
+        // A proof is recorded before prove() returns, with the watermark of that moment.
+        r.prove(1_234).await.unwrap();
+        let node = store.nodes().await.unwrap().nodes.remove(0);
+        assert_eq!((node.applied, node.fresh_at_ms), (7, 1_234));
+    }
 
     #[test]
     fn the_store_clock_keeps_only_precise_samples() {

@@ -112,7 +112,7 @@ async fn wait_revocation(
             Ok(answer) => {
                 let rows = answer["nodes"].as_array().cloned().unwrap_or_default();
                 if !json {
-                    print_changes(&mut seen, &rows, |n| revocation_note(n));
+                    print_changes(&mut seen, &rows, revocation_note);
                 }
                 let confirmed = answer["confirmed"] == true;
                 last = Some(answer);
@@ -138,7 +138,7 @@ async fn wait_revocation(
         confirmed,
         started.elapsed(),
         timeout,
-        |rows| revocation_table(rows),
+        revocation_table,
     );
     Ok(confirmed)
 }
