@@ -114,8 +114,9 @@ pub struct NodeConfig {
     #[serde(default = "d_1s", with = "duration")]
     pub heartbeat: Duration,
     /// Past this age of its last heartbeat a node is reported gone (and not waited for).
-    #[serde(default = "d_10s", with = "duration")]
-    pub ttl: Duration,
+    /// Default: 10s, or longer when `store.max_staleness` needs it ([`Config::node_ttl`]).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ttl: Option<Duration>,
     /// Report every change of the applied watermark at once (coalesced); `false` leaves
     /// it to heartbeats and freshness proofs.
     #[serde(default = "yes")]
@@ -691,17 +692,38 @@ impl Config {
         if n.heartbeat < Duration::from_millis(10) {
             return Err(ConfigError::new("node.heartbeat", "must be at least 10ms"));
         }
-        let staleness = self.store.max_staleness.as_millis() as i64;
-        let floor = staleness + crate::nodes::margin_ms(staleness);
-        if n.ttl < n.heartbeat * 2 || (n.ttl.as_millis() as i64) <= floor {
-            return Err(ConfigError::new(
-                "node.ttl",
-                format!(
-                    "must be at least twice node.heartbeat and more than store.max_staleness                      plus its margin ({floor}ms), so that a gone node also fails closed"
-                ),
-            ));
+        let floor = self.node_ttl_floor();
+        if let Some(ttl) = n.ttl {
+            if ttl < n.heartbeat * 2 || ttl <= floor {
+                return Err(ConfigError::new(
+                    "node.ttl",
+                    format!(
+                        "must be at least twice node.heartbeat and more than \
+                         store.max_staleness plus its margin ({}ms), so that a gone node \
+                         also fails closed",
+                        floor.as_millis()
+                    ),
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// `store.max_staleness` plus the registry's margin: a node silent longer than this
+    /// is provably failing closed.
+    fn node_ttl_floor(&self) -> Duration {
+        let staleness = self.store.max_staleness.as_millis() as i64;
+        Duration::from_millis((staleness + crate::nodes::margin_ms(staleness)) as u64)
+    }
+
+    /// `node.ttl`, or by default 10s, at least twice the heartbeat and a heartbeat past
+    /// `max_staleness` and its margin.
+    pub fn node_ttl(&self) -> Duration {
+        self.node.ttl.unwrap_or_else(|| {
+            Duration::from_secs(10)
+                .max(self.node.heartbeat * 2)
+                .max(self.node_ttl_floor() + self.node.heartbeat)
+        })
     }
 
     fn validate_deadlines_and_rates(&self) -> Result<(), ConfigError> {
@@ -1048,6 +1070,14 @@ pub fn format_duration(d: Duration) -> String {
         }
     }
     format!("{s}s")
+}
+
+/// An optional duration string.
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 mod duration {

@@ -94,7 +94,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         ReporterConfig {
             heartbeat: config.node.heartbeat,
-            ttl: config.node.ttl,
+            ttl: config.node_ttl(),
             prompt_acks: config.node.acks,
             max_staleness: config.store.max_staleness,
         },

@@ -476,6 +476,16 @@ async fn check_refuses_a_node_ttl_that_a_stale_node_could_outlive() {
         ),
         (vec![("LATCH_NODE__NAME", "")], false, "node.name"),
         (vec![("LATCH_NODE__ACKS", "false")], true, ""),
+        // The default ttl follows a long max_staleness; an explicit one must cover it.
+        (vec![("LATCH_STORE__MAX_STALENESS", "30s")], true, ""),
+        (
+            vec![
+                ("LATCH_STORE__MAX_STALENESS", "30s"),
+                ("LATCH_NODE__TTL", "10s"),
+            ],
+            false,
+            "node.ttl",
+        ),
     ] {
         let mut cmd = latch_cmd_async();
         cmd.arg("check").arg("--config").arg(&path);
