@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 pub mod contracts;
+pub mod wait;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

@@ -62,6 +62,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub clients: Vec<ClientConfig>,
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
+    /// This node in the node registry.
+    pub node: NodeConfig,
     /// SHA-256 (hex, first 16 chars) of the effective config, environment included:
     /// recorded in the audit log at every start, so config changes are visible there.
     pub digest: String,
@@ -98,6 +100,27 @@ pub struct KeysConfig {
     pub rotate_every: Duration,
     #[serde(default = "d_1h", with = "duration")]
     pub publish_ahead: Duration,
+}
+
+/// `[node]`: how this node appears in the node registry (docs/ARCHITECTURE.md, "Proof
+/// of effect").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// A label for operators; default `hostname:port`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A report to the registry at least this often.
+    #[serde(default = "d_1s", with = "duration")]
+    pub heartbeat: Duration,
+    /// Past this age of its last heartbeat a node is reported gone (and not waited for).
+    /// Default: 10s, or longer when `store.max_staleness` needs it ([`Config::node_ttl`]).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ttl: Option<Duration>,
+    /// Report every change of the applied watermark at once (coalesced); `false` leaves
+    /// it to heartbeats and freshness proofs.
+    #[serde(default = "yes")]
+    pub acks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -443,6 +466,8 @@ struct RawConfig {
     clients: Vec<ClientConfig>,
     #[serde(default)]
     trusted_issuers: Vec<TrustedIssuerConfig>,
+    #[serde(default)]
+    node: Option<NodeConfig>,
 }
 
 /// Top-level scalar keys that `LATCH_<KEY>` may override (everything else needs a section).
@@ -507,6 +532,7 @@ impl Config {
             limits: raw.limits.unwrap_or_else(from_empty),
             clients: raw.clients,
             trusted_issuers: raw.trusted_issuers,
+            node: raw.node.unwrap_or_else(from_empty),
             digest,
         };
         config.validate()?;
@@ -619,6 +645,7 @@ impl Config {
             ));
         }
         self.validate_deadlines_and_rates()?;
+        self.validate_node()?;
         self.validate_clients()?;
         for (i, ti) in self.trusted_issuers.iter().enumerate() {
             if ti.issuer.is_empty() {
@@ -649,6 +676,54 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// A gone node must also be failing closed: `ttl` past `max_staleness` and its margin.
+    fn validate_node(&self) -> Result<(), ConfigError> {
+        let n = &self.node;
+        if let Some(name) = &n.name {
+            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    "node.name",
+                    "must be 1 to 200 bytes without control characters",
+                ));
+            }
+        }
+        if n.heartbeat < Duration::from_millis(10) {
+            return Err(ConfigError::new("node.heartbeat", "must be at least 10ms"));
+        }
+        let floor = self.node_ttl_floor();
+        if let Some(ttl) = n.ttl {
+            if ttl < n.heartbeat * 2 || ttl <= floor {
+                return Err(ConfigError::new(
+                    "node.ttl",
+                    format!(
+                        "must be at least twice node.heartbeat and more than \
+                         store.max_staleness plus its margin ({}ms), so that a gone node \
+                         also fails closed",
+                        floor.as_millis()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `store.max_staleness` plus the registry's margin: a node silent longer than this
+    /// is provably failing closed.
+    fn node_ttl_floor(&self) -> Duration {
+        let staleness = self.store.max_staleness.as_millis() as i64;
+        Duration::from_millis((staleness + crate::nodes::margin_ms(staleness)) as u64)
+    }
+
+    /// `node.ttl`, or by default 10s, at least twice the heartbeat and a heartbeat past
+    /// `max_staleness` and its margin.
+    pub fn node_ttl(&self) -> Duration {
+        self.node.ttl.unwrap_or_else(|| {
+            Duration::from_secs(10)
+                .max(self.node.heartbeat * 2)
+                .max(self.node_ttl_floor() + self.node.heartbeat)
+        })
     }
 
     fn validate_deadlines_and_rates(&self) -> Result<(), ConfigError> {
@@ -970,6 +1045,14 @@ pub fn format_duration(d: Duration) -> String {
     format!("{s}s")
 }
 
+/// An optional duration string.
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 mod duration {
     use super::*;
     use serde::Deserializer;
@@ -1009,6 +1092,12 @@ fn default_conns() -> usize {
 }
 fn d_500ms() -> Duration {
     Duration::from_millis(500)
+}
+fn d_1s() -> Duration {
+    Duration::from_secs(1)
+}
+fn yes() -> bool {
+    true
 }
 fn d_2s() -> Duration {
     Duration::from_secs(2)

@@ -8,6 +8,7 @@
 //! - [`tokens`]: access-token claims, signing, and the active/inactive decision (no IO).
 //! - [`sessions`]: refresh tokens, trusted identity providers and their assertions.
 //! - [`revocation`]: the session-version table and the follower that feeds it from the store.
+//! - [`nodes`]: the node registry's records and what they prove about a revocation.
 //! - [`store`]: the durable state behind one trait; `store::embedded` is SQLite.
 //! - [`http`]: routing, request parsing, client auth, the one error → response mapping.
 //! - [`server`]: accept loops, connection limits, request deadlines, graceful drain.
@@ -34,6 +35,7 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod nodes;
 pub mod policy;
 pub mod revocation;
 pub mod server;
@@ -44,6 +46,7 @@ pub mod tokens;
 
 use app::follower::{Follower, FollowerConfig};
 use app::keys::Keys;
+use app::nodes::{Identity, Reporter, ReporterConfig};
 use app::App;
 use config::{Config, StoreKind};
 use keys::Kek;
@@ -82,13 +85,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let book = app::contracts::load(&store).await?;
     let contracts = Arc::new(app::contracts::Contracts::new(clients, book));
     let table = Arc::new(Table::new(config.revocation_retention()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reporter = Arc::new(Reporter::new(
+        store.clone(),
+        table.clone(),
+        keys.clone(),
+        Identity {
+            id: nodes::new_node_id(),
+            name: (config.node.name.clone())
+                .unwrap_or_else(|| nodes::default_name(config.listen.port())),
+            address: config.listen.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        ReporterConfig {
+            heartbeat: config.node.heartbeat,
+            ttl: config.node_ttl(),
+            prompt_acks: config.node.acks,
+            max_staleness: config.store.max_staleness,
+        },
+    ));
+    // Running before the first load: the load's freshness proof is recorded through it.
+    let reporting = tokio::spawn(reporter.clone().run(stop_rx.clone()));
     let follower = Follower::new(
         store.clone(),
         table.clone(),
         keys.clone(),
         FollowerConfig::new(config.store.max_staleness),
     )
-    .with_contracts(contracts.clone());
+    .with_contracts(contracts.clone())
+    .with_reporter(reporter.clone());
     follower.load().await?;
     store
         .append_audit(audit::NewAudit {
@@ -111,20 +136,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         exempt: config.limits.proxies().into(),
     };
     let trusted = config.trusted_issuers()?;
+    let name = match &config.node.name {
+        Some(_) => None,
+        None => Some(nodes::default_name(addr.port())),
+    };
+    reporter.set_address(addr.to_string(), name);
+    // Registered under its real address before it answers anything.
+    reporter.report().await?;
+    let node_id = reporter.id();
     let app = App::new(
         config,
-        trusted,
-        keys.clone(),
-        table,
-        store,
-        prometheus,
-        contracts,
+        app::Parts {
+            trusted,
+            keys: keys.clone(),
+            table,
+            store,
+            metrics: prometheus,
+            contracts,
+            node_id,
+        },
     );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
     println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = [
+        reporting,
         tokio::spawn(follower.run(stop_rx.clone())),
         tokio::spawn(app::keys::run_rotation(keys, stop_rx.clone())),
         tokio::spawn(app::contracts::run_watch(app.clone(), stop_rx.clone())),

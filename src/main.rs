@@ -10,6 +10,7 @@ use hyper::Method;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{json, Value};
 
+use latch::cli::wait::{self, Target};
 use latch::cli::{
     self, AdminClient,
     Cell::{Text, Time},
@@ -49,6 +50,12 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The cluster at a glance: nodes and their lag, keys by state, the newest
+    /// revocations and how long each took to reach the last node.
+    Status {
         #[command(flatten)]
         remote: Remote,
     },
@@ -117,7 +124,20 @@ struct RevokeArgs {
     #[arg(long)]
     reason: String,
     #[command(flatten)]
+    wait: WaitArgs,
+    #[command(flatten)]
     remote: Remote,
+}
+
+#[derive(Args, Clone, Copy)]
+struct WaitArgs {
+    /// Then wait until every live node has applied it or provably fails closed; exit 3
+    /// (naming the nodes) if that takes longer than --timeout.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = latch::config::parse_duration, requires = "wait")]
+    timeout: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +160,8 @@ enum KeysCommand {
         kid: String,
         #[arg(long, default_value = "")]
         reason: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
 }
 
@@ -164,10 +186,21 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(a.config),
         Command::Check(a) => check(a.config),
         Command::GenSecret => gen_secret(),
+        Command::Revoke(a) if a.wait.wait => {
+            let (server, json, timeout) = (a.remote.server.clone(), a.remote.json, a.wait.timeout);
+            wait::after(&server, json, timeout, Target::Revocation, |c| revoke(c, a))
+        }
         Command::Revoke(a) => operator(&a.remote.server.clone(), a.remote.json, |c| revoke(c, a)),
+        Command::Keys {
+            command: command @ KeysCommand::Revoke { wait: w, .. },
+            remote,
+        } if w.wait => wait::after(&remote.server, remote.json, w.timeout, Target::Keys, |c| {
+            keys(c, command)
+        }),
         Command::Keys { command, remote } => {
             operator(&remote.server, remote.json, |c| keys(c, command))
         }
+        Command::Status { remote } => operator(&remote.server, remote.json, wait::status),
         Command::Store { command, remote } => {
             operator(&remote.server, remote.json, |c| store(c, command))
         }
@@ -490,7 +523,7 @@ async fn keys(client: AdminClient, command: KeysCommand) -> Result<(Value, Strin
                 .call(Method::POST, "/admin/keys/rotate", Some(body))
                 .await?
         }
-        KeysCommand::Revoke { kid, reason } => {
+        KeysCommand::Revoke { kid, reason, .. } => {
             let path = format!(
                 "/admin/keys/{}/revoke",
                 form_urlencoded::byte_serialize(kid.as_bytes()).collect::<String>()

@@ -25,6 +25,8 @@ pub const STORE_FEED_UP: &str = "latch_store_feed_up";
 pub const REPLICA_ACK_FAILURES: &str = "latch_store_replica_ack_failures_total";
 /// Requests or connections cut off at a deadline, by `phase` (body, handler, write).
 pub const DEADLINES_TOTAL: &str = "latch_request_deadline_exceeded_total";
+/// Registry reports (heartbeats, acknowledgements, freshness proofs) that failed.
+pub const NODE_REPORTS_FAILED: &str = "latch_node_reports_failed_total";
 /// Requests refused 429, by `endpoint` and `limit` (`limits::Limit::label`).
 pub const RATE_LIMITED_TOTAL: &str = "latch_rate_limited_total";
 /// Token-endpoint decisions under the contracts, by `reason` (`granted` or a refusal code).
@@ -82,7 +84,7 @@ fn describe() {
     describe_histogram!(
         PROPAGATION,
         Unit::Seconds,
-        "Revocation event creation to applied on this node"
+        "Revocation acknowledged by the store to applied on this node, on the store's clock"
     );
     describe_gauge!(TABLE_ENTRIES, "Entries in the session-version table");
     describe_gauge!(
@@ -123,6 +125,10 @@ fn describe() {
     describe_counter!(
         DEADLINES_TOTAL,
         "Requests cut off at a deadline, by phase (body, handler, write)"
+    );
+    describe_counter!(
+        NODE_REPORTS_FAILED,
+        "Node registry reports that failed; while they fail the node cannot prove freshness"
     );
     describe_counter!(
         RATE_LIMITED_TOTAL,

@@ -35,7 +35,7 @@ const OUTAGE: &str = "needs a store outage: outage_answers_match_the_openapi_doc
 /// Why it does not drive a 408 or 429.
 const LIMITS: &str = "needs tiny limits and deadlines: limit_answers_match_the_openapi_document";
 /// Operations that authenticate a client, so an auth-failure limit can refuse them (429).
-const AUTHENTICATED: [(&str, &str); 18] = [
+const AUTHENTICATED: [(&str, &str); 20] = [
     ("post", "/token"),
     ("post", "/introspect"),
     ("post", "/revoke"),
@@ -54,6 +54,8 @@ const AUTHENTICATED: [(&str, &str); 18] = [
     ("post", "/admin/contracts/{client}/promote"),
     ("get", "/admin/scopes"),
     ("post", "/admin/scopes"),
+    ("get", "/admin/nodes"),
+    ("get", "/admin/revocations/{seq}"),
 ];
 
 /// The contracts admin API's client in concrete paths.
@@ -66,6 +68,7 @@ fn concrete(template: &str, kid: &str) -> String {
         .replace("{kid}", kid)
         .replace("{client}", CONTRACT_CLIENT)
         .replace("{version}", "1")
+        .replace("{seq}", "1")
 }
 
 /// Documented answers the embedded-store test does not provoke, and why. Each must stay
@@ -103,6 +106,8 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("post", "/admin/contracts/{client}/rollback", "503", OUTAGE),
     ("post", "/admin/contracts/{client}/promote", "503", OUTAGE),
     ("post", "/admin/scopes", "503", OUTAGE),
+    ("get", "/admin/nodes", "503", OUTAGE),
+    ("get", "/admin/revocations/{seq}", "503", OUTAGE),
 ];
 
 /// Whether [`NOT_DRIVEN`] (or, for 408 and 429, [`LIMITS`]) excuses an answer.
@@ -707,6 +712,41 @@ async fn real_answers_match_the_openapi_document() {
     }
 
     contracts(&api, &s).await;
+    // --- the node registry: /admin/nodes, /admin/revocations/{seq} ---
+    let seq = s
+        .admin_revoke("subject", Some("idp|registry"), "openapi")
+        .await["seq"]
+        .as_u64()
+        .unwrap();
+    for (client, status) in [
+        (admin.clone(), 200),
+        (wrong_secret(&admin), 401),
+        (nobody.clone(), 403),
+    ] {
+        let r = s.get("/admin/nodes", client.auth()).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        api.assert(Method::GET, "/admin/nodes", &r);
+    }
+    let path = format!("/admin/revocations/{seq}");
+    for (path, client, status) in [
+        (path.as_str(), admin.clone(), 200),
+        ("/admin/revocations/abc", admin.clone(), 400),
+        (
+            "/admin/revocations/99999999999999999999999",
+            admin.clone(),
+            400,
+        ),
+        ("/admin/revocations/999999", admin.clone(), 404),
+        (path.as_str(), wrong_secret(&admin), 401),
+        (path.as_str(), nobody.clone(), 403),
+    ] {
+        let r = s.get(path, client.auth()).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        api.assert(Method::GET, "/admin/revocations/{seq}", &r);
+        if status == 200 {
+            assert_eq!(r.json()["confirmed"], true, "{}", r.text());
+        }
+    }
 
     // --- for every documented path: another method (405); for POSTs, 413 and 415 ---
     let admin_auth = basic(&admin.id, &admin.secret);
@@ -1104,6 +1144,17 @@ async fn the_checker_rejects_answers_that_do_not_match() {
         assert!(api.check_body(&intro, &bad).is_err(), "accepted {bad}");
     }
 
+    // The registry answers are closed too: an unknown node status or field is refused.
+    let proof = api.body_schema("get", "/admin/revocations/{seq}", "200");
+    let nodes = api.body_schema("get", "/admin/nodes", "200");
+    for bad in [
+        json!({"seq": 1}),
+        json!({"store": {}, "nodes": [], "recent": [], "extra": 1}),
+    ] {
+        assert!(api.check_body(&proof, &bad).is_err(), "accepted {bad}");
+        assert!(api.check_body(&nodes, &bad).is_err(), "accepted {bad}");
+    }
+
     let error = api.body_schema("post", "/introspect", "401");
     assert!(api
         .check_body(
@@ -1263,9 +1314,15 @@ async fn outage_answers_match_the_openapi_document() {
         r.assert_error(503, "temporarily_unavailable");
         api.assert(Method::POST, template, &r);
     }
-    let r = s.get("/admin/audit", admin.auth()).await;
-    r.assert_error(503, "temporarily_unavailable");
-    api.assert(Method::GET, "/admin/audit", &r);
+    for (path, template) in [
+        ("/admin/audit", "/admin/audit"),
+        ("/admin/nodes", "/admin/nodes"),
+        ("/admin/revocations/1", "/admin/revocations/{seq}"),
+    ] {
+        let r = s.get(path, admin.auth()).await;
+        r.assert_error(503, "temporarily_unavailable");
+        api.assert(Method::GET, template, &r);
+    }
     let mut amend = amend;
     amend["base_version"] = json!(2);
     for (path, template, body) in [
@@ -1508,10 +1565,15 @@ async fn limit_answers_match_the_openapi_document() {
         r.assert_error(429, "slow_down");
         api.assert(Method::POST, template, &r);
     }
-    for path in ["/admin/keys", "/admin/audit"] {
+    for (path, template) in [
+        ("/admin/keys", "/admin/keys"),
+        ("/admin/audit", "/admin/audit"),
+        ("/admin/nodes", "/admin/nodes"),
+        ("/admin/revocations/1", "/admin/revocations/{seq}"),
+    ] {
         let r = s.get(path, admin.auth()).await;
         r.assert_error(429, "slow_down");
-        api.assert(Method::GET, path, &r);
+        api.assert(Method::GET, template, &r);
     }
     for (method, template) in AUTHENTICATED
         .iter()

@@ -308,6 +308,9 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         "on",
         &format!(">{pass}"),
         "~{latch}:*",
+        // The node registry (its own hash tag): without it no node records a freshness
+        // proof, so none is ever fresh.
+        "~{latch:nodes}:*",
         "&{latch}:events",
         "+ping",
         "+eval",
@@ -338,6 +341,12 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         // INFO server gives the scripts Redis's run_id (a restart or failover opens a new
         // epoch), so it is required, not only for the settings check.
         "+info",
+        "+lpush",
+        "+ltrim",
+        "+lrange",
+        "+zadd",
+        "+zrange",
+        "+zremrangebyscore",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -15,6 +15,7 @@ use std::time::Duration;
 use latch::audit::{AuditRecord, NewAudit};
 use latch::keys::Kek;
 use latch::keys::StoredKey;
+use latch::nodes::{NodeReport, ACK_HISTORY};
 use latch::revocation::{ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind};
 use latch::sessions;
 use latch::sessions::{RefreshRecord, Rotation};
@@ -197,6 +198,11 @@ contract! {
         a_refresh_token_rotates_once_then_reports_reuse_and_unknown,
         of_concurrent_rotations_of_one_token_exactly_one_wins,
         refresh_records_round_trip_byte_identical,
+        the_head_tells_the_stores_time,
+        a_node_report_reads_back_on_the_stores_clock,
+        a_node_records_each_change_of_applied_once_newest_first,
+        the_ack_history_keeps_only_the_newest_changes,
+        nodes_are_listed_by_name_and_kept_past_their_expiry,
     ],
     fixtures: [everything_acknowledged_survives_a_restart],
 }
@@ -1121,4 +1127,144 @@ async fn everything_acknowledged_survives_a_restart(fixture: Fixture) {
         append(&*store, Subject, "after-restart").await.seq,
         before.revocation_seq + 1
     );
+}
+
+// === the node registry ===
+
+fn report(id: &str, name: &str, epoch: u64, applied: u64, fresh: Option<i64>) -> NodeReport {
+    NodeReport {
+        id: id.into(),
+        name: name.into(),
+        address: "127.0.0.1:8080".into(),
+        version: "1.2.3".into(),
+        max_staleness_ms: 2000,
+        ttl_ms: 10_000,
+        epoch,
+        applied,
+        keys_version: 4,
+        fresh_at_ms: fresh,
+        ready: true,
+    }
+}
+
+async fn send(store: &dyn Store, r: NodeReport) -> i64 {
+    store.report_node(r).await.expect("report a node")
+}
+
+async fn the_head_tells_the_stores_time(store: SharedStore) {
+    let before = now_ms();
+    let head = store.head().await.unwrap();
+    let after = now_ms();
+    // The stores run on this machine: their clock is this clock.
+    assert!(
+        (before..=after).contains(&head.time_ms),
+        "{before} <= {} <= {after}",
+        head.time_ms
+    );
+}
+
+async fn a_node_report_reads_back_on_the_stores_clock(store: SharedStore) {
+    assert!(store.nodes().await.unwrap().nodes.is_empty());
+    let first = send(&*store, report("a1", "node-a", 0xe1, 5, Some(1_000))).await;
+    let registry = store.nodes().await.unwrap();
+    assert!(registry.time_ms >= first);
+    let [n] = registry.nodes.as_slice() else {
+        panic!("one node: {registry:?}");
+    };
+    assert_eq!(
+        (
+            n.id.as_str(),
+            n.name.as_str(),
+            n.address.as_str(),
+            n.version.as_str()
+        ),
+        ("a1", "node-a", "127.0.0.1:8080", "1.2.3")
+    );
+    assert_eq!((n.epoch, n.applied, n.keys_version), (0xe1, 5, 4));
+    assert_eq!(
+        (n.max_staleness_ms, n.ttl_ms, n.ready),
+        (2000, 10_000, true)
+    );
+    assert_eq!((n.started_at_ms, n.heartbeat_at_ms), (first, first));
+    assert_eq!(n.fresh_at_ms, 1_000);
+    wait_until_clock_passes(first).await;
+    // A later report: a heartbeat; an older proof or none keeps the newest one.
+    let mut later = report("a1", "node-a", 0xe1, 5, Some(900));
+    later.ready = false;
+    later.address = "127.0.0.1:9090".into();
+    let second = send(&*store, later).await;
+    assert!(second > first);
+    send(&*store, report("a1", "node-a", 0xe1, 5, None)).await;
+    let n = store.nodes().await.unwrap().nodes.remove(0);
+    assert_eq!(n.started_at_ms, first, "started once");
+    assert!(n.heartbeat_at_ms >= second);
+    assert_eq!(n.fresh_at_ms, 1_000, "a proof is never lowered");
+    send(&*store, report("a1", "node-a", 0xe1, 5, Some(5_000))).await;
+    let n = store.nodes().await.unwrap().nodes.remove(0);
+    assert_eq!(n.fresh_at_ms, 5_000);
+    assert!(n.ready, "the last report's readiness");
+}
+
+async fn a_node_records_each_change_of_applied_once_newest_first(store: SharedStore) {
+    let mut times = vec![];
+    for (epoch, applied) in [
+        (0xe1, 1),
+        (0xe1, 1),
+        (0xe1, 3),
+        (0xe2, 3),
+        (0xe2, 3),
+        (0xe2, 9),
+    ] {
+        times.push(send(&*store, report("b", "node-b", epoch, applied, None)).await);
+    }
+    let n = store.nodes().await.unwrap().nodes.remove(0);
+    let acks: Vec<_> = n
+        .acks
+        .iter()
+        .map(|a| (a.epoch, a.applied, a.at_ms))
+        .collect();
+    assert_eq!(
+        acks,
+        [
+            (0xe2, 9, times[5]),
+            (0xe2, 3, times[3]),
+            (0xe1, 3, times[2]),
+            (0xe1, 1, times[0]),
+        ],
+        "a repeated (epoch, applied) is no new change; a new epoch is"
+    );
+    assert_eq!((n.epoch, n.applied), (0xe2, 9));
+}
+
+async fn the_ack_history_keeps_only_the_newest_changes(store: SharedStore) {
+    let total = ACK_HISTORY as u64 + 5;
+    for applied in 1..=total {
+        send(&*store, report("c", "node-c", 0xe1, applied, None)).await;
+    }
+    let n = store.nodes().await.unwrap().nodes.remove(0);
+    assert_eq!(n.acks.len(), ACK_HISTORY);
+    assert_eq!(n.acks[0].applied, total);
+    assert_eq!(
+        n.acks[ACK_HISTORY - 1].applied,
+        total - ACK_HISTORY as u64 + 1
+    );
+}
+
+async fn nodes_are_listed_by_name_and_kept_past_their_expiry(store: SharedStore) {
+    let mut short = report("z9", "alpha", 0xe1, 0, None);
+    short.ttl_ms = 1;
+    let beat = send(&*store, short).await;
+    send(&*store, report("a0", "beta", 0xe1, 0, None)).await;
+    send(&*store, report("b0", "alpha", 0xe1, 0, None)).await;
+    wait_until_clock_passes(beat + 5).await;
+    let registry = store.nodes().await.unwrap();
+    let listed: Vec<_> = registry
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.id.as_str()))
+        .collect();
+    assert_eq!(listed, [("alpha", "b0"), ("alpha", "z9"), ("beta", "a0")]);
+    // Expired, but kept so that readers can say "gone".
+    let gone = registry.nodes.iter().find(|n| n.id == "z9").unwrap();
+    assert!(gone.is_gone(registry.time_ms));
 }

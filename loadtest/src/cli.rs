@@ -37,6 +37,9 @@ pub enum Command {
     Issue(IssueArgs),
     /// Hot introspection with a trickle of issuance and revocation.
     Mixed(MixedArgs),
+    /// Revoke pre-issued tokens (RFC 7009), each once: revocation throughput; with
+    /// --compare-target, against a second deployment too, and the ratio.
+    Revoke(RevokeArgs),
     /// Issue on node 1, revoke on node 1, and time until every node answers inactive.
     RevokePropagation(PropagationArgs),
     /// Introspection load against the bare hyper baseline server only (the HTTP floor).
@@ -179,6 +182,22 @@ pub struct MixedArgs {
     /// One revocation (of a token issued during the run) per this many operations (0: none).
     #[arg(long, default_value_t = 1000)]
     pub revoke_every: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Tokens issued before each measured phase (each is revoked once; a phase ends early
+    /// when they run out).
+    #[arg(long, default_value_t = 60_000)]
+    pub tokens: usize,
+    /// A second deployment to run the same load against, alternating with --target.
+    #[arg(long)]
+    pub compare_target: Option<String>,
+    /// Rounds of one compare and one target phase (compare first in odd rounds).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 #[derive(Args, Debug)]

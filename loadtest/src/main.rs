@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::IntrospectCold(a) => &a.common,
         Command::Issue(a) => &a.common,
         Command::Mixed(a) => &a.common,
+        Command::Revoke(a) => &a.common,
         Command::RevokePropagation(a) => &a.common,
         Command::Baseline(a) => &a.common,
     }
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             Command::IntrospectCold(a) => scenarios::introspect::cold(&ctx, a).await,
             Command::Issue(a) => scenarios::issue::run(&ctx, a).await,
             Command::Mixed(a) => scenarios::mixed::run(&ctx, a).await,
+            Command::Revoke(a) => scenarios::revoke::run(&ctx, a).await,
             Command::RevokePropagation(a) => scenarios::propagation::run(&ctx, a).await,
             Command::Baseline(a) => {
                 scenarios::baseline_only(&ctx, a.body_bytes, a.baseline_threads).await

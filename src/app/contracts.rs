@@ -663,7 +663,7 @@ pub async fn cancel(
     }
     let book = app.contracts.book();
     let Some(entry) = book.version(doc, version) else {
-        return Err(Error::NotFound);
+        return Err(Error::NotFound(format!("{doc} has no version {version}")));
     };
     if entry.cancelled || entry.amendment.effective_at_ms <= now {
         return Err(Error::Conflict(format!(
@@ -716,7 +716,7 @@ pub async fn rollback(
     let now = now_ms();
     let book = app.contracts.book();
     let Some(target) = book.version(doc, to) else {
-        return Err(Error::NotFound);
+        return Err(Error::NotFound(format!("{doc} has no version {to}")));
     };
     if target.cancelled || target.amendment.effective_at_ms > now {
         return Err(invalid(vec![one(
@@ -759,10 +759,10 @@ pub async fn promote(
 ) -> Result<Amendment, Error> {
     let book = app.contracts.book();
     let Some(latest) = book.history(doc).iter().rev().find(|e| !e.cancelled) else {
-        return Err(Error::NotFound);
+        return Err(Error::NotFound(format!("{doc} has no contract")));
     };
     let Some(mut contract) = latest.amendment.contract().cloned() else {
-        return Err(Error::NotFound);
+        return Err(Error::NotFound(format!("{doc} has no contract")));
     };
     let map = if audience {
         &mut contract.audiences

@@ -19,6 +19,9 @@ pub enum Error {
     /// A parameter or a request body is wrong in a way the caller can fix.
     #[error("{0}")]
     InvalidRequest(String),
+    /// What was asked for does not exist (the description says what).
+    #[error("{0}")]
+    NotFound(String),
     /// Authenticated, but not allowed to act on this.
     #[error("{0}")]
     NotPermitted(&'static str),
@@ -45,8 +48,6 @@ pub enum Error {
     /// request needs another state first.
     #[error("{0}")]
     Conflict(String),
-    #[error("no such resource")]
-    NotFound,
     /// A bug or an impossible state.
     #[error("{0}")]
     Internal(String),

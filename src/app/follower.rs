@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::contracts::Contracts;
 use super::keys::Keys;
+use super::nodes::{store_clock, Reporter};
 use crate::audit::NewAudit;
 use crate::metrics as m;
 use crate::revocation::{Epochs, NewRevocation, RevocationEvent, RevocationKind, Table};
@@ -74,6 +75,8 @@ pub struct Follower {
     /// Revocations to write back into the new epoch; retried on every poll until done,
     /// and the node is not fresh until they are.
     restore: Mutex<Vec<Restore>>,
+    /// The node registry: every freshness proof is recorded there before it is trusted.
+    reporter: Option<Arc<Reporter>>,
 }
 
 impl Follower {
@@ -90,6 +93,7 @@ impl Follower {
             contracts: None,
             config,
             restore: Mutex::new(Vec::new()),
+            reporter: None,
         }
     }
 
@@ -110,15 +114,32 @@ impl Follower {
         self.table.insert(e);
     }
 
+    /// Records every freshness proof in the node registry before trusting it.
+    pub fn with_reporter(mut self, reporter: Arc<Reporter>) -> Follower {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// Marks the table fresh as of `started` (local), once the registry holds the proof
+    /// `head` gave (the store's time): the registry's proof is never the older one.
+    async fn mark_fresh(&self, started: i64, head: &Head) -> Result<(), StoreError> {
+        if let Some(reporter) = &self.reporter {
+            reporter.prove(head.time_ms).await?;
+        }
+        self.table.mark_fresh(started);
+        Ok(())
+    }
+
     /// Loads every revocation that can still matter, up to the store's head, and marks the
     /// table fresh (once the feed is live). Run before the node reports ready.
     pub async fn load(&self) -> Result<(), StoreError> {
         let started = now_ms();
         let head = self.store.head().await?;
+        store_clock().sample(started, head.time_ms, now_ms());
         self.table.set_epochs(Epochs::new(head.epoch, &head.closed));
         self.catch_up(&head, self.table.applied(), false).await?;
         if self.store.feed_live() {
-            self.table.mark_fresh(started);
+            self.mark_fresh(started, &head).await?;
         }
         Ok(())
     }
@@ -202,6 +223,7 @@ impl Follower {
         let started = now_ms();
         let feed_was_live = self.store.feed_live();
         let mut head = self.store.head().await?;
+        store_clock().sample(started, head.time_ms, now_ms());
         if head.epoch == self.table.epoch() && head.revocation_seq < self.table.applied() {
             // The store went back within one epoch without noticing (someone rewrote its
             // state): proof of loss. Close the epoch; the change below restores.
@@ -243,8 +265,7 @@ impl Follower {
                 "announcement subscription is down".into(),
             ));
         }
-        self.table.mark_fresh(started);
-        Ok(())
+        self.mark_fresh(started, &head).await
     }
 
     /// Switches to the store's new epoch: lowers `applied` to what the store still has,
@@ -442,8 +463,10 @@ impl Follower {
     }
 }
 
+/// Acknowledged (the store's time of the revocation) to applied here, on the store's
+/// clock: this node's clock corrected by the offset its head checks measured.
 fn observe_propagation(revoked_at_ms: i64) {
-    let lag = (now_ms() - revoked_at_ms).max(0) as f64 / 1000.0;
+    let lag = (now_ms() + store_clock().offset_ms() - revoked_at_ms).max(0) as f64 / 1000.0;
     metrics::histogram!(m::PROPAGATION).record(lag);
 }
 

@@ -226,6 +226,7 @@ impl FakeStore {
             keys_version: 0,
             epoch: s.epoch,
             closed: s.closed.clone(),
+            time_ms: now_ms(),
         }
     }
 
@@ -377,6 +378,14 @@ impl Store for FakeStore {
     }
 
     fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn report_node(&self, _: crate::nodes::NodeReport) -> BoxFuture<'_, Result<i64, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<crate::nodes::Registry, StoreError>> {
         self.answer(|_| not_faked())
     }
 }

@@ -10,6 +10,7 @@ mod error;
 pub mod follower;
 pub mod introspect;
 pub mod keys;
+pub mod nodes;
 pub mod revoke;
 pub mod token;
 mod view;
@@ -68,6 +69,8 @@ pub struct Inner {
     pub limits: crate::limits::RateLimits,
     /// Past this age of the revocation state, requests fail closed, in ms.
     pub max_staleness_ms: i64,
+    /// This node's id in the registry (random per process start).
+    node_id: String,
     /// Distinguishes this process's request ids from other nodes'.
     node_tag: String,
     request_seq: AtomicU64,
@@ -80,16 +83,29 @@ impl Deref for App {
     }
 }
 
+/// What a node is made of, loaded before it serves: see `crate::run`.
+pub struct Parts {
+    pub trusted: TrustedIssuers,
+    pub keys: Arc<Keys>,
+    pub table: Arc<Table>,
+    pub store: SharedStore,
+    pub metrics: PrometheusHandle,
+    pub contracts: Arc<contracts::Contracts>,
+    /// This node's id in the registry.
+    pub node_id: String,
+}
+
 impl App {
-    pub fn new(
-        config: Config,
-        trusted: TrustedIssuers,
-        keys: Arc<Keys>,
-        table: Arc<Table>,
-        store: SharedStore,
-        metrics: PrometheusHandle,
-        contracts: Arc<contracts::Contracts>,
-    ) -> App {
+    pub fn new(config: Config, parts: Parts) -> App {
+        let Parts {
+            trusted,
+            keys,
+            table,
+            store,
+            metrics,
+            contracts,
+            node_id,
+        } = parts;
         let clients = contracts.configured().clone();
         let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
         let node_tag = crate::tokens::random_id()[..6].to_string();
@@ -108,10 +124,16 @@ impl App {
                 store,
                 metadata,
                 metrics,
+                node_id,
                 node_tag,
                 request_seq: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// This node's id in the registry.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// A new request id, unique across nodes.

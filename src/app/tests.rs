@@ -196,12 +196,15 @@ async fn node() -> Node {
     let trusted = config.trusted_issuers().unwrap();
     let app = App::new(
         config,
-        trusted,
-        keys,
-        table,
-        store,
-        metrics_handle(),
-        contracts,
+        super::Parts {
+            trusted,
+            keys,
+            table,
+            store,
+            metrics: metrics_handle(),
+            contracts,
+            node_id: "test-node".into(),
+        },
     );
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(follower.run(stopped));
@@ -260,12 +263,15 @@ impl Node {
         let trusted = config.trusted_issuers().unwrap();
         App::new(
             config,
-            trusted,
-            self.app.keys.clone(),
-            table,
-            self.app.store.clone(),
-            metrics_handle(),
-            self.app.contracts.clone(),
+            super::Parts {
+                trusted,
+                keys: self.app.keys.clone(),
+                table,
+                store: self.app.store.clone(),
+                metrics: metrics_handle(),
+                contracts: self.app.contracts.clone(),
+                node_id: "test-node-2".into(),
+            },
         )
     }
 
@@ -395,7 +401,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Policy(_) => "Policy(Client)",
         Error::Invalid(_) => "Invalid",
         Error::Conflict(_) => "Conflict",
-        Error::NotFound => "NotFound",
+        Error::NotFound(_) => "NotFound",
         Error::InvalidRequest(_) => "InvalidRequest",
         Error::NotPermitted(_) => "NotPermitted",
         Error::GrantNotAllowed(_) => "GrantNotAllowed",

@@ -38,6 +38,9 @@ pub enum ApiError {
     UnsupportedGrantType,
     #[error("no such resource")]
     NotFound,
+    /// A named thing that does not exist (an unknown revocation seq), said in words.
+    #[error("{0}")]
+    NoSuch(String),
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
     #[error("{0}")]
@@ -89,7 +92,7 @@ impl ApiError {
             ),
             Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            NotFound | NoSuch(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
@@ -159,8 +162,8 @@ impl From<app::Error> for ApiError {
             E::Policy(refusal) => ApiError::Refused(refusal),
             E::Invalid(problems) => ApiError::Invalid(problems),
             E::Conflict(why) => ApiError::Conflict(why),
-            E::NotFound => ApiError::NotFound,
             E::InvalidRequest(why) => ApiError::InvalidRequest(why),
+            E::NotFound(why) => ApiError::NoSuch(why),
             E::NotPermitted(why) => ApiError::UnauthorizedClient(why),
             E::GrantNotAllowed(why) => ApiError::GrantNotAllowed(why),
             E::RateLimited(limited) => ApiError::RateLimited(limited),

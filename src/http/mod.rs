@@ -21,6 +21,7 @@ use request::{read_body, require_content_type, ClientAddr, Form};
 pub mod admin;
 pub mod contracts;
 pub mod error;
+pub mod nodes;
 pub mod oauth;
 pub mod request;
 
@@ -43,6 +44,8 @@ enum Route {
     AdminStoreRecover,
     AdminContracts,
     AdminScopes,
+    AdminNodes,
+    AdminRevocation,
     Healthz,
     Readyz,
     NotFound,
@@ -65,9 +68,11 @@ impl Route {
             p if p == "/admin/contracts" || p.starts_with("/admin/contracts/") => {
                 Route::AdminContracts
             }
+            "/admin/nodes" => Route::AdminNodes,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             p if key_to_revoke(p).is_some() => Route::AdminKeyRevoke,
+            p if nodes::revocation_path(p).is_some() => Route::AdminRevocation,
             _ => Route::NotFound,
         }
     }
@@ -87,6 +92,8 @@ impl Route {
             Route::AdminStoreRecover => "admin_store_recover",
             Route::AdminContracts => "admin_contracts",
             Route::AdminScopes => "admin_scopes",
+            Route::AdminNodes => "admin_nodes",
+            Route::AdminRevocation => "admin_revocation",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::NotFound => "not_found",
@@ -100,6 +107,8 @@ impl Route {
             | Route::Jwks
             | Route::AdminKeys
             | Route::AdminAudit
+            | Route::AdminNodes
+            | Route::AdminRevocation
             | Route::Healthz
             | Route::Readyz => "GET",
             _ => "POST",
@@ -249,6 +258,11 @@ async fn dispatch(
             Route::Readyz => Ok(readyz(app)),
             Route::AdminKeys => admin::list_keys(app, &parts),
             Route::AdminAudit => admin::audit(app, &parts).await,
+            Route::AdminNodes => nodes::list(app, &parts, request_id).await,
+            Route::AdminRevocation => {
+                let seq = nodes::revocation_path(parts.uri.path()).unwrap_or_default();
+                nodes::get(app, &parts, seq, request_id).await
+            }
             _ => Err(ApiError::NotFound),
         };
     }

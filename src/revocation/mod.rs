@@ -400,6 +400,11 @@ impl Table {
         self.validity(stamp)
     }
 
+    /// Ticks whenever `applied` or the epochs change (the node registry reports them).
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Resolves when a request asked for a head check.
     pub async fn check_requested(&self) {
         self.check.notified().await

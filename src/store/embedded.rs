@@ -8,6 +8,7 @@
 //! directory replaced by an older copy thereby closes the copy's epoch at the copy's seq,
 //! and every stamp issued after the copy was taken is invalid for good.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use super::{
 };
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
+use crate::nodes::{NodeRecord, NodeReport, Registry};
 use crate::revocation::{
     revocation_target, ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind,
 };
@@ -96,6 +98,9 @@ struct Inner {
     events: broadcast::Sender<StoreEvent>,
     /// The open epoch; changed only under `conn`.
     epoch: AtomicU64,
+    /// The node registry: soft state, kept in memory (only this process can hold the
+    /// directory, so it has one live node).
+    nodes: Mutex<HashMap<String, NodeRecord>>,
     /// Held for the life of the store: the advisory lock on the data directory.
     _lock: File,
 }
@@ -148,6 +153,7 @@ impl EmbeddedStore {
                 conn: Mutex::new(conn),
                 events,
                 epoch: AtomicU64::new(epoch),
+                nodes: Mutex::new(HashMap::new()),
                 _lock: lock,
             }),
         })
@@ -254,6 +260,7 @@ fn head_of(conn: &Connection, epoch: u64) -> Result<Head, StoreError> {
         keys_version: keys_version(conn).map_err(unavailable)?,
         epoch,
         closed: closed_epochs(conn)?,
+        time_ms: now_ms(),
     })
 }
 
@@ -656,6 +663,35 @@ impl Store for EmbeddedStore {
                 )
                 .map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    fn report_node(&self, report: NodeReport) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let mut nodes = self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes.retain(|_, n| n.forget_at_ms() > now);
+            let prev = nodes.remove(&report.id);
+            let record = NodeRecord::updated(prev, report, now);
+            nodes.insert(record.id.clone(), record);
+            Ok(now)
+        })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Registry, StoreError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let nodes = self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut list: Vec<NodeRecord> = nodes
+                .values()
+                .filter(|n| n.forget_at_ms() > now)
+                .cloned()
+                .collect();
+            list.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+            Ok(Registry {
+                time_ms: now,
+                nodes: list,
+            })
         })
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
+use crate::nodes::{NodeReport, Registry};
 use crate::revocation::{ClosedEpoch, NewRevocation, Point, RevocationEvent};
 use crate::sessions::{RefreshRecord, Rotation};
 
@@ -27,8 +28,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A cloneable handle to whichever store the config selected.
 pub type SharedStore = Arc<dyn Store>;
 
-/// How far the durable state goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// How far the durable state goes. Two heads are equal when they say the same about the
+/// state, whenever they were read (`time_ms` is not compared).
+#[derive(Debug, Clone, Default)]
 pub struct Head {
     /// Highest revocation seq that nodes may apply and stamp tokens with: assigned and,
     /// where `store.min_replicas_ack > 0`, confirmed on that many replicas.
@@ -40,6 +42,9 @@ pub struct Head {
     /// Every closed epoch this store knows, with the seq it was closed at. A stamp
     /// `(e, n)` of a closed epoch is valid iff `n <= closed_at`.
     pub closed: Vec<ClosedEpoch>,
+    /// The store's clock when it answered, Unix ms: the one clock the node registry is
+    /// judged on (a freshness proof is recorded with this time).
+    pub time_ms: i64,
 }
 
 impl Head {
@@ -61,6 +66,23 @@ pub struct ContractWrite {
     pub change: String,
     pub cancel: bool,
 }
+impl PartialEq for Head {
+    fn eq(&self, other: &Head) -> bool {
+        (
+            self.revocation_seq,
+            self.keys_version,
+            self.epoch,
+            &self.closed,
+        ) == (
+            other.revocation_seq,
+            other.keys_version,
+            other.epoch,
+            &other.closed,
+        )
+    }
+}
+
+impl Eq for Head {}
 
 /// What the feed announces. Announcements are hints for speed; [`Store::head`] is the truth.
 #[derive(Debug, Clone)]
@@ -200,6 +222,22 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>>;
+
+    /// Records `report` as its node's entry in the registry, on the store's clock: the
+    /// first report sets `started_at`; a changed `(epoch, applied)` is appended to the
+    /// node's ack history (newest first, at most `nodes::ACK_HISTORY`) at the store's
+    /// time; a given `fresh_at_ms` raises the recorded proof (never lowers it); every
+    /// report is a heartbeat. A node is kept `nodes::GONE_KEPT_MS` past its expiry, then
+    /// forgotten. Returns the store's time of the write.
+    ///
+    /// The registry is soft state, not history: a store may keep it in memory (the
+    /// embedded store does), and losing it only makes nodes look stale until their next
+    /// report.
+    fn report_node(&self, report: NodeReport) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    /// Every node the registry holds (gone ones too, until forgotten), ordered by name
+    /// then id, and the store's time at which it was read.
+    fn nodes(&self) -> BoxFuture<'_, Result<Registry, StoreError>>;
 }
 
 pub fn encode_refresh(r: &RefreshRecord) -> Result<String, StoreError> {

@@ -11,6 +11,14 @@
 //! | `{latch}:audit:seq` / `{latch}:audit:log` | string / stream | audit records, id `<seq>-0` |
 //! | `{latch}:keys` / `{latch}:keys:version` | hash / string | key records (opaque MAC'd JSON, see `keys::integrity`) by kid, and the manifest under `~manifest`; the key-set version |
 //!
+//! The node registry has its own hash tag (it never needs to be atomic with the log):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{latch:nodes}:index` | sorted set | node id → the store time at which it is forgotten |
+//! | `{latch:nodes}:node:<id>` | hash | the node's last report (see `nodes::NodeRecord`), store times in ms; expires when forgotten |
+//! | `{latch:nodes}:acks:<id>` | list | `epoch:applied:ms` for each change of its `applied`, newest first, at most `nodes::ACK_HISTORY` |
+//!
 //! Announcements go to the channel `{latch}:events`, published from inside the script
 //! that makes a seq `acked` (the revoke script itself when `min_replicas_ack = 0`, else the
 //! ack script run after `WAIT`): a revocation is never announced before it is in the log
@@ -38,6 +46,7 @@ use super::{
 };
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
+use crate::nodes::{Ack, NodeRecord, NodeReport, Registry};
 use crate::revocation::{
     new_epoch_id, parse_closed, revocation_target, NewRevocation, RevocationEvent, RevocationKind,
 };
@@ -61,6 +70,15 @@ const CONTRACTS: &str = "{latch}:contracts";
 const CONTRACTS_LATEST: &str = "{latch}:contracts:latest";
 /// Cancelled amendments: field `<doc>\n<version>` → 1.
 const CONTRACTS_CANCELLED: &str = "{latch}:contracts:cancelled";
+const NODE_INDEX: &str = "{latch:nodes}:index";
+
+fn node_key(id: &str) -> String {
+    format!("{{latch:nodes}}:node:{id}")
+}
+
+fn node_acks_key(id: &str) -> String {
+    format!("{{latch:nodes}}:acks:{id}")
+}
 
 /// A refresh token's key, by the SHA-256 of the token.
 fn refresh_key(hash: &str) -> String {
@@ -122,7 +140,7 @@ end
 /// The head. KEYS: state rev:log legacy keys:version. ARGV: new epoch id, force (0/1).
 const HEAD: &str = "
 local epoch, seq, acked, closed, bumped = ensure(ARGV[1], ARGV[2] == '1')
-return {epoch, acked, closed, redis.call('GET', KEYS[4]) or '0', bumped}
+return {epoch, acked, closed, redis.call('GET', KEYS[4]) or '0', bumped, ms}
 ";
 
 /// Closes the epoch by request, with an audit record.
@@ -250,6 +268,47 @@ redis.call('PEXPIREAT', KEYS[2], ARGV[2])
 return {1}
 ";
 
+/// One node's report (the rules of `nodes::NodeRecord::updated`).
+/// KEYS: node hash, its acks list, the index. ARGV: id name address version
+/// max_staleness ttl epoch applied keys_version fresh_at ('' keeps it) ready gone_kept
+/// ack_history. Returns the store time.
+const REPORT_NODE: &str = "
+local prev = redis.call('HMGET', KEYS[1], 'started_at', 'fresh_at', 'epoch', 'applied')
+local started = prev[1] or ms
+local fresh = tonumber(prev[2] or '0') or 0
+if ARGV[10] ~= '' then fresh = math.max(fresh, tonumber(ARGV[10])) end
+if prev[3] ~= ARGV[7] or prev[4] ~= ARGV[8] then
+  redis.call('LPUSH', KEYS[2], ARGV[7] .. ':' .. ARGV[8] .. ':' .. ms)
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[13]) - 1)
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'name', ARGV[2], 'address', ARGV[3],
+  'version', ARGV[4], 'max_staleness', ARGV[5], 'ttl', ARGV[6], 'epoch', ARGV[7],
+  'applied', ARGV[8], 'keys_version', ARGV[9], 'fresh_at', string.format('%d', fresh),
+  'ready', ARGV[11], 'started_at', started, 'heartbeat_at', ms)
+local forget = ms + tonumber(ARGV[6]) + tonumber(ARGV[12])
+redis.call('PEXPIREAT', KEYS[1], forget)
+redis.call('PEXPIREAT', KEYS[2], forget)
+redis.call('ZADD', KEYS[3], forget, ARGV[1])
+return ms
+";
+
+/// Drops forgotten nodes from the index and lists the others. KEYS: the index.
+/// Returns {store time, ids}.
+const NODE_IDS: &str = "
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ms)
+return {ms, redis.call('ZRANGE', KEYS[1], 0, -1)}
+";
+
+/// Every listed node's hash and acks. KEYS: (node hash, acks list)*.
+const NODE_RECORDS: &str = "
+local out = {}
+for i = 1, #KEYS, 2 do
+  table.insert(out, redis.call('HGETALL', KEYS[i]))
+  table.insert(out, redis.call('LRANGE', KEYS[i + 1], 0, -1))
+end
+return out
+";
+
 /// KEYS: audit:seq audit:log. ARGV: actor action target reason request_id.
 const AUDIT: &str = "
 local aseq = redis.call('INCR', KEYS[1])
@@ -281,6 +340,9 @@ struct Inner {
     audit: Script,
     open_session: Script,
     rotate_refresh: Script,
+    report_node: Script,
+    node_ids: Script,
+    node_records: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -333,6 +395,11 @@ fn head_reply(v: &[redis::Value]) -> Result<Head, StoreError> {
         revocation_seq: num(1)?,
         closed: parse_closed(&get(2)?).map_err(StoreError::Unavailable)?,
         keys_version: num(3)?,
+        // HEAD and BUMP both answer the store's time at index 5.
+        time_ms: v
+            .get(5)
+            .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+            .unwrap_or(0),
     })
 }
 
@@ -378,6 +445,9 @@ impl RedisStore {
             audit: script(AUDIT),
             open_session: script(OPEN_SESSION),
             rotate_refresh: Script::new(ROTATE_REFRESH),
+            report_node: script(REPORT_NODE),
+            node_ids: script(NODE_IDS),
+            node_records: Script::new(NODE_RECORDS),
         });
         tokio::spawn(forward_announcements(topology, Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
@@ -732,6 +802,41 @@ impl RedisStore {
             revoked_at_ms: ms,
         })
     }
+}
+
+/// A node's record from its hash (flat field list) and acks list; `None` if the hash is
+/// gone or unreadable (a node forgotten between the two reads).
+fn node_record(hash: &[String], acks: &[String]) -> Option<NodeRecord> {
+    let f = |name: &str| field(hash, name);
+    let int = |name: &str| f(name).parse::<i64>().ok();
+    let epoch = |text: &str| u64::from_str_radix(text, 16).ok();
+    Some(NodeRecord {
+        id: f("id").to_string(),
+        name: f("name").to_string(),
+        address: f("address").to_string(),
+        version: f("version").to_string(),
+        max_staleness_ms: int("max_staleness")?,
+        ttl_ms: int("ttl")?,
+        epoch: epoch(f("epoch"))?,
+        applied: f("applied").parse().ok()?,
+        keys_version: f("keys_version").parse().ok()?,
+        ready: f("ready") == "1",
+        started_at_ms: int("started_at")?,
+        fresh_at_ms: int("fresh_at")?,
+        heartbeat_at_ms: int("heartbeat_at")?,
+        acks: acks
+            .iter()
+            .filter_map(|a| {
+                let mut p = a.splitn(3, ':');
+                Some(Ack {
+                    epoch: epoch(p.next()?)?,
+                    applied: p.next()?.parse().ok()?,
+                    at_ms: p.next()?.parse().ok()?,
+                })
+            })
+            .collect(),
+    })
+    .filter(|r| !r.id.is_empty())
 }
 
 impl Store for RedisStore {
@@ -1147,6 +1252,62 @@ impl Store for RedisStore {
         Box::pin(async move {
             let page = xrange_after(&mut self.conn(), AUDIT_LOG, after, limit).await?;
             Ok(page.iter().map(|(id, f)| audit_entry(id, f)).collect())
+        })
+    }
+
+    fn report_node(&self, r: NodeReport) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let ms: i64 = self
+                .inner
+                .report_node
+                .key(node_key(&r.id))
+                .key(node_acks_key(&r.id))
+                .key(NODE_INDEX)
+                .arg(&r.id)
+                .arg(&r.name)
+                .arg(&r.address)
+                .arg(&r.version)
+                .arg(r.max_staleness_ms)
+                .arg(r.ttl_ms)
+                .arg(epoch_hex(r.epoch))
+                .arg(r.applied)
+                .arg(r.keys_version)
+                .arg(r.fresh_at_ms.map(|f| f.to_string()).unwrap_or_default())
+                .arg(if r.ready { "1" } else { "0" })
+                .arg(crate::nodes::GONE_KEPT_MS)
+                .arg(crate::nodes::ACK_HISTORY)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(ms)
+        })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Registry, StoreError>> {
+        Box::pin(async move {
+            let (time_ms, ids): (i64, Vec<String>) = self
+                .inner
+                .node_ids
+                .key(NODE_INDEX)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let mut nodes = Vec::with_capacity(ids.len());
+            if !ids.is_empty() {
+                let mut invocation = self.inner.node_records.prepare_invoke();
+                for id in &ids {
+                    invocation.key(node_key(id)).key(node_acks_key(id));
+                }
+                let lists: Vec<Vec<String>> = invocation
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                for pair in lists.chunks_exact(2) {
+                    nodes.extend(node_record(&pair[0], &pair[1]));
+                }
+            }
+            nodes.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+            Ok(Registry { time_ms, nodes })
         })
     }
 }
