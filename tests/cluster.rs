@@ -865,7 +865,12 @@ async fn a_gap_in_the_announcements_is_filled_from_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_issued_before_a_revocation_are_revoked_on_every_node() {
     let redis = RedisProcess::start().await;
-    let nodes = fast().redis(&redis).start_nodes(3).await;
+    // Issuance runs flat out on B while A revokes: no per-client rate in the way.
+    let nodes = fast()
+        .redis(&redis)
+        .env("LATCH_LIMITS__TOKEN_RATE", "off")
+        .start_nodes(3)
+        .await;
     let orders = clients::orders();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -313,6 +313,9 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         "~{latch:nodes}:*",
         "&{latch}:events",
         "+ping",
+        // The contracts' history (issue 10): read at start, checked inside the scripts.
+        "+hkeys",
+        "+hexists",
         "+eval",
         "+evalsha",
         "+script|load",
