@@ -550,6 +550,30 @@ async fn a_widening_goes_through_shadow_counted_then_promoted() {
         listed(&s, ORDERS).await["shadow"],
         json!([REFUND, REFUNDS_AUD])
     );
+    // Every node exports the version in force and its ramp, per client.
+    for (series, want) in [
+        ("latch_contract_version{client=\"orders-service\"}", 2.0),
+        (
+            "latch_contract_ramp_items{client=\"orders-service\",stage=\"shadow\"}",
+            2.0,
+        ),
+        (
+            "latch_contract_ramp_items{client=\"orders-service\",stage=\"deprecated\"}",
+            0.0,
+        ),
+        ("latch_contract_version{client=\"billing-service\"}", 1.0),
+    ] {
+        let s = &s;
+        eventually(DEADLINE, series, || async move {
+            let got = s.metric(series).await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got}"))
+            }
+        })
+        .await;
+    }
     let hits = "latch_contract_shadow_hits_total{client=\"orders-service\"}";
     let in_shadow = "latch_contract_decisions_total{reason=\"scope_in_shadow\"}";
     let aud_in_shadow = "latch_contract_decisions_total{reason=\"audience_in_shadow\"}";
@@ -1360,6 +1384,38 @@ async fn a_token_killed_by_a_narrowing_stays_inactive_when_the_scope_returns() {
         !s.is_active(&refund).await,
         "a token killed by a narrowing is active again"
     );
+}
+
+#[tokio::test]
+async fn once_recorded_the_contract_wins_over_the_configuration_at_start() {
+    let mut s = TestServer::builder().start().await;
+    let orders = clients::orders();
+    edit(&s, ORDERS, |_| {}).await;
+    let t = s.issue(&orders, &[]).await;
+    // The configuration widens both clients; only billing-service has no recorded
+    // contract, so only it gets the new scope.
+    let mut setup = s.setup.clone();
+    setup.config.client_mut(ORDERS).scopes = vec![
+        "orders:read".into(),
+        "orders:write".into(),
+        "orders:admin".into(),
+    ];
+    setup.config.client_mut("billing-service").scopes =
+        vec!["billing:read".into(), "billing:write".into()];
+    s.restart_with(&setup).await;
+    let r = s.token_resp(&orders, &[("scope", "orders:admin")]).await;
+    assert_refused(&r, 400, "invalid_scope", "scope_not_in_contract");
+    let r = s.token_resp(&orders, &[]).await;
+    assert_eq!(ok(&r, "default scope")["scope"], "orders:read orders:write");
+    assert!(s.is_active(&t).await);
+    assert_eq!(versions(&history(&s, ORDERS).await), [1, 2]);
+    let billing = clients::billing();
+    let r = s.token_resp(&billing, &[("scope", "billing:write")]).await;
+    assert_eq!(
+        ok(&r, "billing:write from the configuration")["scope"],
+        "billing:write"
+    );
+    assert_eq!(history(&s, "billing-service").await.len(), 1);
 }
 
 // ---------------------------------------------------------------------------
