@@ -683,7 +683,6 @@ async fn a_narrowing_through_deprecated_kills_exceeding_tokens_on_the_embedded_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: on Redis every contract write answers 503: CONTRACT_CHECK (src/store/redis/mod.rs) writes the Lua string '\\n' as a Rust \"\\n\", a real newline, and the script does not compile"]
 async fn a_narrowing_through_deprecated_kills_exceeding_tokens_on_every_redis_node() {
     let redis = RedisProcess::start().await;
     let nodes = redis_nodes().redis(&redis).start_nodes(3).await;
@@ -762,7 +761,7 @@ async fn narrowing_through_deprecated(nodes: &[TestServer]) {
         }
     };
     on_every_node(
-        &nodes,
+        nodes,
         "deprecated, no removal planned",
         deprecated_everywhere(None),
     )
@@ -791,7 +790,7 @@ async fn narrowing_through_deprecated(nodes: &[TestServer]) {
     );
     let sunset = http_date(v3["effective_at_ms"].as_i64().unwrap());
     on_every_node(
-        &nodes,
+        nodes,
         "Sunset of the planned removal",
         deprecated_everywhere(Some(sunset)),
     )
@@ -804,7 +803,7 @@ async fn narrowing_through_deprecated(nodes: &[TestServer]) {
         .await
         .assert_error(409, "conflict");
     on_every_node(
-        &nodes,
+        nodes,
         "Sunset gone with the cancellation",
         deprecated_everywhere(None),
     )
@@ -819,7 +818,7 @@ async fn narrowing_through_deprecated(nodes: &[TestServer]) {
         "promote scope orders:write: deprecated → removed"
     );
     on_every_node(
-        &nodes,
+        nodes,
         "tokens carrying the removed scope inactive",
         |http| {
             let (write, both) = (write.clone(), both.clone());
@@ -846,7 +845,7 @@ async fn narrowing_through_deprecated(nodes: &[TestServer]) {
         &promote(node(1), ORDERS, "audience", ORDERS_AUD2, None).await,
         "remove audience",
     );
-    on_every_node(&nodes, "tokens for the removed audience inactive", |http| {
+    on_every_node(nodes, "tokens for the removed audience inactive", |http| {
         let aud2 = aud2.clone();
         async move {
             is(&introspect_http(&http, &aud2).await, false)?;
@@ -937,7 +936,6 @@ async fn a_scheduled_amendment_switches_by_the_clock_under_load_on_the_embedded_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: on Redis every contract write answers 503: CONTRACT_CHECK (src/store/redis/mod.rs) writes the Lua string '\\n' as a Rust \"\\n\", a real newline, and the script does not compile"]
 async fn a_scheduled_amendment_switches_every_redis_node_by_the_clock_under_load() {
     let redis = RedisProcess::start().await;
     let nodes = redis_nodes()
@@ -961,7 +959,7 @@ async fn scheduled_switch_under_load(nodes: &[TestServer]) {
         c["scopes"]["orders:write"] = json!("deprecated");
     })
     .await;
-    await_version(&nodes, ORDERS, 2).await;
+    await_version(nodes, ORDERS, 2).await;
     let removed = node(0).issue(&orders, &[("scope", "orders:write")]).await;
     let kept = node(1).issue(&orders, &[("scope", "orders:read")]).await;
 
@@ -978,7 +976,7 @@ async fn scheduled_switch_under_load(nodes: &[TestServer]) {
         (Some(at), json!(false))
     );
     let scheduled = a["version"].as_u64().unwrap();
-    on_every_node(&nodes, "the amendment is scheduled", |http| async move {
+    on_every_node(nodes, "the amendment is scheduled", |http| async move {
         let r = admin_call(&http, Method::GET, "/admin/contracts", None, "rid-read").await;
         let rows = r.json()["contracts"].clone();
         let row = rows
@@ -1643,6 +1641,9 @@ async fn a_client_whose_contract_names_a_retired_scope_can_still_be_suspended() 
 // Hostile amendments
 // ---------------------------------------------------------------------------
 
+/// A hostile amendment: what it is, its body, the problems (code, key) it must get.
+type Case<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>);
+
 #[tokio::test]
 async fn hostile_amendments_are_refused_with_the_exact_problem() {
     let s = TestServer::builder().start().await;
@@ -1659,7 +1660,7 @@ async fn hostile_amendments_are_refused_with_the_exact_problem() {
         f(&mut c);
         amendment(1, &c, None)
     };
-    let cases: Vec<(&str, Value, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "unregistered scope",
             contract(&|c| c["scopes"]["nope:scope"] = json!("shadow")),
@@ -2314,7 +2315,6 @@ async fn concurrent_amendments_on_the_embedded_store_exactly_one_wins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: on Redis every contract write answers 503: CONTRACT_CHECK (src/store/redis/mod.rs) writes the Lua string '\\n' as a Rust \"\\n\", a real newline, and the script does not compile"]
 async fn concurrent_amendments_across_redis_nodes_exactly_one_wins() {
     let redis = RedisProcess::start().await;
     let nodes = redis_nodes().redis(&redis).start_nodes(2).await;
