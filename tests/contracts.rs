@@ -1602,7 +1602,6 @@ async fn refusals_carry_a_reason_code_and_reveal_no_other_contract() {
 }
 
 #[tokio::test]
-#[ignore = "bug: retiring a scope in the registry leaves live tokens carrying it active (the cv fast path ignores the registry version)"]
 async fn retiring_a_scope_makes_live_tokens_carrying_it_inactive() {
     let s = TestServer::builder().start().await;
     let orders = clients::orders();
@@ -1622,7 +1621,6 @@ async fn retiring_a_scope_makes_live_tokens_carrying_it_inactive() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a contract naming a retired scope can no longer be amended at all, not even to suspend the client"]
 async fn a_client_whose_contract_names_a_retired_scope_can_still_be_suspended() {
     let s = TestServer::builder().start().await;
     register(&s, "orders:write", "retired").await;
@@ -1845,7 +1843,6 @@ async fn hostile_amendments_are_refused_with_the_exact_problem() {
 }
 
 #[tokio::test]
-#[ignore = "bug: effective_at without a time zone (or with text after the Z) is read as UTC instead of refused as not RFC 3339"]
 async fn effective_at_that_is_not_rfc_3339_is_refused_even_when_it_looks_close() {
     let s = TestServer::builder().start().await;
     let (_, base) = latest(&s, ORDERS).await;
@@ -2456,7 +2453,6 @@ async fn every_contract_write_is_audited_with_actor_reason_and_request_id() {
 }
 
 #[tokio::test]
-#[ignore = "bug: the stores drop the audit target and action the use case builds: every contract write is audited with target \"contracts\" and a registry amendment as contract_amend"]
 async fn the_audit_of_a_contract_write_names_the_document_and_version() {
     let s = TestServer::builder().start().await;
     register(&s, REFUND, "active").await;

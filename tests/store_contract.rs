@@ -851,6 +851,8 @@ fn contract_write(doc: &str, version: u64, cancel: bool) -> ContractWrite {
             if cancel { "cancel" } else { "amend" }
         ),
         cancel,
+        audit_target: String::new(),
+        audit_action: String::new(),
     }
 }
 

@@ -428,10 +428,17 @@ async fn record(
                 amendment: json,
                 change,
                 cancel: false,
+                audit_target: String::new(),
+                audit_action: String::new(),
             },
             NewAudit {
                 actor: amendment.author.clone(),
-                action: "contract_amend".into(),
+                action: if amendment.doc == REGISTRY {
+                    "registry_amend"
+                } else {
+                    "contract_amend"
+                }
+                .into(),
                 target: format!("{}@{}", amendment.doc, amendment.version),
                 reason: reason.to_string(),
                 request_id: request_id.to_string(),
@@ -682,6 +689,8 @@ pub async fn cancel(
         amendment: String::new(),
         change,
         cancel: true,
+        audit_target: String::new(),
+        audit_action: String::new(),
     };
     let audit = NewAudit {
         actor: author.to_string(),

@@ -180,6 +180,16 @@ pub fn within_contract(claims: &AccessClaims, client: &Client) -> Result<(), Rea
     if client.suspended {
         return Err(Reason::ContractSuspended);
     }
+    // A scope the registry retired dies with every token carrying it, whatever version
+    // the token was issued under (the registry moves independently of the contract).
+    if !client.retired_scopes.is_empty()
+        && claims
+            .scope
+            .split(' ')
+            .any(|s| client.retired_scopes.iter().any(|r| r == s))
+    {
+        return Err(Reason::ContractNarrowed);
+    }
     if claims.cv == client.contract_version {
         return Ok(());
     }

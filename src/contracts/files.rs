@@ -97,7 +97,8 @@ fn problem(path: &Path, key: &str, code: &'static str, message: impl Into<String
 
 /// Parses an RFC 3339 timestamp (`2026-12-01T09:00:00Z`) to Unix ms.
 pub fn parse_time(text: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(text).ok()?;
+    // Strict: a time zone (`Z`) is required; a local time is refused, not read as UTC.
+    let t = humantime::parse_rfc3339(text).ok()?;
     let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
     i64::try_from(ms).ok()
 }

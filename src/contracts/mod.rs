@@ -408,11 +408,17 @@ pub fn check_contract(
                 "unregistered_scope",
                 format!("scope {name:?} is not in the registry"),
             ),
-            Some(def) if def.status == ScopeStatus::Retired && c.scopes[name].grants() => problem(
-                format!("scopes.{name:?}"),
-                "scope_retired",
-                format!("scope {name:?} is retired in the registry and cannot be granted"),
-            ),
+            Some(def)
+                if def.status == ScopeStatus::Retired
+                    && c.scopes[name] == Stage::Enforced
+                    && !c.suspended =>
+            {
+                problem(
+                    format!("scopes.{name:?}"),
+                    "scope_retired",
+                    format!("scope {name:?} is retired in the registry and cannot be granted"),
+                )
+            }
             _ => {}
         }
     }

@@ -291,6 +291,7 @@ impl EmbeddedStore {
             let tx = conn.transaction().map_err(unavailable)?;
             let action = match &contract {
                 None => "revoke",
+                Some(w) if !w.audit_action.is_empty() => w.audit_action.as_str(),
                 Some(w) if w.cancel => "contract_cancel",
                 Some(_) => "contract_amend",
             };
@@ -334,7 +335,10 @@ impl EmbeddedStore {
             let audit = NewAudit {
                 actor: rev.actor.clone(),
                 action: action.into(),
-                target: revocation_target(rev.kind, &rev.value),
+                target: match &contract {
+                    Some(w) if !w.audit_target.is_empty() => w.audit_target.clone(),
+                    _ => revocation_target(rev.kind, &rev.value),
+                },
                 reason: rev.reason.clone(),
                 request_id: rev.request_id.clone(),
             };
@@ -376,9 +380,14 @@ impl Store for EmbeddedStore {
         let rev = NewRevocation {
             kind: RevocationKind::Contract,
             value: write.change.clone(),
-            reason: audit.reason,
-            actor: audit.actor,
-            request_id: audit.request_id,
+            reason: audit.reason.clone(),
+            actor: audit.actor.clone(),
+            request_id: audit.request_id.clone(),
+        };
+        let write = ContractWrite {
+            audit_target: audit.target,
+            audit_action: audit.action,
+            ..write
         };
         self.append_logged(rev, Some(write))
     }

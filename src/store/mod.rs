@@ -65,6 +65,10 @@ pub struct ContractWrite {
     /// The change's JSON: the log entry's value.
     pub change: String,
     pub cancel: bool,
+    /// The audit record's target and action (filled by the store from the audit it is
+    /// given; empty: `contracts` and `contract_amend`/`contract_cancel`).
+    pub audit_target: String,
+    pub audit_action: String,
 }
 impl PartialEq for Head {
     fn eq(&self, other: &Head) -> bool {

@@ -713,12 +713,16 @@ impl RedisStore {
         rev: NewRevocation,
         contract: Option<ContractWrite>,
     ) -> Result<RevocationEvent, StoreError> {
-        let target = revocation_target(rev.kind, &rev.value);
+        let target = match &contract {
+            Some(w) if !w.audit_target.is_empty() => w.audit_target.clone(),
+            _ => revocation_target(rev.kind, &rev.value),
+        };
         let min_acks = self.inner.replication.min_acks;
         // One connection for the script and WAIT: WAIT covers this connection's writes.
         let mut conn = self.conn();
         let action = match &contract {
             None => "revoke",
+            Some(w) if !w.audit_action.is_empty() => w.audit_action.as_str(),
             Some(w) if w.cancel => "contract_cancel",
             Some(_) => "contract_amend",
         };
@@ -859,9 +863,14 @@ impl Store for RedisStore {
         let rev = NewRevocation {
             kind: RevocationKind::Contract,
             value: write.change.clone(),
-            reason: audit.reason,
-            actor: audit.actor,
-            request_id: audit.request_id,
+            reason: audit.reason.clone(),
+            actor: audit.actor.clone(),
+            request_id: audit.request_id.clone(),
+        };
+        let write = ContractWrite {
+            audit_target: audit.target,
+            audit_action: audit.action,
+            ..write
         };
         Box::pin(self.append_logged(rev, Some(write)))
     }
