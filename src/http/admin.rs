@@ -25,7 +25,10 @@ pub fn admin(app: &App, parts: &Parts) -> Result<std::sync::Arc<Client>, ApiErro
 }
 
 /// A JSON object body. (serde would also accept an array for a struct, by position.)
-fn parse_json<T: serde::de::DeserializeOwned>(parts: &Parts, body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    parts: &Parts,
+    body: &[u8],
+) -> Result<T, ApiError> {
     require_content_type(parts, "application/json")?;
     let invalid =
         |e: serde_json::Error| ApiError::InvalidRequest(format!("invalid JSON body: {e}"));
