@@ -13,11 +13,14 @@
 //!   was honoured; a server that ignores the header answers in full, which still carries
 //!   `active`, so a caller reading only `active` works against both.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT};
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
+use metrics::Counter;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -194,9 +197,21 @@ fn with_preference(mut resp: Resp, detail: Detail) -> Resp {
     resp
 }
 
+/// Counts one answer in `latch_introspection_answers_total`. The six series are
+/// registered once (the recorder is installed before the listener opens), so the plain
+/// path pays an atomic add, not a key build and registry lookup per request.
 fn count(format: &'static str, detail: Detail) {
-    metrics::counter!(m::INTROSPECTION_ANSWERS_TOTAL, "format" => format, "detail" => detail.label())
-        .increment(1);
+    const FORMATS: [&str; 3] = ["json", "jwt", "batch"];
+    static SERIES: OnceLock<Vec<Counter>> = OnceLock::new();
+    let series = SERIES.get_or_init(|| {
+        FORMATS
+            .iter()
+            .flat_map(|f| [Detail::Full, Detail::Minimal].map(|d| (*f, d.label())))
+            .map(|(f, d)| metrics::counter!(m::INTROSPECTION_ANSWERS_TOTAL, "format" => f, "detail" => d))
+            .collect()
+    });
+    let f = FORMATS.iter().position(|f| *f == format).unwrap_or(0);
+    series[f * 2 + usize::from(detail == Detail::Minimal)].increment(1);
 }
 
 // === negotiation ===
