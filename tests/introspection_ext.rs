@@ -554,6 +554,9 @@ async fn batch_answers_equal_one_by_one_answers() {
     assert!(r.text().contains("at most 100"), "{}", r.text());
 }
 
+/// A batch latch must refuse: (what, caller, content type, body, status, error code).
+type Refused<'a> = (&'a str, Option<ClientDef>, &'a str, Vec<u8>, u16, &'a str);
+
 #[tokio::test]
 async fn batch_limits_and_hostile_bodies() {
     let env = |k: &str, v: &str| (k.to_string(), v.to_string());
@@ -573,8 +576,7 @@ async fn batch_limits_and_hostile_bodies() {
     let too_big = "y".repeat(7_000);
     const JSON: &str = "application/json";
 
-    // (what, caller, content type, body, status, error code)
-    let refused: Vec<(&str, Option<ClientDef>, &str, Vec<u8>, u16, &str)> = vec![
+    let refused: Vec<Refused> = vec![
         (
             "six tokens",
             Some(rs.clone()),

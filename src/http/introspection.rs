@@ -247,11 +247,10 @@ impl Format {
             json.consider(range, q, JSON);
         }
         let acceptable = |w: Weight| w.specificity > 0 && w.q > 0;
+        let tie_named = jwt.q == json.q && jwt.specificity == EXACT;
         if !acceptable(jwt) {
             Format::Json
-        } else if !acceptable(json) || jwt.q > json.q {
-            Format::Jwt
-        } else if jwt.q == json.q && jwt.specificity == EXACT {
+        } else if !acceptable(json) || jwt.q > json.q || tie_named {
             Format::Jwt
         } else {
             Format::Json
