@@ -1179,7 +1179,18 @@ async fn contracts(api: &Api, s: &TestServer) {
         )
         .await;
     api.assert(Method::POST, "/introspect", &r2);
-    for r in [&r, &r2] {
+    // The signed (RFC 9701) answer carries the same headers.
+    let auth = basic(&clients::rs_all().id, &clients::rs_all().secret);
+    let headers = [
+        ("content-type", FORM),
+        ("authorization", auth.as_str()),
+        ("accept", SIGNED),
+    ];
+    let body = form(&[("token", &token)]);
+    let r3 = raw(s, Method::POST, "/introspect", &headers, body.as_bytes()).await;
+    assert_eq!(r3.header("content-type").as_deref(), Some(SIGNED));
+    api.assert(Method::POST, "/introspect", &r3);
+    for r in [&r, &r2, &r3] {
         assert!(
             r.header("deprecation").is_some_and(|d| d.starts_with('@')),
             "{:?}",
