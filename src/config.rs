@@ -60,6 +60,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
+    pub introspection: IntrospectionConfig,
     pub clients: Vec<ClientConfig>,
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
     /// This node in the node registry.
@@ -399,6 +400,18 @@ impl LimitsConfig {
     }
 }
 
+/// `[introspection]`: batch introspection (`POST /introspect/batch`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// Most tokens one batch may carry; more is 400.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// Body limit of a batch (every other endpoint has `limits.max_body_bytes`); more is 413.
+    #[serde(default = "default_batch_body")]
+    pub batch_max_body_bytes: usize,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
@@ -462,6 +475,8 @@ struct RawConfig {
     store: Option<StoreConfig>,
     #[serde(default)]
     limits: Option<LimitsConfig>,
+    #[serde(default)]
+    introspection: Option<IntrospectionConfig>,
     #[serde(default)]
     clients: Vec<ClientConfig>,
     #[serde(default)]
@@ -530,6 +545,7 @@ impl Config {
             keys: raw.keys.unwrap_or_else(from_empty),
             store: raw.store.unwrap_or_else(from_empty),
             limits: raw.limits.unwrap_or_else(from_empty),
+            introspection: raw.introspection.unwrap_or_else(from_empty),
             clients: raw.clients,
             trusted_issuers: raw.trusted_issuers,
             node: raw.node.unwrap_or_else(from_empty),
@@ -646,6 +662,7 @@ impl Config {
         }
         self.validate_deadlines_and_rates()?;
         self.validate_node()?;
+        self.validate_introspection()?;
         self.validate_clients()?;
         for (i, ti) in self.trusted_issuers.iter().enumerate() {
             if ti.issuer.is_empty() {
@@ -781,6 +798,23 @@ impl Config {
             return Err(ConfigError::new(
                 "tokens.max_delegation_depth",
                 "must be 1 to 16",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_introspection(&self) -> Result<(), ConfigError> {
+        let i = &self.introspection;
+        if !(1..=1000).contains(&i.batch_max) {
+            return Err(ConfigError::new(
+                "introspection.batch_max",
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(256..=8 << 20).contains(&i.batch_max_body_bytes) {
+            return Err(ConfigError::new(
+                "introspection.batch_max_body_bytes",
+                "must be between 256 and 8388608",
             ));
         }
         Ok(())
@@ -1083,6 +1117,12 @@ fn default_path() -> PathBuf {
 }
 fn default_body() -> usize {
     16 * 1024
+}
+fn default_batch_max() -> usize {
+    100
+}
+fn default_batch_body() -> usize {
+    256 * 1024
 }
 fn default_token_cache() -> usize {
     100_000

@@ -42,6 +42,9 @@ pub const CONTRACT_RAMP: &str = "latch_contract_ramp_items";
 /// Contract changes applied by this node, by `kind` (`scheduled`: took effect at a
 /// planned time; `immediate`; `rollback`; `cancel`).
 pub const CONTRACT_CHANGES: &str = "latch_contract_changes_total";
+/// Introspection answers by `format` (`json`, `jwt`: RFC 9701, `batch`) and `detail`
+/// (`full`, `minimal`: `Prefer: return=minimal`); a batch counts once.
+pub const INTROSPECTION_ANSWERS_TOTAL: &str = "latch_introspection_answers_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -133,5 +136,9 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED_TOTAL,
         "Requests refused by a rate limit, by endpoint and limit"
+    );
+    describe_counter!(
+        INTROSPECTION_ANSWERS_TOTAL,
+        "Introspection answers by format (json, jwt, batch) and detail (full, minimal)"
     );
 }

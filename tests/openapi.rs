@@ -6,11 +6,15 @@
 //! document cannot grow an answer nobody checks. The 503s need a store outage, so they are
 //! driven against a redis-mode node whose Redis is stopped; the 408s and 429s against a
 //! node with tiny rate limits and a short body deadline. Negative checks show that the
-//! checker rejects wrong bodies, statuses and headers.
+//! checker rejects wrong bodies, statuses and headers. A body that is not JSON (the RFC
+//! 9701 JWT) is checked as a string, and a JWT's header and claims against the schemas
+//! its media type names in `x-jwt-header` and `x-jwt-claims`.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use hyper::Method;
 use serde_json::{json, Value};
 use testkit::clients::{self, ORDERS_AUD};
@@ -20,6 +24,7 @@ const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 const AT_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const FORM: &str = "application/x-www-form-urlencoded";
+const SIGNED: &str = "application/token-introspection+jwt";
 
 /// Form parameters of one request.
 type Params<'a> = Vec<(&'a str, &'a str)>;
@@ -35,9 +40,10 @@ const OUTAGE: &str = "needs a store outage: outage_answers_match_the_openapi_doc
 /// Why it does not drive a 408 or 429.
 const LIMITS: &str = "needs tiny limits and deadlines: limit_answers_match_the_openapi_document";
 /// Operations that authenticate a client, so an auth-failure limit can refuse them (429).
-const AUTHENTICATED: [(&str, &str); 20] = [
+const AUTHENTICATED: [(&str, &str); 21] = [
     ("post", "/token"),
     ("post", "/introspect"),
+    ("post", "/introspect/batch"),
     ("post", "/revoke"),
     ("post", "/admin/revoke"),
     ("get", "/admin/keys"),
@@ -89,6 +95,7 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ),
     ("post", "/token", "503", OUTAGE),
     ("post", "/introspect", "503", OUTAGE),
+    ("post", "/introspect/batch", "503", OUTAGE),
     ("post", "/revoke", "503", OUTAGE),
     ("post", "/admin/revoke", "503", OUTAGE),
     ("post", "/admin/keys/rotate", "503", OUTAGE),
@@ -109,6 +116,11 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("get", "/admin/nodes", "503", OUTAGE),
     ("get", "/admin/revocations/{seq}", "503", OUTAGE),
 ];
+
+/// Whether an operation takes a JSON body (else a form).
+fn takes_json(template: &str) -> bool {
+    template.starts_with("/admin/") || template == "/introspect/batch"
+}
 
 /// Whether [`NOT_DRIVEN`] (or, for 408 and 429, [`LIMITS`]) excuses an answer.
 fn excused(method: &str, template: &str, status: &str) -> bool {
@@ -272,12 +284,31 @@ impl Api {
             .and_then(|c| c.split(';').next())
             .map(|m| m.trim().to_ascii_lowercase())
             .ok_or("no Content-Type")?;
-        let schema = &content
+        let media_object = content
             .get(&media)
-            .ok_or_else(|| format!("Content-Type {media} is not documented"))?["schema"];
-        let body: Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| format!("body is not JSON ({e}): {:?}", resp.text()))?;
-        self.check_body(schema, &body)
+            .ok_or_else(|| format!("Content-Type {media} is not documented"))?;
+        let schema = &media_object["schema"];
+        if media == "application/json" {
+            let body: Value = serde_json::from_slice(&resp.body)
+                .map_err(|e| format!("body is not JSON ({e}): {:?}", resp.text()))?;
+            return self.check_body(schema, &body);
+        }
+        let text = std::str::from_utf8(&resp.body).map_err(|_| "body is not UTF-8")?;
+        self.check_body(schema, &Value::String(text.to_string()))?;
+        for (extension, part) in [("x-jwt-header", 0), ("x-jwt-claims", 1)] {
+            let Some(part_schema) = media_object.get(extension) else {
+                continue;
+            };
+            let encoded = text.split('.').nth(part).ok_or("not a compact JWS")?;
+            let decoded = URL_SAFE_NO_PAD
+                .decode(encoded)
+                .map_err(|e| format!("{extension}: not base64url: {e}"))?;
+            let json: Value = serde_json::from_slice(&decoded)
+                .map_err(|e| format!("{extension}: not JSON: {e}"))?;
+            self.check_body(part_schema, &json)
+                .map_err(|e| format!("{extension}: {e}"))?;
+        }
+        Ok(())
     }
 
     fn check_body(&self, schema: &Value, body: &Value) -> Result<(), String> {
@@ -346,6 +377,8 @@ async fn start(idp: &Idp) -> TestServer {
         .client(reports())
         // A prefix, so `/admin/revoke` can refuse an ambiguous subject (400).
         .trusted_issuer(idp.trusted().subject_prefix(IDP_PREFIX))
+        // The batch body limit as low as the others, so one oversized body drives every 413.
+        .env("LATCH_INTROSPECTION__BATCH_MAX_BODY_BYTES", "16384")
         .start()
         .await
 }
@@ -552,6 +585,58 @@ async fn real_answers_match_the_openapi_document() {
         let r = s.post_form("/introspect", &params, client.auth()).await;
         assert_eq!(r.status, status, "{}", r.text());
         api.assert(Method::POST, "/introspect", &r);
+    }
+
+    // Signed (RFC 9701) and minimal answers, alone and together, active and inactive.
+    let rs_auth = basic(&rs.id, &rs.secret);
+    let asks: [&[(&str, &str)]; 3] = [
+        &[("accept", SIGNED)],
+        &[("prefer", "return=minimal")],
+        &[("accept", SIGNED), ("prefer", "return=minimal")],
+    ];
+    for token in [access.as_str(), "not-a-token", live_refresh.as_str()] {
+        for ask in asks {
+            let mut headers = vec![("content-type", FORM), ("authorization", rs_auth.as_str())];
+            headers.extend_from_slice(ask);
+            let body = form(&[("token", token)]);
+            let r = raw(&s, Method::POST, "/introspect", &headers, body.as_bytes()).await;
+            assert_eq!(r.status, 200, "{ask:?}: {}", r.text());
+            let signed = ask.iter().any(|(h, _)| *h == "accept");
+            assert_eq!(r.header("content-type").as_deref() == Some(SIGNED), signed);
+            api.assert(Method::POST, "/introspect", &r);
+        }
+    }
+
+    // --- /introspect/batch ---
+    let batch = |tokens: Value, client: ClientDef, prefer: Option<&'static str>| {
+        let s = &s;
+        async move {
+            let auth = basic(&client.id, &client.secret);
+            let mut headers = vec![
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ];
+            if let Some(p) = prefer {
+                headers.push(("prefer", p));
+            }
+            let body = serde_json::to_vec(&json!({ "tokens": tokens })).unwrap();
+            raw(s, Method::POST, "/introspect/batch", &headers, &body).await
+        }
+    };
+    let mix = json!([access, "not-a-token", live_refresh, delegated, access]);
+    for (tokens, client, prefer, status) in [
+        (mix.clone(), rs.clone(), None, 200),
+        (mix.clone(), rs.clone(), Some("return=minimal"), 200),
+        (json!([]), rs.clone(), None, 200),
+        (json!([access, 1]), rs.clone(), None, 400),
+        (json!([""]), rs.clone(), None, 400),
+        (mix.clone(), wrong_secret(&rs), None, 401),
+        (mix.clone(), nobody.clone(), None, 403),
+        (mix.clone(), orders.clone(), None, 403),
+    ] {
+        let r = batch(tokens, client, prefer).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        api.assert(Method::POST, "/introspect/batch", &r);
     }
 
     // --- /revoke ---
@@ -779,7 +864,7 @@ async fn real_answers_match_the_openapi_document() {
         };
         r.assert_error(413, "invalid_request");
         api.assert(Method::POST, &template, &r);
-        let wrong_type = if template.starts_with("/admin/") {
+        let wrong_type = if takes_json(&template) {
             FORM
         } else {
             "application/json"
@@ -1094,7 +1179,18 @@ async fn contracts(api: &Api, s: &TestServer) {
         )
         .await;
     api.assert(Method::POST, "/introspect", &r2);
-    for r in [&r, &r2] {
+    // The signed (RFC 9701) answer carries the same headers.
+    let auth = basic(&clients::rs_all().id, &clients::rs_all().secret);
+    let headers = [
+        ("content-type", FORM),
+        ("authorization", auth.as_str()),
+        ("accept", SIGNED),
+    ];
+    let body = form(&[("token", &token)]);
+    let r3 = raw(s, Method::POST, "/introspect", &headers, body.as_bytes()).await;
+    assert_eq!(r3.header("content-type").as_deref(), Some(SIGNED));
+    api.assert(Method::POST, "/introspect", &r3);
+    for r in [&r, &r2, &r3] {
         assert!(
             r.header("deprecation").is_some_and(|d| d.starts_with('@')),
             "{:?}",
@@ -1139,7 +1235,7 @@ async fn the_checker_rejects_answers_that_do_not_match() {
     for bad in [
         json!({"active": "yes"}),
         json!({"active": false, "reason": "expired"}),
-        json!({"active": true}),
+        json!({"active": true, "scope": "x"}),
     ] {
         assert!(api.check_body(&intro, &bad).is_err(), "accepted {bad}");
     }
@@ -1153,6 +1249,49 @@ async fn the_checker_rejects_answers_that_do_not_match() {
     ] {
         assert!(api.check_body(&proof, &bad).is_err(), "accepted {bad}");
         assert!(api.check_body(&nodes, &bad).is_err(), "accepted {bad}");
+    }
+
+    // A signed answer: a JWS whose header and claims have their own schemas.
+    let rs = clients::rs_all();
+    let auth = basic(&rs.id, &rs.secret);
+    let body = form(&[("token", token["access_token"].as_str().unwrap())]);
+    let headers = [
+        ("content-type", FORM),
+        ("authorization", auth.as_str()),
+        ("accept", SIGNED),
+    ];
+    let signed = raw(&s, Method::POST, "/introspect", &headers, body.as_bytes()).await;
+    api.assert(Method::POST, "/introspect", &signed);
+    let jwt = signed.text();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let altered = |part: usize, change: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_slice(&b64url_decode(parts[part])).unwrap();
+        change(&mut v);
+        let mut p: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
+        p[part] = encode_part(&v);
+        let mut r = signed.clone();
+        r.body = bytes::Bytes::from(p.join("."));
+        r
+    };
+    let bad_jwts = [
+        altered(1, &|c| c["sub"] = json!("orders-service")),
+        altered(1, &|c| c["token_introspection"] = json!({"active": "yes"})),
+        altered(1, &|c| {
+            c.as_object_mut().unwrap().remove("aud");
+        }),
+        altered(0, &|h| h["typ"] = json!("at+jwt")),
+        {
+            let mut r = signed.clone();
+            r.body = bytes::Bytes::from_static(b"{\"active\":true}");
+            r
+        },
+    ];
+    for bad in bad_jwts {
+        assert!(
+            api.check(&Method::POST, "/introspect", &bad).is_err(),
+            "accepted {}",
+            bad.text()
+        );
     }
 
     let error = api.body_schema("post", "/introspect", "401");
@@ -1353,6 +1492,18 @@ async fn outage_answers_match_the_openapi_document() {
         r.assert_error(503, "temporarily_unavailable");
         api.assert(Method::POST, template, &r);
     }
+    let r = s.get("/admin/audit", admin.auth()).await;
+    r.assert_error(503, "temporarily_unavailable");
+    api.assert(Method::GET, "/admin/audit", &r);
+    let r = s
+        .post_json(
+            "/introspect/batch",
+            &json!({"tokens": [token]}),
+            clients::rs_all().auth(),
+        )
+        .await;
+    r.assert_error(503, "temporarily_unavailable");
+    api.assert(Method::POST, "/introspect/batch", &r);
 
     let covered = api.covered.lock().unwrap().clone();
     for (method, template) in api.operations() {
@@ -1477,7 +1628,7 @@ async fn limit_answers_match_the_openapi_document() {
     // 408: the body never completes. Read before authentication, so no credentials.
     for (method, template) in AUTHENTICATED.iter().filter(|(m, _)| *m == "post") {
         let path = concrete(template, &kid);
-        let media = if template.starts_with("/admin/") {
+        let media = if takes_json(template) {
             "application/json"
         } else {
             FORM
@@ -1593,6 +1744,15 @@ async fn limit_answers_match_the_openapi_document() {
         };
         api.assert(m, template, &r);
     }
+    let r = s
+        .post_json(
+            "/introspect/batch",
+            &json!({"tokens": [second]}),
+            clients::rs_all().auth(),
+        )
+        .await;
+    r.assert_error(429, "slow_down");
+    api.assert(Method::POST, "/introspect/batch", &r);
 
     let covered = api.covered.lock().unwrap().clone();
     for (method, template) in api.operations() {

@@ -145,6 +145,25 @@ pub struct HotArgs {
     pub tokens: usize,
     #[command(flatten)]
     pub baseline: BaselineFlags,
+    #[command(flatten)]
+    pub ask: AskFlags,
+}
+
+/// What each hot introspection asks for (latch's extensions of RFC 7662).
+#[derive(Args, Debug, Clone)]
+pub struct AskFlags {
+    /// Ask for the minimal answer: `Prefer: return=minimal` (only `{"active":true}`).
+    #[arg(long)]
+    pub minimal: bool,
+    /// Ask for the signed answer: `Accept: application/token-introspection+jwt` (RFC 9701).
+    #[arg(long, conflicts_with = "batch")]
+    pub signed: bool,
+    /// Introspect N tokens per request, as JSON `{"tokens": [...]}` to --batch-path.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch: Option<u16>,
+    /// Batch introspection endpoint path.
+    #[arg(long, default_value = "/introspect/batch")]
+    pub batch_path: String,
 }
 
 #[derive(Args, Debug)]

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -202,15 +202,31 @@ impl Conn {
         auth: &HeaderValue,
         body: Bytes,
     ) -> Result<Reply, Failure> {
+        self.post(path, auth, "application/x-www-form-urlencoded", &[], body)
+            .await
+    }
+
+    /// POSTs `body` as `content_type` with the given `Authorization` and `extra` headers,
+    /// and reads the whole answer.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        auth: &HeaderValue,
+        content_type: &'static str,
+        extra: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Reply, Failure> {
         self.connect().await?;
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(path)
             .header(HOST, self.target.host.clone())
             .header(AUTHORIZATION, auth.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Full::new(body))
-            .expect("valid request");
+            .header(CONTENT_TYPE, content_type);
+        for (name, value) in extra {
+            request = request.header(name.clone(), value.clone());
+        }
+        let request = request.body(Full::new(body)).expect("valid request");
         let sender = self.sender.as_mut().expect("connected above");
         let exchange = async {
             if sender.ready().await.is_err() {

@@ -32,6 +32,7 @@ use serde_json::json;
 
 use crate::clients::Clients;
 use crate::config::Config;
+use crate::keys::{KeyRing, KeyState};
 use crate::revocation::{Point, Table, Verdict};
 use crate::sessions::trusted::TrustedIssuers;
 use crate::store::SharedStore;
@@ -107,7 +108,9 @@ impl App {
             node_id,
         } = parts;
         let clients = contracts.configured().clone();
-        let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
+        let signing_algs = signing_algorithms(&config, &keys.ring());
+        let metadata =
+            Bytes::from(serde_json::to_vec(&metadata(&config, &signing_algs)).unwrap_or_default());
         let node_tag = crate::tokens::random_id()[..6].to_string();
         let verified = VerifiedCache::new(config.limits.token_cache_entries);
         App {
@@ -148,14 +151,31 @@ impl App {
     /// and 250 ms.
     pub async fn await_stamp(&self, stamp: Point) {
         if self.table.validity(stamp) == Verdict::StampAhead {
-            let bound = Duration::from_millis(self.max_staleness_ms.clamp(1, 250) as u64);
-            self.table.wait_for(stamp, bound).await;
+            self.table.wait_for(stamp, self.stamp_wait_bound()).await;
         }
+    }
+
+    /// How long [`App::await_stamp`] waits at most: `max_staleness`, capped at 250 ms.
+    pub fn stamp_wait_bound(&self) -> Duration {
+        Duration::from_millis(self.max_staleness_ms.clamp(1, 250) as u64)
     }
 }
 
+/// The algorithms that may sign while this process runs: `keys.algorithm` (every key it
+/// creates) first, then those of the active and next keys it started with (they sign
+/// until rotated out, e.g. after `keys.algorithm` changed). For RFC 9701 metadata.
+fn signing_algorithms(config: &Config, ring: &KeyRing) -> Vec<&'static str> {
+    let mut algs = vec![config.keys.algorithm.as_str()];
+    for r in &ring.records {
+        if matches!(r.state, KeyState::Active | KeyState::Next) && !algs.contains(&r.alg.as_str()) {
+            algs.push(r.alg.as_str());
+        }
+    }
+    algs
+}
+
 /// The RFC 8414 authorization server metadata document.
-fn metadata(config: &Config) -> serde_json::Value {
+fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
     let base = config.issuer_base();
     let mut scopes: Vec<&str> = config
         .clients
@@ -181,5 +201,7 @@ fn metadata(config: &Config) -> serde_json::Value {
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "response_types_supported": [],
         "scopes_supported": scopes,
+        // RFC 9701 §7: `Accept: application/token-introspection+jwt` is signed with one of these.
+        "introspection_signing_alg_values_supported": signing_algs,
     })
 }

@@ -161,6 +161,20 @@ impl View<'_> {
         }
     }
 
+    /// RFC 9701: `answer` (the JSON object `/introspect` answers) as a JWT for `aud`,
+    /// issued at this view's instant, signed with the active key.
+    pub fn sign_introspection(&self, aud: &str, answer: &[u8]) -> Result<String, Error> {
+        let iat = self.now_ms.div_euclid(1000);
+        let claims = tokens::introspection::claims(&self.app.config.issuer, aud, iat, answer);
+        self.app.keys.with_ring(|ring| {
+            let signer = ring
+                .signer()
+                .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
+            tokens::introspection::sign(signer, &claims)
+                .map_err(|e| Error::Internal(format!("signing an introspection answer: {e}")))
+        })
+    }
+
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, Error> {
         self.app.keys.with_ring(|ring| {

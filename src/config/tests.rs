@@ -524,3 +524,42 @@ fn a_bad_jwks_is_reported_by_the_load_not_by_validation() {
     assert_eq!(e.key, "trusted_issuers[0].jwks_file");
     assert!(e.reason.contains("cannot read"), "{}", e.reason);
 }
+
+#[test]
+fn introspection_batch_limits_have_defaults_and_bounds() {
+    let c = load(GOOD, &[]).unwrap();
+    assert_eq!(c.introspection.batch_max, 100);
+    assert_eq!(c.introspection.batch_max_body_bytes, 256 * 1024);
+    let c = load(
+        GOOD,
+        &[
+            ("LATCH_INTROSPECTION__BATCH_MAX", "1000"),
+            ("LATCH_INTROSPECTION__BATCH_MAX_BODY_BYTES", "1048576"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.introspection.batch_max, 1000);
+    assert_eq!(c.introspection.batch_max_body_bytes, 1 << 20);
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("LATCH_INTROSPECTION__BATCH_MAX", "0")],
+            "introspection.batch_max",
+        ),
+        (
+            &[("LATCH_INTROSPECTION__BATCH_MAX", "1001")],
+            "introspection.batch_max",
+        ),
+        (
+            &[("LATCH_INTROSPECTION__BATCH_MAX_BODY_BYTES", "255")],
+            "introspection.batch_max_body_bytes",
+        ),
+        (
+            &[("LATCH_INTROSPECTION__BATCH_MAX_BODY_BYTES", "8388609")],
+            "introspection.batch_max_body_bytes",
+        ),
+        (&[("LATCH_INTROSPECTION__BATCH", "5")], "introspection"),
+    ];
+    for (env, key) in cases {
+        assert!(err_key(GOOD, env).starts_with(key), "{env:?}");
+    }
+}

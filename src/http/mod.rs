@@ -1,5 +1,6 @@
 //! The HTTP interface: routing, per-request metrics and request ids. Endpoint logic lives
-//! in `oauth.rs` and `admin.rs`; `error.rs` is the single mapping from errors to answers.
+//! in `oauth.rs`, `introspection.rs` and `admin.rs`; `error.rs` is the single mapping from
+//! errors to answers.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -21,6 +22,7 @@ use request::{read_body, require_content_type, ClientAddr, Form};
 pub mod admin;
 pub mod contracts;
 pub mod error;
+pub mod introspection;
 pub mod nodes;
 pub mod oauth;
 pub mod request;
@@ -35,6 +37,7 @@ enum Route {
     Jwks,
     Token,
     Introspect,
+    IntrospectBatch,
     Revoke,
     AdminRevoke,
     AdminKeys,
@@ -58,6 +61,7 @@ impl Route {
             "/.well-known/jwks.json" => Route::Jwks,
             "/token" => Route::Token,
             "/introspect" => Route::Introspect,
+            "/introspect/batch" => Route::IntrospectBatch,
             "/revoke" => Route::Revoke,
             "/admin/revoke" => Route::AdminRevoke,
             "/admin/keys" => Route::AdminKeys,
@@ -83,6 +87,7 @@ impl Route {
             Route::Jwks => "jwks",
             Route::Token => "token",
             Route::Introspect => "introspect",
+            Route::IntrospectBatch => "introspect_batch",
             Route::Revoke => "revoke",
             Route::AdminRevoke => "admin_revoke",
             Route::AdminKeys => "admin_keys",
@@ -267,17 +272,22 @@ async fn dispatch(
         };
     }
     let limits = &app.config.limits;
-    let (parts, body) = read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?;
+    let max_body = match route {
+        Route::IntrospectBatch => app.config.introspection.batch_max_body_bytes,
+        _ => limits.max_body_bytes,
+    };
+    let (parts, body) = read_body(req, max_body, limits.body_read_timeout).await?;
     match route {
         Route::Token | Route::Introspect | Route::Revoke => {
             require_content_type(&parts, FORM)?;
             let form = Form::parse(&body)?;
             match route {
                 Route::Token => oauth::token(app, &parts, &form, request_id).await,
-                Route::Introspect => oauth::introspect(app, &parts, &form).await,
+                Route::Introspect => introspection::introspect(app, &parts, &form).await,
                 _ => oauth::revoke(app, &parts, &form, request_id).await,
             }
         }
+        Route::IntrospectBatch => introspection::batch(app, &parts, &body).await,
         Route::AdminRevoke => admin::revoke(app, &parts, &body, request_id).await,
         Route::AdminKeysRotate => admin::rotate_keys(app, &parts, &body, request_id).await,
         Route::AdminStoreRecover => admin::recover_store(app, &parts, &body, request_id).await,

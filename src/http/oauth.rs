@@ -1,6 +1,6 @@
-//! The OAuth endpoints: `/token` (RFC 6749, RFC 9068), `/introspect` (RFC 7662),
-//! `/revoke` (RFC 7009). Each parses the form, authenticates the client, calls the
-//! node's use case in `crate::app` and renders its answer.
+//! The OAuth endpoints `/token` (RFC 6749, RFC 9068) and `/revoke` (RFC 7009);
+//! `/introspect` (RFC 7662) is in `introspection.rs`. Each parses the form, authenticates
+//! the client, calls the node's use case in `crate::app` and renders its answer.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -8,15 +8,14 @@ use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::error::{bytes_response, json_response, ApiError};
-use super::request::{authenticate, require_role, Form};
-use crate::app::introspect::{self, Answer};
+use super::request::{authenticate, Form};
 use crate::app::revoke::revoke_token;
 use crate::app::token::{self, Exchange, Issued, TokenRequest, TYPE_ACCESS_TOKEN};
 use crate::app::App;
-use crate::clients::{Deprecated, Grant, Role};
+use crate::clients::{Deprecated, Grant};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -74,102 +73,6 @@ pub async fn token(
     Ok(deprecation(json_body(StatusCode::OK, &body), &deprecated))
 }
 
-// === /introspect ===
-
-#[derive(Serialize)]
-struct AccessIntrospection<'a> {
-    active: bool,
-    scope: &'a str,
-    client_id: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    iss: &'a str,
-    exp: i64,
-    iat: i64,
-    nbf: i64,
-    jti: &'a str,
-    token_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    act: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct RefreshIntrospection<'a> {
-    active: bool,
-    token_type: &'static str,
-    client_id: &'a str,
-    sub: &'a str,
-    sid: &'a str,
-    scope: &'a str,
-    aud: &'a str,
-    iss: &'a str,
-    exp: i64,
-    iat: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<&'a str>,
-}
-
-const INACTIVE: &[u8] = br#"{"active":false}"#;
-
-pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, ApiError> {
-    let caller = authenticate(app, parts, Some(form))?;
-    require_role(&caller, Role::Introspect)?;
-    let token = form.required("token")?;
-    Ok(match introspect::introspect(app, &caller, token).await? {
-        Answer::Access {
-            claims: c,
-            deprecated,
-        } => deprecation(
-            json_body(
-                StatusCode::OK,
-                &AccessIntrospection {
-                    active: true,
-                    scope: &c.scope,
-                    client_id: &c.client_id,
-                    sub: &c.sub,
-                    aud: &c.aud,
-                    iss: &c.iss,
-                    exp: c.exp,
-                    iat: c.iat,
-                    nbf: c.nbf,
-                    jti: &c.jti,
-                    token_type: "Bearer",
-                    sid: c.sid.as_deref(),
-                    act: c.act.as_ref(),
-                    username: c.username.as_deref(),
-                },
-            ),
-            &deprecated,
-        ),
-        Answer::Refresh(r) => json_body(
-            StatusCode::OK,
-            &RefreshIntrospection {
-                active: true,
-                token_type: "refresh_token",
-                client_id: &r.client_id,
-                sub: &r.sub,
-                sid: &r.sid,
-                scope: &r.scope,
-                aud: &r.aud,
-                iss: &app.config.issuer,
-                exp: r.expires_at_ms.div_euclid(1000),
-                iat: r.issued_at_ms.div_euclid(1000),
-                username: r.username.as_deref(),
-            },
-        ),
-        Answer::Inactive => bytes_response(
-            StatusCode::OK,
-            Bytes::from_static(INACTIVE),
-            "application/json",
-            "no-store",
-        ),
-    })
-}
-
 // === /revoke ===
 
 pub async fn revoke(
@@ -188,7 +91,7 @@ pub async fn revoke(
 /// `Deprecation: @<unix seconds>` (RFC 9745: since the contract version that deprecated
 /// it took effect), `Sunset` (RFC 8594) with the earliest planned removal when one is
 /// scheduled, and `X-Latch-Deprecated` naming what is deprecated.
-fn deprecation(mut resp: Resp, deprecated: &[Deprecated]) -> Resp {
+pub(super) fn deprecation(mut resp: Resp, deprecated: &[Deprecated]) -> Resp {
     if deprecated.is_empty() {
         return resp;
     }

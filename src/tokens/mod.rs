@@ -21,6 +21,7 @@ use crate::revocation::{Stamp, Table, Verdict};
 pub use crate::keys::ACCESS_TOKEN_TYP as TYP;
 
 pub mod cache;
+pub mod introspection;
 
 use cache::{Verified, VerifiedCache};
 

@@ -1,17 +1,24 @@
-//! `introspect-hot` (a few tokens, introspected again and again) and `introspect-cold`
-//! (a pre-issued pool, each token introspected exactly once).
+//! `introspect-hot` (a few tokens, introspected again and again: plain, minimal, signed or
+//! batched) and `introspect-cold` (a pre-issued pool, each token introspected exactly once).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
+use hyper::header::{HeaderName, HeaderValue, ACCEPT};
 
-use super::{active_answer_size, baseline_then_target, hot_tokens, issue_pool, Ctx};
-use crate::cli::{ColdArgs, HotArgs};
-use crate::client::{Conn, Failure, Oauth};
+use super::{
+    active_answer_size, baseline_then_target, hot_token_texts, hot_tokens, issue_pool, Ctx,
+};
+use crate::cli::{AskFlags, ColdArgs, HotArgs};
+use crate::client::{token_form, Conn, Failure, Oauth, Reply};
 use crate::report::Report;
 use crate::runner::{run_phase, Plan, Step, Worker};
+
+/// The RFC 9701 media type.
+const SIGNED: &str = "application/token-introspection+jwt";
 
 /// Which token a worker sends next.
 enum Source {
@@ -92,36 +99,213 @@ impl Worker for IntrospectWorker {
     }
 }
 
-/// `introspect-hot`.
+/// `introspect-hot`: the same few tokens again and again, asked as the flags say (plain,
+/// `--minimal`, `--signed`, `--batch N`).
 pub async fn hot(ctx: &Ctx, args: &HotArgs) -> Result<Report, String> {
+    let ask = Arc::new(Ask::new(ctx, &args.ask));
     let mut report = ctx.report("introspect-hot");
-    let tokens = Arc::new(hot_tokens(ctx, args.tokens).await?);
-    let answer = active_answer_size(ctx, &tokens[0]).await?;
-    report.detail("hot_tokens", tokens.len());
+    let texts = hot_token_texts(ctx, args.tokens).await?;
+    let bodies = Arc::new(ask.bodies(&texts));
+    let answer = ask.answer_size(ctx, &bodies[0]).await?;
+    report.detail("hot_tokens", texts.len());
+    report.detail("ask", ask.label);
+    report.detail("tokens_per_request", ask.tokens);
     report.detail("active_answer_bytes", answer);
     let (oauth, c) = (ctx.oauth.clone(), ctx.common.concurrency);
     let timeout = ctx.common.timeout;
     baseline_then_target(
         ctx,
         &mut report,
-        "introspect-hot",
+        ask.label,
         &args.baseline,
         answer,
-        |target, _| {
+        |target, against_baseline| {
             (0..c)
-                .map(|i| {
-                    IntrospectWorker::hot(
-                        Conn::new(target.clone(), timeout),
-                        oauth.clone(),
-                        tokens.clone(),
-                        i,
-                    )
+                .map(|i| AskWorker {
+                    conn: Conn::new(target.clone(), timeout),
+                    oauth: oauth.clone(),
+                    ask: ask.clone(),
+                    bodies: bodies.clone(),
+                    next: i,
+                    against_baseline,
                 })
                 .collect()
         },
     )
     .await?;
+    if ask.tokens > 1 {
+        if let Some(row) = report.rows.last() {
+            let per_second = (row.throughput * ask.tokens as f64).round();
+            report.detail("tokens_per_second", per_second);
+        }
+    }
     Ok(report)
+}
+
+/// What each `introspect-hot` request asks for, and how its answer is checked.
+pub struct Ask {
+    /// Row label: `introspect-hot`, or with `/minimal`, `/signed`, `/batch` ...
+    label: &'static str,
+    path: String,
+    content_type: &'static str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Tokens per request: 1, or the batch size.
+    tokens: usize,
+    minimal: bool,
+    signed: bool,
+}
+
+impl Ask {
+    fn new(ctx: &Ctx, flags: &AskFlags) -> Ask {
+        let mut headers = Vec::new();
+        if flags.minimal {
+            headers.push((
+                HeaderName::from_static("prefer"),
+                HeaderValue::from_static("return=minimal"),
+            ));
+        }
+        if flags.signed {
+            headers.push((ACCEPT, HeaderValue::from_static(SIGNED)));
+        }
+        let label = match (flags.batch.is_some(), flags.signed, flags.minimal) {
+            (true, _, false) => "introspect-hot/batch",
+            (true, _, true) => "introspect-hot/batch+minimal",
+            (false, true, false) => "introspect-hot/signed",
+            (false, true, true) => "introspect-hot/signed+minimal",
+            (false, false, true) => "introspect-hot/minimal",
+            (false, false, false) => "introspect-hot",
+        };
+        let (path, content_type) = match flags.batch {
+            Some(_) => (ctx.target.path(&flags.batch_path), "application/json"),
+            None => (
+                ctx.oauth.introspect_path.clone(),
+                "application/x-www-form-urlencoded",
+            ),
+        };
+        Ask {
+            label,
+            path,
+            content_type,
+            headers,
+            tokens: flags.batch.map_or(1, usize::from),
+            minimal: flags.minimal,
+            signed: flags.signed,
+        }
+    }
+
+    /// The request bodies the workers cycle through: one form per token, or one batch per
+    /// starting token (each the next `tokens` tokens, round robin).
+    fn bodies(&self, texts: &[String]) -> Vec<Bytes> {
+        if self.content_type != "application/json" {
+            return texts.iter().map(|t| token_form(t)).collect();
+        }
+        (0..texts.len())
+            .map(|start| {
+                let batch: Vec<&str> = (0..self.tokens)
+                    .map(|k| texts[(start + k) % texts.len()].as_str())
+                    .collect();
+                Bytes::from(serde_json::json!({ "tokens": batch }).to_string())
+            })
+            .collect()
+    }
+
+    async fn send(&self, conn: &mut Conn, oauth: &Oauth, body: Bytes) -> Result<Reply, Failure> {
+        conn.post(
+            &self.path,
+            &oauth.introspect_auth,
+            self.content_type,
+            &self.headers,
+            body,
+        )
+        .await?
+        .ok()
+    }
+
+    /// Whether the target's answer says every token is active, in the form asked for.
+    fn check(&self, reply: &Reply) -> Result<(), Failure> {
+        let ok = if self.signed {
+            signed_payload(&reply.body).is_some_and(|p| {
+                let needle: &[u8] = br#""active":true"#;
+                p.windows(needle.len()).any(|w| w == needle)
+            })
+        } else if self.tokens > 1 {
+            let needle: &[u8] = br#""active":true"#;
+            let actives = reply.body.windows(needle.len()).filter(|w| *w == needle);
+            actives.count() == self.tokens && !reply.contains(br#""active":false"#)
+        } else if self.minimal {
+            reply.body.as_ref() == br#"{"active":true}"#
+        } else {
+            reply.active() == Some(true)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Failure::Unexpected(
+                "not every token active, or not the form asked for",
+            ))
+        }
+    }
+
+    /// One request as the workers will send it: the target answers it in the form asked
+    /// for, every token active; returns the answer's size (for the baseline).
+    async fn answer_size(&self, ctx: &Ctx, body: &Bytes) -> Result<usize, String> {
+        let reply = self
+            .send(&mut ctx.conn(), &ctx.oauth, body.clone())
+            .await
+            .map_err(|f| format!("introspection at {} failed: {f}", ctx.target.url))?;
+        self.check(&reply).map_err(|f| {
+            format!(
+                "{f} at {}: {}",
+                ctx.target.url,
+                String::from_utf8_lossy(&reply.body)
+            )
+        })?;
+        Ok(reply.body.len())
+    }
+}
+
+/// The decoded payload of a compact JWS.
+fn signed_payload(body: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let payload = text.split('.').nth(1)?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+}
+
+/// Sends the hot requests as [`Ask`] says; against the baseline (which answers one fixed
+/// JSON body) it checks only `"active":true`.
+pub struct AskWorker {
+    conn: Conn,
+    oauth: Arc<Oauth>,
+    ask: Arc<Ask>,
+    bodies: Arc<Vec<Bytes>>,
+    next: usize,
+    against_baseline: bool,
+}
+
+impl Worker for AskWorker {
+    async fn prepare(&mut self) -> Result<(), Failure> {
+        self.conn.connect().await
+    }
+
+    fn connections_opened(&self) -> u64 {
+        self.conn.connects
+    }
+
+    async fn step(&mut self) -> Step {
+        self.next = self.next.wrapping_add(1);
+        let body = self.bodies[self.next % self.bodies.len()].clone();
+        let result = match self.ask.send(&mut self.conn, &self.oauth, body).await {
+            Ok(reply) if self.against_baseline => match reply.active() {
+                Some(true) => Ok(()),
+                _ => Err(Failure::Unexpected("baseline answer")),
+            },
+            Ok(reply) => self.ask.check(&reply),
+            Err(f) => Err(f),
+        };
+        Step::Done { op: 0, result }
+    }
 }
 
 /// `introspect-cold`.

@@ -75,8 +75,18 @@ impl Ctx {
     }
 }
 
-/// Issues `n` tokens on one connection, for the hot scenarios (n is small).
+/// Issues `n` tokens on one connection, for the hot scenarios (n is small), as
+/// `token=...` form bodies.
 pub async fn hot_tokens(ctx: &Ctx, n: usize) -> Result<Vec<Bytes>, String> {
+    Ok(hot_token_texts(ctx, n)
+        .await?
+        .iter()
+        .map(|t| token_form(t))
+        .collect())
+}
+
+/// Issues `n` tokens on one connection (at least one); returns them as issued.
+pub async fn hot_token_texts(ctx: &Ctx, n: usize) -> Result<Vec<String>, String> {
     let mut conn = ctx.conn();
     let mut tokens = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
@@ -86,7 +96,7 @@ pub async fn hot_tokens(ctx: &Ctx, n: usize) -> Result<Vec<Bytes>, String> {
                 ctx.target.url, ctx.common.token_path
             )
         })?;
-        tokens.push(token_form(&t));
+        tokens.push(t);
     }
     Ok(tokens)
 }
