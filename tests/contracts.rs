@@ -1467,7 +1467,6 @@ fn gateway() -> ClientDef {
 }
 
 #[tokio::test]
-#[ignore = "bug: suspending a client leaves tokens delegated from its tokens active (revoking the client kills them)"]
 async fn suspending_a_client_kills_tokens_delegated_from_its_tokens() {
     let s = TestServer::builder().client(gateway()).start().await;
     let subject = s

@@ -85,6 +85,15 @@ impl View<'_> {
             return Err(Reason::UnknownClient);
         };
         within_contract(&claims, &client)?;
+        // A delegated token dies with the suspension of any client it was exchanged
+        // from, as it dies with their revocation.
+        for origin in &claims.dcl {
+            if let Some(c) = self.app.contracts.client(origin, self.now_ms) {
+                if c.suspended {
+                    return Err(Reason::ContractSuspended);
+                }
+            }
+        }
         Ok(claims)
     }
 
