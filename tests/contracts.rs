@@ -1365,7 +1365,6 @@ async fn a_rollback_restores_a_version_without_ramp_and_kills_exceeding_tokens()
 }
 
 #[tokio::test]
-#[ignore = "bug: a token made inactive by a narrowing comes back when the scope is granted again"]
 async fn a_token_killed_by_a_narrowing_stays_inactive_when_the_scope_returns() {
     let s = TestServer::builder().start().await;
     let orders = clients::orders();

@@ -123,6 +123,37 @@ impl Contracts {
         }
     }
 
+    /// Whether a token issued to `id` under contract version `cv` exceeds any version of
+    /// that contract in force since (cancelled and future ones aside): a token a
+    /// narrowing made inactive stays inactive when a later version grants the scope
+    /// again, as a revoked token does. (The version in force is checked by the caller.)
+    pub fn exceeded_since(
+        &self,
+        id: &str,
+        cv: u64,
+        claims: &crate::tokens::AccessClaims,
+        now_ms: i64,
+    ) -> bool {
+        let book = self.book.load();
+        let doc = client_doc(id);
+        book.history(&doc)
+            .iter()
+            .filter(|e| {
+                !e.cancelled && e.amendment.version > cv && e.amendment.effective_at_ms <= now_ms
+            })
+            .filter_map(|e| e.amendment.contract())
+            .any(|k| {
+                let scopes_ok = claims
+                    .scope
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .all(|s| k.scopes.get(s).is_some_and(|st| st.grants()));
+                let aud_ok =
+                    k.audiences.get(&claims.aud).is_some_and(|st| st.grants()) || claims.aud == id;
+                k.suspended || !scopes_ok || !aud_ok
+            })
+    }
+
     /// The rights of client `id` at `now_ms`: its configuration's secret and rates with
     /// the contract in force, or the configuration alone while no contract is recorded.
     /// `None` for a client that is not configured (it cannot authenticate, and its tokens

@@ -85,6 +85,14 @@ impl View<'_> {
             return Err(Reason::UnknownClient);
         };
         within_contract(&claims, &client)?;
+        if claims.cv != client.contract_version
+            && self
+                .app
+                .contracts
+                .exceeded_since(&claims.client_id, claims.cv, &claims, self.now_ms)
+        {
+            return Err(Reason::ContractNarrowed);
+        }
         // A delegated token dies with the suspension of any client it was exchanged
         // from, as it dies with their revocation.
         for origin in &claims.dcl {
