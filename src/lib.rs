@@ -8,6 +8,7 @@
 //! - [`tokens`]: access-token claims, signing, and the active/inactive decision (no IO).
 //! - [`sessions`]: refresh tokens, trusted identity providers and their assertions.
 //! - [`revocation`]: the session-version table and the follower that feeds it from the store.
+//! - [`ssf`]: Shared Signals streams and Security Event Tokens (SSF 1.0, CAEP 1.0; no IO).
 //! - [`store`]: the durable state behind one trait; `store::embedded` is SQLite.
 //! - [`http`]: routing, request parsing, client auth, the one error → response mapping.
 //! - [`server`]: accept loops, connection limits, request deadlines, graceful drain.
@@ -37,6 +38,7 @@ pub mod policy;
 pub mod revocation;
 pub mod server;
 pub mod sessions;
+pub mod ssf;
 pub mod store;
 pub mod time;
 pub mod tokens;
