@@ -108,7 +108,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         exempt: config.limits.proxies().into(),
     };
     let trusted = config.trusted_issuers()?;
-    let app = App::new(config, trusted, keys.clone(), table, store, prometheus);
+    let ssf = app::ssf::Ssf::new(&config)?;
+    let app = App::new(config, trusted, keys.clone(), table, store, prometheus, ssf);
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
     println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");
 
@@ -116,6 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tasks = [
         tokio::spawn(follower.run(stop_rx.clone())),
         tokio::spawn(app::keys::run_rotation(keys, stop_rx.clone())),
+        tokio::spawn(app::ssf::delivery::run(app.clone(), stop_rx.clone())),
         tokio::spawn(server::serve(
             metrics_listener,
             app.clone(),

@@ -22,6 +22,12 @@ pub enum Error {
     /// Authenticated, but not allowed to act on this.
     #[error("{0}")]
     NotPermitted(&'static str),
+    /// What the request names does not exist (for this caller).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The request conflicts with the current state; the text says how to proceed.
+    #[error("{0}")]
+    Conflict(String),
     /// The client may not use this grant (RFC 6749 §5.2 `unauthorized_client`).
     #[error("{0}")]
     GrantNotAllowed(&'static str),

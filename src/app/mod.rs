@@ -10,6 +10,7 @@ pub mod follower;
 pub mod introspect;
 pub mod keys;
 pub mod revoke;
+pub mod ssf;
 pub mod token;
 mod view;
 
@@ -62,6 +63,8 @@ pub struct Inner {
     pub limits: crate::limits::RateLimits,
     /// Past this age of the revocation state, requests fail closed, in ms.
     pub max_staleness_ms: i64,
+    /// The Shared Signals transmitter: its metadata, push client and wake-ups.
+    pub ssf: ssf::Ssf,
     /// Distinguishes this process's request ids from other nodes'.
     node_tag: String,
     request_seq: AtomicU64,
@@ -82,6 +85,7 @@ impl App {
         table: Arc<Table>,
         store: SharedStore,
         metrics: PrometheusHandle,
+        ssf: ssf::Ssf,
     ) -> App {
         let clients = config.clients();
         let metadata = Bytes::from(serde_json::to_vec(&metadata(&config)).unwrap_or_default());
@@ -100,6 +104,7 @@ impl App {
                 store,
                 metadata,
                 metrics,
+                ssf,
                 node_tag,
                 request_seq: AtomicU64::new(0),
             }),

@@ -153,6 +153,17 @@ impl View<'_> {
         }
     }
 
+    /// Signs a Security Event Token's claims with the active key (`typ` `secevent+jwt`).
+    pub fn sign_set(&self, claims: &serde_json::Value) -> Result<String, Error> {
+        self.app.keys.with_ring(|ring| {
+            let signer = ring
+                .signer()
+                .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
+            crate::ssf::set::sign(signer, claims)
+                .map_err(|e| Error::Internal(format!("signing: {e}")))
+        })
+    }
+
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, Error> {
         self.app.keys.with_ring(|ring| {

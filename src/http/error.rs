@@ -139,6 +139,8 @@ impl From<app::Error> for ApiError {
             E::Policy(Refusal::Target(why)) => ApiError::InvalidTarget(why),
             E::InvalidRequest(why) => ApiError::InvalidRequest(why),
             E::NotPermitted(why) => ApiError::UnauthorizedClient(why),
+            E::NotFound(_) => ApiError::NotFound,
+            E::Conflict(why) => ApiError::Conflict(why),
             E::GrantNotAllowed(why) => ApiError::GrantNotAllowed(why),
             E::RateLimited(limited) => ApiError::RateLimited(limited),
             E::Stale(stale) => ApiError::Unavailable(stale.to_string()),

@@ -22,6 +22,7 @@ pub mod admin;
 pub mod error;
 pub mod oauth;
 pub mod request;
+pub mod ssf;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const REQUEST_ID: &str = "x-request-id";
@@ -42,6 +43,8 @@ enum Route {
     AdminStoreRecover,
     Healthz,
     Readyz,
+    /// Shared Signals (SSF 1.0): configuration, streams, status, verification, poll.
+    Ssf(ssf::Endpoint),
     NotFound,
 }
 
@@ -61,7 +64,7 @@ impl Route {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             p if key_to_revoke(p).is_some() => Route::AdminKeyRevoke,
-            _ => Route::NotFound,
+            p => ssf::Endpoint::of(p).map_or(Route::NotFound, Route::Ssf),
         }
     }
 
@@ -80,6 +83,7 @@ impl Route {
             Route::AdminStoreRecover => "admin_store_recover",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
+            Route::Ssf(e) => e.label(),
             Route::NotFound => "not_found",
         }
     }
@@ -212,6 +216,9 @@ async fn dispatch(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if route == Route::NotFound {
         return Err(ApiError::NotFound);
+    }
+    if let Route::Ssf(endpoint) = route {
+        return ssf::dispatch(app, endpoint, req, request_id).await;
     }
     let allowed = route.method();
     if req.method().as_str() != allowed {
