@@ -38,7 +38,7 @@ const OUTAGE: &str = "needs a store outage: outage_answers_match_the_openapi_doc
 /// Why it does not drive a 408 or 429.
 const LIMITS: &str = "needs tiny limits and deadlines: limit_answers_match_the_openapi_document";
 /// Operations that authenticate a client, so an auth-failure limit can refuse them (429).
-const AUTHENTICATED: [(&str, &str); 9] = [
+const AUTHENTICATED: [(&str, &str); 18] = [
     ("post", "/token"),
     ("post", "/introspect"),
     ("post", "/revoke"),
@@ -48,7 +48,20 @@ const AUTHENTICATED: [(&str, &str); 9] = [
     ("post", "/admin/keys/{kid}/revoke"),
     ("get", "/admin/audit"),
     ("post", "/admin/store/recover"),
+    ("get", "/ssf/stream"),
+    ("post", "/ssf/stream"),
+    ("patch", "/ssf/stream"),
+    ("put", "/ssf/stream"),
+    ("delete", "/ssf/stream"),
+    ("get", "/ssf/status"),
+    ("post", "/ssf/status"),
+    ("post", "/ssf/verify"),
+    ("post", "/ssf/poll/{stream_id}"),
 ];
+
+/// Methods that carry a body, which can time out (408), be too large (413) or of the
+/// wrong type (415).
+const WITH_BODY: [&str; 3] = ["post", "patch", "put"];
 
 /// Documented answers the embedded-store test does not provoke, and why. Each must stay
 /// documented.
@@ -75,13 +88,28 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("get", "/admin/audit", "503", OUTAGE),
     ("get", "/readyz", "503", OUTAGE),
     ("post", "/admin/store/recover", "503", OUTAGE),
+    (
+        "post",
+        "/ssf/poll/{stream_id}",
+        "500",
+        "a bug (signing failed); nothing provokes it",
+    ),
+    ("get", "/ssf/stream", "503", OUTAGE),
+    ("post", "/ssf/stream", "503", OUTAGE),
+    ("patch", "/ssf/stream", "503", OUTAGE),
+    ("put", "/ssf/stream", "503", OUTAGE),
+    ("delete", "/ssf/stream", "503", OUTAGE),
+    ("get", "/ssf/status", "503", OUTAGE),
+    ("post", "/ssf/status", "503", OUTAGE),
+    ("post", "/ssf/verify", "503", OUTAGE),
+    ("post", "/ssf/poll/{stream_id}", "503", OUTAGE),
 ];
 
 /// Whether [`NOT_DRIVEN`] (or, for 408 and 429, [`LIMITS`]) excuses an answer.
 fn excused(method: &str, template: &str, status: &str) -> bool {
     let limited = match status {
         "429" => AUTHENTICATED.contains(&(method, template)),
-        "408" => method == "post" && AUTHENTICATED.contains(&(method, template)),
+        "408" => WITH_BODY.contains(&method) && AUTHENTICATED.contains(&(method, template)),
         _ => false,
     };
     limited
@@ -172,16 +200,29 @@ impl Api {
                         resp.status
                     ));
                 }
+                let documented: BTreeSet<String> = item
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| ["get", "post", "patch", "put", "delete"].contains(&k.as_str()))
+                    .map(|k| k.to_ascii_uppercase())
+                    .collect();
+                let allow = resp.header("allow").unwrap_or_default();
+                let allowed: BTreeSet<String> = allow
+                    .split(',')
+                    .map(|m| m.trim().to_ascii_uppercase())
+                    .collect();
+                if allowed != documented {
+                    return Err(format!(
+                        "Allow {allow:?}, documented methods {documented:?}"
+                    ));
+                }
                 let (om, op) = item
                     .as_object()
                     .unwrap()
                     .iter()
-                    .find(|(k, _)| ["get", "post"].contains(&k.as_str()))
+                    .find(|(k, _)| documented.contains(&k.to_ascii_uppercase()))
                     .expect("an operation");
-                let allow = resp.header("allow").unwrap_or_default();
-                if !allow.eq_ignore_ascii_case(om) {
-                    return Err(format!("Allow {allow:?}, documented method {om}"));
-                }
                 (om.clone(), op)
             }
         };
@@ -195,10 +236,21 @@ impl Api {
         })?;
         self.check_response(self.resolve(response), resp)
             .map_err(|e| format!("{} {template} {status}: {e}", op_method.to_uppercase()))?;
-        self.covered
-            .lock()
-            .unwrap()
-            .insert((op_method, template.to_string(), status));
+        // A 405 is the path's answer: it covers every operation of the path.
+        let methods: Vec<String> = if item.get(&m).is_none() {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| ["get", "post", "patch", "put", "delete"].contains(&k.as_str()))
+                .cloned()
+                .collect()
+        } else {
+            vec![op_method]
+        };
+        let mut covered = self.covered.lock().unwrap();
+        for method in methods {
+            covered.insert((method, template.to_string(), status.clone()));
+        }
         Ok(())
     }
 
@@ -328,6 +380,15 @@ fn reports() -> ClientDef {
         .audiences(&[REPORTS_AUD, ORDERS_AUD])
 }
 
+/// A Shared Signals receiver.
+fn ssf_receiver() -> ClientDef {
+    ClientDef::new("ssf-receiver").roles(&["ssf_receiver"])
+}
+
+/// `[ssf]` for the fixtures: two streams per receiver, verification at most hourly.
+const SSF_TOML: &str =
+    "[ssf]\nmax_streams_per_receiver = 2\nmin_verification_interval = \"1h\"\n\n";
+
 fn wrong_secret(c: &ClientDef) -> ClientDef {
     c.clone()
         .secret("not-the-secret-0123456789abcdef0123456789")
@@ -335,8 +396,8 @@ fn wrong_secret(c: &ClientDef) -> ClientDef {
 
 async fn start(idp: &Idp) -> TestServer {
     let mut cfg = ServerConfig::default();
-    cfg.clients.extend([idp_hook(), reports()]);
-    cfg.extra_toml = idp.trusted_issuer_toml();
+    cfg.clients.extend([idp_hook(), reports(), ssf_receiver()]);
+    cfg.extra_toml = format!("{SSF_TOML}{}", idp.trusted_issuer_toml());
     TestServer::start(&cfg).await
 }
 
@@ -693,46 +754,59 @@ async fn real_answers_match_the_openapi_document() {
         }
     }
 
-    // --- for every documented path: another method (405); for POSTs, 413 and 415 ---
+    // --- Shared Signals ---
+    let poll_id = drive_ssf(&api, &s).await;
+
+    // --- for every documented path: another method (405); with a body, 413 and 415 ---
     let admin_auth = basic(&admin.id, &admin.secret);
+    let receiver_auth = basic(&ssf_receiver().id, &ssf_receiver().secret);
     for (method, template) in api.operations() {
-        let path = template.replace("{kid}", &next);
-        let other = if method == "get" {
-            Method::DELETE
-        } else {
-            Method::GET
+        let path = template
+            .replace("{kid}", &next)
+            .replace("{stream_id}", &poll_id);
+        let documented = |m: &Method| {
+            api.path_item(&template)
+                .get(m.as_str().to_ascii_lowercase())
+                .is_some()
         };
+        let other = [Method::DELETE, Method::GET, Method::OPTIONS]
+            .into_iter()
+            .find(|m| !documented(m))
+            .expect("an undocumented method");
         let r = raw(&s, other.clone(), &path, &[], b"").await;
         api.assert(other, &template, &r);
-        if method != "post" {
+        if !WITH_BODY.contains(&method.as_str()) {
             continue;
         }
+        let verb = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+        let (auth, wrong_type) = if template.starts_with("/ssf/") {
+            (&receiver_auth, FORM)
+        } else if template.starts_with("/admin/") {
+            (&admin_auth, FORM)
+        } else {
+            (&admin_auth, "application/json")
+        };
         let big = vec![b'a'; 20_000];
         let r = raw(
             &s,
-            Method::POST,
+            verb.clone(),
             &path,
-            &[("content-type", FORM), ("authorization", &admin_auth)],
+            &[("content-type", FORM), ("authorization", auth)],
             &big,
         )
         .await;
         r.assert_error(413, "invalid_request");
-        api.assert(Method::POST, &template, &r);
-        let wrong_type = if template.starts_with("/admin/") {
-            FORM
-        } else {
-            "application/json"
-        };
+        api.assert(verb.clone(), &template, &r);
         let r = raw(
             &s,
-            Method::POST,
+            verb.clone(),
             &path,
-            &[("content-type", wrong_type), ("authorization", &admin_auth)],
+            &[("content-type", wrong_type), ("authorization", auth)],
             b"{\"reason\":\"x\"}",
         )
         .await;
         r.assert_error(415, "invalid_request");
-        api.assert(Method::POST, &template, &r);
+        api.assert(verb, &template, &r);
     }
 
     // --- an undocumented path: 404 with the documented error shape ---
@@ -773,6 +847,488 @@ async fn real_answers_match_the_openapi_document() {
             "{m} {t} {st} is driven now; remove it from NOT_DRIVEN"
         );
     }
+}
+
+/// Drives every Shared Signals operation to each documented answer but the limits and
+/// outages. Returns a poll stream's id.
+async fn drive_ssf(api: &Api, s: &TestServer) -> String {
+    let rcv = ssf_receiver();
+    let admin = clients::admin();
+    let send = |method: Method, path: String, body: Option<Value>, who: Option<ClientDef>| async move {
+        let auth = who.map(|c| basic(&c.id, &c.secret));
+        let mut headers: Vec<(&str, &str)> = vec![];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        raw(s, method, &path, &headers, &bytes).await
+    };
+    let r = s.get("/.well-known/ssf-configuration", None).await;
+    api.assert(Method::GET, "/.well-known/ssf-configuration", &r);
+
+    let me = Some(rcv.clone());
+    let r = send(
+        Method::POST,
+        "/ssf/stream".into(),
+        Some(json!({"description": "openapi"})),
+        me.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    api.assert(Method::POST, "/ssf/stream", &r);
+    let id = r.json()["stream_id"].as_str().unwrap().to_string();
+    let r = send(
+        Method::POST,
+        "/ssf/stream".into(),
+        Some(json!({})),
+        me.clone(),
+    )
+    .await;
+    api.assert(Method::POST, "/ssf/stream", &r);
+    let second = r.json()["stream_id"].as_str().unwrap().to_string();
+    let q = |id: &str| format!("?stream_id={id}");
+
+    // (method, path, body, who, status): the answers of every SSF operation.
+    type Case = (
+        Method,
+        &'static str,
+        String,
+        Option<Value>,
+        Option<ClientDef>,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({})),
+            me.clone(),
+            409,
+        ),
+        (
+            Method::POST,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"bogus": 1})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::GET,
+            "/ssf/stream",
+            String::new(),
+            None,
+            me.clone(),
+            200,
+        ),
+        (Method::GET, "/ssf/stream", q(&id), None, me.clone(), 200),
+        (Method::GET, "/ssf/stream", q("nope"), None, me.clone(), 404),
+        (Method::GET, "/ssf/stream", q("a/b"), None, me.clone(), 400),
+        (Method::GET, "/ssf/stream", String::new(), None, None, 401),
+        (
+            Method::GET,
+            "/ssf/stream",
+            String::new(),
+            None,
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id, "description": "x"})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"description": "x"})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": "nope"})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            None,
+            401,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id, "iss": "https://other"})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": "nope"})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            None,
+            401,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            Some(admin.clone()),
+            403,
+        ),
+        (Method::GET, "/ssf/status", q(&id), None, me.clone(), 200),
+        (
+            Method::GET,
+            "/ssf/status",
+            String::new(),
+            None,
+            me.clone(),
+            400,
+        ),
+        (Method::GET, "/ssf/status", q("nope"), None, me.clone(), 404),
+        (Method::GET, "/ssf/status", q(&id), None, None, 401),
+        (
+            Method::GET,
+            "/ssf/status",
+            q(&id),
+            None,
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id, "status": "paused", "reason": "r"})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id, "status": "enabled"})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id, "status": "off"})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": "nope", "status": "paused"})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id, "state": "s"})),
+            me.clone(),
+            204,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            me.clone(),
+            429,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id, "state": 7})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": "nope"})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            id.clone(),
+            Some(json!({"returnImmediately": true})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            id.clone(),
+            Some(json!({"maxEvents": -1})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            "nope".into(),
+            Some(json!({})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            id.clone(),
+            Some(json!({})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            id.clone(),
+            Some(json!({})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            q(&second),
+            None,
+            me.clone(),
+            204,
+        ),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            String::new(),
+            None,
+            me.clone(),
+            400,
+        ),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            q(&second),
+            None,
+            me.clone(),
+            404,
+        ),
+        (Method::DELETE, "/ssf/stream", q(&id), None, None, 401),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            q(&id),
+            None,
+            Some(admin.clone()),
+            403,
+        ),
+    ];
+    for (method, path, tail, body, who, status) in cases {
+        let r = send(method.clone(), format!("{path}{tail}"), body.clone(), who).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path}{tail} {body:?}: {}",
+            r.text()
+        );
+        let template = if path == "/ssf/poll/" {
+            "/ssf/poll/{stream_id}"
+        } else {
+            path
+        };
+        api.assert(method, template, &r);
+    }
+    // The verification SET and a revocation's come back from a poll, signed.
+    s.admin_revoke("session", Some("openapi-ssf"), "openapi")
+        .await;
+    // (The node applies the revocation within the propagation bound: poll until then.)
+    let r = eventually(
+        DEADLINE,
+        "the verification and the revocation polled",
+        || {
+            let send = &send;
+            let me = me.clone();
+            let id = id.clone();
+            async move {
+                let r = send(
+                    Method::POST,
+                    format!("/ssf/poll/{id}"),
+                    Some(json!({"returnImmediately": true})),
+                    me,
+                )
+                .await;
+                match r.json()["sets"].as_object().map(|s| s.len()) {
+                    Some(2) => Ok(r),
+                    _ => Err(r.text()),
+                }
+            }
+        },
+    )
+    .await;
+    api.assert(Method::POST, "/ssf/poll/{stream_id}", &r);
+    id
+}
+
+/// One authenticated request of every Shared Signals operation on `stream` (which need
+/// not exist): (method, template, path, body).
+fn ssf_requests(stream: &str) -> Vec<(Method, &'static str, String, Option<Value>)> {
+    let q = format!("?stream_id={stream}");
+    let id = json!({"stream_id": stream});
+    vec![
+        (Method::GET, "/ssf/stream", "/ssf/stream".into(), None),
+        (
+            Method::POST,
+            "/ssf/stream",
+            "/ssf/stream".into(),
+            Some(json!({})),
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            "/ssf/stream".into(),
+            Some(id.clone()),
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            "/ssf/stream".into(),
+            Some(id.clone()),
+        ),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            format!("/ssf/stream{q}"),
+            None,
+        ),
+        (Method::GET, "/ssf/status", format!("/ssf/status{q}"), None),
+        (
+            Method::POST,
+            "/ssf/status",
+            "/ssf/status".into(),
+            Some(json!({"stream_id": stream, "status": "paused"})),
+        ),
+        (Method::POST, "/ssf/verify", "/ssf/verify".into(), Some(id)),
+        (
+            Method::POST,
+            "/ssf/poll/{stream_id}",
+            format!("/ssf/poll/{stream}"),
+            Some(json!({"returnImmediately": true})),
+        ),
+    ]
+}
+
+/// `method path` with a JSON body, as the Shared Signals receiver.
+async fn ssf_request(s: &TestServer, method: Method, path: &str, body: Option<Value>) -> Resp {
+    let auth = basic(&ssf_receiver().id, &ssf_receiver().secret);
+    let mut headers = vec![("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
+    raw(s, method, path, &headers, &bytes).await
 }
 
 /// The checker must be able to say no: wrong bodies, undocumented statuses, missing
@@ -854,14 +1410,20 @@ async fn the_checker_rejects_answers_that_do_not_match() {
 async fn outage_answers_match_the_openapi_document() {
     let api = Api::load();
     let mut redis = RedisProcess::start().await;
-    let cfg = ServerConfig {
+    let mut cfg = ServerConfig {
         max_staleness: "500ms".into(),
         ..ServerConfig::default()
     };
+    cfg.clients.push(ssf_receiver());
     let nodes = Cluster::start(1, &cfg, &redis).await;
     let s = &nodes[0];
     let (orders, admin) = (clients::orders(), clients::admin());
     let token = s.issue(&orders, &[]).await;
+    let r = s
+        .post_json("/ssf/stream", &json!({}), ssf_receiver().auth())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let stream = r.json()["stream_id"].as_str().unwrap().to_string();
     let kid = kids_in_state(&s.admin_keys().await, "active")
         .first()
         .expect("an active key")
@@ -929,6 +1491,11 @@ async fn outage_answers_match_the_openapi_document() {
     let r = s.get("/admin/audit", admin.auth()).await;
     r.assert_error(503, "temporarily_unavailable");
     api.assert(Method::GET, "/admin/audit", &r);
+    for (method, template, path, body) in ssf_requests(&stream) {
+        let r = ssf_request(s, method.clone(), &path, body).await;
+        r.assert_error(503, "temporarily_unavailable");
+        api.assert(method, template, &r);
+    }
 
     let covered = api.covered.lock().unwrap().clone();
     for (method, template) in api.operations() {
@@ -946,11 +1513,11 @@ async fn outage_answers_match_the_openapi_document() {
 
 /// One request whose body never completes, sent by hand (a client library would finish
 /// it): the answer, read until latch closes the connection.
-async fn stalled_body(s: &TestServer, path: &str, content_type: &str) -> Resp {
+async fn stalled_body(s: &TestServer, method: &str, path: &str, content_type: &str) -> Resp {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
          Content-Length: 100\r\n\r\n{{\"reason"
     );
     c.write_all(head.as_bytes()).await.unwrap();
@@ -1001,7 +1568,7 @@ async fn limit_answers_match_the_openapi_document() {
     let env = |k: &str, v: &str| (k.to_string(), v.to_string());
     // clients[0] is orders-service: two tokens and one recorded revocation per hour; any
     // address one failed authentication per hour.
-    let cfg = ServerConfig {
+    let mut cfg = ServerConfig {
         env: vec![
             env("LATCH_LIMITS__BODY_READ_TIMEOUT", "300ms"),
             env("LATCH_LIMITS__AUTH_FAILURE_IP_RATE", "1/h"),
@@ -1013,6 +1580,7 @@ async fn limit_answers_match_the_openapi_document() {
         ],
         ..ServerConfig::default()
     };
+    cfg.clients.push(ssf_receiver());
     let s = TestServer::start(&cfg).await;
     let (orders, admin) = (clients::orders(), clients::admin());
     assert_eq!(cfg.clients[0].id, orders.id, "clients[0] is orders-service");
@@ -1022,17 +1590,19 @@ async fn limit_answers_match_the_openapi_document() {
         .clone();
 
     // 408: the body never completes. Read before authentication, so no credentials.
-    for (method, template) in AUTHENTICATED.iter().filter(|(m, _)| *m == "post") {
-        let path = template.replace("{kid}", &kid);
-        let media = if template.starts_with("/admin/") {
+    for (method, template) in AUTHENTICATED.iter().filter(|(m, _)| WITH_BODY.contains(m)) {
+        let path = template
+            .replace("{kid}", &kid)
+            .replace("{stream_id}", "any-stream");
+        let media = if template.starts_with("/admin/") || template.starts_with("/ssf/") {
             "application/json"
         } else {
             FORM
         };
-        let r = stalled_body(&s, &path, media).await;
+        let verb = method.to_ascii_uppercase();
+        let r = stalled_body(&s, &verb, &path, media).await;
         r.assert_error(408, "invalid_request");
-        assert_eq!(*method, "post");
-        api.assert(Method::POST, template, &r);
+        api.assert(Method::from_bytes(verb.as_bytes()).unwrap(), template, &r);
     }
 
     // 429 by the token rate: two tokens, then refused.
@@ -1116,6 +1686,11 @@ async fn limit_answers_match_the_openapi_document() {
         let r = s.get(path, admin.auth()).await;
         r.assert_error(429, "slow_down");
         api.assert(Method::GET, path, &r);
+    }
+    for (method, template, path, body) in ssf_requests("any-stream") {
+        let r = ssf_request(&s, method.clone(), &path, body).await;
+        r.assert_error(429, "slow_down");
+        api.assert(method, template, &r);
     }
 
     let covered = api.covered.lock().unwrap().clone();

@@ -447,6 +447,16 @@ async fn poll_delivery_with_acks_return_immediately_and_max_events() {
     for sub in ["a", "b", "c"] {
         s.admin_revoke("subject", Some(sub), "test").await;
     }
+    // The node applies them within the propagation bound; an unacknowledged poll changes
+    // nothing, so poll until all three are there.
+    eventually(DEADLINE, "three SETs pending", || async {
+        let p = poll(&s, &id, &json!({"returnImmediately": true})).await;
+        match p["sets"].as_object().unwrap().len() {
+            3 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
+    })
+    .await;
     let first = poll(&s, &id, &json!({"returnImmediately": true, "maxEvents": 2})).await;
     let jwks = s.jwks().await;
     let jtis =
@@ -505,10 +515,16 @@ async fn poll_delivery_with_acks_return_immediately_and_max_events() {
     assert_eq!(r.status, StatusCode::OK);
     let sets = r.json()["sets"].as_object().unwrap().clone();
     let found = if sets.is_empty() {
-        poll(&s, &id, &json!({"returnImmediately": true})).await["sets"]
-            .as_object()
-            .unwrap()
-            .clone()
+        eventually(DEADLINE, "the revocation made during the poll", || async {
+            let p = poll(&s, &id, &json!({"returnImmediately": true})).await;
+            let sets = p["sets"].as_object().unwrap().clone();
+            if sets.is_empty() {
+                Err("nothing yet".to_string())
+            } else {
+                Ok(sets)
+            }
+        })
+        .await
     } else {
         sets
     };
@@ -586,6 +602,31 @@ async fn a_receiver_that_was_down_gets_every_event_after_it_comes_back_across_a_
     let expected: BTreeSet<String> = (0..8).map(|i| format!("sid-down-{i}")).collect();
     assert_eq!(sessions, expected, "no gap");
     let _ = id;
+}
+
+/// Waits until poll stream `probe` of `s` carries the revocation of subject `sub` (so the
+/// node applied it), and acknowledges everything on it.
+async fn applied(s: &TestServer, probe: &str, sub: &str) {
+    eventually(DEADLINE, "the node applied the revocation", || async {
+        let p = poll(s, probe, &json!({"returnImmediately": true})).await;
+        let sets = p["sets"].as_object().unwrap();
+        let jtis: Vec<String> = sets.keys().cloned().collect();
+        let seen = sets
+            .values()
+            .any(|v| decode_jwt(v.as_str().unwrap()).1["sub_id"]["user"]["sub"] == sub);
+        poll(
+            s,
+            probe,
+            &json!({"returnImmediately": true, "maxEvents": 0, "ack": jtis}),
+        )
+        .await;
+        if seen {
+            Ok(())
+        } else {
+            Err(format!("{sub} not applied yet"))
+        }
+    })
+    .await;
 }
 
 /// The metrics text of `s`.
@@ -740,7 +781,14 @@ async fn stream_management_create_read_update_replace_status_and_delete() {
     )
     .await;
     assert_eq!(r.json()["status"], "paused");
+    // A poll stream shows when the node has applied a revocation: status changes act on
+    // what the node applied, so wait for that before each.
+    let probe = create(&s, &json!({})).await["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     s.admin_revoke("subject", Some("held"), "test").await;
+    applied(&s, &probe, "held").await;
     send(
         &s,
         Method::POST,
@@ -750,6 +798,7 @@ async fn stream_management_create_read_update_replace_status_and_delete() {
     )
     .await;
     s.admin_revoke("subject", Some("dropped"), "test").await;
+    applied(&s, &probe, "dropped").await;
     send(
         &s,
         Method::POST,

@@ -86,8 +86,13 @@ pub async fn dispatch(
     if endpoint == Endpoint::Configuration {
         return configuration(app, req.uri().path());
     }
-    let limits = &app.config.limits;
-    let (parts, body) = read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?;
+    // Only methods with a body read one (so GET and DELETE never answer 408 or 413).
+    let (parts, body) = if matches!(method, Method::POST | Method::PATCH | Method::PUT) {
+        let limits = &app.config.limits;
+        read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?
+    } else {
+        (req.into_parts().0, Bytes::new())
+    };
     let client = receiver(app, &parts)?;
     match (endpoint, method) {
         (Endpoint::Stream, Method::GET) => {
