@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 pub const DEFAULT_ISSUER: &str = "orders-service:demo-orders-secret-0123456789abcdef0123456789";
 /// Default introspecting client: the demo resource server `orders-api`.
 pub const DEFAULT_INTROSPECTOR: &str = "orders-api:demo-resource-secret-0123456789abcdef01234567";
+/// Default admin client: the demo `admin` of config/latch.toml.
+pub const DEFAULT_ADMIN: &str = "admin:demo-admin-secret-0123456789abcdef0123456789a";
 /// Size of latch's active introspection answer for a demo `client_credentials` token.
 pub const DEFAULT_BODY_BYTES: usize = 268;
 
@@ -39,6 +41,8 @@ pub enum Command {
     Mixed(MixedArgs),
     /// Issue on node 1, revoke on node 1, and time until every node answers inactive.
     RevokePropagation(PropagationArgs),
+    /// Record revocations: POST /admin/revoke of a new session id each time (the write path).
+    Revoke(RevokeArgs),
     /// Introspection load against the bare hyper baseline server only (the HTTP floor).
     Baseline(BaselineArgs),
     /// Run the bare hyper baseline server in the foreground (used as a child process).
@@ -164,6 +168,18 @@ pub struct IssueArgs {
     pub common: Common,
     #[command(flatten)]
     pub baseline: BaselineFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Admin client as id:secret (HTTP Basic at the admin revocation endpoint).
+    #[arg(long, default_value = DEFAULT_ADMIN, value_parser = parse_credentials)]
+    pub admin_client: Credentials,
+    /// Admin revocation endpoint path.
+    #[arg(long, default_value = "/admin/revoke")]
+    pub admin_revoke_path: String,
 }
 
 #[derive(Args, Debug)]

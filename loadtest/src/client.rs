@@ -202,13 +202,26 @@ impl Conn {
         auth: &HeaderValue,
         body: Bytes,
     ) -> Result<Reply, Failure> {
+        self.post(path, auth, "application/x-www-form-urlencoded", body)
+            .await
+    }
+
+    /// POSTs a body of `content_type` with the given `Authorization` and reads the whole
+    /// answer.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        auth: &HeaderValue,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<Reply, Failure> {
         self.connect().await?;
         let request = Request::builder()
             .method(Method::POST)
             .uri(path)
             .header(HOST, self.target.host.clone())
             .header(AUTHORIZATION, auth.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .expect("valid request");
         let sender = self.sender.as_mut().expect("connected above");

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Issue(a) => &a.common,
         Command::Mixed(a) => &a.common,
         Command::RevokePropagation(a) => &a.common,
+        Command::Revoke(a) => &a.common,
         Command::Baseline(a) => &a.common,
     }
     .clone()
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
             Command::Issue(a) => scenarios::issue::run(&ctx, a).await,
             Command::Mixed(a) => scenarios::mixed::run(&ctx, a).await,
             Command::RevokePropagation(a) => scenarios::propagation::run(&ctx, a).await,
+            Command::Revoke(a) => scenarios::revoke::run(&ctx, a).await,
             Command::Baseline(a) => {
                 scenarios::baseline_only(&ctx, a.body_bytes, a.baseline_threads).await
             }

@@ -5,6 +5,7 @@ pub mod introspect;
 pub mod issue;
 pub mod mixed;
 pub mod propagation;
+pub mod revoke;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -199,7 +199,8 @@ async fn load(app: &App, owner: &str, id: &str) -> Result<(Stream, u64), Error> 
         .ssf_stream(id.to_string())
         .await?
         .ok_or(Error::NotFound("no such stream"))?;
-    let stream = Stream::decode(&stored).map_err(Error::Internal)?;
+    // A record that does not parse is the store's fault, like a corrupt refresh record.
+    let stream = Stream::decode(&stored).map_err(StoreError::Unavailable)?;
     if stream.owner != owner {
         return Err(Error::NotFound("no such stream"));
     }
@@ -276,7 +277,7 @@ pub async fn create(
         .ssf_save_stream(id.clone(), 0, stream.encode())
         .await
         .map_err(|e| match e {
-            StoreError::Conflict => Error::Internal("a new stream id collided".into()),
+            StoreError::Conflict => Error::Unavailable("a new stream id collided; retry".into()),
             e => e.into(),
         })?;
     app.ssf.wake.notify_waiters();
