@@ -41,7 +41,12 @@ impl Worker for RevokeWorker {
         );
         let result = match self
             .conn
-            .post(&self.path, &self.auth, "application/json", Bytes::from(body))
+            .post(
+                &self.path,
+                &self.auth,
+                "application/json",
+                Bytes::from(body),
+            )
             .await
             .and_then(|r| r.ok())
         {

@@ -468,8 +468,10 @@ pub async fn poll(app: &App, client: &Client, id: &str, body: &Value) -> Result<
         .chain(req.set_errs.iter().map(|(jti, _)| jti))
         .filter_map(|jti| ssf::parse_jti(id, jti))
         .collect();
-    for (jti, err) in &req.set_errs {
-        tracing::warn!(stream = %id, jti = %jti, err = %err, "receiver could not process a SET");
+    if let Some((jti, err)) = req.set_errs.first() {
+        // One line per poll, however many it reports.
+        tracing::warn!(stream = %id, count = req.set_errs.len(), first_jti = %jti, first_err = %err,
+            "receiver could not process SETs (counted as delivered)");
     }
     loop {
         let (mut stream, version) = load(app, &client.id, id).await?;
