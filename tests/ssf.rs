@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use support::clients::{self, ORDERS_AUD};
+use support::redis_ha::Tls;
 use support::{
     basic, decode_jwt, eventually, verify_with_jwk, ClientDef, Cluster, RedisProcess, Resp,
     ServerConfig, TestServer, DEADLINE,
@@ -45,6 +46,11 @@ fn other_receiver() -> ClientDef {
 
 /// A config whose receiver may push to `push` (and to a second endpoint nobody serves).
 fn cfg(push: &[String]) -> ServerConfig {
+    cfg_with(push, "")
+}
+
+/// [`cfg`] with more `[ssf]` lines.
+fn cfg_with(push: &[String], ssf: &str) -> ServerConfig {
     let mut c = ServerConfig::default();
     c.clients.push(receiver());
     c.clients.push(other_receiver());
@@ -55,7 +61,7 @@ fn cfg(push: &[String]) -> ServerConfig {
         .collect();
     c.extra_toml = format!(
         "[ssf]\nlease = \"1s\"\npoll_wait = \"3s\"\npush_max_backoff = \"200ms\"\n\
-         min_verification_interval = \"1h\"\nmax_streams_per_receiver = 3\n\n\
+         min_verification_interval = \"1h\"\nmax_streams_per_receiver = 3\n{ssf}\n\
          [[ssf.receivers]]\nclient_id = \"risk-engine\"\naudience = \"{RECEIVER_AUD}\"\n\
          push_endpoints = {}\n",
         serde_json::to_string(&endpoints).unwrap()
@@ -80,6 +86,8 @@ struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     refusing: Arc<AtomicBool>,
     task: Option<JoinHandle<()>>,
+    /// Serves HTTPS with this when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Receiver {
@@ -90,33 +98,77 @@ impl Receiver {
             got: Arc::default(),
             refusing: Arc::default(),
             task: None,
+            tls: None,
+        };
+        r.serve(listener);
+        r
+    }
+
+    /// A receiver serving HTTPS with the test CA's certificate for 127.0.0.1.
+    async fn start_tls(tls: &Tls) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&tls.server_cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&tls.server_key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut r = Receiver {
+            addr: listener.local_addr().unwrap(),
+            got: Arc::default(),
+            refusing: Arc::default(),
+            task: None,
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
         };
         r.serve(listener);
         r
     }
 
     fn url(&self) -> String {
-        format!("http://{}/events", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/events", self.addr)
     }
 
     fn serve(&mut self, listener: TcpListener) {
         let (got, refusing) = (self.got.clone(), self.refusing.clone());
+        let tls = self.tls.clone();
         self.task = Some(tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (got, refusing) = (got.clone(), refusing.clone());
+                let (got, refusing, tls) = (got.clone(), refusing.clone(), tls.clone());
                 conns.spawn(async move {
                     let service =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let (got, refusing) = (got.clone(), refusing.clone());
                             async move { Ok::<_, Infallible>(answer(req, &got, &refusing).await) }
                         });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        Some(acceptor) => {
+                            // A handshake the client aborts (an unknown CA) ends here.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         }));
@@ -633,6 +685,43 @@ async fn applied(s: &TestServer, probe: &str, sub: &str) {
 async fn reqwest_metrics(s: &TestServer) -> String {
     let http = support::Http::new(s.metrics_addr);
     http.get("/metrics", None).await.text()
+}
+
+#[tokio::test]
+async fn push_over_https_verifies_the_receiver_against_push_ca_file() {
+    let tls = Tls::generate();
+    let rcv = Receiver::start_tls(&tls).await;
+    let ca = format!("push_ca_file = {:?}", tls.ca.to_str().unwrap());
+    let s = TestServer::start(&cfg_with(&[rcv.url()], &ca)).await;
+    create_push(&s, &rcv.url()).await;
+    s.admin_revoke("subject", Some("over-tls"), "test").await;
+    let got = rcv.wait_for(1, "the SET pushed over TLS").await;
+    let c = check_set(&got[0].set, &s.jwks().await, "http://latch.test");
+    assert_eq!(c["sub_id"]["user"]["sub"], "over-tls");
+
+    // Without the test CA (the system roots), the receiver's certificate is not trusted:
+    // nothing is delivered, every attempt fails to connect and is retried.
+    let untrusted = Receiver::start_tls(&tls).await;
+    let s2 = TestServer::start(&cfg(&[untrusted.url()])).await;
+    create_push(&s2, &untrusted.url()).await;
+    s2.admin_revoke("subject", Some("never"), "test").await;
+    eventually(DEADLINE, "failed TLS pushes counted", || async {
+        let text = reqwest_metrics(&s2).await;
+        match text
+            .lines()
+            .find(|l| l.starts_with("latch_ssf_push_failures_total{reason=\"connect\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(n) if n >= 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        untrusted.got().is_empty(),
+        "a certificate the roots do not trust got a SET"
+    );
 }
 
 #[tokio::test]
