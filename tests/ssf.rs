@@ -59,8 +59,14 @@ fn cfg_with(push: &[String], ssf: &str) -> ServerConfig {
         .cloned()
         .chain(["http://127.0.0.1:9/unused".to_string()])
         .collect();
+    // A short lease by default: failover tests wait less.
+    let lease = if ssf.contains("lease") {
+        ""
+    } else {
+        "lease = \"1s\"\n"
+    };
     c.extra_toml = format!(
-        "[ssf]\nlease = \"1s\"\npoll_wait = \"3s\"\npush_max_backoff = \"200ms\"\n\
+        "[ssf]\n{lease}poll_wait = \"3s\"\npush_max_backoff = \"200ms\"\n\
          min_verification_interval = \"1h\"\nmax_streams_per_receiver = 3\n{ssf}\n\
          [[ssf.receivers]]\nclient_id = \"risk-engine\"\naudience = \"{RECEIVER_AUD}\"\n\
          push_endpoints = {}\n",
@@ -681,6 +687,17 @@ async fn applied(s: &TestServer, probe: &str, sub: &str) {
     .await;
 }
 
+/// SETs `s` pushed, by its metrics.
+async fn pushed_count(s: &TestServer) -> u64 {
+    reqwest_metrics(s)
+        .await
+        .lines()
+        .find(|l| l.starts_with("latch_ssf_sets_delivered_total{method=\"push\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The metrics text of `s`.
 async fn reqwest_metrics(s: &TestServer) -> String {
     let http = support::Http::new(s.metrics_addr);
@@ -1281,7 +1298,7 @@ async fn hostile_stream_requests_get_a_clear_4xx() {
 async fn two_nodes_on_redis_deliver_each_event_in_order_and_a_restart_keeps_the_cursor() {
     let redis = RedisProcess::start().await;
     let rcv = Receiver::start().await;
-    let mut nodes = Cluster::start(2, &cfg(&[rcv.url()]), &redis).await;
+    let mut nodes = Cluster::start(2, &cfg_with(&[rcv.url()], "lease = \"3s\""), &redis).await;
     let id = create_push(&nodes[0], &rcv.url()).await;
     // Each node takes revocations; exactly one pushes.
     for i in 0..6 {
@@ -1291,6 +1308,30 @@ async fn two_nodes_on_redis_deliver_each_event_in_order_and_a_restart_keeps_the_
     }
     rcv.wait_for(6, "SETs of revocations taken on both nodes")
         .await;
+    // One node holds the lease and pushes; the other pushed nothing (the lease is long
+    // enough here that a slow renewal does not hand it over).
+    let pushed = eventually(DEADLINE, "the pushes counted", || async {
+        let mut pushed = Vec::new();
+        for n in &nodes {
+            pushed.push(pushed_count(n).await);
+        }
+        if pushed.iter().sum::<u64>() >= 6 {
+            Ok(pushed)
+        } else {
+            Err(format!("{pushed:?}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        pushed.iter().filter(|c| **c > 0).count(),
+        1,
+        "exactly one node pushes: {pushed:?}"
+    );
+    assert_eq!(
+        pushed.iter().sum::<u64>(),
+        6,
+        "each SET pushed once: {pushed:?}"
+    );
     // Whichever node pushes, kill it, then the other; each comes back. Revocations
     // keep coming all along.
     let mut next = 6;
