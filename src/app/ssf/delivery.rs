@@ -13,25 +13,33 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::client::Connection;
-use super::{push_allowed, sign_all, window};
+use super::pusher::Job;
+use super::{push_allowed, window};
 use crate::app::App;
 use crate::metrics as m;
-use crate::ssf::{self, Delivery, Pos, Status, Stream};
+use crate::ssf::{self, set, Delivery, Pos, Status, Stream};
 use crate::store::StoreError;
 use crate::time::now_ms;
 
 /// SETs one worker pushes between cursor saves: at most this many go out again after a
 /// crash.
-const BATCH: usize = 64;
+const BATCH: usize = 128;
+/// Log entries a worker reads at a time: enough for a batch, though the stream may not
+/// carry every revocation, and no more (the read shares the store with revocations).
+const WINDOW_READ: usize = 2 * BATCH;
 /// An idle worker re-reads its stream at least this often (a verification requested on
 /// another node reaches it this way).
 const IDLE_RECHECK: Duration = Duration::from_millis(250);
+/// After an idle worker wakes to a new revocation, it waits this long so that the
+/// revocations recorded meanwhile go out in the same batch: at a steady trickle, one
+/// cursor save (a durable store write) per this period, not one per revocation.
+const GATHER: Duration = Duration::from_millis(20);
 /// The first retry delay of a failed push; it doubles up to `ssf.push_max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -176,7 +184,7 @@ async fn push_stream(app: App, id: String, held: HeldUntil) {
         {
             return;
         }
-        let win = match window(&app, &stream).await {
+        let win = match window(&app, &stream, WINDOW_READ).await {
             Ok(w) => w,
             Err(error) => {
                 tracing::warn!(%error, stream = %id, "revocation log not read");
@@ -198,14 +206,21 @@ async fn push_stream(app: App, id: String, held: HeldUntil) {
                 continue;
             }
             let wake = app.ssf.wake.notified();
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = wake => {}
-                _ = tokio::time::sleep(IDLE_RECHECK) => {}
+            let woken = tokio::select! {
+                _ = changes.changed() => true,
+                _ = wake => true,
+                _ = tokio::time::sleep(IDLE_RECHECK) => false,
+            };
+            if woken {
+                tokio::time::sleep(GATHER).await;
             }
             continue;
         }
-        let signed = match sign_all(&app, &stream, &pending) {
+        let signer = match app
+            .fresh(now_ms())
+            .map_err(crate::app::Error::from)
+            .and_then(|v| v.set_signer())
+        {
             Ok(s) => s,
             Err(error) => {
                 tracing::debug!(%error, stream = %id, "ssf SETs not signed yet");
@@ -213,44 +228,46 @@ async fn push_stream(app: App, id: String, held: HeldUntil) {
                 continue;
             }
         };
-        let mut delivered: Vec<Pos> = Vec::new();
-        let mut failed = false;
-        for (pos, set) in &signed {
-            if !holds(&held) {
-                break;
-            }
-            let started = Instant::now();
-            match app
-                .ssf
-                .client
-                .push(
-                    &mut conn,
-                    endpoint_url,
-                    authorization_header.as_deref(),
-                    set,
-                )
-                .await
-            {
-                Ok(()) => {
-                    delivered.push(*pos);
-                    metrics::counter!(m::SSF_SETS_DELIVERED, "method" => "push").increment(1);
-                    metrics::histogram!(m::SSF_PUSH_DURATION)
-                        .record(started.elapsed().as_secs_f64());
-                    if let Some(e) = win.events.iter().find(|e| e.seq == pos.seq) {
-                        let lag = (now_ms() - e.revoked_at_ms).max(0) as f64 / 1000.0;
-                        metrics::histogram!(m::SSF_DELIVERY_LAG).record(lag);
-                    }
-                    backoff = FIRST_BACKOFF;
-                }
-                Err(error) => {
-                    metrics::counter!(m::SSF_PUSH_FAILURES, "reason" => error.label()).increment(1);
-                    tracing::warn!(%error, stream = %id, jti = %ssf::jti(&id, *pos),
-                        retry_in_ms = backoff.as_millis() as u64, "ssf push failed; retrying");
-                    failed = true;
-                    break;
-                }
+        let iat = now_ms().div_euclid(1000);
+        let sets = pending
+            .iter()
+            .map(|p| (p.pos, set::claims(&stream, p, issuer, iat)))
+            .collect();
+        let outcome = app
+            .ssf
+            .pusher
+            .push(Job {
+                signer,
+                endpoint: endpoint_url.clone(),
+                authorization: authorization_header.clone(),
+                sets,
+                conn: conn.take(),
+                held_until: held.clone(),
+            })
+            .await;
+        conn = outcome.conn;
+        let now = now_ms();
+        for (pos, took) in &outcome.delivered {
+            metrics::counter!(m::SSF_SETS_DELIVERED, "method" => "push").increment(1);
+            metrics::histogram!(m::SSF_PUSH_DURATION).record(took.as_secs_f64());
+            if let Some(e) = win.events.iter().find(|e| e.seq == pos.seq) {
+                let lag = (now - e.revoked_at_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!(m::SSF_DELIVERY_LAG).record(lag);
             }
         }
+        if !outcome.delivered.is_empty() {
+            backoff = FIRST_BACKOFF;
+        }
+        let delivered: Vec<Pos> = outcome.delivered.iter().map(|(p, _)| *p).collect();
+        let failed = match &outcome.failed {
+            Some((pos, error)) => {
+                metrics::counter!(m::SSF_PUSH_FAILURES, "reason" => error.label()).increment(1);
+                tracing::warn!(%error, stream = %id, jti = %ssf::jti(&id, *pos),
+                    retry_in_ms = backoff.as_millis() as u64, "ssf push failed; retrying");
+                true
+            }
+            None => false,
+        };
         if !delivered.is_empty() {
             save_cursor(&app, &id, &win, &delivered).await;
         }

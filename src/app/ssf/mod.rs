@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod delivery;
+pub mod pusher;
 
 use std::time::Duration;
 
@@ -26,7 +27,8 @@ use crate::store::StoreError;
 use crate::time::now_ms;
 use client::PushClient;
 
-/// Log entries one read of a stream's window takes at most.
+/// Log entries one poll's read of a stream's window takes at most (a poll returns up to
+/// 1000 SETs).
 const WINDOW_READ: usize = 1000;
 /// Attempts of one compare-and-set loop before answering 503.
 const CAS_ATTEMPTS: usize = 16;
@@ -40,8 +42,8 @@ pub struct Ssf {
     pub node: String,
     /// The rendered `/.well-known/ssf-configuration`.
     pub metadata: Bytes,
-    /// Pushes SETs to receivers.
-    pub client: PushClient,
+    /// Signs and pushes SETs, on a thread of lower priority than the request path.
+    pub pusher: pusher::Pusher,
     /// Wakes the delivery task and waiting polls when a stream changed on this node.
     pub wake: Notify,
 }
@@ -53,7 +55,7 @@ impl Ssf {
         Ok(Ssf {
             node: format!("{}-{}", std::process::id(), crate::tokens::random_id()),
             metadata: Bytes::from(serde_json::to_vec(&metadata(config)).unwrap_or_default()),
-            client: PushClient::new(roots, config.ssf.push_timeout),
+            pusher: pusher::Pusher::start(PushClient::new(roots, config.ssf.push_timeout)),
             wake: Notify::new(),
         })
     }
@@ -412,8 +414,8 @@ pub async fn verify(app: &App, client: &Client, body: &Value) -> Result<(), Erro
 
 // === delivery ===
 
-/// The log after `stream`'s cursor, up to what this node applied.
-pub async fn window(app: &App, stream: &Stream) -> Result<Window, StoreError> {
+/// The log after `stream`'s cursor, up to what this node applied, at most `read` entries.
+pub async fn window(app: &App, stream: &Stream, read: usize) -> Result<Window, StoreError> {
     let applied = app.table.applied();
     // Parts 0 and 1 are revocations: past part 1, the cursor's own seq is done.
     let after = if stream.cursor.part >= 1 {
@@ -427,9 +429,9 @@ pub async fn window(app: &App, stream: &Stream) -> Result<Window, StoreError> {
             upto: applied,
         });
     }
-    let page = app.store.revocations_after(after, 0, WINDOW_READ).await?;
+    let page = app.store.revocations_after(after, 0, read).await?;
     let last = page.last().map(|e| e.seq);
-    let full = page.len() == WINDOW_READ;
+    let full = page.len() == read;
     let events: Vec<_> = page.into_iter().filter(|e| e.seq <= applied).collect();
     let upto = match last {
         Some(last) if full && last <= applied => last,
@@ -478,7 +480,7 @@ pub async fn poll(app: &App, client: &Client, id: &str, body: &Value) -> Result<
         if stream.delivery != Delivery::Poll {
             return Err(Error::InvalidRequest("this stream delivers by push".into()));
         }
-        let win = window(app, &stream).await?;
+        let win = window(app, &stream, WINDOW_READ).await?;
         let before = stream.cursor;
         if ssf::mark_delivered(&mut stream, &win, &app.config.issuer, &acks) {
             match app
@@ -498,7 +500,7 @@ pub async fn poll(app: &App, client: &Client, id: &str, body: &Value) -> Result<
         }
         acks.clear();
         let win = if stream.cursor != before {
-            window(app, &stream).await?
+            window(app, &stream, WINDOW_READ).await?
         } else {
             win
         };
