@@ -430,9 +430,10 @@ pub struct TrustedIssuerConfig {
 #[serde(deny_unknown_fields)]
 pub struct SsfConfig {
     /// Longest wait of an RFC 8936 poll without `returnImmediately` (below
-    /// `limits.handler_timeout`).
-    #[serde(default = "d_10s", with = "duration")]
-    pub poll_wait: Duration,
+    /// `limits.handler_timeout`); unset: half the handler timeout, at most 10s (see
+    /// [`SsfConfig::poll_wait`]).
+    #[serde(default, rename = "poll_wait", with = "opt_duration")]
+    pub poll_wait_setting: Option<Duration>,
     /// SETs a poll returns when it names no `maxEvents`.
     #[serde(default = "default_poll_max_events")]
     pub poll_max_events: usize,
@@ -475,13 +476,20 @@ pub struct SsfReceiverConfig {
 }
 
 impl SsfConfig {
+    /// How long a poll may wait: as configured, else half of `handler_timeout`, at most
+    /// 10s (so a config without `[ssf]` stays valid whatever its deadline).
+    pub fn poll_wait(&self, handler_timeout: Duration) -> Duration {
+        self.poll_wait_setting
+            .unwrap_or_else(|| Duration::from_secs(10).min(handler_timeout / 2))
+    }
+
     /// The configuration of receiver `client_id`, if listed.
     pub fn receiver(&self, client_id: &str) -> Option<&SsfReceiverConfig> {
         self.receivers.iter().find(|r| r.client_id == client_id)
     }
 
     fn validate(&self, clients: &[ClientConfig], limits: &LimitsConfig) -> Result<(), ConfigError> {
-        if self.poll_wait >= limits.handler_timeout {
+        if self.poll_wait(limits.handler_timeout) >= limits.handler_timeout {
             return Err(ConfigError::new(
                 "ssf.poll_wait",
                 "must be less than limits.handler_timeout (a poll waits inside the handler)",
@@ -1138,6 +1146,16 @@ mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An optional duration: absent is `None`.
+mod opt_duration {
+    use super::*;
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
     }
 }
 

@@ -494,7 +494,23 @@ roles = ["ssf_receiver"]
     )
     .unwrap();
     assert_eq!(ok.ssf.lease, Duration::from_secs(1));
-    assert_eq!(ok.ssf.poll_wait, Duration::from_secs(10));
+    assert_eq!(
+        ok.ssf.poll_wait(ok.limits.handler_timeout),
+        Duration::from_millis(7500)
+    );
+    // Without [ssf], a short handler deadline stays valid: the poll waits half of it.
+    let short = load(
+        GOOD,
+        &[
+            ("LATCH_LIMITS__HANDLER_TIMEOUT", "2s"),
+            ("LATCH_LIMITS__BODY_READ_TIMEOUT", "1s"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        short.ssf.poll_wait(short.limits.handler_timeout),
+        Duration::from_secs(1)
+    );
     assert!(ok.ssf.receiver("rcv").is_some() && ok.ssf.receiver("svc").is_none());
     let cases: &[(&str, &str)] = &[
         (

@@ -54,6 +54,15 @@ fn holds(held: &HeldUntil) -> bool {
 /// Runs until `stop`: takes or renews the lease, and while held keeps one worker per
 /// enabled push stream whose endpoint is still configured.
 pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
+    // No receiver, no streams: a node without Shared Signals touches nothing for them.
+    let receivers = app
+        .config
+        .clients
+        .iter()
+        .any(|c| c.roles.iter().any(|r| r == "ssf_receiver"));
+    if !receivers {
+        return;
+    }
     let lease = app.config.ssf.lease;
     let held: HeldUntil = Arc::new(AtomicI64::new(0));
     let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();

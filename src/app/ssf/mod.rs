@@ -462,7 +462,8 @@ pub fn sign_all(
 /// pending SETs, waiting up to `ssf.poll_wait` for one unless `returnImmediately`.
 pub async fn poll(app: &App, client: &Client, id: &str, body: &Value) -> Result<Value, Error> {
     let req = request::poll(body, app.config.ssf.poll_max_events).map_err(invalid)?;
-    let deadline = tokio::time::Instant::now() + app.config.ssf.poll_wait;
+    let wait = app.config.ssf.poll_wait(app.config.limits.handler_timeout);
+    let deadline = tokio::time::Instant::now() + wait;
     let mut changes = app.table.changes();
     let mut acks: Vec<Pos> = req
         .ack
