@@ -43,6 +43,8 @@ pub enum Role {
     Introspect,
     Admin,
     SessionIssuer,
+    /// A Shared Signals receiver: manages its own event streams and polls them.
+    SsfReceiver,
 }
 
 impl Role {
@@ -51,6 +53,7 @@ impl Role {
             "introspect" => Some(Role::Introspect),
             "admin" => Some(Role::Admin),
             "session_issuer" => Some(Role::SessionIssuer),
+            "ssf_receiver" => Some(Role::SsfReceiver),
             _ => None,
         }
     }

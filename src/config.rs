@@ -65,6 +65,8 @@ pub struct Config {
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
     /// This node in the node registry.
     pub node: NodeConfig,
+    /// The Shared Signals transmitter (`[ssf]`).
+    pub ssf: SsfConfig,
     /// SHA-256 (hex, first 16 chars) of the effective config, environment included:
     /// recorded in the audit log at every start, so config changes are visible there.
     pub digest: String,
@@ -458,6 +460,140 @@ pub struct TrustedIssuerConfig {
     pub subject_prefix: Option<String>,
 }
 
+/// `[ssf]`: the Shared Signals transmitter (SSF 1.0). Receivers are clients with role
+/// `ssf_receiver`; push goes only to endpoints listed here for the receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsfConfig {
+    /// Longest wait of an RFC 8936 poll without `returnImmediately` (below
+    /// `limits.handler_timeout`); unset: half the handler timeout, at most 10s (see
+    /// [`SsfConfig::poll_wait`]).
+    #[serde(default, rename = "poll_wait", with = "opt_duration")]
+    pub poll_wait_setting: Option<Duration>,
+    /// SETs a poll returns when it names no `maxEvents`.
+    #[serde(default = "default_poll_max_events")]
+    pub poll_max_events: usize,
+    /// One push (connect, send, answer) gives up after this long, then is retried.
+    #[serde(default = "d_5s", with = "duration")]
+    pub push_timeout: Duration,
+    /// Retries of a failed push back off from 100 ms, doubling up to this.
+    #[serde(default = "d_30s", with = "duration")]
+    pub push_max_backoff: Duration,
+    /// The push-delivery lease: one node pushes every push stream while it holds it,
+    /// renewing it every third of this; another node takes over at most this long after
+    /// the holder stops.
+    #[serde(default = "d_5s", with = "duration")]
+    pub lease: Duration,
+    /// Streams one receiver may hold (more: 409).
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_receiver: usize,
+    /// `min_verification_interval` of every stream; faster verification requests: 429.
+    #[serde(default = "d_5s", with = "duration")]
+    pub min_verification_interval: Duration,
+    /// PEM CA bundle that verifies `https` push endpoints (else the system roots).
+    #[serde(default)]
+    pub push_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub receivers: Vec<SsfReceiverConfig>,
+}
+
+/// `[[ssf.receivers]]`: what one receiver's streams get.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsfReceiverConfig {
+    /// A client with role `ssf_receiver`.
+    pub client_id: String,
+    /// `aud` of its SETs; default: its client id.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The only URLs its push streams may name (exact match), `http` or `https`.
+    #[serde(default)]
+    pub push_endpoints: Vec<String>,
+}
+
+impl SsfConfig {
+    /// How long a poll may wait: as configured, else half of `handler_timeout`, at most
+    /// 10s (so a config without `[ssf]` stays valid whatever its deadline).
+    pub fn poll_wait(&self, handler_timeout: Duration) -> Duration {
+        self.poll_wait_setting
+            .unwrap_or_else(|| Duration::from_secs(10).min(handler_timeout / 2))
+    }
+
+    /// The configuration of receiver `client_id`, if listed.
+    pub fn receiver(&self, client_id: &str) -> Option<&SsfReceiverConfig> {
+        self.receivers.iter().find(|r| r.client_id == client_id)
+    }
+
+    fn validate(&self, clients: &[ClientConfig], limits: &LimitsConfig) -> Result<(), ConfigError> {
+        if self.poll_wait(limits.handler_timeout) >= limits.handler_timeout {
+            return Err(ConfigError::new(
+                "ssf.poll_wait",
+                "must be less than limits.handler_timeout (a poll waits inside the handler)",
+            ));
+        }
+        if !(1..=1000).contains(&self.poll_max_events) {
+            return Err(ConfigError::new("ssf.poll_max_events", "must be 1 to 1000"));
+        }
+        for (key, d) in [
+            ("ssf.push_timeout", self.push_timeout),
+            ("ssf.push_max_backoff", self.push_max_backoff),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be positive"));
+            }
+        }
+        if self.lease < Duration::from_millis(300) {
+            return Err(ConfigError::new("ssf.lease", "must be at least 300ms"));
+        }
+        if self.max_streams_per_receiver == 0 || self.max_streams_per_receiver > 100 {
+            return Err(ConfigError::new(
+                "ssf.max_streams_per_receiver",
+                "must be 1 to 100",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, r) in self.receivers.iter().enumerate() {
+            let key = |k: &str| format!("ssf.receivers[{i}].{k}");
+            let client = clients.iter().find(|c| c.id == r.client_id);
+            if !client.is_some_and(|c| c.roles.iter().any(|x| x == "ssf_receiver")) {
+                return Err(ConfigError::new(
+                    key("client_id"),
+                    format!("{:?} is not a client with role ssf_receiver", r.client_id),
+                ));
+            }
+            if !seen.insert(r.client_id.as_str()) {
+                return Err(ConfigError::new(key("client_id"), "listed twice"));
+            }
+            if r.audience.as_deref() == Some("") {
+                return Err(ConfigError::new(key("audience"), "must not be empty"));
+            }
+            for (j, url) in r.push_endpoints.iter().enumerate() {
+                check_push_endpoint(url).map_err(|why| {
+                    ConfigError::new(format!("ssf.receivers[{i}].push_endpoints[{j}]"), why)
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A push endpoint: an absolute `http` or `https` URL with a host, no user info, no
+/// fragment.
+pub fn check_push_endpoint(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| "not a URL".to_string())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("must be an http or https URL".into());
+    }
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    if uri.host().unwrap_or("").is_empty() || authority.contains('@') {
+        return Err("must name a host, without user info".into());
+    }
+    if url.contains('#') {
+        return Err("must not have a fragment".into());
+    }
+    Ok(())
+}
+
 /// The file as written, before validation.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -483,6 +619,7 @@ struct RawConfig {
     trusted_issuers: Vec<TrustedIssuerConfig>,
     #[serde(default)]
     node: Option<NodeConfig>,
+    ssf: Option<SsfConfig>,
 }
 
 /// Top-level scalar keys that `LATCH_<KEY>` may override (everything else needs a section).
@@ -549,6 +686,7 @@ impl Config {
             clients: raw.clients,
             trusted_issuers: raw.trusted_issuers,
             node: raw.node.unwrap_or_else(from_empty),
+            ssf: raw.ssf.unwrap_or_else(from_empty),
             digest,
         };
         config.validate()?;
@@ -679,6 +817,7 @@ impl Config {
             }
         }
         self.validate_subject_prefixes()?;
+        self.ssf.validate(&self.clients, &self.limits)?;
         if let Some(i) = self.demo_secret_client() {
             if !self.listen.ip().is_loopback() {
                 return Err(ConfigError::new(
@@ -899,7 +1038,9 @@ impl Config {
                 if Role::parse(r).is_none() {
                     return Err(ConfigError::new(
                         format!("clients[{i}].roles[{j}]"),
-                        format!("unknown role {r:?} (introspect, admin, session_issuer)"),
+                        format!(
+                            "unknown role {r:?} (introspect, admin, session_issuer, ssf_receiver)"
+                        ),
                     ));
                 }
             }
@@ -1097,6 +1238,16 @@ mod duration {
     }
 }
 
+/// An optional duration: absent is `None`.
+mod opt_duration {
+    use super::*;
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
 impl fmt::Display for StoreKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -1174,6 +1325,15 @@ fn default_auth_failure_ip_rate() -> String {
 }
 fn default_auth_failure_ip_burst() -> u32 {
     60
+}
+fn d_5s() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_poll_max_events() -> usize {
+    100
+}
+fn default_max_streams() -> usize {
+    8
 }
 fn d_30s() -> Duration {
     Duration::from_secs(30)

@@ -9,6 +9,7 @@
 //! - [`sessions`]: refresh tokens, trusted identity providers and their assertions.
 //! - [`revocation`]: the session-version table and the follower that feeds it from the store.
 //! - [`nodes`]: the node registry's records and what they prove about a revocation.
+//! - [`ssf`]: Shared Signals streams and Security Event Tokens (SSF 1.0, CAEP 1.0; no IO).
 //! - [`store`]: the durable state behind one trait; `store::embedded` is SQLite.
 //! - [`http`]: routing, request parsing, client auth, the one error → response mapping.
 //! - [`server`]: accept loops, connection limits, request deadlines, graceful drain.
@@ -40,6 +41,7 @@ pub mod policy;
 pub mod revocation;
 pub mod server;
 pub mod sessions;
+pub mod ssf;
 pub mod store;
 pub mod time;
 pub mod tokens;
@@ -144,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Registered under its real address before it answers anything.
     reporter.report().await?;
     let node_id = reporter.id();
+    let ssf = app::ssf::Ssf::new(&config)?;
     let app = App::new(
         config,
         app::Parts {
@@ -154,6 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             metrics: prometheus,
             contracts,
             node_id,
+            ssf,
         },
     );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
@@ -164,6 +168,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(follower.run(stop_rx.clone())),
         tokio::spawn(app::keys::run_rotation(keys, stop_rx.clone())),
         tokio::spawn(app::contracts::run_watch(app.clone(), stop_rx.clone())),
+        tokio::spawn(app::ssf::delivery::run(app.clone(), stop_rx.clone())),
         tokio::spawn(server::serve(
             metrics_listener,
             app.clone(),

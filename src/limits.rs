@@ -214,6 +214,8 @@ pub enum Limit {
     Revoke,
     AuthFailureClient,
     AuthFailureAddress,
+    /// A Shared Signals verification requested within `ssf.min_verification_interval`.
+    SsfVerification,
 }
 
 impl Limit {
@@ -223,6 +225,7 @@ impl Limit {
             Limit::Revoke => "revoke",
             Limit::AuthFailureClient => "auth_failure_client",
             Limit::AuthFailureAddress => "auth_failure_address",
+            Limit::SsfVerification => "ssf_verification",
         }
     }
 }

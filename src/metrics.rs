@@ -45,6 +45,14 @@ pub const CONTRACT_CHANGES: &str = "latch_contract_changes_total";
 /// Introspection answers by `format` (`json`, `jwt`: RFC 9701, `batch`) and `detail`
 /// (`full`, `minimal`: `Prefer: return=minimal`); a batch counts once.
 pub const INTROSPECTION_ANSWERS_TOTAL: &str = "latch_introspection_answers_total";
+/// SETs delivered (pushed and answered 2xx, or acknowledged by a poll), by `method`.
+pub const SSF_SETS_DELIVERED: &str = "latch_ssf_sets_delivered_total";
+/// Failed pushes, by `reason` (connect, timeout, refused); each is retried.
+pub const SSF_PUSH_FAILURES: &str = "latch_ssf_push_failures_total";
+/// One accepted push, connect to answer.
+pub const SSF_PUSH_DURATION: &str = "latch_ssf_push_duration_seconds";
+/// Revocation recorded to its SET accepted by the receiver (push).
+pub const SSF_DELIVERY_LAG: &str = "latch_ssf_delivery_lag_seconds";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -140,5 +148,23 @@ fn describe() {
     describe_counter!(
         INTROSPECTION_ANSWERS_TOTAL,
         "Introspection answers by format (json, jwt, batch) and detail (full, minimal)"
+    );
+    describe_counter!(
+        SSF_SETS_DELIVERED,
+        "Security Event Tokens delivered, by method (push, poll)"
+    );
+    describe_counter!(
+        SSF_PUSH_FAILURES,
+        "Failed SET pushes by reason (connect, timeout, refused); every one is retried"
+    );
+    describe_histogram!(
+        SSF_PUSH_DURATION,
+        Unit::Seconds,
+        "One accepted SET push, connection included"
+    );
+    describe_histogram!(
+        SSF_DELIVERY_LAG,
+        Unit::Seconds,
+        "Revocation recorded to its SET accepted by a push receiver"
     );
 }

@@ -40,7 +40,7 @@ const OUTAGE: &str = "needs a store outage: outage_answers_match_the_openapi_doc
 /// Why it does not drive a 408 or 429.
 const LIMITS: &str = "needs tiny limits and deadlines: limit_answers_match_the_openapi_document";
 /// Operations that authenticate a client, so an auth-failure limit can refuse them (429).
-const AUTHENTICATED: [(&str, &str); 21] = [
+const AUTHENTICATED: [(&str, &str); 30] = [
     ("post", "/token"),
     ("post", "/introspect"),
     ("post", "/introspect/batch"),
@@ -62,6 +62,15 @@ const AUTHENTICATED: [(&str, &str); 21] = [
     ("post", "/admin/scopes"),
     ("get", "/admin/nodes"),
     ("get", "/admin/revocations/{seq}"),
+    ("get", "/ssf/stream"),
+    ("post", "/ssf/stream"),
+    ("patch", "/ssf/stream"),
+    ("put", "/ssf/stream"),
+    ("delete", "/ssf/stream"),
+    ("get", "/ssf/status"),
+    ("post", "/ssf/status"),
+    ("post", "/ssf/verify"),
+    ("post", "/ssf/poll/{stream_id}"),
 ];
 
 /// The contracts admin API's client in concrete paths.
@@ -76,6 +85,10 @@ fn concrete(template: &str, kid: &str) -> String {
         .replace("{version}", "1")
         .replace("{seq}", "1")
 }
+
+/// Methods that carry a body, which can time out (408), be too large (413) or of the
+/// wrong type (415).
+const WITH_BODY: [&str; 3] = ["post", "patch", "put"];
 
 /// Documented answers the embedded-store test does not provoke, and why. Each must stay
 /// documented.
@@ -115,6 +128,21 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("post", "/admin/scopes", "503", OUTAGE),
     ("get", "/admin/nodes", "503", OUTAGE),
     ("get", "/admin/revocations/{seq}", "503", OUTAGE),
+    (
+        "post",
+        "/ssf/poll/{stream_id}",
+        "500",
+        "a bug (signing failed); nothing provokes it",
+    ),
+    ("get", "/ssf/stream", "503", OUTAGE),
+    ("post", "/ssf/stream", "503", OUTAGE),
+    ("patch", "/ssf/stream", "503", OUTAGE),
+    ("put", "/ssf/stream", "503", OUTAGE),
+    ("delete", "/ssf/stream", "503", OUTAGE),
+    ("get", "/ssf/status", "503", OUTAGE),
+    ("post", "/ssf/status", "503", OUTAGE),
+    ("post", "/ssf/verify", "503", OUTAGE),
+    ("post", "/ssf/poll/{stream_id}", "503", OUTAGE),
 ];
 
 /// Whether an operation takes a JSON body (else a form).
@@ -126,7 +154,7 @@ fn takes_json(template: &str) -> bool {
 fn excused(method: &str, template: &str, status: &str) -> bool {
     let limited = match status {
         "429" => AUTHENTICATED.contains(&(method, template)),
-        "408" => method == "post" && AUTHENTICATED.contains(&(method, template)),
+        "408" => WITH_BODY.contains(&method) && AUTHENTICATED.contains(&(method, template)),
         _ => false,
     };
     limited
@@ -209,9 +237,9 @@ impl Api {
         let item = self.path_item(template);
         let m = method.as_str().to_ascii_lowercase();
         // A method the path does not document: 405, as each documented operation of the
-        // path says, with `Allow` naming them all (`GET, POST` where both are).
-        let methods: Vec<String> = match item.get(&m) {
-            Some(_) => vec![m],
+        // path says, with `Allow` naming them all.
+        let (op_method, op) = match item.get(&m) {
+            Some(op) => (m.clone(), op),
             None => {
                 if resp.status != 405 {
                     return Err(format!(
@@ -219,35 +247,56 @@ impl Api {
                         resp.status
                     ));
                 }
-                let documented: Vec<String> = ["get", "post"]
-                    .into_iter()
-                    .filter(|m| item.get(*m).is_some())
-                    .map(String::from)
+                let documented: BTreeSet<String> = item
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| ["get", "post", "patch", "put", "delete"].contains(&k.as_str()))
+                    .map(|k| k.to_ascii_uppercase())
                     .collect();
                 let allow = resp.header("allow").unwrap_or_default();
-                let expected = documented.join(", ");
-                if !allow.eq_ignore_ascii_case(&expected) {
-                    return Err(format!("Allow {allow:?}, documented methods {expected}"));
+                let allowed: BTreeSet<String> = allow
+                    .split(',')
+                    .map(|m| m.trim().to_ascii_uppercase())
+                    .collect();
+                if allowed != documented {
+                    return Err(format!(
+                        "Allow {allow:?}, documented methods {documented:?}"
+                    ));
                 }
-                documented
+                let (om, op) = item
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .find(|(k, _)| documented.contains(&k.to_ascii_uppercase()))
+                    .expect("an operation");
+                (om.clone(), op)
             }
         };
         let status = resp.status.as_u16().to_string();
-        for op_method in methods {
-            let op = &item[&op_method];
-            let response = op["responses"].get(&status).ok_or_else(|| {
-                format!(
-                    "{} {template} answered {status}, which is not documented: {}",
-                    op_method.to_uppercase(),
-                    resp.text()
-                )
-            })?;
-            self.check_response(self.resolve(response), resp)
-                .map_err(|e| format!("{} {template} {status}: {e}", op_method.to_uppercase()))?;
-            self.covered
-                .lock()
+        let response = op["responses"].get(&status).ok_or_else(|| {
+            format!(
+                "{} {template} answered {status}, which is not documented: {}",
+                op_method.to_uppercase(),
+                resp.text()
+            )
+        })?;
+        self.check_response(self.resolve(response), resp)
+            .map_err(|e| format!("{} {template} {status}: {e}", op_method.to_uppercase()))?;
+        // A 405 is the path's answer: it covers every operation of the path.
+        let methods: Vec<String> = if item.get(&m).is_none() {
+            item.as_object()
                 .unwrap()
-                .insert((op_method, template.to_string(), status.clone()));
+                .keys()
+                .filter(|k| ["get", "post", "patch", "put", "delete"].contains(&k.as_str()))
+                .cloned()
+                .collect()
+        } else {
+            vec![op_method]
+        };
+        let mut covered = self.covered.lock().unwrap();
+        for method in methods {
+            covered.insert((method, template.to_string(), status.clone()));
         }
         Ok(())
     }
@@ -366,6 +415,15 @@ fn reports() -> ClientDef {
         .audiences(&[REPORTS_AUD, ORDERS_AUD])
 }
 
+/// A Shared Signals receiver.
+fn ssf_receiver() -> ClientDef {
+    ClientDef::new("ssf-receiver").roles(&["ssf_receiver"])
+}
+
+/// `[ssf]` for the fixtures: two streams per receiver, verification at most hourly.
+const SSF_TOML: &str =
+    "[ssf]\nmax_streams_per_receiver = 2\nmin_verification_interval = \"1h\"\n\n";
+
 fn wrong_secret(c: &ClientDef) -> ClientDef {
     c.clone()
         .secret("not-the-secret-0123456789abcdef0123456789")
@@ -379,6 +437,8 @@ async fn start(idp: &Idp) -> TestServer {
         .trusted_issuer(idp.trusted().subject_prefix(IDP_PREFIX))
         // The batch body limit as low as the others, so one oversized body drives every 413.
         .env("LATCH_INTROSPECTION__BATCH_MAX_BODY_BYTES", "16384")
+        .client(ssf_receiver())
+        .raw_toml(SSF_TOML)
         .start()
         .await
 }
@@ -832,21 +892,36 @@ async fn real_answers_match_the_openapi_document() {
             assert_eq!(r.json()["confirmed"], true, "{}", r.text());
         }
     }
+    // --- Shared Signals ---
+    let poll_id = drive_ssf(&api, &s).await;
 
-    // --- for every documented path: another method (405); for POSTs, 413 and 415 ---
+    // --- for every documented path: another method (405); with a body, 413 and 415 ---
     let admin_auth = basic(&admin.id, &admin.secret);
+    let receiver_auth = basic(&ssf_receiver().id, &ssf_receiver().secret);
     for (method, template) in api.operations() {
-        let path = concrete(&template, &next);
-        let other = if method == "get" {
-            Method::DELETE
-        } else {
-            Method::GET
+        let path = concrete(&template, &next).replace("{stream_id}", &poll_id);
+        let documented = |m: &Method| {
+            api.path_item(&template)
+                .get(m.as_str().to_ascii_lowercase())
+                .is_some()
         };
+        let other = [Method::DELETE, Method::GET, Method::OPTIONS]
+            .into_iter()
+            .find(|m| !documented(m))
+            .expect("an undocumented method");
         let r = raw(&s, other.clone(), &path, &[], b"").await;
         api.assert(other, &template, &r);
-        if method != "post" {
+        if !WITH_BODY.contains(&method.as_str()) {
             continue;
         }
+        let verb = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+        let (auth, wrong_type) = if template.starts_with("/ssf/") {
+            (&receiver_auth, FORM)
+        } else if takes_json(&template) {
+            (&admin_auth, FORM)
+        } else {
+            (&admin_auth, "application/json")
+        };
         let r = if template.starts_with("/admin/contracts") || template == "/admin/scopes" {
             // Past the contracts' own 256 KiB: declared, not sent (latch answers at once,
             // and a client still writing that much would see the connection closed).
@@ -855,30 +930,25 @@ async fn real_answers_match_the_openapi_document() {
             let big = vec![b'a'; 20_000];
             raw(
                 &s,
-                Method::POST,
+                verb.clone(),
                 &path,
-                &[("content-type", FORM), ("authorization", &admin_auth)],
+                &[("content-type", FORM), ("authorization", auth)],
                 &big,
             )
             .await
         };
         r.assert_error(413, "invalid_request");
-        api.assert(Method::POST, &template, &r);
-        let wrong_type = if takes_json(&template) {
-            FORM
-        } else {
-            "application/json"
-        };
+        api.assert(verb.clone(), &template, &r);
         let r = raw(
             &s,
-            Method::POST,
+            verb.clone(),
             &path,
-            &[("content-type", wrong_type), ("authorization", &admin_auth)],
+            &[("content-type", wrong_type), ("authorization", auth)],
             b"{\"reason\":\"x\"}",
         )
         .await;
         r.assert_error(415, "invalid_request");
-        api.assert(Method::POST, &template, &r);
+        api.assert(verb, &template, &r);
     }
 
     // --- an undocumented path: 404 with the documented error shape ---
@@ -1208,6 +1278,488 @@ async fn contracts(api: &Api, s: &TestServer) {
     }
 }
 
+/// Drives every Shared Signals operation to each documented answer but the limits and
+/// outages. Returns a poll stream's id.
+async fn drive_ssf(api: &Api, s: &TestServer) -> String {
+    let rcv = ssf_receiver();
+    let admin = clients::admin();
+    let send = |method: Method, path: String, body: Option<Value>, who: Option<ClientDef>| async move {
+        let auth = who.map(|c| basic(&c.id, &c.secret));
+        let mut headers: Vec<(&str, &str)> = vec![];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        raw(s, method, &path, &headers, &bytes).await
+    };
+    let r = s.get("/.well-known/ssf-configuration", None).await;
+    api.assert(Method::GET, "/.well-known/ssf-configuration", &r);
+
+    let me = Some(rcv.clone());
+    let r = send(
+        Method::POST,
+        "/ssf/stream".into(),
+        Some(json!({"description": "openapi"})),
+        me.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    api.assert(Method::POST, "/ssf/stream", &r);
+    let id = r.json()["stream_id"].as_str().unwrap().to_string();
+    let r = send(
+        Method::POST,
+        "/ssf/stream".into(),
+        Some(json!({})),
+        me.clone(),
+    )
+    .await;
+    api.assert(Method::POST, "/ssf/stream", &r);
+    let second = r.json()["stream_id"].as_str().unwrap().to_string();
+    let q = |id: &str| format!("?stream_id={id}");
+
+    // (method, path, body, who, status): the answers of every SSF operation.
+    type Case = (
+        Method,
+        &'static str,
+        String,
+        Option<Value>,
+        Option<ClientDef>,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({})),
+            me.clone(),
+            409,
+        ),
+        (
+            Method::POST,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"bogus": 1})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::GET,
+            "/ssf/stream",
+            String::new(),
+            None,
+            me.clone(),
+            200,
+        ),
+        (Method::GET, "/ssf/stream", q(&id), None, me.clone(), 200),
+        (Method::GET, "/ssf/stream", q("nope"), None, me.clone(), 404),
+        (Method::GET, "/ssf/stream", q("a/b"), None, me.clone(), 400),
+        (Method::GET, "/ssf/stream", String::new(), None, None, 401),
+        (
+            Method::GET,
+            "/ssf/stream",
+            String::new(),
+            None,
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id, "description": "x"})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"description": "x"})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": "nope"})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            None,
+            401,
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id, "iss": "https://other"})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": "nope"})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            None,
+            401,
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            Some(admin.clone()),
+            403,
+        ),
+        (Method::GET, "/ssf/status", q(&id), None, me.clone(), 200),
+        (
+            Method::GET,
+            "/ssf/status",
+            String::new(),
+            None,
+            me.clone(),
+            400,
+        ),
+        (Method::GET, "/ssf/status", q("nope"), None, me.clone(), 404),
+        (Method::GET, "/ssf/status", q(&id), None, None, 401),
+        (
+            Method::GET,
+            "/ssf/status",
+            q(&id),
+            None,
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id, "status": "paused", "reason": "r"})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id, "status": "enabled"})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id, "status": "off"})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": "nope", "status": "paused"})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/ssf/status",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id, "state": "s"})),
+            me.clone(),
+            204,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            me.clone(),
+            429,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id, "state": 7})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": "nope"})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/ssf/verify",
+            String::new(),
+            Some(json!({"stream_id": id})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            id.clone(),
+            Some(json!({"returnImmediately": true})),
+            me.clone(),
+            200,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            id.clone(),
+            Some(json!({"maxEvents": -1})),
+            me.clone(),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            "nope".into(),
+            Some(json!({})),
+            me.clone(),
+            404,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            id.clone(),
+            Some(json!({})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/ssf/poll/",
+            id.clone(),
+            Some(json!({})),
+            Some(admin.clone()),
+            403,
+        ),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            q(&second),
+            None,
+            me.clone(),
+            204,
+        ),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            String::new(),
+            None,
+            me.clone(),
+            400,
+        ),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            q(&second),
+            None,
+            me.clone(),
+            404,
+        ),
+        (Method::DELETE, "/ssf/stream", q(&id), None, None, 401),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            q(&id),
+            None,
+            Some(admin.clone()),
+            403,
+        ),
+    ];
+    for (method, path, tail, body, who, status) in cases {
+        let r = send(method.clone(), format!("{path}{tail}"), body.clone(), who).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path}{tail} {body:?}: {}",
+            r.text()
+        );
+        let template = if path == "/ssf/poll/" {
+            "/ssf/poll/{stream_id}"
+        } else {
+            path
+        };
+        api.assert(method, template, &r);
+    }
+    // The verification SET and a revocation's come back from a poll, signed.
+    s.admin_revoke("session", Some("openapi-ssf"), "openapi")
+        .await;
+    // (The node applies the revocation within the propagation bound: poll until then.)
+    let r = eventually(
+        DEADLINE,
+        "the verification and the revocation polled",
+        || {
+            let send = &send;
+            let me = me.clone();
+            let id = id.clone();
+            async move {
+                let r = send(
+                    Method::POST,
+                    format!("/ssf/poll/{id}"),
+                    Some(json!({"returnImmediately": true})),
+                    me,
+                )
+                .await;
+                match r.json()["sets"].as_object().map(|s| s.len()) {
+                    Some(2) => Ok(r),
+                    _ => Err(r.text()),
+                }
+            }
+        },
+    )
+    .await;
+    api.assert(Method::POST, "/ssf/poll/{stream_id}", &r);
+    id
+}
+
+/// One authenticated request of every Shared Signals operation on `stream` (which need
+/// not exist): (method, template, path, body).
+fn ssf_requests(stream: &str) -> Vec<(Method, &'static str, String, Option<Value>)> {
+    let q = format!("?stream_id={stream}");
+    let id = json!({"stream_id": stream});
+    vec![
+        (Method::GET, "/ssf/stream", "/ssf/stream".into(), None),
+        (
+            Method::POST,
+            "/ssf/stream",
+            "/ssf/stream".into(),
+            Some(json!({})),
+        ),
+        (
+            Method::PATCH,
+            "/ssf/stream",
+            "/ssf/stream".into(),
+            Some(id.clone()),
+        ),
+        (
+            Method::PUT,
+            "/ssf/stream",
+            "/ssf/stream".into(),
+            Some(id.clone()),
+        ),
+        (
+            Method::DELETE,
+            "/ssf/stream",
+            format!("/ssf/stream{q}"),
+            None,
+        ),
+        (Method::GET, "/ssf/status", format!("/ssf/status{q}"), None),
+        (
+            Method::POST,
+            "/ssf/status",
+            "/ssf/status".into(),
+            Some(json!({"stream_id": stream, "status": "paused"})),
+        ),
+        (Method::POST, "/ssf/verify", "/ssf/verify".into(), Some(id)),
+        (
+            Method::POST,
+            "/ssf/poll/{stream_id}",
+            format!("/ssf/poll/{stream}"),
+            Some(json!({"returnImmediately": true})),
+        ),
+    ]
+}
+
+/// `method path` with a JSON body, as the Shared Signals receiver.
+async fn ssf_request(s: &TestServer, method: Method, path: &str, body: Option<Value>) -> Resp {
+    let auth = basic(&ssf_receiver().id, &ssf_receiver().secret);
+    let mut headers = vec![("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
+    raw(s, method, path, &headers, &bytes).await
+}
+
 /// The checker must be able to say no: wrong bodies, undocumented statuses, missing
 /// headers, a body where none is documented.
 #[tokio::test]
@@ -1376,11 +1928,17 @@ async fn outage_answers_match_the_openapi_document() {
     let mut redis = RedisProcess::start().await;
     let s = &TestServer::builder()
         .redis(&redis)
+        .client(ssf_receiver())
         .config(|c| c.store.max_staleness = ms(500))
         .start()
         .await;
     let (orders, admin) = (clients::orders(), clients::admin());
     let token = s.issue(&orders, &[]).await;
+    let r = s
+        .post_json("/ssf/stream", &json!({}), ssf_receiver().auth())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let stream = r.json()["stream_id"].as_str().unwrap().to_string();
     let kid = kids_in_state(&s.admin_keys().await, "active")
         .first()
         .expect("an active key")
@@ -1504,6 +2062,11 @@ async fn outage_answers_match_the_openapi_document() {
         .await;
     r.assert_error(503, "temporarily_unavailable");
     api.assert(Method::POST, "/introspect/batch", &r);
+    for (method, template, path, body) in ssf_requests(&stream) {
+        let r = ssf_request(s, method.clone(), &path, body).await;
+        r.assert_error(503, "temporarily_unavailable");
+        api.assert(method, template, &r);
+    }
 
     let covered = api.covered.lock().unwrap().clone();
     for (method, template) in api.operations() {
@@ -1521,11 +2084,11 @@ async fn outage_answers_match_the_openapi_document() {
 
 /// One request whose body never completes, sent by hand (a client library would finish
 /// it): the answer, read until latch closes the connection.
-async fn stalled_body(s: &TestServer, path: &str, content_type: &str) -> Resp {
+async fn stalled_body(s: &TestServer, method: &str, path: &str, content_type: &str) -> Resp {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
          Content-Length: 100\r\n\r\n{{\"reason"
     );
     c.write_all(head.as_bytes()).await.unwrap();
@@ -1608,6 +2171,7 @@ async fn limit_answers_match_the_openapi_document() {
     // failed authentication per hour.
     let (orders, admin) = (clients::orders(), clients::admin());
     let s = TestServer::builder()
+        .client(ssf_receiver())
         .config(|c| {
             c.limits.body_read_timeout = Some(ms(300));
             c.limits.auth_failure_ip_rate = Some("1/h".into());
@@ -1626,17 +2190,17 @@ async fn limit_answers_match_the_openapi_document() {
         .clone();
 
     // 408: the body never completes. Read before authentication, so no credentials.
-    for (method, template) in AUTHENTICATED.iter().filter(|(m, _)| *m == "post") {
-        let path = concrete(template, &kid);
-        let media = if takes_json(template) {
+    for (method, template) in AUTHENTICATED.iter().filter(|(m, _)| WITH_BODY.contains(m)) {
+        let path = concrete(template, &kid).replace("{stream_id}", "any-stream");
+        let media = if takes_json(template) || template.starts_with("/ssf/") {
             "application/json"
         } else {
             FORM
         };
-        let r = stalled_body(&s, &path, media).await;
+        let verb = method.to_ascii_uppercase();
+        let r = stalled_body(&s, &verb, &path, media).await;
         r.assert_error(408, "invalid_request");
-        assert_eq!(*method, "post");
-        api.assert(Method::POST, template, &r);
+        api.assert(Method::from_bytes(verb.as_bytes()).unwrap(), template, &r);
     }
 
     // 429 by the token rate: two tokens, then refused.
@@ -1753,6 +2317,11 @@ async fn limit_answers_match_the_openapi_document() {
         .await;
     r.assert_error(429, "slow_down");
     api.assert(Method::POST, "/introspect/batch", &r);
+    for (method, template, path, body) in ssf_requests("any-stream") {
+        let r = ssf_request(&s, method.clone(), &path, body).await;
+        r.assert_error(429, "slow_down");
+        api.assert(method, template, &r);
+    }
 
     let covered = api.covered.lock().unwrap().clone();
     for (method, template) in api.operations() {

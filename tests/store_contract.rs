@@ -203,6 +203,9 @@ contract! {
         a_node_records_each_change_of_applied_once_newest_first,
         the_ack_history_keeps_only_the_newest_changes,
         nodes_are_listed_by_name_and_kept_past_their_expiry,
+        streams_save_by_compare_and_set_list_and_delete,
+        of_concurrent_stream_saves_from_one_version_exactly_one_wins,
+        the_push_lease_has_one_holder_until_it_lapses,
     ],
     fixtures: [everything_acknowledged_survives_a_restart],
 }
@@ -1103,6 +1106,10 @@ async fn everything_acknowledged_survives_a_restart(fixture: Fixture) {
     let hour = now_ms() + 3_600_000;
     assert!(store.claim_once("jti-durable".into(), hour).await.unwrap());
     let audit = all_audit(&*store).await;
+    store
+        .ssf_save_stream("s-durable".into(), 0, r#"{"v":1}"#.into())
+        .await
+        .unwrap();
     drop(store);
 
     let fixture = fixture.restart().await;
@@ -1125,6 +1132,8 @@ async fn everything_acknowledged_survives_a_restart(fixture: Fixture) {
     assert_eq!(lookup(&*store, &h1).await, Some((r, false)));
     assert!(!store.claim_once("jti-durable".into(), hour).await.unwrap());
     assert_eq!(all_audit(&*store).await, audit);
+    let stream = store.ssf_stream("s-durable".into()).await.unwrap().unwrap();
+    assert_eq!((stream.version, stream.json.as_str()), (1, r#"{"v":1}"#));
     assert_eq!(
         append(&*store, Subject, "after-restart").await.seq,
         before.revocation_seq + 1
@@ -1269,4 +1278,139 @@ async fn nodes_are_listed_by_name_and_kept_past_their_expiry(store: SharedStore)
     // Expired, but kept so that readers can say "gone".
     let gone = registry.nodes.iter().find(|n| n.id == "z9").unwrap();
     assert!(gone.is_gone(registry.time_ms));
+}
+
+// === shared signals streams ===
+
+async fn streams_save_by_compare_and_set_list_and_delete(store: SharedStore) {
+    assert!(store.ssf_streams().await.unwrap().is_empty());
+    assert_eq!(store.ssf_stream("a".into()).await.unwrap(), None);
+    // A JSON text with newlines and quotes comes back byte for byte.
+    let json = "{\"description\":\"two\\nlines\",\n\"x\":1}".to_string();
+    assert_eq!(
+        store
+            .ssf_save_stream("a".into(), 0, json.clone())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        matches!(
+            store.ssf_save_stream("a".into(), 0, "{}".into()).await,
+            Err(StoreError::Conflict)
+        ),
+        "creating an existing stream conflicts"
+    );
+    assert!(
+        matches!(
+            store.ssf_save_stream("b".into(), 1, "{}".into()).await,
+            Err(StoreError::Conflict)
+        ),
+        "updating a missing stream conflicts"
+    );
+    assert_eq!(
+        store
+            .ssf_save_stream("b".into(), 0, "{}".into())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .ssf_save_stream("a".into(), 1, "{\"x\":2}".into())
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(
+        matches!(
+            store.ssf_save_stream("a".into(), 1, "{}".into()).await,
+            Err(StoreError::Conflict)
+        ),
+        "a stale version conflicts and changes nothing"
+    );
+    let a = store.ssf_stream("a".into()).await.unwrap().unwrap();
+    assert_eq!(
+        (a.id.as_str(), a.version, a.json.as_str()),
+        ("a", 2, "{\"x\":2}")
+    );
+    let mut all = store.ssf_streams().await.unwrap();
+    all.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(
+        all.iter()
+            .map(|s| (s.id.as_str(), s.version))
+            .collect::<Vec<_>>(),
+        [("a", 2), ("b", 1)]
+    );
+    assert!(store.ssf_delete_stream("a".into()).await.unwrap());
+    assert!(!store.ssf_delete_stream("a".into()).await.unwrap());
+    assert_eq!(store.ssf_stream("a".into()).await.unwrap(), None);
+    assert_eq!(store.ssf_streams().await.unwrap().len(), 1);
+    // A deleted id can be created again, from version 0.
+    assert_eq!(
+        store
+            .ssf_save_stream("a".into(), 0, "{}".into())
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+async fn of_concurrent_stream_saves_from_one_version_exactly_one_wins(store: SharedStore) {
+    store
+        .ssf_save_stream("s".into(), 0, "{}".into())
+        .await
+        .unwrap();
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .ssf_save_stream("s".into(), 1, format!("{{\"i\":{i}}}"))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for (i, r) in racers.into_iter().enumerate() {
+        match r.await.unwrap() {
+            Ok(v) => won.push((i, v)),
+            Err(StoreError::Conflict) => {}
+            Err(e) => panic!("racer {i}: {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    let s = store.ssf_stream("s".into()).await.unwrap().unwrap();
+    assert_eq!((s.version, s.json), (2, format!("{{\"i\":{}}}", won[0].0)));
+}
+
+async fn the_push_lease_has_one_holder_until_it_lapses(store: SharedStore) {
+    assert!(store.ssf_lease("node-a".into(), 60_000).await.unwrap());
+    assert!(!store.ssf_lease("node-b".into(), 60_000).await.unwrap());
+    assert!(
+        store.ssf_lease("node-a".into(), 300).await.unwrap(),
+        "the holder renews"
+    );
+    // Once it lapses (store time), another node takes it and the first no longer holds it.
+    testkit::eventually(DEADLINE, "the lapsed lease is taken over", || {
+        let store = store.clone();
+        async move {
+            match store.ssf_lease("node-b".into(), 60_000).await {
+                Ok(true) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(!store.ssf_lease("node-a".into(), 60_000).await.unwrap());
+    // Nobody else takes a held lease, however many try at once.
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.ssf_lease(format!("racer-{i}"), 60_000).await })
+        })
+        .collect();
+    for r in racers {
+        assert!(!r.await.unwrap().unwrap(), "node-b still holds it");
+    }
 }

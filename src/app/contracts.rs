@@ -311,6 +311,7 @@ pub fn contract_of(c: &Client) -> Contract {
                 Role::Introspect => "introspect",
                 Role::Admin => "admin",
                 Role::SessionIssuer => "session_issuer",
+                Role::SsfReceiver => "ssf_receiver",
             })
             .map(String::from)
             .collect(),

@@ -23,6 +23,7 @@ use crate::revocation::{
     Verdict,
 };
 use crate::sessions::{RefreshRecord, Rotation};
+use crate::ssf::StoredStream;
 use crate::store::{BoxFuture, Head, SharedStore, Store, StoreError, StoreEvent};
 
 use RevocationKind::{Client, Session, Subject, Token};
@@ -386,6 +387,31 @@ impl Store for FakeStore {
     }
 
     fn nodes(&self) -> BoxFuture<'_, Result<crate::nodes::Registry, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn ssf_streams(&self) -> BoxFuture<'_, Result<Vec<StoredStream>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn ssf_stream(&self, _: String) -> BoxFuture<'_, Result<Option<StoredStream>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn ssf_save_stream(
+        &self,
+        _: String,
+        _: u64,
+        _: String,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn ssf_delete_stream(&self, _: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn ssf_lease(&self, _: String, _: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
         self.answer(|_| not_faked())
     }
 }

@@ -12,6 +12,7 @@ pub mod introspect;
 pub mod keys;
 pub mod nodes;
 pub mod revoke;
+pub mod ssf;
 pub mod token;
 mod view;
 
@@ -72,6 +73,8 @@ pub struct Inner {
     pub max_staleness_ms: i64,
     /// This node's id in the registry (random per process start).
     node_id: String,
+    /// The Shared Signals transmitter: its metadata, push client and wake-ups.
+    pub ssf: ssf::Ssf,
     /// Distinguishes this process's request ids from other nodes'.
     node_tag: String,
     request_seq: AtomicU64,
@@ -94,6 +97,8 @@ pub struct Parts {
     pub contracts: Arc<contracts::Contracts>,
     /// This node's id in the registry.
     pub node_id: String,
+    /// The Shared Signals transmitter.
+    pub ssf: ssf::Ssf,
 }
 
 impl App {
@@ -106,6 +111,7 @@ impl App {
             metrics,
             contracts,
             node_id,
+            ssf,
         } = parts;
         let clients = contracts.configured().clone();
         let signing_algs = signing_algorithms(&config, &keys.ring());
@@ -128,6 +134,7 @@ impl App {
                 metadata,
                 metrics,
                 node_id,
+                ssf,
                 node_tag,
                 request_seq: AtomicU64::new(0),
             }),

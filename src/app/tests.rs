@@ -194,6 +194,7 @@ async fn node() -> Node {
     .with_contracts(contracts.clone());
     follower.load().await.unwrap();
     let trusted = config.trusted_issuers().unwrap();
+    let ssf = super::ssf::Ssf::new(&config).unwrap();
     let app = App::new(
         config,
         super::Parts {
@@ -204,6 +205,7 @@ async fn node() -> Node {
             metrics: metrics_handle(),
             contracts,
             node_id: "test-node".into(),
+            ssf,
         },
     );
     let (stop, stopped) = watch::channel(false);
@@ -271,6 +273,7 @@ impl Node {
                 metrics: metrics_handle(),
                 contracts: self.app.contracts.clone(),
                 node_id: "test-node-2".into(),
+                ssf: super::ssf::Ssf::new(&self.app.config).unwrap(),
             },
         )
     }

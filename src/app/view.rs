@@ -192,6 +192,27 @@ impl View<'_> {
         })
     }
 
+    /// The active key, to sign Security Event Tokens elsewhere (the push thread): only a
+    /// fresh view hands it out, as only a fresh view signs.
+    pub fn set_signer(&self) -> Result<Arc<crate::keys::Signer>, Error> {
+        self.app.keys.with_ring(|ring| {
+            ring.signer()
+                .cloned()
+                .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))
+        })
+    }
+
+    /// Signs a Security Event Token's claims with the active key (`typ` `secevent+jwt`).
+    pub fn sign_set(&self, claims: &serde_json::Value) -> Result<String, Error> {
+        self.app.keys.with_ring(|ring| {
+            let signer = ring
+                .signer()
+                .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
+            crate::ssf::set::sign(signer, claims)
+                .map_err(|e| Error::Internal(format!("signing: {e}")))
+        })
+    }
+
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, Error> {
         self.app.keys.with_ring(|ring| {

@@ -563,3 +563,87 @@ fn introspection_batch_limits_have_defaults_and_bounds() {
         assert!(err_key(GOOD, env).starts_with(key), "{env:?}");
     }
 }
+
+#[test]
+fn ssf_receivers_and_limits_are_checked_and_named() {
+    let receiver = r#"
+[[clients]]
+id = "rcv"
+secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000002"
+roles = ["ssf_receiver"]
+"#;
+    let with = |ssf: &str| format!("{GOOD}{receiver}{ssf}");
+    let ok = load(
+        &with("[ssf]\nlease = \"1s\"\n[[ssf.receivers]]\nclient_id = \"rcv\"\npush_endpoints = [\"https://r.example/events\", \"http://127.0.0.1:9/x?a=b\"]\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.ssf.lease, Duration::from_secs(1));
+    assert_eq!(
+        ok.ssf.poll_wait(ok.limits.handler_timeout),
+        Duration::from_millis(7500)
+    );
+    // Without [ssf], a short handler deadline stays valid: the poll waits half of it.
+    let short = load(
+        GOOD,
+        &[
+            ("LATCH_LIMITS__HANDLER_TIMEOUT", "2s"),
+            ("LATCH_LIMITS__BODY_READ_TIMEOUT", "1s"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        short.ssf.poll_wait(short.limits.handler_timeout),
+        Duration::from_secs(1)
+    );
+    assert!(ok.ssf.receiver("rcv").is_some() && ok.ssf.receiver("svc").is_none());
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[ssf.receivers]]\nclient_id = \"svc\"\n",
+            "ssf.receivers[0].client_id",
+        ),
+        (
+            "[[ssf.receivers]]\nclient_id = \"nobody\"\n",
+            "ssf.receivers[0].client_id",
+        ),
+        (
+            "[[ssf.receivers]]\nclient_id = \"rcv\"\n[[ssf.receivers]]\nclient_id = \"rcv\"\n",
+            "ssf.receivers[1].client_id",
+        ),
+        (
+            "[[ssf.receivers]]\nclient_id = \"rcv\"\naudience = \"\"\n",
+            "ssf.receivers[0].audience",
+        ),
+        (
+            "[[ssf.receivers]]\nclient_id = \"rcv\"\npush_endpoints = [\"ftp://x/y\"]\n",
+            "ssf.receivers[0].push_endpoints[0]",
+        ),
+        (
+            "[[ssf.receivers]]\nclient_id = \"rcv\"\npush_endpoints = [\"https://u:p@x/y\"]\n",
+            "ssf.receivers[0].push_endpoints[0]",
+        ),
+        (
+            "[[ssf.receivers]]\nclient_id = \"rcv\"\npush_endpoints = [\"/relative\"]\n",
+            "ssf.receivers[0].push_endpoints[0]",
+        ),
+        (
+            "[[ssf.receivers]]\nclient_id = \"rcv\"\npush_endpoints = [\"https://x/y#f\"]\n",
+            "ssf.receivers[0].push_endpoints[0]",
+        ),
+        (
+            "[[ssf.receivers]]\nclient_id = \"rcv\"\nbogus = 1\n",
+            "ssf.receivers[0].bogus",
+        ),
+        ("[ssf]\npoll_wait = \"15s\"\n", "ssf.poll_wait"),
+        ("[ssf]\nlease = \"100ms\"\n", "ssf.lease"),
+        (
+            "[ssf]\nmax_streams_per_receiver = 0\n",
+            "ssf.max_streams_per_receiver",
+        ),
+        ("[ssf]\npoll_max_events = 5000\n", "ssf.poll_max_events"),
+        ("[ssf]\npush_timeout = \"0s\"\n", "ssf.push_timeout"),
+    ];
+    for (ssf, key) in cases {
+        assert_eq!(err_key(&with(ssf), &[]), *key, "{ssf}");
+    }
+}

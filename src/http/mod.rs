@@ -26,6 +26,7 @@ pub mod introspection;
 pub mod nodes;
 pub mod oauth;
 pub mod request;
+pub mod ssf;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const REQUEST_ID: &str = "x-request-id";
@@ -51,6 +52,8 @@ enum Route {
     AdminRevocation,
     Healthz,
     Readyz,
+    /// Shared Signals (SSF 1.0): configuration, streams, status, verification, poll.
+    Ssf(ssf::Endpoint),
     NotFound,
 }
 
@@ -77,7 +80,7 @@ impl Route {
             "/readyz" => Route::Readyz,
             p if key_to_revoke(p).is_some() => Route::AdminKeyRevoke,
             p if nodes::revocation_path(p).is_some() => Route::AdminRevocation,
-            _ => Route::NotFound,
+            p => ssf::Endpoint::of(p).map_or(Route::NotFound, Route::Ssf),
         }
     }
 
@@ -101,6 +104,7 @@ impl Route {
             Route::AdminRevocation => "admin_revocation",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
+            Route::Ssf(e) => e.label(),
             Route::NotFound => "not_found",
         }
     }
@@ -239,6 +243,9 @@ async fn dispatch(
     if matches!(route, Route::AdminContracts | Route::AdminScopes) {
         // These paths answer GET and POST, by sub-path.
         return contracts::dispatch(app, req, request_id).await;
+    }
+    if let Route::Ssf(endpoint) = route {
+        return ssf::dispatch(app, endpoint, req, request_id).await;
     }
     let allowed = route.method();
     if req.method().as_str() != allowed {

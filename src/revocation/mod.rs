@@ -419,6 +419,12 @@ impl Table {
         }
     }
 
+    /// Ticks whenever `applied` or the epochs change (for tasks that follow the log, such
+    /// as Shared Signals delivery).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// The gapless watermark: new tokens are stamped with it.
     pub fn applied(&self) -> u64 {
         self.applied.load(Ordering::Acquire)

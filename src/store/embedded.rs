@@ -28,6 +28,7 @@ use crate::revocation::{
     revocation_target, ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind,
 };
 use crate::sessions::{RefreshRecord, Rotation};
+use crate::ssf::StoredStream;
 use crate::time::now_ms;
 
 const SCHEMA_VERSION: i64 = 3;
@@ -76,6 +77,18 @@ CREATE TABLE IF NOT EXISTS contracts (
     amendment TEXT NOT NULL,
     cancelled INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (doc, version)
+);
+-- Shared Signals event streams (opaque JSON, compare-and-set on version) and leases.
+-- Older latch versions ignore both tables, so the schema version stays.
+CREATE TABLE IF NOT EXISTS ssf_streams (
+    id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS epochs (
     id TEXT PRIMARY KEY,
@@ -703,6 +716,87 @@ impl Store for EmbeddedStore {
             })
         })
     }
+    fn ssf_streams(&self) -> BoxFuture<'_, Result<Vec<StoredStream>, StoreError>> {
+        self.with_conn(|conn, _| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, version, record FROM ssf_streams")
+                .map_err(unavailable)?;
+            let rows = stmt.query_map([], stored_stream).map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    fn ssf_stream(&self, id: String) -> BoxFuture<'_, Result<Option<StoredStream>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            conn.query_row(
+                "SELECT id, version, record FROM ssf_streams WHERE id = ?1",
+                params![id],
+                stored_stream,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn ssf_save_stream(
+        &self,
+        id: String,
+        expected: u64,
+        json: String,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let version = expected as i64 + 1;
+            let changed = if expected == 0 {
+                conn.execute(
+                    "INSERT OR IGNORE INTO ssf_streams (id, version, record) VALUES (?1, 1, ?2)",
+                    params![id, json],
+                )
+            } else {
+                conn.execute(
+                    "UPDATE ssf_streams SET version = ?2, record = ?3 WHERE id = ?1 AND version = ?4",
+                    params![id, version, json, expected as i64],
+                )
+            }
+            .map_err(unavailable)?;
+            match changed {
+                1 => Ok(version as u64),
+                _ => Err(StoreError::Conflict),
+            }
+        })
+    }
+
+    fn ssf_delete_stream(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let n = conn
+                .execute("DELETE FROM ssf_streams WHERE id = ?1", params![id])
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn ssf_lease(&self, holder: String, ttl_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let now = now_ms();
+            let n = conn
+                .execute(
+                    "INSERT INTO leases (name, holder, until_ms) VALUES ('ssf_push', ?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET holder = excluded.holder,
+                       until_ms = excluded.until_ms
+                     WHERE leases.holder = excluded.holder OR leases.until_ms <= ?3",
+                    params![holder, now + ttl_ms, now],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+    }
+}
+
+fn stored_stream(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredStream> {
+    Ok(StoredStream {
+        id: r.get(0)?,
+        version: r.get::<_, i64>(1)? as u64,
+        json: r.get(2)?,
+    })
 }
 
 #[cfg(test)]

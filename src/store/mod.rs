@@ -19,6 +19,7 @@ use crate::keys::{KeySet, StoredKey};
 use crate::nodes::{NodeReport, Registry};
 use crate::revocation::{ClosedEpoch, NewRevocation, Point, RevocationEvent};
 use crate::sessions::{RefreshRecord, Rotation};
+use crate::ssf::StoredStream;
 
 pub mod embedded;
 pub mod redis;
@@ -242,6 +243,29 @@ pub trait Store: Send + Sync + 'static {
     /// Every node the registry holds (gone ones too, until forgotten), ordered by name
     /// then id, and the store's time at which it was read.
     fn nodes(&self) -> BoxFuture<'_, Result<Registry, StoreError>>;
+    /// Every Shared Signals event stream (opaque JSON, see `ssf::Stream`), in no
+    /// particular order.
+    fn ssf_streams(&self) -> BoxFuture<'_, Result<Vec<StoredStream>, StoreError>>;
+
+    /// One event stream, if it exists.
+    fn ssf_stream(&self, id: String) -> BoxFuture<'_, Result<Option<StoredStream>, StoreError>>;
+
+    /// Writes stream `id` iff its version is `expected` (0: iff there is no such stream)
+    /// and returns the new version (`expected + 1`); [`StoreError::Conflict`] otherwise.
+    fn ssf_save_stream(
+        &self,
+        id: String,
+        expected: u64,
+        json: String,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Deletes stream `id`; `true` if it existed.
+    fn ssf_delete_stream(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Takes or renews the push-delivery lease for `holder` until `ttl_ms` from now, by
+    /// the store's clock, iff it is free, expired or already `holder`'s. `true`: `holder`
+    /// holds it. At most one holder at a time, as far as the store's clock goes.
+    fn ssf_lease(&self, holder: String, ttl_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
 }
 
 pub fn encode_refresh(r: &RefreshRecord) -> Result<String, StoreError> {

@@ -10,6 +10,8 @@
 //! | `{latch}:rev:log` | stream | revocations, entry id `<seq>-0`: kind, value, at (ms), reason, actor |
 //! | `{latch}:audit:seq` / `{latch}:audit:log` | string / stream | audit records, id `<seq>-0` |
 //! | `{latch}:keys` / `{latch}:keys:version` | hash / string | key records (opaque MAC'd JSON, see `keys::integrity`) by kid, and the manifest under `~manifest`; the key-set version |
+//! | `{latch}:ssf:streams` | hash | Shared Signals streams by id: `<version>\n<json>` (compare-and-set on the version) |
+//! | `{latch}:ssf:lease` | string | the node holding the push-delivery lease, expiring with it (`PX`) |
 //!
 //! The node registry has its own hash tag (it never needs to be atomic with the log):
 //!
@@ -51,6 +53,7 @@ use crate::revocation::{
     new_epoch_id, parse_closed, revocation_target, NewRevocation, RevocationEvent, RevocationKind,
 };
 use crate::sessions::{RefreshRecord, Rotation};
+use crate::ssf::StoredStream;
 
 pub mod settings;
 pub mod topology;
@@ -79,6 +82,8 @@ fn node_key(id: &str) -> String {
 fn node_acks_key(id: &str) -> String {
     format!("{{latch:nodes}}:acks:{id}")
 }
+const SSF_STREAMS: &str = "{latch}:ssf:streams";
+const SSF_LEASE: &str = "{latch}:ssf:lease";
 
 /// A refresh token's key, by the SHA-256 of the token.
 fn refresh_key(hash: &str) -> String {
@@ -317,6 +322,38 @@ redis.call('XADD', KEYS[2], aseq .. '-0', 'time', ms, 'actor', ARGV[1], 'action'
 return {aseq, ms}
 ";
 
+/// Compare-and-set of one stream. KEYS: ssf:streams. ARGV: id expected json.
+/// Returns the new version, or -1 if the stored version is not `expected` (0: absent).
+const SSF_SAVE: &str = "
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local v = 0
+if cur then v = tonumber(string.match(cur, '^(%d+)')) or -2 end
+if v ~= tonumber(ARGV[2]) then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], (v + 1) .. '\\n' .. ARGV[3])
+return v + 1
+";
+
+/// Takes or renews the lease. KEYS: ssf:lease. ARGV: holder ttl_ms. Returns 1 if held.
+const SSF_LEASE_SCRIPT: &str = "
+local h = redis.call('GET', KEYS[1])
+if h and h ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// `<version>\n<json>` as stored in `{latch}:ssf:streams`.
+fn stored_stream(id: String, value: &str) -> Result<StoredStream, StoreError> {
+    let (version, json) = value.split_once('\n').unwrap_or(("", ""));
+    let version = version
+        .parse()
+        .map_err(|_| StoreError::Unavailable(format!("corrupt stream record {id}")))?;
+    Ok(StoredStream {
+        id,
+        version,
+        json: json.to_string(),
+    })
+}
+
 /// Redis-backed [`Store`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -343,6 +380,8 @@ struct Inner {
     report_node: Script,
     node_ids: Script,
     node_records: Script,
+    ssf_save: Script,
+    ssf_lease: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -448,6 +487,8 @@ impl RedisStore {
             report_node: script(REPORT_NODE),
             node_ids: script(NODE_IDS),
             node_records: Script::new(NODE_RECORDS),
+            ssf_save: Script::new(SSF_SAVE),
+            ssf_lease: Script::new(SSF_LEASE_SCRIPT),
         });
         tokio::spawn(forward_announcements(topology, Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
@@ -1317,6 +1358,82 @@ impl Store for RedisStore {
             }
             nodes.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
             Ok(Registry { time_ms, nodes })
+        })
+    }
+
+    fn ssf_streams(&self) -> BoxFuture<'_, Result<Vec<StoredStream>, StoreError>> {
+        Box::pin(async move {
+            let all: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(SSF_STREAMS)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            all.into_iter()
+                .map(|(id, value)| stored_stream(id, &value))
+                .collect()
+        })
+    }
+
+    fn ssf_stream(&self, id: String) -> BoxFuture<'_, Result<Option<StoredStream>, StoreError>> {
+        Box::pin(async move {
+            let value: Option<String> = redis::cmd("HGET")
+                .arg(SSF_STREAMS)
+                .arg(&id)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            value.map(|v| stored_stream(id, &v)).transpose()
+        })
+    }
+
+    fn ssf_save_stream(
+        &self,
+        id: String,
+        expected: u64,
+        json: String,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let v: i64 = self
+                .inner
+                .ssf_save
+                .key(SSF_STREAMS)
+                .arg(id)
+                .arg(expected)
+                .arg(json)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            if v < 0 {
+                return Err(StoreError::Conflict);
+            }
+            Ok(v as u64)
+        })
+    }
+
+    fn ssf_delete_stream(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let n: i64 = redis::cmd("HDEL")
+                .arg(SSF_STREAMS)
+                .arg(id)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn ssf_lease(&self, holder: String, ttl_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let held: i64 = self
+                .inner
+                .ssf_lease
+                .key(SSF_LEASE)
+                .arg(holder)
+                .arg(ttl_ms.max(1))
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(held == 1)
         })
     }
 }
