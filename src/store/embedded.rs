@@ -390,18 +390,7 @@ impl Store for EmbeddedStore {
         write: ContractWrite,
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
-        let rev = NewRevocation {
-            kind: RevocationKind::Contract,
-            value: write.change.clone(),
-            reason: audit.reason.clone(),
-            actor: audit.actor.clone(),
-            request_id: audit.request_id.clone(),
-        };
-        let write = ContractWrite {
-            audit_target: audit.target,
-            audit_action: audit.action,
-            ..write
-        };
+        let (rev, write) = write.with_audit(audit);
         self.append_logged(rev, Some(write))
     }
 

@@ -89,6 +89,26 @@ impl PartialEq for Head {
 
 impl Eq for Head {}
 
+impl ContractWrite {
+    /// The log entry this write appends (kind `contract`, value the change) and the write
+    /// carrying `audit`'s target and action: what both stores record, in one place.
+    pub fn with_audit(self, audit: NewAudit) -> (NewRevocation, ContractWrite) {
+        let rev = NewRevocation {
+            kind: crate::revocation::RevocationKind::Contract,
+            value: self.change.clone(),
+            reason: audit.reason,
+            actor: audit.actor,
+            request_id: audit.request_id,
+        };
+        let write = ContractWrite {
+            audit_target: audit.target,
+            audit_action: audit.action,
+            ..self
+        };
+        (rev, write)
+    }
+}
+
 /// What the feed announces. Announcements are hints for speed; [`Store::head`] is the truth.
 #[derive(Debug, Clone)]
 pub enum StoreEvent {
