@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 use super::contracts::Contracts;
+use super::grants::Grants;
 use super::keys::Keys;
 use super::nodes::{store_clock, Reporter};
 use crate::audit::NewAudit;
@@ -71,6 +72,8 @@ pub struct Follower {
     keys: Arc<Keys>,
     /// Where contract changes from the log go (none in follower unit tests).
     contracts: Option<Arc<Contracts>>,
+    /// Where grant transitions from the log go (none in follower unit tests).
+    grants: Option<Arc<Grants>>,
     config: FollowerConfig,
     /// Revocations to write back into the new epoch; retried on every poll until done,
     /// and the node is not fresh until they are.
@@ -91,6 +94,7 @@ impl Follower {
             table,
             keys,
             contracts: None,
+            grants: None,
             config,
             restore: Mutex::new(Vec::new()),
             reporter: None,
@@ -103,12 +107,24 @@ impl Follower {
         self
     }
 
+    /// Hands every grant transition of the log to `grants`, in log order.
+    pub fn with_grants(mut self, grants: Arc<Grants>) -> Follower {
+        self.grants = Some(grants);
+        self
+    }
+
     /// Applies one log entry: a revocation to the table, a contract change to the
-    /// contracts (before `applied` passes it, so a fresh node has it).
+    /// contracts, a grant transition to the grants (before `applied` passes it, so a
+    /// fresh node has it).
     fn apply(&self, e: &RevocationEvent) {
         if e.kind == RevocationKind::Contract {
             if let Some(contracts) = &self.contracts {
                 contracts.apply_event(e);
+            }
+        }
+        if e.kind == RevocationKind::Grant {
+            if let Some(grants) = &self.grants {
+                grants.apply_event(e);
             }
         }
         self.table.insert(e);

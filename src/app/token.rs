@@ -150,10 +150,35 @@ async fn grant(
     app.limits.token(&client.id, client.token_rate, now_ms())?;
     match req {
         TokenRequest::ClientCredentials { scope, resource } => {
-            let scope = policy::contract_scope(client, scope)?;
+            let standing = policy::contract_scope(client, scope);
             let aud = policy::audience(client, resource)?;
             let view = app.fresh(now_ms())?;
-            let claims = view.access_claims(&client.id, client, aud, scope);
+            // A scope outside the contract may still come from an active elevation grant,
+            // read after the view was made (its stamp covers any later revocation).
+            let (scope, grant) = match standing {
+                Ok(scope) => (scope, None),
+                Err(refusal) => {
+                    let (scope, grant) = elevated(app, client, scope, refusal, view.now_ms())?;
+                    (scope, Some(grant))
+                }
+            };
+            let mut claims = view.access_claims(&client.id, client, aud, scope);
+            if let Some(g) = &grant {
+                view.elevate(&mut claims, g);
+                metrics::counter!(
+                    m::GRANT_TOKENS_ISSUED,
+                    "sensitive" => if g.sensitive { "true" } else { "false" }
+                )
+                .increment(1);
+                tracing::info!(
+                    target: "latch::grants",
+                    client = %client.id,
+                    grant = %g.id,
+                    scope = %g.scope,
+                    exp = claims.exp,
+                    "token issued under an elevation grant"
+                );
+            }
             issue(&view, client, &claims, Grant::ClientCredentials, None)
         }
         TokenRequest::RefreshToken {
@@ -165,6 +190,41 @@ async fn grant(
         }
         TokenRequest::TokenExchange(x) => exchange(app, client, x, request_id).await,
     }
+}
+
+/// The scope and grant of a token asking for one scope outside `client`'s contract that
+/// the contract names as an elevation and an active grant covers now; else `refusal`
+/// (the scope is no elevation, or more than one such scope is asked for) or
+/// `elevation_not_active` (no grant active now).
+fn elevated(
+    app: &App,
+    client: &Client,
+    requested: Option<&str>,
+    refusal: policy::Refusal,
+    now: i64,
+) -> Result<(String, std::sync::Arc<crate::grants::Grant>), Error> {
+    let Some(requested) = requested else {
+        return Err(refusal.into());
+    };
+    let outside: Vec<&str> = requested
+        .split(' ')
+        .filter(|s| !s.is_empty() && !client.scopes.iter().any(|c| c == s))
+        .collect();
+    let [scope] = outside[..] else {
+        return Err(refusal.into());
+    };
+    if super::grants::policy(app, &client.id, scope, now).is_none() {
+        return Err(refusal.into());
+    }
+    let grant = app
+        .grants
+        .all()
+        .into_iter()
+        .filter(|g| g.covers(&client.id, scope, now))
+        .max_by_key(|g| g.ends_at_ms)
+        .ok_or_else(|| policy::elevation_not_active(scope))?;
+    let scope = policy::elevated_scope(client, requested, scope)?;
+    Ok((scope, grant))
 }
 
 /// Signs `claims` and counts the issuance.
