@@ -128,6 +128,12 @@ async fn decide(s: &TestServer, who: &ClientDef, id: &str, verb: &str) -> Resp {
     call(s, who, Method::POST, &format!("/admin/grants/{id}/{verb}"), Some(&body)).await
 }
 
+/// A decision on `version` only, as a person who read that version decides.
+async fn decide_on(s: &TestServer, who: &ClientDef, id: &str, verb: &str, version: u64) -> Resp {
+    let body = json!({"reason": format!("{verb} by {}", who.id), "version": version});
+    call(s, who, Method::POST, &format!("/admin/grants/{id}/{verb}"), Some(&body)).await
+}
+
 async fn show(s: &TestServer, id: &str) -> Value {
     ok(&call(s, &alice(), Method::GET, &format!("/admin/grants/{id}"), None).await, StatusCode::OK, "show")
 }
@@ -392,18 +398,21 @@ async fn elevation_policies_are_validated_with_the_contract() {
     refused(&token_for(&s, REFUND).await, 400, "scope_not_in_contract");
 }
 
-/// Concurrent decisions on one grant, over HTTP: approve against revoke against a second
-/// approval, and two approvals of a two-person rule. Exactly one is recorded; the others
-/// get 409; the audit holds exactly the winner.
+/// Concurrent decisions on one grant, over HTTP, each by a person who read version 1:
+/// approve against revoke against a second approval, and two approvals of a two-person
+/// rule. Exactly one is recorded; the others get 409; the audit holds exactly the
+/// winner. (Without `version`, a decision arriving after another one is applied to the
+/// new version: that is a later decision, not a race; the store-level race of writers
+/// from one version is in tests/store_contract.rs, on SQLite, Redis and Cluster.)
 async fn concurrent_decisions_have_one_outcome(s: &TestServer) {
     set_policy(s).await;
     for round in 0..4 {
         let id = request(s, REFUND, 600).await;
         let (p1, p2, p3) = (alice(), bob(), carol());
         let (a, b, c) = tokio::join!(
-            decide(s, &p1, &id, "approve"),
-            decide(s, &p2, &id, "revoke"),
-            decide(s, &p3, &id, "approve"),
+            decide_on(s, &p1, &id, "approve", 1),
+            decide_on(s, &p2, &id, "revoke", 1),
+            decide_on(s, &p3, &id, "approve", 1),
         );
         let statuses = [a.status.as_u16(), b.status.as_u16(), c.status.as_u16()];
         assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "round {round}: {statuses:?}");
@@ -422,7 +431,10 @@ async fn concurrent_decisions_have_one_outcome(s: &TestServer) {
     }
     let id = request(s, ADMIN, 60).await;
     let (p1, p2) = (alice(), bob());
-    let (a, b) = tokio::join!(decide(s, &p1, &id, "approve"), decide(s, &p2, &id, "approve"));
+    let (a, b) = tokio::join!(
+        decide_on(s, &p1, &id, "approve", 1),
+        decide_on(s, &p2, &id, "approve", 1)
+    );
     let mut statuses = [a.status.as_u16(), b.status.as_u16()];
     statuses.sort();
     assert_eq!(statuses, [200, 409], "two approvals from one version: one wins");

@@ -146,13 +146,15 @@ impl Action {
 
 /// `actor` (an admin client: one person) approves, denies or revokes grant `id`. The
 /// decision is taken on the store's current record and written with a compare-and-set:
-/// a concurrent decision that got there first makes this one 409.
+/// a concurrent decision that got there first makes this one 409. With `seen`, the
+/// decision is on that version only (what the person read): any change since is a 409.
 pub async fn decide(
     app: &App,
     actor: &str,
     id: &str,
     action: Action,
     reason: &str,
+    seen: Option<u64>,
     request_id: &str,
 ) -> Result<Grant, Error> {
     let now = now_ms();
@@ -169,6 +171,14 @@ pub async fn decide(
         ));
     }
     let g = stored(app, id).await?;
+    if let Some(seen) = seen {
+        if seen != g.version {
+            return Err(Error::Conflict(format!(
+                "grant {id} is at version {}, not {seen}: it changed since you read it; read it again",
+                g.version
+            )));
+        }
+    }
     let d = Decision {
         by: actor.to_string(),
         at_ms: now,

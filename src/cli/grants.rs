@@ -60,18 +60,27 @@ pub enum Command {
         id: String,
         #[arg(long)]
         reason: String,
+        /// Decide only if the grant is still at this version (as you last read it).
+        #[arg(long)]
+        version: Option<u64>,
     },
     /// Deny a request.
     Deny {
         id: String,
         #[arg(long)]
         reason: String,
+        /// Decide only if the grant is still at this version (as you last read it).
+        #[arg(long)]
+        version: Option<u64>,
     },
     /// End a grant now, on every node.
     Revoke {
         id: String,
         #[arg(long)]
         reason: String,
+        /// Decide only if the grant is still at this version (as you last read it).
+        #[arg(long)]
+        version: Option<u64>,
     },
 }
 
@@ -182,9 +191,21 @@ async fn call(client: &AdminClient, command: Command) -> Result<(Value, String),
             let text = detail(&g);
             Ok((g, text))
         }
-        Command::Approve { id, reason } => decide(client, &id, "approve", reason).await,
-        Command::Deny { id, reason } => decide(client, &id, "deny", reason).await,
-        Command::Revoke { id, reason } => decide(client, &id, "revoke", reason).await,
+        Command::Approve {
+            id,
+            reason,
+            version,
+        } => decide(client, &id, "approve", reason, version).await,
+        Command::Deny {
+            id,
+            reason,
+            version,
+        } => decide(client, &id, "deny", reason, version).await,
+        Command::Revoke {
+            id,
+            reason,
+            version,
+        } => decide(client, &id, "revoke", reason, version).await,
     }
 }
 
@@ -193,12 +214,17 @@ async fn decide(
     id: &str,
     verb: &str,
     reason: String,
+    version: Option<u64>,
 ) -> Result<(Value, String), CliError> {
+    let mut body = json!({ "reason": reason });
+    if let Some(v) = version {
+        body["version"] = json!(v);
+    }
     let g = client
         .call(
             Method::POST,
             &format!("/admin/grants/{}/{verb}", enc(id)),
-            Some(json!({ "reason": reason })),
+            Some(body),
         )
         .await?;
     let text = detail(&g);

@@ -95,6 +95,9 @@ struct RequestBody {
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     reason: String,
+    /// The version the decider read: decide on it only (409 if it changed).
+    #[serde(default)]
+    version: Option<u64>,
 }
 
 /// Every request of the two paths enters here.
@@ -153,7 +156,7 @@ pub async fn dispatch(app: &App, req: Request<Incoming>, request_id: &str) -> Re
         Op::Decide(id, action) => {
             let client = admin(app, &parts)?;
             let b: DecisionBody = parse_json(&parts, &body)?;
-            let g = uc::decide(app, &client.id, &id, action, &b.reason, request_id).await?;
+            let g = uc::decide(app, &client.id, &id, action, &b.reason, b.version, request_id).await?;
             let now = crate::time::now_ms();
             Ok(json_response(StatusCode::OK, &render(&g, now)))
         }
