@@ -181,9 +181,7 @@ impl Grant {
 
     /// Whether tokens of `client_id` may carry `scope` by this grant at `now_ms`.
     pub fn covers(&self, client_id: &str, scope: &str, now_ms: i64) -> bool {
-        self.client_id == client_id
-            && self.scope == scope
-            && self.status(now_ms) == Status::Active
+        self.client_id == client_id && self.scope == scope && self.status(now_ms) == Status::Active
     }
 
     /// Whether it can still become or be active (the metrics' "pending" and "active").
@@ -307,7 +305,11 @@ fn must_be_pending(g: &Grant, now_ms: i64) -> Result<(), Refused> {
             "request_expired",
             "this request expired before enough approvals; ask again",
         )),
-        Status::Denied => Err(refused(Conflict, "request_denied", "this request was denied")),
+        Status::Denied => Err(refused(
+            Conflict,
+            "request_denied",
+            "this request was denied",
+        )),
         Status::Revoked => Err(refused(Conflict, "grant_revoked", "this grant was revoked")),
         Status::Approved | Status::Active | Status::Ended => Err(refused(
             Conflict,

@@ -972,7 +972,10 @@ fn grant_write(id: &str, expected: u64, what: &str) -> GrantWrite {
     GrantWrite {
         id: id.into(),
         expected,
-        record: format!("{{\"id\":\"{id}\",\"version\":{},\"what\":\"{what}\"}}", expected + 1),
+        record: format!(
+            "{{\"id\":\"{id}\",\"version\":{},\"what\":\"{what}\"}}",
+            expected + 1
+        ),
         action: format!("grant_{what}"),
     }
 }
@@ -984,10 +987,21 @@ async fn grant_writes_compare_and_set_on_the_version_and_travel_in_the_log(store
         .await
         .expect("the request");
     assert_eq!(first.kind, RevocationKind::Grant);
-    assert_eq!(first.value, grant_write(id, 0, "request").record, "the log carries the record");
-    for (expected, why) in [(0, "a second creation"), (2, "a version ahead"), (7, "a made-up version")] {
+    assert_eq!(
+        first.value,
+        grant_write(id, 0, "request").record,
+        "the log carries the record"
+    );
+    for (expected, why) in [
+        (0, "a second creation"),
+        (2, "a version ahead"),
+        (7, "a made-up version"),
+    ] {
         let r = store
-            .append_grant(grant_write(id, expected, "approve"), audit("grant_approve", id))
+            .append_grant(
+                grant_write(id, expected, "approve"),
+                audit("grant_approve", id),
+            )
             .await;
         assert!(matches!(r, Err(StoreError::Conflict)), "{why}: {r:?}");
     }
@@ -1002,7 +1016,10 @@ async fn grant_writes_compare_and_set_on_the_version_and_travel_in_the_log(store
     );
     assert_eq!(store.grant("g-none".into()).await.expect("read"), None);
     store
-        .append_grant(grant_write("g-two", 0, "request"), audit("grant_request", "g-two"))
+        .append_grant(
+            grant_write("g-two", 0, "request"),
+            audit("grant_request", "g-two"),
+        )
         .await
         .expect("another grant has its own versions");
     let mut entries = store.grant_entries().await.expect("entries");
@@ -1014,8 +1031,15 @@ async fn grant_writes_compare_and_set_on_the_version_and_travel_in_the_log(store
     want.sort();
     assert_eq!(entries, want);
     let log = store.revocations_after(0, 0, 100).await.expect("log");
-    let grants: Vec<&RevocationEvent> = log.iter().filter(|e| e.kind == RevocationKind::Grant).collect();
-    assert_eq!(grants.len(), 3, "every write is one log entry, refusals none: {log:?}");
+    let grants: Vec<&RevocationEvent> = log
+        .iter()
+        .filter(|e| e.kind == RevocationKind::Grant)
+        .collect();
+    assert_eq!(
+        grants.len(),
+        3,
+        "every write is one log entry, refusals none: {log:?}"
+    );
     // Each write is audited with the grant as its target and the write's action.
     let audits: Vec<(String, String)> = all_audit(&*store)
         .await
@@ -1045,7 +1069,10 @@ async fn of_concurrent_grant_decisions_exactly_one_wins(store: SharedStore) {
             let what = if i % 2 == 0 { "approve" } else { "revoke" };
             tokio::spawn(async move {
                 store
-                    .append_grant(grant_write(id, 1, what), audit(&format!("grant_{what}"), id))
+                    .append_grant(
+                        grant_write(id, 1, what),
+                        audit(&format!("grant_{what}"), id),
+                    )
                     .await
                     .map(|_| what)
             })
@@ -1066,7 +1093,12 @@ async fn of_concurrent_grant_decisions_exactly_one_wins(store: SharedStore) {
         "the stored record is the winner's"
     );
     let log = store.revocations_after(0, 0, 1000).await.expect("log");
-    assert_eq!(log.iter().filter(|e| e.kind == RevocationKind::Grant).count(), 2);
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.kind == RevocationKind::Grant)
+            .count(),
+        2
+    );
 }
 
 // === sessions ===

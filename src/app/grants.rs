@@ -94,7 +94,12 @@ pub async fn load(store: &SharedStore) -> Result<Vec<Grant>, StoreError> {
 
 /// The elevation of `scope` for `client_id` in the contract in force at `now_ms`, with
 /// its approvers' ids (groups expanded).
-pub fn policy(app: &App, client_id: &str, scope: &str, now_ms: i64) -> Option<(Elevation, Vec<String>)> {
+pub fn policy(
+    app: &App,
+    client_id: &str,
+    scope: &str,
+    now_ms: i64,
+) -> Option<(Elevation, Vec<String>)> {
     let book = app.contracts.book();
     let a = book.in_force(&client_doc(client_id), now_ms)?;
     let e = a.contract()?.elevations.get(scope)?.clone();
@@ -120,7 +125,14 @@ pub async fn request(
     let found = policy(app, client_id, &req.scope, now);
     let id = format!("g-{}", &crate::tokens::random_id()[..16]);
     let reason = req.justification.clone();
-    let g = grants::request(id, client_id, req, found.as_ref().map(|p| &p.0), now, request_id)?;
+    let g = grants::request(
+        id,
+        client_id,
+        req,
+        found.as_ref().map(|p| &p.0),
+        now,
+        request_id,
+    )?;
     write(app, &g, 0, "grant_request", client_id, &reason, request_id).await?;
     count(&g, "request");
     Ok(g)
@@ -192,8 +204,7 @@ pub async fn decide(
                 return Err(grants::Refused {
                     kind: grants::RefusedKind::Conflict,
                     code: "elevation_not_in_contract",
-                    message: "the client's contract in force no longer names this elevation"
-                        .into(),
+                    message: "the client's contract in force no longer names this elevation".into(),
                 }
                 .into());
             };
@@ -204,7 +215,16 @@ pub async fn decide(
             }
         }
     };
-    write(app, &next, g.version, action.audit(), actor, reason, request_id).await?;
+    write(
+        app,
+        &next,
+        g.version,
+        action.audit(),
+        actor,
+        reason,
+        request_id,
+    )
+    .await?;
     match action {
         Action::Approve => {
             count(&next, "approve");

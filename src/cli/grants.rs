@@ -106,7 +106,10 @@ pub fn run(command: Command, server: &str, json: bool) -> ExitCode {
     match rt.block_on(call(&client, command)) {
         Ok((value, text)) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
             } else {
                 println!("{text}");
             }
@@ -302,15 +305,25 @@ fn detail(g: &Value) -> String {
         vec!["scope".into(), text_cell(g, "scope")],
         vec!["requested by".into(), text_cell(g, "requested_by")],
         vec!["requested at".into(), ms_cell(g, "requested_at_ms")],
-        vec!["request expires".into(), ms_cell(g, "request_expires_at_ms")],
-        vec!["duration".into(), format!("{}s", g["duration_secs"].as_u64().unwrap_or(0))],
+        vec![
+            "request expires".into(),
+            ms_cell(g, "request_expires_at_ms"),
+        ],
+        vec![
+            "duration".into(),
+            format!("{}s", g["duration_secs"].as_u64().unwrap_or(0)),
+        ],
         vec!["justification".into(), text_cell(g, "justification")],
         vec!["ticket".into(), text_cell(g, "ticket")],
         vec!["approvals".into(), approvals_cell(g)],
         vec!["starts".into(), ms_cell(g, "starts_at_ms")],
         vec!["ends".into(), ms_cell(g, "ends_at_ms")],
     ];
-    for a in g["approvals"].as_array().map(Vec::as_slice).unwrap_or_default() {
+    for a in g["approvals"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         rows.push(vec![
             "approved by".into(),
             format!(

@@ -775,8 +775,14 @@ pub fn delta(old: Option<&Contract>, new: &Contract) -> Delta {
         // A new or longer elevation widens what a client may come to hold; a removed one
         // narrows it (its live grants stop being honoured).
         d.other.push("elevations".into());
-        d.widens |= new.elevations.keys().any(|k| old.elevations.get(k) != new.elevations.get(k));
-        d.narrows |= old.elevations.keys().any(|k| !new.elevations.contains_key(k));
+        d.widens |= new
+            .elevations
+            .keys()
+            .any(|k| old.elevations.get(k) != new.elevations.get(k));
+        d.narrows |= old
+            .elevations
+            .keys()
+            .any(|k| !new.elevations.contains_key(k));
     }
     if old.suspended != new.suspended {
         d.other.push("suspended".into());

@@ -42,20 +42,66 @@ fn requested(p: &Elevation) -> Grant {
 fn a_request_checks_the_policy() {
     let p = policy();
     let code = |r: Result<Grant, Refused>| r.unwrap_err().code;
-    assert_eq!(code(request("g-1".into(), "svc", ask(600, None), None, T, "r")), "elevation_not_in_contract");
-    assert_eq!(code(request("g-1".into(), "svc", ask(3601, None), Some(&p), T, "r")), "duration_above_ceiling");
-    assert_eq!(code(request("g-1".into(), "svc", ask(0, None), Some(&p), T, "r")), "invalid_duration");
-    assert_eq!(code(request("g-1".into(), "svc", ask(60, Some(T - 61_000)), Some(&p), T, "r")), "start_in_past");
     assert_eq!(
-        code(request("g-1".into(), "svc", ask(60, Some(T + 600_001)), Some(&p), T, "r")),
+        code(request("g-1".into(), "svc", ask(600, None), None, T, "r")),
+        "elevation_not_in_contract"
+    );
+    assert_eq!(
+        code(request(
+            "g-1".into(),
+            "svc",
+            ask(3601, None),
+            Some(&p),
+            T,
+            "r"
+        )),
+        "duration_above_ceiling"
+    );
+    assert_eq!(
+        code(request("g-1".into(), "svc", ask(0, None), Some(&p), T, "r")),
+        "invalid_duration"
+    );
+    assert_eq!(
+        code(request(
+            "g-1".into(),
+            "svc",
+            ask(60, Some(T - 61_000)),
+            Some(&p),
+            T,
+            "r"
+        )),
+        "start_in_past"
+    );
+    assert_eq!(
+        code(request(
+            "g-1".into(),
+            "svc",
+            ask(60, Some(T + 600_001)),
+            Some(&p),
+            T,
+            "r"
+        )),
         "start_after_request_expiry"
     );
     let mut bare = ask(60, None);
     bare.justification = " ".into();
-    assert_eq!(code(request("g-1".into(), "svc", bare, Some(&p), T, "r")), "justification_required");
+    assert_eq!(
+        code(request("g-1".into(), "svc", bare, Some(&p), T, "r")),
+        "justification_required"
+    );
     let mut t = p.clone();
     t.ticket_required = true;
-    assert_eq!(code(request("g-1".into(), "svc", ask(60, None), Some(&t), T, "r")), "ticket_required");
+    assert_eq!(
+        code(request(
+            "g-1".into(),
+            "svc",
+            ask(60, None),
+            Some(&t),
+            T,
+            "r"
+        )),
+        "ticket_required"
+    );
     let g = requested(&p);
     assert_eq!(g.status(T), Status::Requested);
     assert_eq!(g.status(T + 600_000), Status::Expired);
@@ -68,10 +114,17 @@ fn approval_starts_the_clock_and_time_ends_it() {
     let ids = p.approver_ids(None);
     let a = approve(&g, "alice", &p, &ids, by("alice", T + 5_000)).unwrap();
     assert_eq!(a.version, 2);
-    assert_eq!(a.starts_at_ms, T + 5_000, "from approval, not from the request");
+    assert_eq!(
+        a.starts_at_ms,
+        T + 5_000,
+        "from approval, not from the request"
+    );
     assert_eq!(a.ends_at_ms, T + 5_000 + 600_000);
     assert!(a.covers("svc", "db:admin", T + 5_000));
-    assert!(!a.covers("svc", "db:admin", a.ends_at_ms), "ends at its end");
+    assert!(
+        !a.covers("svc", "db:admin", a.ends_at_ms),
+        "ends at its end"
+    );
     assert!(!a.covers("other", "db:admin", T + 6_000));
     assert_eq!(a.status(a.ends_at_ms), Status::Ended);
 }
@@ -79,7 +132,15 @@ fn approval_starts_the_clock_and_time_ends_it() {
 #[test]
 fn a_requested_start_counts_the_duration_from_it() {
     let p = policy();
-    let g = request("g-1".into(), "svc", ask(60, Some(T + 100_000)), Some(&p), T, "r").unwrap();
+    let g = request(
+        "g-1".into(),
+        "svc",
+        ask(60, Some(T + 100_000)),
+        Some(&p),
+        T,
+        "r",
+    )
+    .unwrap();
     let a = approve(&g, "bob", &p, &p.approver_ids(None), by("bob", T + 1_000)).unwrap();
     assert_eq!((a.starts_at_ms, a.ends_at_ms), (T + 100_000, T + 160_000));
     assert_eq!(a.status(T + 2_000), Status::Approved);
@@ -92,20 +153,38 @@ fn hostile_decisions_are_refused() {
     let ids = p.approver_ids(None);
     let g = requested(&p);
     let code = |r: Result<Grant, Refused>| r.unwrap_err().code;
-    assert_eq!(code(approve(&g, "svc", &p, &ids, by("svc", T))), "self_approval");
-    assert_eq!(code(approve(&g, "mallory", &p, &ids, by("mallory", T))), "approver_not_allowed");
-    assert_eq!(code(approve(&g, "alice", &p, &ids, by("alice", T + 600_000))), "request_expired");
+    assert_eq!(
+        code(approve(&g, "svc", &p, &ids, by("svc", T))),
+        "self_approval"
+    );
+    assert_eq!(
+        code(approve(&g, "mallory", &p, &ids, by("mallory", T))),
+        "approver_not_allowed"
+    );
+    assert_eq!(
+        code(approve(&g, "alice", &p, &ids, by("alice", T + 600_000))),
+        "request_expired"
+    );
     let denied = deny(&g, "bob", &p, &ids, by("bob", T)).unwrap();
-    assert_eq!(code(approve(&denied, "alice", &p, &ids, by("alice", T))), "request_denied");
+    assert_eq!(
+        code(approve(&denied, "alice", &p, &ids, by("alice", T))),
+        "request_denied"
+    );
     let mut two = p.clone();
     two.approvals = 2;
     let g2 = request("g-2".into(), "svc", ask(60, None), Some(&two), T, "r").unwrap();
     let once = approve(&g2, "alice", &two, &ids, by("alice", T)).unwrap();
     assert_eq!(once.status(T), Status::Requested, "one of two approvals");
-    assert_eq!(code(approve(&once, "alice", &two, &ids, by("alice", T))), "already_approved_by_you");
+    assert_eq!(
+        code(approve(&once, "alice", &two, &ids, by("alice", T))),
+        "already_approved_by_you"
+    );
     let both = approve(&once, "bob", &two, &ids, by("bob", T + 1)).unwrap();
     assert_eq!(both.status(T + 1), Status::Active);
-    assert_eq!(code(approve(&both, "svc", &two, &ids, by("svc", T + 2))), "already_approved");
+    assert_eq!(
+        code(approve(&both, "svc", &two, &ids, by("svc", T + 2))),
+        "already_approved"
+    );
     let mut self_ok = p.clone();
     self_ok.requester_may_approve = true;
     assert!(approve(&g, "svc", &self_ok, &ids, by("svc", T)).is_ok());
@@ -120,14 +199,27 @@ fn revoke_ends_a_live_grant_only() {
     let r = revoke(&a, by("bob", T + 10)).unwrap();
     assert_eq!(r.status(T + 10), Status::Revoked);
     assert!(!r.covers("svc", "db:admin", T + 10));
-    assert_eq!(revoke(&r, by("bob", T + 11)).unwrap_err().code, "grant_revoked");
-    assert_eq!(revoke(&a, by("bob", a.ends_at_ms)).unwrap_err().code, "grant_not_live");
+    assert_eq!(
+        revoke(&r, by("bob", T + 11)).unwrap_err().code,
+        "grant_revoked"
+    );
+    assert_eq!(
+        revoke(&a, by("bob", a.ends_at_ms)).unwrap_err().code,
+        "grant_not_live"
+    );
 }
 
 #[test]
 fn grant_ids_are_checked() {
     assert!(valid_id("g-AbC_9-x"));
-    for bad in ["", "g-", "x-abc", "g-a/b", "g-a b", &format!("g-{}", "a".repeat(63))] {
+    for bad in [
+        "",
+        "g-",
+        "x-abc",
+        "g-a/b",
+        "g-a b",
+        &format!("g-{}", "a".repeat(63)),
+    ] {
         assert!(!valid_id(bad), "{bad:?}");
     }
 }

@@ -39,7 +39,10 @@ fn op(method: &Method, path: &str) -> Result<Op, ApiError> {
     let wrong = |allowed: &'static str| Err(ApiError::MethodNotAllowed(allowed));
     let (admin, rest) = match path.strip_prefix("/admin/grants") {
         Some(rest) => (true, rest),
-        None => (false, path.strip_prefix("/grants").ok_or(ApiError::NotFound)?),
+        None => (
+            false,
+            path.strip_prefix("/grants").ok_or(ApiError::NotFound)?,
+        ),
     };
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     let id = |s: &str| -> Result<String, ApiError> {
@@ -101,7 +104,11 @@ struct DecisionBody {
 }
 
 /// Every request of the two paths enters here.
-pub async fn dispatch(app: &App, req: Request<Incoming>, request_id: &str) -> Result<Resp, ApiError> {
+pub async fn dispatch(
+    app: &App,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Result<Resp, ApiError> {
     let op = op(req.method(), req.uri().path())?;
     let limits = &app.config.limits;
     let (parts, body) = read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?;
@@ -156,7 +163,10 @@ pub async fn dispatch(app: &App, req: Request<Incoming>, request_id: &str) -> Re
         Op::Decide(id, action) => {
             let client = admin(app, &parts)?;
             let b: DecisionBody = parse_json(&parts, &body)?;
-            let g = uc::decide(app, &client.id, &id, action, &b.reason, b.version, request_id).await?;
+            let g = uc::decide(
+                app, &client.id, &id, action, &b.reason, b.version, request_id,
+            )
+            .await?;
             let now = crate::time::now_ms();
             Ok(json_response(StatusCode::OK, &render(&g, now)))
         }
@@ -177,14 +187,12 @@ fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let v = v.into_owned();
         match k.as_ref() {
-            "status" => {
-                f.status = Some(Status::parse(&v).ok_or_else(|| {
-                    ApiError::InvalidRequest(
-                        "status is one of requested, approved, active, ended, expired, denied, revoked"
-                            .into(),
-                    )
-                })?)
-            }
+            "status" => f.status = Some(Status::parse(&v).ok_or_else(|| {
+                ApiError::InvalidRequest(
+                    "status is one of requested, approved, active, ended, expired, denied, revoked"
+                        .into(),
+                )
+            })?),
             "client" => f.client = Some(v),
             "scope" => f.scope = Some(v),
             "approver" => f.approver = Some(v),
@@ -216,17 +224,35 @@ mod tests {
         let post = Method::POST;
         assert_eq!(op(&post, "/grants").unwrap(), Op::Request);
         assert_eq!(op(&get, "/grants").unwrap(), Op::Mine);
-        assert_eq!(op(&get, "/grants/g-abc").unwrap(), Op::MineOne("g-abc".into()));
+        assert_eq!(
+            op(&get, "/grants/g-abc").unwrap(),
+            Op::MineOne("g-abc".into())
+        );
         assert_eq!(op(&get, "/admin/grants").unwrap(), Op::List);
-        assert_eq!(op(&get, "/admin/grants/g-abc").unwrap(), Op::Show("g-abc".into()));
+        assert_eq!(
+            op(&get, "/admin/grants/g-abc").unwrap(),
+            Op::Show("g-abc".into())
+        );
         assert_eq!(
             op(&post, "/admin/grants/g-abc/revoke").unwrap(),
             Op::Decide("g-abc".into(), Action::Revoke)
         );
-        assert!(matches!(op(&get, "/admin/grants/g-abc/approve"), Err(ApiError::MethodNotAllowed(_))));
-        assert!(matches!(op(&post, "/admin/grants"), Err(ApiError::MethodNotAllowed(_))));
+        assert!(matches!(
+            op(&get, "/admin/grants/g-abc/approve"),
+            Err(ApiError::MethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            op(&post, "/admin/grants"),
+            Err(ApiError::MethodNotAllowed(_))
+        ));
         assert!(matches!(op(&get, "/grants/nope"), Err(ApiError::NoSuch(_))));
-        assert!(matches!(op(&get, "/admin/grants/g-a/b/c"), Err(ApiError::NotFound)));
-        assert!(matches!(op(&Method::DELETE, "/grants"), Err(ApiError::MethodNotAllowed(_))));
+        assert!(matches!(
+            op(&get, "/admin/grants/g-a/b/c"),
+            Err(ApiError::NotFound)
+        ));
+        assert!(matches!(
+            op(&Method::DELETE, "/grants"),
+            Err(ApiError::MethodNotAllowed(_))
+        ));
     }
 }

@@ -18,8 +18,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use super::{
-    decode_refresh as decode, encode_refresh as encode, BoxFuture, ContractWrite, GrantWrite, Head, Store,
-    StoreError, StoreEvent,
+    decode_refresh as decode, encode_refresh as encode, BoxFuture, ContractWrite, GrantWrite, Head,
+    Store, StoreError, StoreEvent,
 };
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
