@@ -187,12 +187,14 @@ fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let v = v.into_owned();
         match k.as_ref() {
-            "status" => f.status = Some(Status::parse(&v).ok_or_else(|| {
-                ApiError::InvalidRequest(
+            "status" => {
+                f.status = Some(Status::parse(&v).ok_or_else(|| {
+                    ApiError::InvalidRequest(
                     "status is one of requested, approved, active, ended, expired, denied, revoked"
                         .into(),
                 )
-            })?),
+                })?)
+            }
             "client" => f.client = Some(v),
             "scope" => f.scope = Some(v),
             "approver" => f.approver = Some(v),
