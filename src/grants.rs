@@ -98,6 +98,10 @@ pub struct Grant {
     pub version: u64,
     /// The grantee: the client whose tokens may carry the scope.
     pub client_id: String,
+    /// For a user of the client's sessions: that subject (as tokens name it); absent, the
+    /// client itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub scope: String,
     pub state: State,
     /// Who asked (the grantee itself, with its own credentials).
@@ -159,6 +163,8 @@ fn refused(kind: RefusedKind, code: &'static str, message: impl Into<String>) ->
 #[derive(Debug, Clone, Default)]
 pub struct Request {
     pub scope: String,
+    /// A user of the requesting client's sessions (absent: the client itself).
+    pub subject: Option<String>,
     pub duration_secs: u64,
     pub start_at_ms: Option<i64>,
     pub justification: String,
@@ -179,9 +185,17 @@ impl Grant {
         }
     }
 
-    /// Whether tokens of `client_id` may carry `scope` by this grant at `now_ms`.
-    pub fn covers(&self, client_id: &str, scope: &str, now_ms: i64) -> bool {
-        self.client_id == client_id && self.scope == scope && self.status(now_ms) == Status::Active
+    /// Whose tokens it elevates: the subject, or the client itself.
+    pub fn grantee(&self) -> &str {
+        self.subject.as_deref().unwrap_or(&self.client_id)
+    }
+
+    /// Whether tokens of `client_id` for `sub` may carry `scope` by this grant at `now_ms`.
+    pub fn covers(&self, client_id: &str, sub: &str, scope: &str, now_ms: i64) -> bool {
+        self.client_id == client_id
+            && self.grantee() == sub
+            && self.scope == scope
+            && self.status(now_ms) == Status::Active
     }
 
     /// Whether it can still become or be active (the metrics' "pending" and "active").
@@ -214,6 +228,22 @@ pub fn request(
             ),
         ));
     };
+    if let Some(subject) = &req.subject {
+        if subject.is_empty() || subject.len() > 256 {
+            return Err(refused(
+                Invalid,
+                "invalid_subject",
+                "subject must be 1-256 bytes, as the client's session tokens name it",
+            ));
+        }
+        if !policy.allows_subject(subject) {
+            return Err(refused(
+                Forbidden,
+                "subject_not_allowed",
+                "this elevation is not open to that subject of the client's sessions",
+            ));
+        }
+    }
     if req.duration_secs == 0 {
         return Err(refused(
             Invalid,
@@ -276,6 +306,7 @@ pub fn request(
         id,
         version: 1,
         client_id: client_id.to_string(),
+        subject: req.subject,
         scope: req.scope,
         state: State::Requested,
         requested_by: client_id.to_string(),
@@ -327,7 +358,8 @@ fn may_decide(
     approvers: &[String],
 ) -> Result<(), Refused> {
     use RefusedKind::Forbidden;
-    if (actor == g.requested_by || actor == g.client_id) && !policy.requester_may_approve {
+    let requester = actor == g.requested_by || actor == g.client_id || actor == g.grantee();
+    if requester && !policy.requester_may_approve {
         return Err(refused(
             Forbidden,
             "self_approval",

@@ -73,10 +73,32 @@ fn ops_bot() -> ClientDef {
         .audiences(&[ORDERS_AUD])
 }
 
+/// A session issuer: an IdP hook whose users' sessions may be elevated.
+fn hook() -> ClientDef {
+    ClientDef::new("idp-hook")
+        .grants(&[TE, "refresh_token"])
+        .scopes(&["orders:read"])
+        .audiences(&[ORDERS_AUD])
+        .roles(&["session_issuer"])
+}
+
+const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+fn idp() -> Idp {
+    Idp::new("https://idp.grants.test")
+}
+
 fn builder() -> ServerBuilder {
+    builder_with(&idp())
+}
+
+/// The server's clients, trusting `idp`'s assertions.
+fn builder_with(idp: &Idp) -> ServerBuilder {
     let mut all = clients::standard();
-    all.extend([alice(), bob(), carol(), mallory(), ops_bot()]);
-    TestServer::builder().clients(all)
+    all.extend([alice(), bob(), carol(), mallory(), ops_bot(), hook()]);
+    TestServer::builder()
+        .clients(all)
+        .trusted_issuer(idp.trusted())
 }
 
 // === calls ===
@@ -215,7 +237,7 @@ async fn set_policy(s: &TestServer) {
         StatusCode::OK,
         "registry amendment",
     );
-    amend_elevations(
+    let r = amend_elevations(
         s,
         ORDERS,
         json!({
@@ -225,12 +247,14 @@ async fn set_policy(s: &TestServer) {
         }),
     )
     .await;
-    amend_elevations(
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = amend_elevations(
         s,
         "ops-bot",
         json!({REFUND: {"max_duration_secs": 600, "approvers": ["ops-bot", "alice-oncall"]}}),
     )
     .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
 
 /// The latest contract of `client` and its version.
@@ -1016,4 +1040,128 @@ async fn the_cli_requests_lists_approves_and_revokes_as_each_person() {
     assert!(st.success() && out.contains("revoked"), "{out}");
     let (st, _, err) = run(bob(), a(&["revoke", &id, "--reason", "again"])).await;
     assert!(!st.success() && err.contains("409"), "{err}");
+}
+
+/// A user's session: the IdP hook asks for an elevation of one of its users; once
+/// approved, that user's session refreshes with the elevated scope (the grant named, `exp`
+/// no later than its end); other users, and the session's own scope, are unchanged; the
+/// policy names which users may be elevated; a revocation ends it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_of_a_session_is_elevated_through_the_session_issuer() {
+    let idp = idp();
+    let s = builder_with(&idp).start().await;
+    set_policy(&s).await;
+    let r = amend_elevations(
+        &s,
+        "idp-hook",
+        json!({REFUND: {"max_duration_secs": 600, "approvers": ["group:oncall"], "subjects": ["alice"]}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let open = |sub: &'static str| {
+        let s = &s;
+        let assertion = idp.assertion(sub);
+        async move {
+            let p = [
+                ("grant_type", TE),
+                ("subject_token", assertion.as_str()),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                ("scope", "orders:read"),
+            ];
+            let r = s.post_form("/token", &p, hook().auth()).await;
+            ok(&r, StatusCode::OK, "session")["refresh_token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let refresh = |rt: String, scope: &'static str| {
+        let s = &s;
+        async move {
+            let p = [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt.as_str()),
+                ("scope", scope),
+            ];
+            s.post_form("/token", &p, hook().auth()).await
+        }
+    };
+    let both = "orders:read orders:refund-any";
+    let rt = open("alice").await;
+    let r = refresh(rt.clone(), both).await;
+    refused(&r, 400, "elevation_not_active");
+    // The refusal spent nothing: the same refresh token is used below (spent, it would
+    // count as reuse and revoke the session).
+    let rt_bob = open("bob").await;
+
+    let for_user = |sub: &str| json!({"scope": REFUND, "subject": sub, "duration_secs": 300, "justification": "support case 12"});
+    refused(
+        &ask(&s, &hook(), for_user("bob")).await,
+        403,
+        "subject_not_allowed",
+    );
+    let g = ok(
+        &ask(&s, &hook(), for_user("alice")).await,
+        StatusCode::CREATED,
+        "request for alice",
+    );
+    assert_eq!(g["subject"], "alice");
+    let id = g["id"].as_str().unwrap().to_string();
+    let g = ok(
+        &decide(&s, &alice(), &id, "approve").await,
+        StatusCode::OK,
+        "approve",
+    );
+    let ends_at_ms = g["ends_at_ms"].as_i64().unwrap();
+
+    let r = refresh(rt, both).await;
+    let t = ok(&r, StatusCode::OK, "elevated refresh");
+    assert_eq!(t["scope"], both);
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let claims = decode_jwt(&token).1;
+    assert_eq!(
+        (claims["sub"].as_str(), claims["grant"].as_str()),
+        (Some("alice"), Some(id.as_str()))
+    );
+    assert!(claims["exp"].as_i64().unwrap() * 1000 <= ends_at_ms);
+    assert!(s.is_active(&token).await);
+    // The session keeps its own scope: the next refresh without the elevated scope is plain.
+    let rt = t["refresh_token"].as_str().unwrap().to_string();
+    let plain = ok(
+        &refresh(rt, "orders:read").await,
+        StatusCode::OK,
+        "plain refresh",
+    );
+    assert!(decode_jwt(plain["access_token"].as_str().unwrap())
+        .1
+        .get("grant")
+        .is_none());
+    // Another user of the same client is not elevated.
+    refused(&refresh(rt_bob, both).await, 400, "elevation_not_active");
+    // The client's own tokens are not elevated by a user's grant (it has no such grant).
+    let mine = ok(
+        &call(
+            &s,
+            &alice(),
+            Method::GET,
+            "/admin/grants?subject=alice",
+            None,
+        )
+        .await,
+        StatusCode::OK,
+        "by subject",
+    );
+    assert_eq!(mine["grants"].as_array().unwrap().len(), 1);
+
+    ok(
+        &decide(&s, &bob(), &id, "revoke").await,
+        StatusCode::OK,
+        "revoke",
+    );
+    assert!(
+        !s.is_active(&token).await,
+        "the user's elevated token dies with the grant"
+    );
+    let rt = plain["refresh_token"].as_str().unwrap().to_string();
+    refused(&refresh(rt, both).await, 400, "elevation_not_active");
 }

@@ -313,6 +313,8 @@ pub struct Filter {
     pub status: Option<Status>,
     pub client: Option<String>,
     pub scope: Option<String>,
+    /// Grants for this user of a client's sessions.
+    pub subject: Option<String>,
     /// Grants this client approved (or decided).
     pub approver: Option<String>,
 }
@@ -322,6 +324,10 @@ impl Filter {
         self.status.is_none_or(|s| g.status(now_ms) == s)
             && self.client.as_ref().is_none_or(|c| &g.client_id == c)
             && self.scope.as_ref().is_none_or(|s| &g.scope == s)
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|s| g.subject.as_ref() == Some(s))
             && self.approver.as_ref().is_none_or(|a| {
                 g.approvals.iter().any(|d| &d.by == a)
                     || g.closed.as_ref().is_some_and(|d| &d.by == a)

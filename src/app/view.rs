@@ -129,6 +129,7 @@ impl View<'_> {
             _ => return Err(Reason::GrantEnded),
         }
         if g.client_id != claims.client_id
+            || g.grantee() != claims.sub
             || !claims.scope.split(' ').any(|s| s == g.scope)
             || claims.exp.saturating_mul(1000) > g.ends_at_ms
             || super::grants::policy(self.app, &g.client_id, &g.scope, self.now_ms).is_none()

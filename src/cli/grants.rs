@@ -18,6 +18,9 @@ pub enum Command {
         /// The scope to elevate to (one).
         #[arg(long)]
         scope: String,
+        /// For a user of your client's sessions (as its tokens name it), not the client.
+        #[arg(long)]
+        subject: Option<String>,
         /// How long, e.g. 30m, 2h (at most the policy's ceiling).
         #[arg(long, value_parser = crate::config::parse_duration)]
         duration: std::time::Duration,
@@ -41,6 +44,9 @@ pub enum Command {
         client: Option<String>,
         #[arg(long)]
         scope: Option<String>,
+        /// Grants for this user of a client's sessions.
+        #[arg(long)]
+        subject: Option<String>,
         /// Grants this approver approved, denied or revoked.
         #[arg(long)]
         approver: Option<String>,
@@ -140,6 +146,7 @@ async fn call(client: &AdminClient, command: Command) -> Result<(Value, String),
     match command {
         Command::Request {
             scope,
+            subject,
             duration,
             justification,
             ticket,
@@ -154,6 +161,9 @@ async fn call(client: &AdminClient, command: Command) -> Result<(Value, String),
             if let Some(t) = start_at {
                 body["start_at"] = json!(t);
             }
+            if let Some(s) = subject {
+                body["subject"] = json!(s);
+            }
             let g = client.call(Method::POST, "/grants", Some(body)).await?;
             let text = detail(&g);
             Ok((g, text))
@@ -162,6 +172,7 @@ async fn call(client: &AdminClient, command: Command) -> Result<(Value, String),
             status,
             client: grantee,
             scope,
+            subject,
             approver,
             mine,
         } => {
@@ -170,6 +181,7 @@ async fn call(client: &AdminClient, command: Command) -> Result<(Value, String),
                 ("status", status),
                 ("client", grantee),
                 ("scope", scope),
+                ("subject", subject),
                 ("approver", approver),
             ] {
                 if let Some(v) = v {
@@ -272,7 +284,10 @@ fn list_table(list: &Value) -> String {
             vec![
                 text_cell(g, "id"),
                 text_cell(g, "status"),
-                text_cell(g, "client_id"),
+                match g["subject"].as_str() {
+                    Some(sub) => format!("{} for {sub}", text_cell(g, "client_id")),
+                    None => text_cell(g, "client_id"),
+                },
                 text_cell(g, "scope"),
                 approvals_cell(g),
                 ms_cell(g, "requested_at_ms"),
@@ -302,6 +317,7 @@ fn detail(g: &Value) -> String {
         vec!["id".to_string(), text_cell(g, "id")],
         vec!["status".into(), text_cell(g, "status")],
         vec!["client".into(), text_cell(g, "client_id")],
+        vec!["subject".into(), text_cell(g, "subject")],
         vec!["scope".into(), text_cell(g, "scope")],
         vec!["requested by".into(), text_cell(g, "requested_by")],
         vec!["requested at".into(), ms_cell(g, "requested_at_ms")],

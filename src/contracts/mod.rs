@@ -143,6 +143,10 @@ pub struct Elevation {
     /// How long a request waits for its decision before it expires, in seconds.
     #[serde(default = "default_request_ttl")]
     pub request_ttl_secs: u64,
+    /// Which users of this client's sessions may be elevated: empty (the default) only the
+    /// client itself; `"*"` any subject; else these subjects (as tokens name them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
     /// Sensitive scopes are counted apart (`latch_grants_active{sensitive="true"}`) and
     /// alerted on by the shipped Prometheus rules.
     #[serde(default)]
@@ -160,6 +164,11 @@ fn default_request_ttl() -> u64 {
 }
 
 impl Elevation {
+    /// Whether a grant for `subject` (a user of the client's sessions) is allowed.
+    pub fn allows_subject(&self, subject: &str) -> bool {
+        self.subjects.iter().any(|s| s == "*" || s == subject)
+    }
+
     /// The approvers' client ids, groups expanded from `registry` (unknown groups name
     /// nobody), deduplicated.
     pub fn approver_ids(&self, registry: Option<&Registry>) -> Vec<String> {
@@ -617,6 +626,14 @@ fn check_elevations(doc: &str, c: &Contract, registry: &Registry) -> Vec<Problem
                     "an approver is a client id (1-256 bytes) or group:<name>".into(),
                 );
             }
+        }
+        if e.subjects.len() > MAX_ITEMS || e.subjects.iter().any(|s| s.is_empty() || s.len() > 256)
+        {
+            problem(
+                format!("{key}.subjects"),
+                "invalid_subject",
+                format!("subjects: at most {MAX_ITEMS}, each 1-256 bytes (or \"*\")"),
+            );
         }
         let eligible = e
             .approver_ids(Some(registry))

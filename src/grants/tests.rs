@@ -10,12 +10,14 @@ fn policy() -> Elevation {
         ticket_required: false,
         request_ttl_secs: 600,
         sensitive: false,
+        subjects: Vec::new(),
     }
 }
 
 fn ask(duration_secs: u64, start_at_ms: Option<i64>) -> Request {
     Request {
         scope: "db:admin".into(),
+        subject: None,
         duration_secs,
         start_at_ms,
         justification: "incident 42".into(),
@@ -120,12 +122,12 @@ fn approval_starts_the_clock_and_time_ends_it() {
         "from approval, not from the request"
     );
     assert_eq!(a.ends_at_ms, T + 5_000 + 600_000);
-    assert!(a.covers("svc", "db:admin", T + 5_000));
+    assert!(a.covers("svc", "svc", "db:admin", T + 5_000));
     assert!(
-        !a.covers("svc", "db:admin", a.ends_at_ms),
+        !a.covers("svc", "svc", "db:admin", a.ends_at_ms),
         "ends at its end"
     );
-    assert!(!a.covers("other", "db:admin", T + 6_000));
+    assert!(!a.covers("other", "other", "db:admin", T + 6_000));
     assert_eq!(a.status(a.ends_at_ms), Status::Ended);
 }
 
@@ -198,7 +200,7 @@ fn revoke_ends_a_live_grant_only() {
     let a = approve(&g, "alice", &p, &ids, by("alice", T)).unwrap();
     let r = revoke(&a, by("bob", T + 10)).unwrap();
     assert_eq!(r.status(T + 10), Status::Revoked);
-    assert!(!r.covers("svc", "db:admin", T + 10));
+    assert!(!r.covers("svc", "svc", "db:admin", T + 10));
     assert_eq!(
         revoke(&r, by("bob", T + 11)).unwrap_err().code,
         "grant_revoked"
@@ -222,4 +224,47 @@ fn grant_ids_are_checked() {
     ] {
         assert!(!valid_id(bad), "{bad:?}");
     }
+}
+
+#[test]
+fn a_subject_grant_elevates_that_user_only_and_only_if_the_policy_opens_it() {
+    let mut p = policy();
+    let mut r = ask(600, None);
+    r.subject = Some("idp|alice".into());
+    assert_eq!(
+        request("g-1".into(), "svc", r.clone(), Some(&p), T, "r")
+            .unwrap_err()
+            .code,
+        "subject_not_allowed"
+    );
+    p.subjects = vec!["idp|alice".into()];
+    let g = request("g-1".into(), "svc", r.clone(), Some(&p), T, "r").unwrap();
+    let ids = p.approver_ids(None);
+    // The user may not approve their own elevation either (were they an approver).
+    let mut with_user = p.clone();
+    with_user.approvers.push("idp|alice".into());
+    let ids_user = with_user.approver_ids(None);
+    assert_eq!(
+        approve(&g, "idp|alice", &with_user, &ids_user, by("idp|alice", T))
+            .unwrap_err()
+            .code,
+        "self_approval"
+    );
+    let a = approve(&g, "alice", &p, &ids, by("alice", T)).unwrap();
+    assert!(a.covers("svc", "idp|alice", "db:admin", T));
+    assert!(
+        !a.covers("svc", "svc", "db:admin", T),
+        "not the client's own tokens"
+    );
+    assert!(
+        !a.covers("svc", "idp|bob", "db:admin", T),
+        "not another user's"
+    );
+    r.subject = Some(String::new());
+    assert_eq!(
+        request("g-2".into(), "svc", r, Some(&p), T, "r")
+            .unwrap_err()
+            .code,
+        "invalid_subject"
+    );
 }

@@ -84,6 +84,9 @@ fn op(method: &Method, path: &str) -> Result<Op, ApiError> {
 #[serde(deny_unknown_fields)]
 struct RequestBody {
     scope: String,
+    /// A user of the client's sessions, as its tokens name it (absent: the client).
+    #[serde(default)]
+    subject: Option<String>,
     duration_secs: u64,
     /// RFC 3339 (`Z` required); absent: at approval.
     #[serde(default)]
@@ -130,6 +133,7 @@ pub async fn dispatch(
                     };
                     let req = grants::Request {
                         scope: b.scope,
+                        subject: b.subject,
                         duration_secs: b.duration_secs,
                         start_at_ms,
                         justification: b.justification,
@@ -197,10 +201,11 @@ fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
             }
             "client" => f.client = Some(v),
             "scope" => f.scope = Some(v),
+            "subject" => f.subject = Some(v),
             "approver" => f.approver = Some(v),
             other => {
                 return Err(ApiError::InvalidRequest(format!(
-                    "unknown parameter {:?}: use status, client, scope or approver",
+                    "unknown parameter {:?}: use status, client, scope, subject or approver",
                     other.chars().take(64).collect::<String>()
                 )))
             }
