@@ -378,6 +378,15 @@ async fn a_grant_is_requested_approved_used_and_ends_by_itself() {
         ours,
         vec![("grant_request", ORDERS), ("grant_approve", "alice-oncall")]
     );
+    let approval = audit
+        .iter()
+        .find(|a| a["target"] == format!("grant:{id}") && a["action"] == "grant_approve")
+        .unwrap();
+    let reason = approval["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("approve by alice-oncall [active ") && reason.ends_with("Z]"),
+        "the audit says when it is active: {reason}"
+    );
 }
 
 /// Revoked early: inactive at once on the node that recorded it, the token refused, and

@@ -215,13 +215,24 @@ pub async fn decide(
             }
         }
     };
+    // The approval that completes a grant says in the audit when it is active, so the
+    // audit alone tells who asked, who approved, and when it started and ends.
+    let audited = if next.state == grants::State::Approved && g.state == grants::State::Requested {
+        format!(
+            "{reason} [active {} to {}]",
+            rfc3339(next.starts_at_ms),
+            rfc3339(next.ends_at_ms)
+        )
+    } else {
+        reason.to_string()
+    };
     write(
         app,
         &next,
         g.version,
         action.audit(),
         actor,
-        reason,
+        &audited,
         request_id,
     )
     .await?;
@@ -241,6 +252,12 @@ pub async fn decide(
         }
     }
     Ok(next)
+}
+
+/// Unix ms as RFC 3339 UTC, seconds.
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn count(g: &Grant, decision: &'static str) {

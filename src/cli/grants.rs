@@ -317,7 +317,6 @@ fn detail(g: &Value) -> String {
         vec!["id".to_string(), text_cell(g, "id")],
         vec!["status".into(), text_cell(g, "status")],
         vec!["client".into(), text_cell(g, "client_id")],
-        vec!["subject".into(), text_cell(g, "subject")],
         vec!["scope".into(), text_cell(g, "scope")],
         vec!["requested by".into(), text_cell(g, "requested_by")],
         vec!["requested at".into(), ms_cell(g, "requested_at_ms")],
@@ -335,6 +334,9 @@ fn detail(g: &Value) -> String {
         vec!["starts".into(), ms_cell(g, "starts_at_ms")],
         vec!["ends".into(), ms_cell(g, "ends_at_ms")],
     ];
+    if let Some(sub) = g["subject"].as_str() {
+        rows.insert(3, vec!["subject".into(), sub.to_string()]);
+    }
     for a in g["approvals"]
         .as_array()
         .map(Vec::as_slice)
