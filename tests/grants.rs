@@ -1174,3 +1174,82 @@ async fn a_user_of_a_session_is_elevated_through_the_session_issuer() {
     let rt = plain["refresh_token"].as_str().unwrap().to_string();
     refused(&refresh(rt, both).await, 400, "elevation_not_active");
 }
+
+/// Redis Cluster, two nodes: the same promises as on one Redis. Decisions from one
+/// version on both nodes at once have exactly one outcome; a grant approved on A is
+/// honoured on B; revoked on B, its token is inactive on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_decisions_have_one_outcome_and_revocations_reach_every_node() {
+    const PASSWORD: &str = "grants-cluster-7Qz";
+    let cluster = testkit::redis_ha::RedisCluster::start(PASSWORD).await;
+    let setup = builder()
+        .redis_url(&cluster.url())
+        .env("LATCH_STORE__REDIS_PASSWORD", PASSWORD);
+    let nodes = setup.start_nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    set_policy(a).await;
+    for round in 0..3 {
+        let id = request(a, REFUND, 600).await;
+        eventually(DEADLINE, "B knows the request", || async {
+            let r = call(
+                b,
+                &alice(),
+                Method::GET,
+                &format!("/admin/grants/{id}"),
+                None,
+            )
+            .await;
+            (r.status == StatusCode::OK)
+                .then_some(())
+                .ok_or_else(|| r.text())
+        })
+        .await;
+        let (p1, p2, p3) = (alice(), bob(), carol());
+        let (x, y, z) = tokio::join!(
+            decide_on(a, &p1, &id, "approve", 1),
+            decide_on(b, &p2, &id, "revoke", 1),
+            decide_on(b, &p3, &id, "approve", 1),
+        );
+        let statuses = [x.status.as_u16(), y.status.as_u16(), z.status.as_u16()];
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 409).count(),
+            2,
+            "round {round}: {statuses:?}"
+        );
+        assert_eq!(
+            show(a, &id).await["version"],
+            2,
+            "round {round}: one decision recorded"
+        );
+    }
+    let id = request(a, REFUND, 600).await;
+    ok(
+        &decide(a, &alice(), &id, "approve").await,
+        StatusCode::OK,
+        "approve on A",
+    );
+    let on_b = eventually(DEADLINE, "B issues under the grant", || async {
+        let r = token_for(b, REFUND).await;
+        (r.status == StatusCode::OK)
+            .then(|| r.json()["access_token"].as_str().unwrap().to_string())
+            .ok_or_else(|| r.text())
+    })
+    .await;
+    assert!(a.is_active(&on_b).await);
+    ok(
+        &decide(b, &bob(), &id, "revoke").await,
+        StatusCode::OK,
+        "revoke on B",
+    );
+    eventually(DEADLINE, "the token is inactive on A", || async {
+        (!a.is_active(&on_b).await)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+}
