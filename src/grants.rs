@@ -22,6 +22,9 @@ pub const MAX_TEXT: usize = 1024;
 /// How far in the past a requested start may lie (clock skew between the requester and
 /// latch), in ms.
 pub const START_TOLERANCE_MS: i64 = 60_000;
+/// Most requests one client may have waiting for a decision at once (as a node sees
+/// them): a client cannot flood the approvers or the store.
+pub const MAX_PENDING_PER_CLIENT: usize = 20;
 /// Longest grant id accepted in a path, in bytes.
 pub const MAX_GRANT_ID: usize = 64;
 
@@ -196,14 +199,6 @@ impl Grant {
             && self.grantee() == sub
             && self.scope == scope
             && self.status(now_ms) == Status::Active
-    }
-
-    /// Whether it can still become or be active (the metrics' "pending" and "active").
-    pub fn is_live(&self, now_ms: i64) -> bool {
-        matches!(
-            self.status(now_ms),
-            Status::Requested | Status::Approved | Status::Active
-        )
     }
 }
 

@@ -683,6 +683,27 @@ async fn hostile_requests_and_decisions_are_refused() {
     call(&s, &bot, Method::GET, &format!("/grants/{id}"), None)
         .await
         .assert_error(404, "not_found");
+
+    // At most 20 requests waiting per client: no flooding the approvers or the store.
+    let mine = call(&s, &orders, Method::GET, "/grants?status=requested", None).await;
+    let waiting = ok(&mine, StatusCode::OK, "waiting")["grants"]
+        .as_array()
+        .unwrap()
+        .len();
+    for _ in waiting..20 {
+        request(&s, REFUND, 60).await;
+    }
+    refused(
+        &ask(&s, &orders, asking(REFUND, 60)).await,
+        409,
+        "too_many_pending",
+    );
+    // Another client is not affected.
+    ok(
+        &ask(&s, &bot, asking(REFUND, 60)).await,
+        StatusCode::CREATED,
+        "another client",
+    );
 }
 
 /// The policy is validated as part of the contract: an elevation of a scope the contract

@@ -1530,6 +1530,17 @@ async fn grants(api: &Api, s: &TestServer) {
         .await;
     r.assert_error(403, "unauthorized_client");
     api.assert(Method::POST, "/admin/grants/{id}/approve", &r);
+    // At most 20 waiting requests per client.
+    let mut r = s.post_json("/grants", &ask, me.auth()).await;
+    for _ in 0..25 {
+        if r.status != 201 {
+            break;
+        }
+        r = s.post_json("/grants", &ask, me.auth()).await;
+    }
+    r.assert_error(409, "conflict");
+    assert_eq!(r.json()["reason"], "too_many_pending");
+    api.assert(Method::POST, "/grants", &r);
 }
 
 async fn drive_ssf(api: &Api, s: &TestServer) -> String {

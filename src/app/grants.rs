@@ -10,7 +10,7 @@
 //! while the node is fresh (`App::fresh`), and only between its start and its end by
 //! that node's clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,6 +121,23 @@ pub async fn request(
         return Err(Error::InvalidRequest(
             "scope must be one scope token (1-128 printable ASCII characters, no spaces)".into(),
         ));
+    }
+    let pending = app
+        .grants
+        .all()
+        .iter()
+        .filter(|g| g.client_id == client_id && g.status(now) == Status::Requested)
+        .count();
+    if pending >= grants::MAX_PENDING_PER_CLIENT {
+        return Err(grants::Refused {
+            kind: grants::RefusedKind::Conflict,
+            code: "too_many_pending",
+            message: format!(
+                "this client has {pending} requests waiting for a decision already (at most {}); withdraw or wait for them",
+                grants::MAX_PENDING_PER_CLIENT
+            ),
+        }
+        .into());
     }
     let found = policy(app, client_id, &req.scope, now);
     let id = format!("g-{}", &crate::tokens::random_id()[..16]);
@@ -390,7 +407,7 @@ pub fn show(app: &App, id: &str, owner: Option<&str>) -> Result<(i64, Arc<Grant>
 /// twice a second, from this node's table (a grant starts and ends by the clock, with
 /// no event to count).
 pub async fn run_gauges(app: App, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut shown: HashMap<(String, bool), ()> = HashMap::new();
+    let mut shown: HashSet<(String, bool)> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -409,14 +426,14 @@ pub async fn run_gauges(app: App, mut shutdown: tokio::sync::watch::Receiver<boo
             }
         }
         metrics::gauge!(m::GRANTS_PENDING).set(pending as f64);
-        for key in shown.keys() {
+        for key in &shown {
             if !active.contains_key(key) {
                 set_active(key, 0);
             }
         }
         for (key, n) in &active {
             set_active(key, *n);
-            shown.insert(key.clone(), ());
+            shown.insert(key.clone());
         }
     }
 }
