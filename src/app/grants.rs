@@ -446,3 +446,60 @@ fn set_active((scope, sensitive): &(String, bool), n: u64) {
     )
     .set(n as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revocation::RevocationKind;
+
+    fn record(version: u64, state: grants::State) -> Grant {
+        let policy = crate::contracts::Elevation {
+            max_duration_secs: 600,
+            approvers: vec!["alice".into()],
+            approvals: 1,
+            requester_may_approve: false,
+            justification_required: false,
+            ticket_required: false,
+            request_ttl_secs: 600,
+            subjects: Vec::new(),
+            sensitive: false,
+        };
+        let req = grants::Request {
+            scope: "db:admin".into(),
+            duration_secs: 60,
+            ..grants::Request::default()
+        };
+        let mut g = grants::request("g-1".into(), "svc", req, Some(&policy), 0, "r").unwrap();
+        g.version = version;
+        g.state = state;
+        g
+    }
+
+    fn event(seq: u64, value: String) -> RevocationEvent {
+        RevocationEvent {
+            seq,
+            kind: RevocationKind::Grant,
+            value,
+            revoked_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_table_keeps_the_highest_version_and_drops_a_grant_it_cannot_read() {
+        let t = Grants::new([record(2, grants::State::Approved)]);
+        // A replay of an older version (the log after the records) changes nothing.
+        let v1 = serde_json::to_string(&record(1, grants::State::Requested)).unwrap();
+        t.apply_event(&event(1, v1));
+        assert_eq!(t.get("g-1").unwrap().version, 2);
+        let v3 = serde_json::to_string(&record(3, grants::State::Revoked)).unwrap();
+        t.apply_event(&event(3, v3));
+        assert_eq!(t.get("g-1").unwrap().state, grants::State::Revoked);
+        // An entry that names a grant but does not parse as one: the grant is never
+        // honoured again here (fail closed).
+        let t = Grants::new([record(2, grants::State::Approved)]);
+        t.apply_event(&event(4, r#"{"id":"g-1","version":"x"}"#.into()));
+        assert!(t.get("g-1").is_none());
+        t.apply_event(&event(5, "not json".into()));
+        assert!(t.all().is_empty());
+    }
+}
