@@ -133,7 +133,7 @@ pub async fn request(
             kind: grants::RefusedKind::Conflict,
             code: "too_many_pending",
             message: format!(
-                "this client has {pending} requests waiting for a decision already (at most {}); withdraw or wait for them",
+                "this client has {pending} requests waiting for a decision already (at most {}); wait for them to be decided or to expire, or ask an admin to revoke them",
                 grants::MAX_PENDING_PER_CLIENT
             ),
         }
