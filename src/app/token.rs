@@ -165,6 +165,10 @@ async fn grant(
             let mut claims = view.access_claims(&client.id, client, aud, scope);
             if let Some(g) = &grant {
                 view.elevate(&mut claims, g);
+                if claims.exp <= claims.iat {
+                    // The grant ends within this second: a token would be born expired.
+                    return Err(policy::elevation_not_active(&g.scope).into());
+                }
                 metrics::counter!(
                     m::GRANT_TOKENS_ISSUED,
                     "sensitive" => if g.sensitive { "true" } else { "false" }
@@ -545,6 +549,10 @@ async fn refresh(
     let mut claims = view.access_claims(&record.sub, client, record.aud.clone(), scope);
     if let Some(g) = &grant {
         view.elevate(&mut claims, g);
+        if claims.exp <= claims.iat {
+            // The grant ends within this second: a token would be born expired.
+            return Err(policy::elevation_not_active(&g.scope).into());
+        }
         metrics::counter!(
             m::GRANT_TOKENS_ISSUED,
             "sensitive" => if g.sensitive { "true" } else { "false" }
