@@ -199,6 +199,7 @@ contract! {
         of_concurrent_amendments_of_one_document_exactly_one_wins,
         grant_writes_compare_and_set_on_the_version_and_travel_in_the_log,
         of_concurrent_grant_decisions_exactly_one_wins,
+        a_grant_version_the_store_lost_is_written_back_only_over_an_older_one,
         a_refresh_token_rotates_once_then_reports_reuse_and_unknown,
         of_concurrent_rotations_of_one_token_exactly_one_wins,
         refresh_records_round_trip_byte_identical,
@@ -977,6 +978,7 @@ fn grant_write(id: &str, expected: u64, what: &str) -> GrantWrite {
             expected + 1
         ),
         action: format!("grant_{what}"),
+        restore: false,
     }
 }
 
@@ -1054,6 +1056,50 @@ async fn grant_writes_compare_and_set_on_the_version_and_travel_in_the_log(store
             ("grant_approve".to_string(), "grant:g-one".to_string()),
             ("grant_request".to_string(), "grant:g-two".to_string()),
         ]
+    );
+}
+
+async fn a_grant_version_the_store_lost_is_written_back_only_over_an_older_one(store: SharedStore) {
+    let id = "g-lost";
+    let restore = |version: u64, what: &str| GrantWrite {
+        id: id.into(),
+        expected: version,
+        record: format!("{{\"id\":\"{id}\",\"version\":{version},\"what\":\"{what}\"}}"),
+        action: "grant_restored".into(),
+        restore: true,
+    };
+    // Not in the store at all: written, at the record's own version.
+    store
+        .append_grant(restore(3, "revoke"), audit("grant_restored", id))
+        .await
+        .expect("written back into an empty store");
+    // The same or an older version: the store keeps what it has.
+    for v in [3, 2] {
+        let r = store
+            .append_grant(restore(v, "older"), audit("grant_restored", id))
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict)), "version {v}: {r:?}");
+    }
+    assert_eq!(
+        store.grant(id.into()).await.expect("read"),
+        Some(restore(3, "revoke").record)
+    );
+    // Decisions go on from the restored version.
+    let next = GrantWrite {
+        record: format!("{{\"id\":\"{id}\",\"version\":4}}"),
+        ..grant_write(id, 3, "approve")
+    };
+    store
+        .append_grant(next, audit("grant_approve", id))
+        .await
+        .expect("compare-and-set on the restored version");
+    let log = store.revocations_after(0, 0, 100).await.expect("log");
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.kind == RevocationKind::Grant)
+            .count(),
+        2,
+        "the write-back and the decision, nothing for the refusals"
     );
 }
 

@@ -315,6 +315,7 @@ async fn write(
         expected,
         record,
         action: action.to_string(),
+        restore: false,
     };
     let audit = NewAudit {
         actor: actor.to_string(),

@@ -318,7 +318,14 @@ impl EmbeddedStore {
                 (Some(_), _) => "contract_amend",
             };
             if let Some(g) = &grant {
-                let changed = if g.expected == 0 {
+                let changed = if g.restore {
+                    tx.execute(
+                        "INSERT INTO grants (id, version, record) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(id) DO UPDATE SET version = excluded.version,
+                         record = excluded.record WHERE grants.version < excluded.version",
+                        params![g.id, g.expected as i64, g.record],
+                    )
+                } else if g.expected == 0 {
                     tx.execute(
                         "INSERT OR IGNORE INTO grants (id, version, record) VALUES (?1, 1, ?2)",
                         params![g.id, g.record],

@@ -80,8 +80,13 @@ pub struct GrantWrite {
     pub expected: u64,
     /// The new record's JSON (`grants::Grant`): stored, and the log entry's value.
     pub record: String,
-    /// The audit action (`grant_request`, `grant_approve`, `grant_deny`, `grant_revoke`).
+    /// The audit action (`grant_request`, `grant_approve`, `grant_deny`, `grant_revoke`,
+    /// `grant_restored`).
     pub action: String,
+    /// A node writing back a version the store lost: then `expected` is the record's own
+    /// version, and the write happens iff the stored version is lower (or there is none);
+    /// the stored version becomes `expected`.
+    pub restore: bool,
 }
 
 impl PartialEq for Head {

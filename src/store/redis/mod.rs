@@ -209,12 +209,19 @@ end
 /// compare-and-set on the grant's version, then the record write; REVOKE then appends the
 /// log entry (kind `grant`), the audit record and the announcement. KEYS[6] grants,
 /// KEYS[7] grants:version. ARGV[10] id, ARGV[11] expected version, ARGV[12] record JSON,
-/// ARGV[13] unused. Returns {-1} on a lost compare-and-set.
+/// ARGV[13] `grant`, or `restore` (ARGV[11] is then the record's version, written iff the
+/// stored one is lower). Returns {-1} on a lost compare-and-set.
 const GRANT_CHECK: &str = "
 local gv = tonumber(redis.call('HGET', KEYS[7], ARGV[10]) or '0')
-if gv ~= tonumber(ARGV[11]) then return {-1} end
+local want = tonumber(ARGV[11])
+if ARGV[13] == 'restore' then
+  if gv >= want then return {-1} end
+  redis.call('HSET', KEYS[7], ARGV[10], want)
+else
+  if gv ~= want then return {-1} end
+  redis.call('HSET', KEYS[7], ARGV[10], gv + 1)
+end
 redis.call('HSET', KEYS[6], ARGV[10], ARGV[12])
-redis.call('HSET', KEYS[7], ARGV[10], gv + 1)
 ";
 
 /// After `WAIT` confirmed the replicas: raises `acked` (replication is one ordered stream,
@@ -829,7 +836,7 @@ impl RedisStore {
                 .arg(&g.id)
                 .arg(g.expected)
                 .arg(&g.record)
-                .arg("grant")
+                .arg(if g.restore { "restore" } else { "grant" })
                 .arg(action);
         }
         let reply: Vec<redis::Value> = invocation
