@@ -311,7 +311,16 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         // The node registry (its own hash tag): without it no node records a freshness
         // proof, so none is ever fresh.
         "~{latch:nodes}:*",
+        // Refresh-token families and assertion replay records (their own hash tags, so a
+        // Cluster spreads them).
+        "~{latch:s:*",
+        "~{latch:seen:*",
         "&{latch}:events",
+        "+hsetnx",
+        "+xrevrange",
+        "+ssubscribe",
+        "+sunsubscribe",
+        "+spublish",
         "+ping",
         // The contracts' history (issue 10): read at start, checked inside the scripts.
         "+hkeys",

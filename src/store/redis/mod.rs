@@ -1,7 +1,7 @@
 //! The Redis store: the only file that speaks Redis.
 //!
-//! Every key shares the hash tag `{latch}`, so each Lua script touches one slot (a
-//! requirement of Redis Cluster) and runs atomically:
+//! Only what must be ordered shares the hash tag `{latch}` (one slot, so one Lua script
+//! touches several atomically, a requirement of Redis Cluster):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -13,6 +13,17 @@
 //! | `{latch}:ssf:streams` | hash | Shared Signals streams by id: `<version>\n<json>` (compare-and-set on the version) |
 //! | `{latch}:ssf:lease` | string | the node holding the push-delivery lease, expiring with it (`PX`) |
 //!
+//! Sessions and replay records have hash tags of their own, so a Cluster spreads them over
+//! every master; what used to be one script with the log is now ordered steps
+//! (docs/ARCHITECTURE.md, "Sessions on a sharded store"):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{latch:s:<family>}:rt:<sha256>` | hash | a refresh token's record (`rec`) and `used` |
+//! | `{latch:s:<family>}:fam` | hash | `reused`: the family was caught reused; none of its tokens is served again |
+//! | `{latch:seen:<sha256>}` | string | an assertion's one-time claim |
+//! | `{latch}:rt:<sha256>` | hash | a refresh record of a chain begun before families |
+//!
 //! The node registry has its own hash tag (it never needs to be atomic with the log):
 //!
 //! | key | type | holds |
@@ -21,7 +32,8 @@
 //! | `{latch:nodes}:node:<id>` | hash | the node's last report (see `nodes::NodeRecord`), store times in ms; expires when forgotten |
 //! | `{latch:nodes}:acks:<id>` | list | `epoch:applied:ms` for each change of its `applied`, newest first, at most `nodes::ACK_HISTORY` |
 //!
-//! Announcements go to the channel `{latch}:events`, published from inside the script
+//! Announcements go to the channel `{latch}:events` (a shard channel, `SPUBLISH`, on a
+//! Cluster), published from inside the script
 //! that makes a seq `acked` (the revoke script itself when `min_replicas_ack = 0`, else the
 //! ack script run after `WAIT`): a revocation is never announced before it is in the log
 //! and, where required, on replicas.
