@@ -308,9 +308,6 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         "on",
         &format!(">{pass}"),
         "~{latch}:*",
-        // The node registry (its own hash tag): without it no node records a freshness
-        // proof, so none is ever fresh.
-        "~{latch:nodes}:*",
         // Refresh-token families and assertion replay records (their own hash tags, so a
         // Cluster spreads them).
         "~{latch:s:*",

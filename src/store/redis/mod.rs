@@ -24,13 +24,16 @@
 //! | `{latch:seen:<sha256>}` | string | an assertion's one-time claim |
 //! | `{latch}:rt:<sha256>` | hash | a refresh record of a chain begun before families |
 //!
-//! The node registry has its own hash tag (it never needs to be atomic with the log):
+//! The node registry shares `{latch}` although it is never written with the log: every
+//! node's freshness proof is recorded there before it is trusted, so on a Cluster a
+//! registry on another shard would make that shard's loss stop every node too (found by
+//! `tests/sessions.rs::sessions_spread_over_the_masters_and_a_lost_master_fails_closed_only_its_own`):
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{latch:nodes}:index` | sorted set | node id → the store time at which it is forgotten |
-//! | `{latch:nodes}:node:<id>` | hash | the node's last report (see `nodes::NodeRecord`), store times in ms; expires when forgotten |
-//! | `{latch:nodes}:acks:<id>` | list | `epoch:applied:ms` for each change of its `applied`, newest first, at most `nodes::ACK_HISTORY` |
+//! | `{latch}:nodes:index` | sorted set | node id → the store time at which it is forgotten |
+//! | `{latch}:nodes:node:<id>` | hash | the node's last report (see `nodes::NodeRecord`), store times in ms; expires when forgotten |
+//! | `{latch}:nodes:acks:<id>` | list | `epoch:applied:ms` for each change of its `applied`, newest first, at most `nodes::ACK_HISTORY` |
 //!
 //! Announcements go to the channel `{latch}:events` (a shard channel, `SPUBLISH`, on a
 //! Cluster), published from inside the script
@@ -85,14 +88,14 @@ const CONTRACTS: &str = "{latch}:contracts";
 const CONTRACTS_LATEST: &str = "{latch}:contracts:latest";
 /// Cancelled amendments: field `<doc>\n<version>` → 1.
 const CONTRACTS_CANCELLED: &str = "{latch}:contracts:cancelled";
-const NODE_INDEX: &str = "{latch:nodes}:index";
+const NODE_INDEX: &str = "{latch}:nodes:index";
 
 fn node_key(id: &str) -> String {
-    format!("{{latch:nodes}}:node:{id}")
+    format!("{{latch}}:nodes:node:{id}")
 }
 
 fn node_acks_key(id: &str) -> String {
-    format!("{{latch:nodes}}:acks:{id}")
+    format!("{{latch}}:nodes:acks:{id}")
 }
 const SSF_STREAMS: &str = "{latch}:ssf:streams";
 const SSF_LEASE: &str = "{latch}:ssf:lease";
