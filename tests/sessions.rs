@@ -1502,7 +1502,11 @@ async fn sessions_across_a_redis_cluster() {
 /// A refresh token's record key in Redis: under its family's hash tag (the 11 characters
 /// after `rt.`), docs/ARCHITECTURE.md "Redis keys".
 fn rt_key(token: &str) -> String {
-    format!("{{latch:s:{}}}:rt:{}", &token[3..14], sha256_hex(token.as_bytes()))
+    format!(
+        "{{latch:s:{}}}:rt:{}",
+        &token[3..14],
+        sha256_hex(token.as_bytes())
+    )
 }
 
 /// A refresh token the attacker made up, and its store key in Redis.
@@ -1789,7 +1793,10 @@ async fn sessions_spread_over_the_masters_and_a_lost_master_fails_closed_only_it
         .iter()
         .find(|&&m| m != ordered)
         .expect("a master without {latch}");
-    let replica = cluster.replica_of(victim).await.expect("the victim's replica");
+    let replica = cluster
+        .replica_of(victim)
+        .await
+        .expect("the victim's replica");
     let mut on_victim = Vec::new();
     let mut elsewhere = Vec::new();
     for s in sessions {
@@ -1862,10 +1869,20 @@ async fn sessions_spread_over_the_masters_and_a_lost_master_fails_closed_only_it
     // it is reuse, which kills the session.
     for s in probed {
         let r = refresh_settled(a, &s.spent).await;
-        assert_ne!(r.status, 200, "a spent token revived by the failover: {}", r.text());
+        assert_ne!(
+            r.status,
+            200,
+            "a spent token revived by the failover: {}",
+            r.text()
+        );
         r.assert_error(400, "invalid_grant");
         let r = refresh_settled(b, &s.live).await;
-        assert_ne!(r.status, 200, "a live token of a reused session: {}", r.text());
+        assert_ne!(
+            r.status,
+            200,
+            "a live token of a reused session: {}",
+            r.text()
+        );
         r.assert_error(400, "invalid_grant");
     }
     // The killed process comes back as the new master's replica: the shard confirms
@@ -1885,7 +1902,67 @@ async fn sessions_spread_over_the_masters_and_a_lost_master_fails_closed_only_it
         refresh_ok(a, &next.refresh).await;
     }
     // The other shards' sessions never noticed.
+    let mut moved_on_again = Vec::new();
     for rt in &moved_on {
-        refresh_ok(a, rt).await;
+        moved_on_again.push(refresh_ok(a, rt).await);
     }
+
+    // Now the master of `{latch}` dies: the ordered state is gone until its replica takes
+    // over and can confirm writes again, so every node fails closed (503 once past
+    // `max_staleness`), then catches up from the log on the promoted replica (the shard
+    // subscription follows the slot) and propagates revocations again.
+    let ordered_replica = cluster
+        .replica_of(ordered)
+        .await
+        .expect("{latch} has a replica");
+    let live = moved_on_again[0].access.clone();
+    cluster.nodes[ordered].kill9();
+    eventually(DEADLINE, "both nodes fail closed", || async {
+        let mut answers = Vec::new();
+        for n in [a, b] {
+            let r = n
+                .post_form("/introspect", &[("token", &live)], clients::rs_all().auth())
+                .await;
+            // Within `max_staleness` of its last proof a node still answers from its
+            // table (the bound it promises); past it, 503.
+            answers.push(r.status);
+        }
+        match answers.iter().all(|s| *s == 503) {
+            true => Ok(()),
+            false => Err(format!("{answers:?}")),
+        }
+    })
+    .await;
+    eventually(DEADLINE, "the {latch} replica is promoted", || async {
+        match cluster.nodes[ordered_replica].role().await {
+            Ok(r) if r == "master" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cluster.nodes[ordered].start_again().await;
+    cluster.await_ok().await;
+    cluster.await_replicas_in_sync().await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    assert!(
+        b.is_active(&live).await,
+        "a live token survives the failover"
+    );
+    let jti = claims_of(&live)["jti"].as_str().unwrap().to_string();
+    a.admin_revoke("token", Some(&jti), "after the {latch} failover")
+        .await;
+    eventually(
+        DEADLINE,
+        "revocation after the failover reaches B",
+        || async {
+            match b.is_active(&live).await {
+                false => Ok(()),
+                true => Err("still active on B".to_string()),
+            }
+        },
+    )
+    .await;
+    // The earlier revocation is still in force on both nodes.
+    assert!(!a.is_active(&revoked).await && !b.is_active(&revoked).await);
 }

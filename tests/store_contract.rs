@@ -761,19 +761,29 @@ async fn audit_records_come_back_in_order_and_in_pages(store: SharedStore) {
 
 async fn audit_records_past_their_retention_are_pruned_and_the_newest_stays(store: SharedStore) {
     for i in 0..5 {
-        store.append_audit(audit(&format!("old_{i}"), "t")).await.unwrap();
+        store
+            .append_audit(audit(&format!("old_{i}"), "t"))
+            .await
+            .unwrap();
     }
     let old = all_audit(&*store).await;
     let cut = old.last().expect("written").time * 1000 + 1000;
     // Store times are in ms, audit times in s: wait past the second the old ones are in.
     wait_until_clock_passes(cut).await;
     for i in 0..3 {
-        store.append_audit(audit(&format!("new_{i}"), "t")).await.unwrap();
+        store
+            .append_audit(audit(&format!("new_{i}"), "t"))
+            .await
+            .unwrap();
     }
     let everything = all_audit(&*store).await;
     assert_eq!(store.prune_audit(cut).await.expect("prune"), 5);
     assert_eq!(all_audit(&*store).await, everything[5..].to_vec());
-    assert_eq!(store.prune_audit(cut).await.expect("again"), 0, "idempotent");
+    assert_eq!(
+        store.prune_audit(cut).await.expect("again"),
+        0,
+        "idempotent"
+    );
     // Paged reads go on from any seq, the pruned ones simply absent.
     let page = store.audit_after(0, 2).await.unwrap();
     assert_eq!(page, everything[5..7].to_vec());
@@ -804,7 +814,12 @@ async fn every_change_is_audited_with_the_change(store: SharedStore) {
         )
         .await
         .unwrap();
-    open(&*store, &rkey("fam-audit", "rt-audit"), &record("sid-audit")).await;
+    open(
+        &*store,
+        &rkey("fam-audit", "rt-audit"),
+        &record("sid-audit"),
+    )
+    .await;
     store
         .bump_epoch(audit("store_recover", "store"))
         .await
@@ -1064,17 +1079,32 @@ async fn a_reuse_mark_kills_every_token_of_the_family_and_only_those(store: Shar
     open(&*store, &other, &r_other).await;
     assert_eq!(rotate(&*store, &h0, &h1, &r).await, Rotation::Rotated);
     // Marking a live or unknown token does nothing.
-    store.mark_reused(h1.clone()).await.expect("mark a live token");
-    store.mark_reused(other.clone()).await.expect("mark a live token");
+    store
+        .mark_reused(h1.clone())
+        .await
+        .expect("mark a live token");
+    store
+        .mark_reused(other.clone())
+        .await
+        .expect("mark a live token");
     store
         .mark_reused(rkey("fam-none", "rt-none"))
         .await
         .expect("mark an unknown token");
     assert_eq!(lookup(&*store, &h1).await, Some((r.clone(), false)));
-    assert_eq!(lookup(&*store, &other).await, Some((r_other.clone(), false)));
+    assert_eq!(
+        lookup(&*store, &other).await,
+        Some((r_other.clone(), false))
+    );
     // A spent one marks its family: the live successor reads spent and is never served.
-    store.mark_reused(h0.clone()).await.expect("mark a spent token");
-    store.mark_reused(h0.clone()).await.expect("marking is idempotent");
+    store
+        .mark_reused(h0.clone())
+        .await
+        .expect("mark a spent token");
+    store
+        .mark_reused(h0.clone())
+        .await
+        .expect("marking is idempotent");
     assert_eq!(lookup(&*store, &h1).await, Some((r.clone(), true)));
     assert_eq!(
         rotate(&*store, &h1, &h2, &r).await,
@@ -1149,7 +1179,10 @@ async fn refresh_records_round_trip_byte_identical(store: SharedStore) {
         sessions::seal(mac_key, hash, &mut r);
         r
     };
-    let (h0, h1) = (rkey("fam-bytes", "rt-bytes-0"), rkey("fam-bytes", "rt-bytes-1"));
+    let (h0, h1) = (
+        rkey("fam-bytes", "rt-bytes-0"),
+        rkey("fam-bytes", "rt-bytes-1"),
+    );
     let r0 = sealed(
         &h0,
         RefreshRecord {

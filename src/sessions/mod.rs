@@ -38,7 +38,10 @@ pub fn new_refresh_token() -> String {
 pub fn next_refresh_token(previous: &str) -> String {
     let fresh = new_refresh_token();
     match family(previous) {
-        Some(f) => format!("{REFRESH_PREFIX}{f}{}", &fresh[REFRESH_PREFIX.len() + FAMILY_LEN..]),
+        Some(f) => format!(
+            "{REFRESH_PREFIX}{f}{}",
+            &fresh[REFRESH_PREFIX.len() + FAMILY_LEN..]
+        ),
         None => fresh,
     }
 }

@@ -619,7 +619,10 @@ impl Store for EmbeddedStore {
         new_key: String,
         new: RefreshRecord,
     ) -> BoxFuture<'_, Result<Rotation, StoreError>> {
-        let (old_hash, new_hash) = (key_hash(&old_key).to_string(), key_hash(&new_key).to_string());
+        let (old_hash, new_hash) = (
+            key_hash(&old_key).to_string(),
+            key_hash(&new_key).to_string(),
+        );
         self.with_conn(move |conn, _| {
             let json = encode(&new)?;
             let tx = conn.transaction().map_err(unavailable)?;

@@ -1494,7 +1494,8 @@ impl Store for RedisStore {
                 .await
                 .map_err(unavailable)?;
             if marked == 1 {
-                self.best_effort_replicas(&mut conn, &fam, "reuse mark").await;
+                self.best_effort_replicas(&mut conn, &fam, "reuse mark")
+                    .await;
             }
             Ok(())
         })

@@ -396,7 +396,12 @@ impl Conn {
     /// its slot (the redis crate would send `WAIT` to every master and answer the least,
     /// so a shard without a replica would fail every write on every other shard);
     /// elsewhere the one master. The writes it covers are this connection's to that node.
-    pub async fn wait_for(&mut self, key: &str, replicas: u32, timeout_ms: u64) -> RedisResult<u64> {
+    pub async fn wait_for(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisResult<u64> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas).arg(timeout_ms);
         match self {
