@@ -15,6 +15,8 @@ pub const PROPAGATION: &str = "latch_revocation_propagation_seconds";
 pub const TABLE_ENTRIES: &str = "latch_revocation_table_entries";
 pub const STATE_AGE: &str = "latch_revocation_state_age_seconds";
 pub const SIGNING_KEYS: &str = "latch_signing_keys";
+/// How long the `next` signing key has been past its due time without signing (0 normally).
+pub const KEY_ROTATION_OVERDUE: &str = "latch_signing_key_rotation_overdue_seconds";
 pub const STORE_UP: &str = "latch_store_up";
 pub const CONNECTIONS_REFUSED: &str = "latch_connections_refused_total";
 pub const KEY_RECORDS_REJECTED: &str = "latch_key_records_rejected_total";
@@ -104,6 +106,11 @@ fn describe() {
         "Age of this node's confirmed view of the revocation log"
     );
     describe_gauge!(SIGNING_KEYS, "Signing keys by state");
+    describe_gauge!(
+        KEY_ROTATION_OVERDUE,
+        Unit::Seconds,
+        "How long the next signing key has been past its due time without signing"
+    );
     describe_gauge!(STORE_UP, "1 when the last store round trip succeeded");
     describe_counter!(
         KEY_RECORDS_REJECTED,

@@ -477,6 +477,8 @@ impl Follower {
                 metrics::gauge!(m::SIGNING_KEYS, "state" => state.as_str())
                     .set(ring.count(state) as f64);
             }
+            metrics::gauge!(m::KEY_ROTATION_OVERDUE)
+                .set(ring.rotation_overdue_ms(now) as f64 / 1000.0);
         });
     }
 }

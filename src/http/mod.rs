@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::metrics as m;
@@ -159,7 +160,13 @@ pub async fn handle(
         .unwrap_or_else(|| app.next_request_id());
     let result = match duplicate {
         Some(h) => Err(ApiError::InvalidRequest(format!("header {h} is repeated"))),
-        None => within_deadline(&app, route, req, &request_id).await,
+        None => {
+            // Every log line of this request (use cases, store errors, audit) carries its id.
+            let span = tracing::info_span!("request", id = %request_id, endpoint = route.label());
+            within_deadline(&app, route, req, &request_id)
+                .instrument(span)
+                .await
+        }
     };
     let mut resp = match result {
         Ok(r) => r,

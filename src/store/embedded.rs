@@ -183,8 +183,11 @@ impl EmbeddedStore {
             + 'static,
     {
         let inner = self.inner.clone();
+        // The caller's span (a request's id) goes along: audit records logged in `f` carry it.
+        let span = tracing::Span::current();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
+                let _in_span = span.enter();
                 let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
                 f(&mut conn, &inner.events)
             })
