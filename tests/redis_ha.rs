@@ -728,6 +728,12 @@ async fn cluster_propagates_fails_closed_and_recovers() {
         3,
         "{out}"
     );
+    // This cluster keeps Redis's default: one shard without a master stops every slot.
+    assert_eq!(
+        out.matches("cluster-require-full-coverage yes").count(),
+        3,
+        "{out}"
+    );
     let a = cfg.start().await;
     let b = cfg.start().await;
 

@@ -1747,6 +1747,10 @@ async fn sessions_spread_over_the_masters_and_a_lost_master_fails_closed_only_it
             c.store.min_replicas_ack = Some(1);
             c.store.replica_ack_timeout = Some(ms(500));
         });
+    // `latch check` finds what docs/SCALING.md asks of a Cluster: no warning.
+    let (st, out, err) = cfg.run_verb("check").await;
+    assert!(st.success(), "{out}\n{err}");
+    assert!(!out.contains("warning"), "{out}");
     let nodes = cfg.start_nodes(2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
 
