@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 pub mod contracts;
+pub mod grants;
 pub mod wait;
 
 #[derive(Debug, thiserror::Error)]

@@ -86,6 +86,15 @@ enum Command {
         #[command(subcommand)]
         command: cli::contracts::Command,
     },
+    /// Just-in-time elevation: request, list, show, approve, deny, revoke grants, each
+    /// person under their own credentials (LATCH_CLIENT_ID/LATCH_CLIENT_SECRET, else the
+    /// admin variables).
+    Grants {
+        #[command(subcommand)]
+        command: cli::grants::Command,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Args)]
@@ -220,6 +229,9 @@ fn main() -> ExitCode {
             remote,
         } => operator(&remote.server, remote.json, move |c| audit(c, since, limit)),
         Command::Contracts { command } => cli::contracts::run(command),
+        Command::Grants { command, remote } => {
+            cli::grants::run(command, &remote.server, remote.json)
+        }
         Command::Healthcheck { server, timeout } => healthcheck(&server, timeout),
     }
 }

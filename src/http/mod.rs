@@ -23,6 +23,7 @@ use request::{read_body, require_content_type, ClientAddr, Form};
 pub mod admin;
 pub mod contracts;
 pub mod error;
+pub mod grants;
 pub mod introspection;
 pub mod nodes;
 pub mod oauth;
@@ -49,6 +50,9 @@ enum Route {
     AdminStoreRecover,
     AdminContracts,
     AdminScopes,
+    /// `/grants...` (a client's own elevation requests) and `/admin/grants...`.
+    Grants,
+    AdminGrants,
     AdminNodes,
     AdminRevocation,
     Healthz,
@@ -76,6 +80,8 @@ impl Route {
             p if p == "/admin/contracts" || p.starts_with("/admin/contracts/") => {
                 Route::AdminContracts
             }
+            p if p == "/admin/grants" || p.starts_with("/admin/grants/") => Route::AdminGrants,
+            p if p == "/grants" || p.starts_with("/grants/") => Route::Grants,
             "/admin/nodes" => Route::AdminNodes,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
@@ -101,6 +107,8 @@ impl Route {
             Route::AdminStoreRecover => "admin_store_recover",
             Route::AdminContracts => "admin_contracts",
             Route::AdminScopes => "admin_scopes",
+            Route::Grants => "grants",
+            Route::AdminGrants => "admin_grants",
             Route::AdminNodes => "admin_nodes",
             Route::AdminRevocation => "admin_revocation",
             Route::Healthz => "healthz",
@@ -250,6 +258,9 @@ async fn dispatch(
     if matches!(route, Route::AdminContracts | Route::AdminScopes) {
         // These paths answer GET and POST, by sub-path.
         return contracts::dispatch(app, req, request_id).await;
+    }
+    if matches!(route, Route::Grants | Route::AdminGrants) {
+        return grants::dispatch(app, req, request_id).await;
     }
     if let Route::Ssf(endpoint) = route {
         return ssf::dispatch(app, endpoint, req, request_id).await;
