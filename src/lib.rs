@@ -42,6 +42,7 @@ pub mod revocation;
 pub mod server;
 pub mod sessions;
 pub mod ssf;
+pub mod status;
 pub mod store;
 pub mod time;
 pub mod tokens;
@@ -147,6 +148,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     reporter.report().await?;
     let node_id = reporter.id();
     let ssf = app::ssf::Ssf::new(&config)?;
+    let status = app::status::StatusLists::new(&config, store.clone());
     let app = App::new(
         config,
         app::Parts {
@@ -158,6 +160,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             contracts,
             node_id,
             ssf,
+            status,
         },
     );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
@@ -169,6 +172,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(app::keys::run_rotation(keys, stop_rx.clone())),
         tokio::spawn(app::contracts::run_watch(app.clone(), stop_rx.clone())),
         tokio::spawn(app::ssf::delivery::run(app.clone(), stop_rx.clone())),
+        tokio::spawn(app::status::run_pruning(app.clone(), stop_rx.clone())),
         tokio::spawn(server::serve(
             metrics_listener,
             app.clone(),

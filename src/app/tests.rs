@@ -195,6 +195,7 @@ async fn node() -> Node {
     follower.load().await.unwrap();
     let trusted = config.trusted_issuers().unwrap();
     let ssf = super::ssf::Ssf::new(&config).unwrap();
+    let status = super::status::StatusLists::new(&config, store.clone());
     let app = App::new(
         config,
         super::Parts {
@@ -206,6 +207,7 @@ async fn node() -> Node {
             contracts,
             node_id: "test-node".into(),
             ssf,
+            status,
         },
     );
     let (stop, stopped) = watch::channel(false);
@@ -274,6 +276,7 @@ impl Node {
                 contracts: self.app.contracts.clone(),
                 node_id: "test-node-2".into(),
                 ssf: super::ssf::Ssf::new(&self.app.config).unwrap(),
+                status: super::status::StatusLists::new(&self.app.config, self.app.store.clone()),
             },
         )
     }

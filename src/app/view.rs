@@ -81,6 +81,22 @@ impl View<'_> {
             .app
             .keys
             .with_ring(|ring| self.verifier(ring).decide(token))?;
+        self.within_rights(&claims)?;
+        Ok(claims)
+    }
+
+    /// [`View::decide`] for a token known by its claims and the `kid` that signed it (a
+    /// status-list record): the same decision without the signature check.
+    pub fn decide_recorded(&self, kid: &str, claims: &AccessClaims) -> Result<(), Reason> {
+        self.app
+            .keys
+            .with_ring(|ring| self.verifier(ring).judge(kid, claims))?;
+        self.within_rights(claims)
+    }
+
+    /// The client's side of a decision: still configured, within its contract in force,
+    /// and no client it was exchanged from suspended.
+    fn within_rights(&self, claims: &AccessClaims) -> Result<(), Reason> {
         let Some(client) = self.app.contracts.client(&claims.client_id, self.now_ms) else {
             return Err(Reason::UnknownClient);
         };
@@ -102,7 +118,7 @@ impl View<'_> {
                 }
             }
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// [`View::decide`] for a resource server `caller`: a token for an audience the
@@ -157,6 +173,7 @@ impl View<'_> {
             dcl: Vec::new(),
             djt: Vec::new(),
             cv: client.contract_version,
+            status: None,
         }
     }
 
@@ -215,12 +232,35 @@ impl View<'_> {
 
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, Error> {
+        self.sign_with_kid(claims).map(|(token, _)| token)
+    }
+
+    /// Signs `claims` with the active key; also says which key that was.
+    pub fn sign_with_kid(&self, claims: &AccessClaims) -> Result<(String, String), Error> {
         self.app.keys.with_ring(|ring| {
             let signer = ring
                 .signer()
                 .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
-            tokens::sign(signer, claims).map_err(|e| Error::Internal(format!("signing: {e}")))
+            let token = tokens::sign(signer, claims)
+                .map_err(|e| Error::Internal(format!("signing: {e}")))?;
+            Ok((token, signer.kid.to_string()))
         })
+    }
+
+    /// Signs a Status List Token's claims with the active key (`typ` `statuslist+jwt`).
+    pub fn sign_status_list(&self, claims: &serde_json::Value) -> Result<String, Error> {
+        self.app.keys.with_ring(|ring| {
+            let signer = ring
+                .signer()
+                .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
+            crate::status::sign(signer, claims)
+                .map_err(|e| Error::Internal(format!("signing: {e}")))
+        })
+    }
+
+    /// The version of the key ring this view reads now.
+    pub fn keys_version(&self) -> u64 {
+        self.app.keys.with_ring(|ring| ring.version)
     }
 }
 

@@ -65,6 +65,9 @@ pub struct AccessClaims {
     /// in force at every introspection; one that exceeds it is inactive.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cv: u64,
+    /// Where the token's status is published (Token Status List): its list and index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::status::Status>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -222,6 +225,19 @@ impl Verifier<'_> {
             return Err(Reason::NotYetValid);
         }
         Ok(())
+    }
+
+    /// [`Verifier::decide`] for claims whose signature is not at hand (a status-list
+    /// record of a token latch signed with `kid`): key state, time, revocation.
+    pub fn judge(&self, kid: &str, claims: &AccessClaims) -> Result<(), Reason> {
+        self.key_usable(kid)?;
+        self.in_time(claims)?;
+        match self.table.verdict(&claims.stamp()) {
+            Verdict::Live => Ok(()),
+            Verdict::Revoked => Err(Reason::Revoked),
+            Verdict::StaleEpoch => Err(Reason::StaleEpoch),
+            Verdict::StampAhead => Err(Reason::StampAhead),
+        }
     }
 
     /// The full decision: authentic and not revoked.
