@@ -56,6 +56,14 @@ fn on(url: &str, env: &[(&str, &str)]) -> ServerBuilder {
 async fn assert_works(node: &TestServer, what: &str) {
     let t = node.issue(&clients::orders(), &[]).await;
     assert!(node.is_active(&t).await, "{what}: fresh token inactive");
+    // Its status list renders from the store (the list's records are read back).
+    let uri = decode_jwt(&t).1["status"]["status_list"]["uri"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{what}: no status list in the token"));
+    let path = uri.strip_prefix("http://latch.test").expect("under the issuer");
+    let r = node.get(path, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{what}: {path} {}", r.text());
     let r = node
         .post_form("/revoke", &[("token", &t)], clients::orders().auth())
         .await;
@@ -311,6 +319,8 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         // The node registry (its own hash tag): without it no node records a freshness
         // proof, so none is ever fresh.
         "~{latch:nodes}:*",
+        // Token Status Lists: one key per list under its own hash tag, and their index.
+        "~{latch:sl:*",
         "&{latch}:events",
         "+ping",
         // The contracts' history (issue 10): read at start, checked inside the scripts.
