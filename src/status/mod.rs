@@ -19,7 +19,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::tokens::AccessClaims;
+pub use crate::tokens::{AccessClaims, Status, StatusRef};
 
 /// `typ` of a Status List Token (draft §5.1).
 pub const TYP: &str = "statuslist+jwt";
@@ -29,19 +29,6 @@ pub const MEDIA_TYPE: &str = "application/statuslist+jwt";
 pub const BITS: u8 = 1;
 /// The largest list a node may be configured to open (bits; 16 Mi indices, 2 MiB raw).
 pub const MAX_LIST_SIZE: u64 = 1 << 24;
-
-/// The `status` claim of an access token (draft §6.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub status_list: StatusRef,
-}
-
-/// Where a token's status is: index `idx` of the list at `uri`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusRef {
-    pub idx: u64,
-    pub uri: String,
-}
 
 /// A list's id: 64 random bits, 16 lowercase hex digits in URIs and keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -67,7 +67,20 @@ pub struct AccessClaims {
     pub cv: u64,
     /// Where the token's status is published (Token Status List): its list and index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<crate::status::Status>,
+    pub status: Option<Status>,
+}
+
+/// The `status` claim of an access token (draft §6.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub status_list: StatusRef,
+}
+
+/// Where a token's status is: index `idx` of the list at `uri`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRef {
+    pub idx: u64,
+    pub uri: String,
 }
 
 fn is_zero(v: &u64) -> bool {
