@@ -532,19 +532,31 @@ impl StatusListConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let secs = |d: Duration| (1..=3600).contains(&d.as_secs()) && d.subsec_nanos() == 0;
         if !secs(self.ttl) {
-            return Err(ConfigError::new("status_list.ttl", "must be whole seconds, 1s to 1h"));
+            return Err(ConfigError::new(
+                "status_list.ttl",
+                "must be whole seconds, 1s to 1h",
+            ));
         }
         if !(8..=crate::status::MAX_LIST_SIZE).contains(&self.list_size) {
-            return Err(ConfigError::new("status_list.list_size", "must be 8 to 16777216"));
+            return Err(ConfigError::new(
+                "status_list.list_size",
+                "must be 8 to 16777216",
+            ));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.window) {
             return Err(ConfigError::new("status_list.window", "must be 1s to 1h"));
         }
         if !(1..=65536).contains(&self.commit_batch) {
-            return Err(ConfigError::new("status_list.commit_batch", "must be 1 to 65536"));
+            return Err(ConfigError::new(
+                "status_list.commit_batch",
+                "must be 1 to 65536",
+            ));
         }
         if !(1..=64).contains(&self.commits_in_flight) {
-            return Err(ConfigError::new("status_list.commits_in_flight", "must be 1 to 64"));
+            return Err(ConfigError::new(
+                "status_list.commits_in_flight",
+                "must be 1 to 64",
+            ));
         }
         Ok(())
     }

@@ -98,7 +98,10 @@ fn describe() {
     describe_counter!(TOKENS_ISSUED_TOTAL, "Access tokens issued by grant");
     describe_counter!(STATUS_LISTS_OPENED, "Status lists this node opened");
     describe_counter!(STATUS_LISTS_RENDERED, "Status List Tokens rendered");
-    describe_counter!(STATUS_COMMITS, "Group commits of status-list records by result");
+    describe_counter!(
+        STATUS_COMMITS,
+        "Group commits of status-list records by result"
+    );
     describe_counter!(STATUS_RECORDS_WRITTEN, "Status-list records written");
     describe_counter!(
         REVOCATIONS_TOTAL,

@@ -61,7 +61,9 @@ async fn assert_works(node: &TestServer, what: &str) {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| panic!("{what}: no status list in the token"));
-    let path = uri.strip_prefix("http://latch.test").expect("under the issuer");
+    let path = uri
+        .strip_prefix("http://latch.test")
+        .expect("under the issuer");
     let r = node.get(path, None).await;
     assert_eq!(r.status, StatusCode::OK, "{what}: {path} {}", r.text());
     let r = node

@@ -36,14 +36,19 @@ fn status_of(token: &str) -> (String, u64) {
     let claims = decode_jwt(token).1;
     let r = &claims["status"]["status_list"];
     (
-        r["uri"].as_str().expect("status.status_list.uri").to_string(),
+        r["uri"]
+            .as_str()
+            .expect("status.status_list.uri")
+            .to_string(),
         r["idx"].as_u64().expect("status.status_list.idx"),
     )
 }
 
 /// The path of a list URI on any node.
 fn path_of(uri: &str) -> String {
-    uri.strip_prefix(ISSUER).expect("list URI under the issuer").to_string()
+    uri.strip_prefix(ISSUER)
+        .expect("list URI under the issuer")
+        .to_string()
 }
 
 /// Fetches `uri` from `node` as a validator does: checks the answer (media type, cache
@@ -90,7 +95,10 @@ async fn fetch_list(node: &TestServer, uri: &str) -> Vec<u8> {
 async fn bit(node: &TestServer, token: &str) -> u8 {
     let (uri, idx) = status_of(token);
     let raw = fetch_list(node, &uri).await;
-    let byte = raw.get((idx / 8) as usize).copied().expect("index within the list");
+    let byte = raw
+        .get((idx / 8) as usize)
+        .copied()
+        .expect("index within the list");
     (byte >> (idx % 8)) & 1
 }
 
@@ -164,7 +172,13 @@ async fn every_path(nodes: &[TestServer], idp: &Idp) {
     let by_reuse = open_session(issuer, idp, "carol").await;
 
     // Every token names a list under the issuer and starts VALID on the other node.
-    for t in [&by_7009, &by_jti, &by_client, &bystander, &by_session.access] {
+    for t in [
+        &by_7009,
+        &by_jti,
+        &by_client,
+        &bystander,
+        &by_session.access,
+    ] {
         assert_eq!(bit(reader, t).await, 0, "a fresh token is VALID");
     }
     let (uri, _) = status_of(&by_7009);
@@ -185,7 +199,9 @@ async fn every_path(nodes: &[TestServer], idp: &Idp) {
     issuer.admin_revoke("subject", Some("bob"), "test").await;
     sees_revoked(reader, &by_subject.access, "admin subject").await;
 
-    issuer.admin_revoke("client", Some(&billing.id), "test").await;
+    issuer
+        .admin_revoke("client", Some(&billing.id), "test")
+        .await;
     sees_revoked(reader, &by_client, "admin client").await;
 
     // Refresh reuse: rotate once (the new access token is VALID), then present the
@@ -200,7 +216,11 @@ async fn every_path(nodes: &[TestServer], idp: &Idp) {
     sees_revoked(reader, &by_reuse.access, "refresh reuse (first token)").await;
 
     // Nothing else moved.
-    assert_eq!(bit(reader, &bystander).await, 0, "an unrevoked token stays VALID");
+    assert_eq!(
+        bit(reader, &bystander).await,
+        0,
+        "an unrevoked token stays VALID"
+    );
 
     // Key revocation: every token the key signed goes; tokens of the next key live.
     let kid = kid_of(&bystander);
@@ -222,12 +242,16 @@ async fn every_path(nodes: &[TestServer], idp: &Idp) {
         }
     })
     .await;
-    eventually(DEADLINE, "the new key's token VALID on the reader", || async {
-        match bit(reader, &after_key).await {
-            0 => Ok(()),
-            _ => Err("INVALID".to_string()),
-        }
-    })
+    eventually(
+        DEADLINE,
+        "the new key's token VALID on the reader",
+        || async {
+            match bit(reader, &after_key).await {
+                0 => Ok(()),
+                _ => Err("INVALID".to_string()),
+            }
+        },
+    )
     .await;
 
     issuer.admin_revoke("all", None, "test").await;
@@ -309,7 +333,10 @@ async fn list_requests_that_name_no_list_are_refused_clearly() {
     let (uri, _) = status_of(&token);
 
     // The metadata names the aggregation, which lists the token's list.
-    let meta = s.get("/.well-known/oauth-authorization-server", None).await.json();
+    let meta = s
+        .get("/.well-known/oauth-authorization-server", None)
+        .await
+        .json();
     assert_eq!(
         meta["status_list_aggregation_endpoint"],
         format!("{ISSUER}/statuslists")
@@ -333,9 +360,7 @@ async fn list_requests_that_name_no_list_are_refused_clearly() {
     ] {
         s.get(bad, None).await.assert_error(400, "invalid_request");
     }
-    let r = s
-        .post_form(&path_of(&uri), &[("a", "b")], None)
-        .await;
+    let r = s.post_form(&path_of(&uri), &[("a", "b")], None).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow").as_deref(), Some("GET"));
 }
@@ -348,11 +373,16 @@ async fn lists_can_be_turned_off() {
         .await;
     let token = s.issue(&clients::orders(), &[]).await;
     assert!(decode_jwt(&token).1.get("status").is_none());
-    s.get("/statuslists", None).await.assert_error(404, "not_found");
+    s.get("/statuslists", None)
+        .await
+        .assert_error(404, "not_found");
     s.get("/statuslists/0000000000000000", None)
         .await
         .assert_error(404, "not_found");
-    let meta = s.get("/.well-known/oauth-authorization-server", None).await.json();
+    let meta = s
+        .get("/.well-known/oauth-authorization-server", None)
+        .await
+        .json();
     assert!(meta.get("status_list_aggregation_endpoint").is_none());
 }
 

@@ -18,8 +18,8 @@ use latch::keys::StoredKey;
 use latch::nodes::{NodeReport, ACK_HISTORY};
 use latch::revocation::{ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind};
 use latch::sessions;
-use latch::status::{ListId, ListMeta};
 use latch::sessions::{RefreshRecord, Rotation};
+use latch::status::{ListId, ListMeta};
 use latch::store::embedded::EmbeddedStore;
 use latch::store::redis::topology::{Credentials, Options};
 use latch::store::redis::{RedisStore, Replication};
@@ -1432,9 +1432,7 @@ fn list_meta(id: u64, now: i64, expires_in_ms: i64) -> ListMeta {
 
 /// Records written in group commits read back by index, from any index on; a list the
 /// store never opened takes no record (`Conflict`) and reads as `None`.
-async fn status_records_read_back_from_an_index_on_and_only_for_a_known_list(
-    store: SharedStore,
-) {
+async fn status_records_read_back_from_an_index_on_and_only_for_a_known_list(store: SharedStore) {
     let now = now_ms();
     let meta = list_meta(0x1234_5678_9abc_def0, now, 3_600_000);
     store.status_open_list(meta.clone()).await.unwrap();
@@ -1446,7 +1444,11 @@ async fn status_records_read_back_from_an_index_on_and_only_for_a_known_list(
     // Two commits, the second landing first: order of completion does not matter.
     store.status_append(meta.id, batch(100, 50)).await.unwrap();
     store.status_append(meta.id, batch(0, 100)).await.unwrap();
-    let all = store.status_records(meta.id, 0).await.unwrap().expect("the list");
+    let all = store
+        .status_records(meta.id, 0)
+        .await
+        .unwrap()
+        .expect("the list");
     assert_eq!(all.meta, meta);
     let mut got = all.records.clone();
     got.sort();
@@ -1485,9 +1487,15 @@ async fn status_lists_are_listed_until_they_expire_then_pruned(store: SharedStor
     );
     wait_until_clock_passes(short.expires_ms).await;
     let later = now_ms();
-    assert_eq!(ids(store.status_lists(later).await.unwrap()), [live.id].into());
+    assert_eq!(
+        ids(store.status_lists(later).await.unwrap()),
+        [live.id].into()
+    );
     assert!(store.status_prune(later).await.unwrap() >= 1);
     assert!(store.status_records(short.id, 0).await.unwrap().is_none());
-    assert_eq!(ids(store.status_lists(later).await.unwrap()), [live.id].into());
+    assert_eq!(
+        ids(store.status_lists(later).await.unwrap()),
+        [live.id].into()
+    );
     assert!(store.status_records(live.id, 0).await.unwrap().is_some());
 }

@@ -11,7 +11,10 @@ use std::time::Instant;
 use testkit::clients::{self, ORDERS_AUD};
 use testkit::prelude::*;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/validator/validate.py");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/validator/validate.py"
+);
 
 fn python_ready() -> Result<(), String> {
     let out = Command::new("python3")
@@ -89,7 +92,10 @@ async fn the_readme_validator_sees_each_revocation_after_ttl() {
         eventually(DEADLINE, how, || {
             let (iss, t) = (issuer.clone(), token.clone());
             async move {
-                match tokio::task::spawn_blocking(move || validate(&iss, &t)).await.unwrap() {
+                match tokio::task::spawn_blocking(move || validate(&iss, &t))
+                    .await
+                    .unwrap()
+                {
                     Ok(false) => Ok(()),
                     Ok(true) => Err("still VALID".to_string()),
                     Err(e) => Err(e),
@@ -97,6 +103,9 @@ async fn the_readme_validator_sees_each_revocation_after_ttl() {
             }
         })
         .await;
-        eprintln!("{how}: the validator said INVALID after {:?}", started.elapsed());
+        eprintln!(
+            "{how}: the validator said INVALID after {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -77,7 +77,8 @@ struct Pending {
 #[derive(Default)]
 struct ListCache {
     meta: Option<ListMeta>,
-    records: Vec<Option<Record>>,
+    /// By index; boxed so that unfilled slots cost a pointer.
+    records: Vec<Option<Box<Record>>>,
     /// The lowest index without a record: the next load starts here.
     first_gap: u64,
     rendered: Option<Rendered>,
@@ -254,7 +255,7 @@ impl StatusLists {
             if cache.records.len() <= i {
                 cache.records.resize_with(i + 1, || None);
             }
-            cache.records[i] = Some(record);
+            cache.records[i] = Some(Box::new(record));
         }
         cache.first_gap = cache
             .records

@@ -47,7 +47,11 @@ impl ListId {
 
     /// Exactly 16 lowercase hex digits, else `None` (a path segment from a caller).
     pub fn parse(s: &str) -> Option<ListId> {
-        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 16
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return None;
         }
         u64::from_str_radix(s, 16).ok().map(ListId)
@@ -93,7 +97,13 @@ mod hex_id {
 impl ListMeta {
     /// A list opened at `now_ms` with `size` indices, issued into for `window_ms`, whose
     /// tokens live at most `token_life_ms` (the access-token cap plus leeway).
-    pub fn open(id: ListId, size: u64, now_ms: i64, window_ms: i64, token_life_ms: i64) -> ListMeta {
+    pub fn open(
+        id: ListId,
+        size: u64,
+        now_ms: i64,
+        window_ms: i64,
+        token_life_ms: i64,
+    ) -> ListMeta {
         ListMeta {
             id,
             size,

@@ -18,10 +18,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use super::{
-    decode_refresh as decode, encode_refresh as encode, BoxFuture, ContractWrite, Head, Store,
-    ListRecords, StoreError, StoreEvent,
+    decode_refresh as decode, encode_refresh as encode, BoxFuture, ContractWrite, Head,
+    ListRecords, Store, StoreError, StoreEvent,
 };
-use crate::status::{ListId, ListMeta};
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
 use crate::nodes::{NodeRecord, NodeReport, Registry};
@@ -30,6 +29,7 @@ use crate::revocation::{
 };
 use crate::sessions::{RefreshRecord, Rotation};
 use crate::ssf::StoredStream;
+use crate::status::{ListId, ListMeta};
 use crate::time::now_ms;
 
 const SCHEMA_VERSION: i64 = 3;
@@ -826,7 +826,8 @@ impl Store for EmbeddedStore {
 impl EmbeddedStore {
     fn open_list(&self, meta: ListMeta) -> BoxFuture<'_, Result<(), StoreError>> {
         self.with_conn(move |conn, _| {
-            let json = serde_json::to_string(&meta).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let json =
+                serde_json::to_string(&meta).map_err(|e| StoreError::Unavailable(e.to_string()))?;
             conn.execute(
                 "INSERT INTO status_lists (id, meta, expires_ms) VALUES (?1, ?2, ?3)",
                 params![meta.id.to_string(), json, meta.expires_ms],
@@ -873,14 +874,20 @@ impl EmbeddedStore {
         self.with_conn(move |conn, _| {
             let id = list.to_string();
             let meta: Option<String> = conn
-                .query_row("SELECT meta FROM status_lists WHERE id = ?1", params![id], |r| r.get(0))
+                .query_row(
+                    "SELECT meta FROM status_lists WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(unavailable)?;
             let Some(meta) = meta.and_then(|m| serde_json::from_str::<ListMeta>(&m).ok()) else {
                 return Ok(None);
             };
             let mut stmt = conn
-                .prepare_cached("SELECT idx, record FROM status_records WHERE list = ?1 AND idx >= ?2")
+                .prepare_cached(
+                    "SELECT idx, record FROM status_records WHERE list = ?1 AND idx >= ?2",
+                )
                 .map_err(unavailable)?;
             let rows = stmt
                 .query_map(params![id, from.min(i64::MAX as u64) as i64], |r| {
@@ -918,7 +925,10 @@ impl EmbeddedStore {
             )
             .map_err(unavailable)?;
             let n = tx
-                .execute("DELETE FROM status_lists WHERE expires_ms <= ?1", params![now])
+                .execute(
+                    "DELETE FROM status_lists WHERE expires_ms <= ?1",
+                    params![now],
+                )
                 .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             Ok(n as u64)

@@ -1464,8 +1464,8 @@ impl Store for RedisStore {
 
     fn status_open_list(&self, meta: ListMeta) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(&meta)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let json =
+                serde_json::to_string(&meta).map_err(|e| StoreError::Unavailable(e.to_string()))?;
             let _: i64 = self
                 .inner
                 .status_open
@@ -1523,7 +1523,9 @@ impl Store for RedisStore {
                 .query_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            let Some(meta) = meta.first().and_then(|m| serde_json::from_str::<ListMeta>(m).ok())
+            let Some(meta) = meta
+                .first()
+                .and_then(|m| serde_json::from_str::<ListMeta>(m).ok())
             else {
                 return Ok(None);
             };
