@@ -100,12 +100,12 @@ impl View<'_> {
         let Some(client) = self.app.contracts.client(&claims.client_id, self.now_ms) else {
             return Err(Reason::UnknownClient);
         };
-        within_contract(&claims, &client)?;
+        within_contract(claims, &client)?;
         if claims.cv != client.contract_version
             && self
                 .app
                 .contracts
-                .exceeded_since(&claims.client_id, claims.cv, &claims, self.now_ms)
+                .exceeded_since(&claims.client_id, claims.cv, claims, self.now_ms)
         {
             return Err(Reason::ContractNarrowed);
         }
