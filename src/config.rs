@@ -524,6 +524,8 @@ pub struct StatusListConfig {
     #[serde(default = "default_commit_batch")]
     pub commit_batch: usize,
     /// Group commits a node keeps in flight at once (pipelined on the store connection).
+    /// One gathered the largest batches and issued the most tokens on both stores
+    /// (docs/PERFORMANCE.md, "Token Status List").
     #[serde(default = "default_commits_in_flight")]
     pub commits_in_flight: usize,
 }
@@ -569,7 +571,7 @@ fn default_commit_batch() -> usize {
     4096
 }
 fn default_commits_in_flight() -> usize {
-    4
+    1
 }
 
 /// `[[ssf.receivers]]`: what one receiver's streams get.
