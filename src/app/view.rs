@@ -95,7 +95,9 @@ impl View<'_> {
     }
 
     /// The client's side of a decision: still configured, within its contract in force,
-    /// and no client it was exchanged from suspended.
+    /// and no client it was exchanged from suspended. A new reason for a token to be
+    /// inactive that does not need its signature belongs here (or in `Verifier::judge`),
+    /// so that status lists say it too.
     fn within_rights(&self, claims: &AccessClaims) -> Result<(), Reason> {
         let Some(client) = self.app.contracts.client(&claims.client_id, self.now_ms) else {
             return Err(Reason::UnknownClient);

@@ -245,6 +245,11 @@ impl Verifier<'_> {
     pub fn judge(&self, kid: &str, claims: &AccessClaims) -> Result<(), Reason> {
         self.key_usable(kid)?;
         self.in_time(claims)?;
+        self.not_revoked(claims)
+    }
+
+    /// The revocation table's verdict on `claims`' stamp, as a decision.
+    fn not_revoked(&self, claims: &AccessClaims) -> Result<(), Reason> {
         match self.table.verdict(&claims.stamp()) {
             Verdict::Live => Ok(()),
             Verdict::Revoked => Err(Reason::Revoked),
@@ -256,12 +261,8 @@ impl Verifier<'_> {
     /// The full decision: authentic and not revoked.
     pub fn decide(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
         let claims = self.authentic(token)?;
-        match self.table.verdict(&claims.stamp()) {
-            Verdict::Live => Ok(claims),
-            Verdict::Revoked => Err(Reason::Revoked),
-            Verdict::StaleEpoch => Err(Reason::StaleEpoch),
-            Verdict::StampAhead => Err(Reason::StampAhead),
-        }
+        self.not_revoked(&claims)?;
+        Ok(claims)
     }
 }
 
