@@ -269,11 +269,10 @@ impl StatusLists {
             app.await_stamp(point).await;
         }
         let view = app.fresh(now_ms())?;
-        let key = (
-            app.table.stamp_now(),
-            view.keys_version(),
-            cache.records.len(),
-        );
+        // The count of records held, not the highest index: a record that fills a gap
+        // (commits may land out of order) must change the rendering at once.
+        let held = cache.records.iter().filter(|r| r.is_some()).count();
+        let key = (app.table.stamp_now(), view.keys_version(), held);
         if let Some(r) = &cache.rendered {
             let age = view.now_ms() - r.at_ms;
             if r.key == key && (0..RENDER_REUSE_MS).contains(&age) {
