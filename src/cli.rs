@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 pub mod contracts;
+pub mod grants;
 pub mod wait;
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,51 @@ impl AdminClient {
         }
         Ok(value)
     }
+}
+
+/// `latch healthcheck`: `GET {server}/readyz` without credentials, as a container's or a
+/// service manager's health check does. `Ok` only for a 200 within `timeout`; anything else
+/// (refused, 503 while the node fails closed, a timeout) is the reason it is not ready.
+pub async fn healthcheck(server: &str, timeout: Duration) -> Result<(), CliError> {
+    if !server.starts_with("http://") {
+        return Err(CliError::BadServer(server.to_string()));
+    }
+    let url = format!("{}/readyz", server.trim_end_matches('/'));
+    let unreachable = |reason: String| CliError::Unreachable {
+        server: server.to_string(),
+        reason,
+    };
+    let req = Request::get(&url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|_| CliError::BadServer(server.to_string()))?;
+    let http: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(timeout, http.request(req))
+        .await
+        .map_err(|_| {
+            unreachable(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            ))
+        })?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = resp.status();
+    if status == hyper::StatusCode::OK {
+        return Ok(());
+    }
+    let bytes = tokio::time::timeout(timeout, resp.into_body().collect())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Err(CliError::Refused {
+        status: status.as_u16(),
+        error: value["status"].as_str().unwrap_or("not_ready").to_string(),
+        description: value["reason"].as_str().map(str::to_string),
+        problems: Vec::new(),
+    })
 }
 
 /// Formats Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC; a time outside years 1970 to 9999

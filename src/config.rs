@@ -30,6 +30,10 @@ pub const DEMO_SECRET_SHA256: &[&str] = &[
     "b8bbcc769867abdd276bf2ce447ac865a9ab441d8b536beb46f946ef12e86278",
     // demo-idp-secret-0123456789abcdef0123456789abcd
     "a4d7a8c5ddb853df14bb45ebe2c6dbe49b4cf4abcbb32ba03917cdeb4f7db52f",
+    // demo-alice-secret-0123456789abcdef0123456789a
+    "34aed1cbc836a98af730685abf6673f4c4549300f57efee8fcd4c160c9de3415",
+    // demo-bob-secret-0123456789abcdef0123456789abc
+    "4cefa588fa4317ea615f78b3d79fd85ebcae718f2620ad4cb4c926fc6f07065e",
 ];
 
 /// A configuration problem: which key, and why.

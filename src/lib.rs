@@ -31,6 +31,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod contracts;
+pub mod grants;
 pub mod http;
 pub mod ids;
 pub mod keys;
@@ -87,6 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let clients = config.clients();
     let book = app::contracts::load(&store).await?;
     let contracts = Arc::new(app::contracts::Contracts::new(clients, book));
+    let grants = Arc::new(app::grants::Grants::new(app::grants::load(&store).await?));
     let table = Arc::new(Table::new(config.revocation_retention()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let reporter = Arc::new(Reporter::new(
@@ -116,6 +118,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         FollowerConfig::new(config.store.max_staleness),
     )
     .with_contracts(contracts.clone())
+    .with_grants(grants.clone())
     .with_reporter(reporter.clone());
     follower.load().await?;
     store
@@ -158,6 +161,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             store,
             metrics: prometheus,
             contracts,
+            grants,
             node_id,
             ssf,
             status,
@@ -171,6 +175,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(follower.run(stop_rx.clone())),
         tokio::spawn(app::keys::run_rotation(keys, stop_rx.clone())),
         tokio::spawn(app::contracts::run_watch(app.clone(), stop_rx.clone())),
+        tokio::spawn(app::grants::run_gauges(app.clone(), stop_rx.clone())),
         tokio::spawn(app::ssf::delivery::run(app.clone(), stop_rx.clone())),
         tokio::spawn(app::status::run_pruning(app.clone(), stop_rx.clone())),
         tokio::spawn(server::serve(

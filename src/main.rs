@@ -70,11 +70,30 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Exit 0 when the server answers 200 at /readyz (no credentials): for container and
+    /// service-manager health checks.
+    Healthcheck {
+        /// Base URL of the server to check.
+        #[arg(long, env = "LATCH_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Give up (exit 1) after this long.
+        #[arg(long, default_value = "3s", value_parser = latch::config::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Authorization contracts: check, diff and plan a directory offline; apply, list,
     /// show, cancel, promote and roll back on a server.
     Contracts {
         #[command(subcommand)]
         command: cli::contracts::Command,
+    },
+    /// Just-in-time elevation: request, list, show, approve, deny, revoke grants, each
+    /// person under their own credentials (LATCH_CLIENT_ID/LATCH_CLIENT_SECRET, else the
+    /// admin variables).
+    Grants {
+        #[command(subcommand)]
+        command: cli::grants::Command,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -210,6 +229,10 @@ fn main() -> ExitCode {
             remote,
         } => operator(&remote.server, remote.json, move |c| audit(c, since, limit)),
         Command::Contracts { command } => cli::contracts::run(command),
+        Command::Grants { command, remote } => {
+            cli::grants::run(command, &remote.server, remote.json)
+        }
+        Command::Healthcheck { server, timeout } => healthcheck(&server, timeout),
     }
 }
 
@@ -219,11 +242,22 @@ fn init_logging() {
     let filter = std::env::var("LATCH_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    // LATCH_LOG_FORMAT=json: one JSON object per line, with the request's span (its id and
+    // endpoint) on every line logged while serving it. Anything else: readable text.
+    if std::env::var("LATCH_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -424,6 +458,29 @@ fn gen_secret() -> ExitCode {
     println!("secret         {secret}");
     println!("secret_sha256  {hex}");
     ExitCode::SUCCESS
+}
+
+/// `latch healthcheck`: exit 0 on a 200 from /readyz, 1 with the reason otherwise.
+fn healthcheck(server: &str, timeout: std::time::Duration) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Unreachable {
+            server: server.to_string(),
+            reason: e.to_string(),
+        })
+        .and_then(|rt| rt.block_on(cli::healthcheck(server, timeout)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ CliError::BadServer(_)) => {
+            eprintln!("latch: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("latch: not ready: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs an operator verb against a server; prints its JSON or its table.

@@ -15,6 +15,8 @@ pub const PROPAGATION: &str = "latch_revocation_propagation_seconds";
 pub const TABLE_ENTRIES: &str = "latch_revocation_table_entries";
 pub const STATE_AGE: &str = "latch_revocation_state_age_seconds";
 pub const SIGNING_KEYS: &str = "latch_signing_keys";
+/// How long the `next` signing key has been past its due time without signing (0 normally).
+pub const KEY_ROTATION_OVERDUE: &str = "latch_signing_key_rotation_overdue_seconds";
 pub const STORE_UP: &str = "latch_store_up";
 pub const CONNECTIONS_REFUSED: &str = "latch_connections_refused_total";
 pub const KEY_RECORDS_REJECTED: &str = "latch_key_records_rejected_total";
@@ -69,6 +71,19 @@ const BUCKETS: &[f64] = &[
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns the handle that renders it.
+/// Grant requests waiting for approvals, as this node's grant table holds them (gauge).
+pub const GRANTS_PENDING: &str = "latch_grants_pending";
+/// Active grants by scope and sensitivity (gauge; `scope` is from the contracts'
+/// elevations, a bounded set).
+pub const GRANTS_ACTIVE: &str = "latch_grants_active";
+/// Grant decisions recorded on this node by `decision` (`request`, `approve`,
+/// `approved` (the approval that completed it), `deny`, `revoke`) and `sensitive`.
+pub const GRANT_DECISIONS: &str = "latch_grant_decisions_total";
+/// Grants revoked before their end (counted by the node that recorded it).
+pub const GRANTS_REVOKED_EARLY: &str = "latch_grants_revoked_early_total";
+/// Tokens issued carrying an elevated scope, by `sensitive`.
+pub const GRANT_TOKENS_ISSUED: &str = "latch_grant_tokens_issued_total";
+
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -95,6 +110,20 @@ fn describe() {
         "HTTP request latency by endpoint"
     );
     describe_counter!(INTROSPECTIONS_TOTAL, "Introspections by result and reason");
+    describe_gauge!(GRANTS_PENDING, "Grant requests waiting for approvals");
+    describe_gauge!(GRANTS_ACTIVE, "Active grants by scope and sensitivity");
+    describe_counter!(
+        GRANT_DECISIONS,
+        "Grant requests and decisions recorded on this node by decision"
+    );
+    describe_counter!(
+        GRANTS_REVOKED_EARLY,
+        "Grants revoked before their end on this node"
+    );
+    describe_counter!(
+        GRANT_TOKENS_ISSUED,
+        "Access tokens issued carrying an elevated scope"
+    );
     describe_counter!(TOKENS_ISSUED_TOTAL, "Access tokens issued by grant");
     describe_counter!(STATUS_LISTS_OPENED, "Status lists this node opened");
     describe_counter!(STATUS_LISTS_RENDERED, "Status List Tokens rendered");
@@ -119,6 +148,11 @@ fn describe() {
         "Age of this node's confirmed view of the revocation log"
     );
     describe_gauge!(SIGNING_KEYS, "Signing keys by state");
+    describe_gauge!(
+        KEY_ROTATION_OVERDUE,
+        Unit::Seconds,
+        "How long the next signing key has been past its due time without signing"
+    );
     describe_gauge!(STORE_UP, "1 when the last store round trip succeeded");
     describe_counter!(
         KEY_RECORDS_REJECTED,

@@ -116,6 +116,36 @@ pub fn contract_scope(client: &Client, requested: Option<&str>) -> Result<String
     })
 }
 
+/// The refusal of an elevated scope with no grant active now.
+pub fn elevation_not_active(scope: &str) -> Refusal {
+    Refusal::scope(
+        "elevation_not_active",
+        format!(
+            "scope {} is an elevation: it needs a grant approved for this client and active now; request one (POST /grants)",
+            quoted(scope)
+        ),
+    )
+}
+
+/// The scope string of a token carrying `elevated` (covered by an active grant) with the
+/// rest of `requested`, which must be within the contract.
+pub fn elevated_scope(client: &Client, requested: &str, elevated: &str) -> Result<String, Refusal> {
+    let rest: Vec<&str> = requested
+        .split(' ')
+        .filter(|s| !s.is_empty() && *s != elevated)
+        .collect();
+    let mut scope = if rest.is_empty() {
+        String::new()
+    } else {
+        contract_scope(client, Some(&rest.join(" ")))?
+    };
+    if !scope.is_empty() {
+        scope.push(' ');
+    }
+    scope.push_str(elevated);
+    Ok(scope)
+}
+
 /// Refuses every request of a suspended client.
 pub fn not_suspended(client: &Client) -> Result<(), Refusal> {
     if client.suspended {

@@ -40,7 +40,7 @@ const OUTAGE: &str = "needs a store outage: outage_answers_match_the_openapi_doc
 /// Why it does not drive a 408 or 429.
 const LIMITS: &str = "needs tiny limits and deadlines: limit_answers_match_the_openapi_document";
 /// Operations that authenticate a client, so an auth-failure limit can refuse them (429).
-const AUTHENTICATED: [(&str, &str); 30] = [
+const AUTHENTICATED: [(&str, &str); 38] = [
     ("post", "/token"),
     ("post", "/introspect"),
     ("post", "/introspect/batch"),
@@ -71,6 +71,14 @@ const AUTHENTICATED: [(&str, &str); 30] = [
     ("post", "/ssf/status"),
     ("post", "/ssf/verify"),
     ("post", "/ssf/poll/{stream_id}"),
+    ("get", "/grants"),
+    ("post", "/grants"),
+    ("get", "/grants/{id}"),
+    ("get", "/admin/grants"),
+    ("get", "/admin/grants/{id}"),
+    ("post", "/admin/grants/{id}/approve"),
+    ("post", "/admin/grants/{id}/deny"),
+    ("post", "/admin/grants/{id}/revoke"),
 ];
 
 /// The contracts admin API's client in concrete paths.
@@ -84,6 +92,7 @@ fn concrete(template: &str, kid: &str) -> String {
         .replace("{client}", CONTRACT_CLIENT)
         .replace("{version}", "1")
         .replace("{seq}", "1")
+        .replace("{id}", "g-openapi")
 }
 
 /// Methods that carry a body, which can time out (408), be too large (413) or of the
@@ -143,6 +152,14 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("post", "/ssf/status", "503", OUTAGE),
     ("post", "/ssf/verify", "503", OUTAGE),
     ("post", "/ssf/poll/{stream_id}", "503", OUTAGE),
+    ("get", "/grants", "503", OUTAGE),
+    ("post", "/grants", "503", OUTAGE),
+    ("get", "/grants/{id}", "503", OUTAGE),
+    ("get", "/admin/grants", "503", OUTAGE),
+    ("get", "/admin/grants/{id}", "503", OUTAGE),
+    ("post", "/admin/grants/{id}/approve", "503", OUTAGE),
+    ("post", "/admin/grants/{id}/deny", "503", OUTAGE),
+    ("post", "/admin/grants/{id}/revoke", "503", OUTAGE),
     ("get", "/statuslists", "503", OUTAGE),
     (
         "get",
@@ -155,7 +172,7 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
 
 /// Whether an operation takes a JSON body (else a form).
 fn takes_json(template: &str) -> bool {
-    template.starts_with("/admin/") || template == "/introspect/batch"
+    template.starts_with("/admin/") || template == "/introspect/batch" || template == "/grants"
 }
 
 /// Whether [`NOT_DRIVEN`] (or, for 408 and 429, [`LIMITS`]) excuses an answer.
@@ -441,6 +458,7 @@ async fn start(idp: &Idp) -> TestServer {
     TestServer::builder()
         .client(idp_hook())
         .client(reports())
+        .client(elevated())
         // A prefix, so `/admin/revoke` can refuse an ambiguous subject (400).
         .trusted_issuer(idp.trusted().subject_prefix(IDP_PREFIX))
         // The batch body limit as low as the others, so one oversized body drives every 413.
@@ -865,6 +883,7 @@ async fn real_answers_match_the_openapi_document() {
     }
 
     contracts(&api, &s).await;
+    grants(&api, &s).await;
     // --- the node registry: /admin/nodes, /admin/revocations/{seq} ---
     let seq = s
         .admin_revoke("subject", Some("idp|registry"), "openapi")
@@ -1320,6 +1339,250 @@ async fn contracts(api: &Api, s: &TestServer) {
 
 /// Drives every Shared Signals operation to each documented answer but the limits and
 /// outages. Returns a poll stream's id.
+/// A client with an elevation in its contract (see [`grants`]).
+fn elevated() -> ClientDef {
+    ClientDef::new("elevated-service")
+        .grants(&["client_credentials"])
+        .scopes(&["orders:read"])
+        .audiences(&[ORDERS_AUD])
+}
+
+/// The elevation API: a scope registered, an elevation in elevated-service's contract
+/// (security-admin approves), then every grant operation to its success and its main
+/// errors, and an elevated token introspected (the `grant` member).
+async fn grants(api: &Api, s: &TestServer) {
+    let admin = clients::admin();
+    let nobody = clients::nobody();
+    let me = elevated();
+    let registry = s.get("/admin/scopes", admin.auth()).await.json();
+    let mut r = registry["registry"].clone();
+    r["scopes"]["orders:break-glass"] = json!({"description": "break glass", "owner": "orders"});
+    r["approver_groups"] = json!({"security": ["security-admin"]});
+    let body = json!({"base_version": registry["latest_version"], "registry": r, "changelog": "elevation", "reason": "openapi"});
+    let resp = s.post_json("/admin/scopes", &body, admin.auth()).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    api.assert(Method::POST, "/admin/scopes", &resp);
+    let c = "/admin/contracts/elevated-service";
+    let v1 = s.get(&format!("{c}/1"), admin.auth()).await.json()["body"]["content"].clone();
+    let mut v2 = v1.clone();
+    v2["elevations"] = json!({"orders:break-glass": {"max_duration_secs": 600, "approvers": ["group:security"], "sensitive": true}});
+    let body =
+        json!({"base_version": 1, "contract": v2, "changelog": "elevation", "reason": "openapi"});
+    let resp = s.post_json(c, &body, admin.auth()).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    api.assert(Method::POST, "/admin/contracts/{client}", &resp);
+
+    // Requests.
+    let ask =
+        json!({"scope": "orders:break-glass", "duration_secs": 60, "justification": "openapi"});
+    for (body, client, status) in [
+        (
+            json!({"scope": "orders:break-glass", "duration_secs": 601, "justification": "x"}),
+            me.clone(),
+            400,
+        ),
+        (json!({"scope": "orders:break-glass"}), me.clone(), 400),
+        (ask.clone(), clients::orders(), 403),
+        (ask.clone(), wrong_secret(&me), 401),
+        (ask.clone(), me.clone(), 201),
+    ] {
+        let r = s.post_json("/grants", &body, client.auth()).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        api.assert(Method::POST, "/grants", &r);
+    }
+    let mine = s.get("/grants", me.auth()).await;
+    api.assert(Method::GET, "/grants", &mine);
+    let id = mine.json()["grants"][0]["id"].as_str().unwrap().to_string();
+    let one = format!("/grants/{id}");
+    for (path, template, client, status) in [
+        (
+            "/grants?status=bogus".to_string(),
+            "/grants",
+            me.clone(),
+            400,
+        ),
+        ("/grants".to_string(), "/grants", wrong_secret(&me), 401),
+        (one.clone(), "/grants/{id}", me.clone(), 200),
+        (one.clone(), "/grants/{id}", clients::orders(), 404),
+        (one.clone(), "/grants/{id}", wrong_secret(&me), 401),
+        (
+            "/admin/grants?status=requested".to_string(),
+            "/admin/grants",
+            admin.clone(),
+            200,
+        ),
+        (
+            "/admin/grants?bogus=1".to_string(),
+            "/admin/grants",
+            admin.clone(),
+            400,
+        ),
+        (
+            "/admin/grants".to_string(),
+            "/admin/grants",
+            wrong_secret(&admin),
+            401,
+        ),
+        (
+            "/admin/grants".to_string(),
+            "/admin/grants",
+            nobody.clone(),
+            403,
+        ),
+        (
+            format!("/admin/grants/{id}"),
+            "/admin/grants/{id}",
+            admin.clone(),
+            200,
+        ),
+        (
+            "/admin/grants/g-none".to_string(),
+            "/admin/grants/{id}",
+            admin.clone(),
+            404,
+        ),
+        (
+            format!("/admin/grants/{id}"),
+            "/admin/grants/{id}",
+            wrong_secret(&admin),
+            401,
+        ),
+        (
+            format!("/admin/grants/{id}"),
+            "/admin/grants/{id}",
+            nobody.clone(),
+            403,
+        ),
+    ] {
+        let r = s.get(&path, client.auth()).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        api.assert(Method::GET, template, &r);
+    }
+
+    // Decisions: each verb to its errors; approve, then use, then revoke.
+    let second = s.post_json("/grants", &ask, me.auth()).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reason = json!({"reason": "openapi"});
+    for verb in ["approve", "deny", "revoke"] {
+        let template = format!("/admin/grants/{{id}}/{verb}");
+        for (path, body, client, status) in [
+            (
+                format!("/admin/grants/{second}/{verb}"),
+                json!({"reason": ""}),
+                admin.clone(),
+                400,
+            ),
+            (
+                format!("/admin/grants/{second}/{verb}"),
+                reason.clone(),
+                wrong_secret(&admin),
+                401,
+            ),
+            (
+                format!("/admin/grants/{second}/{verb}"),
+                reason.clone(),
+                nobody.clone(),
+                403,
+            ),
+            (
+                format!("/admin/grants/g-none/{verb}"),
+                reason.clone(),
+                admin.clone(),
+                404,
+            ),
+            (
+                format!("/admin/grants/{second}/{verb}"),
+                json!({"reason": "x", "version": 9}),
+                admin.clone(),
+                409,
+            ),
+        ] {
+            let r = s.post_json(&path, &body, client.auth()).await;
+            assert_eq!(r.status, status, "{path}: {}", r.text());
+            api.assert(Method::POST, &template, &r);
+        }
+    }
+    let r = s
+        .post_json(
+            &format!("/admin/grants/{second}/deny"),
+            &reason,
+            admin.auth(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    api.assert(Method::POST, "/admin/grants/{id}/deny", &r);
+    let r = s
+        .post_json(
+            &format!("/admin/grants/{id}/approve"),
+            &reason,
+            admin.auth(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    api.assert(Method::POST, "/admin/grants/{id}/approve", &r);
+    let t = s
+        .issue(&me, &[("scope", "orders:read orders:break-glass")])
+        .await;
+    let r = s
+        .post_form(
+            "/introspect",
+            &[("token", t.as_str())],
+            clients::rs_all().auth(),
+        )
+        .await;
+    assert_eq!(r.json()["grant"], id.as_str(), "{}", r.text());
+    api.assert(Method::POST, "/introspect", &r);
+    // Approved already: 409.
+    let r = s
+        .post_json(
+            &format!("/admin/grants/{id}/approve"),
+            &reason,
+            admin.auth(),
+        )
+        .await;
+    r.assert_error(409, "conflict");
+    api.assert(Method::POST, "/admin/grants/{id}/approve", &r);
+    let r = s
+        .post_json(&format!("/admin/grants/{id}/revoke"), &reason, admin.auth())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    api.assert(Method::POST, "/admin/grants/{id}/revoke", &r);
+    let r = s
+        .post_json(
+            &format!("/admin/grants/{id}/approve"),
+            &reason,
+            admin.auth(),
+        )
+        .await;
+    api.assert(Method::POST, "/admin/grants/{id}/approve", &r);
+    let third = s.post_json("/grants", &ask, me.auth()).await.json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s
+        .post_json(
+            &format!("/admin/grants/{third}/approve"),
+            &reason,
+            clients::orders().auth(),
+        )
+        .await;
+    r.assert_error(403, "unauthorized_client");
+    api.assert(Method::POST, "/admin/grants/{id}/approve", &r);
+    // At most 20 waiting requests per client.
+    let mut r = s.post_json("/grants", &ask, me.auth()).await;
+    for _ in 0..25 {
+        if r.status != 201 {
+            break;
+        }
+        r = s.post_json("/grants", &ask, me.auth()).await;
+    }
+    r.assert_error(409, "conflict");
+    assert_eq!(r.json()["reason"], "too_many_pending");
+    api.assert(Method::POST, "/grants", &r);
+}
+
 async fn drive_ssf(api: &Api, s: &TestServer) -> String {
     let rcv = ssf_receiver();
     let admin = clients::admin();
@@ -2112,6 +2375,31 @@ async fn outage_answers_match_the_openapi_document() {
         r.assert_error(503, "temporarily_unavailable");
         api.assert(method, template, &r);
     }
+    for (path, template, client) in [
+        ("/grants", "/grants", &orders),
+        ("/grants/g-x", "/grants/{id}", &orders),
+        ("/admin/grants", "/admin/grants", &admin),
+        ("/admin/grants/g-x", "/admin/grants/{id}", &admin),
+    ] {
+        let r = s.get(path, client.auth()).await;
+        r.assert_error(503, "temporarily_unavailable");
+        api.assert(Method::GET, template, &r);
+    }
+    let ask = json!({"scope": "orders:admin", "duration_secs": 60, "justification": "x"});
+    let r = s.post_json("/grants", &ask, orders.auth()).await;
+    r.assert_error(503, "temporarily_unavailable");
+    api.assert(Method::POST, "/grants", &r);
+    for verb in ["approve", "deny", "revoke"] {
+        let r = s
+            .post_json(
+                &format!("/admin/grants/g-x/{verb}"),
+                &json!({"reason": "x"}),
+                admin.auth(),
+            )
+            .await;
+        r.assert_error(503, "temporarily_unavailable");
+        api.assert(Method::POST, &format!("/admin/grants/{{id}}/{verb}"), &r);
+    }
     // A stale node renders no list (its bits could be behind); the aggregation needs the
     // store.
     let r = s.get(&list_path, None).await;
@@ -2343,10 +2631,9 @@ async fn limit_answers_match_the_openapi_document() {
         r.assert_error(429, "slow_down");
         api.assert(Method::GET, template, &r);
     }
-    for (method, template) in AUTHENTICATED
-        .iter()
-        .filter(|(_, t)| t.starts_with("/admin/contracts") || *t == "/admin/scopes")
-    {
+    for (method, template) in AUTHENTICATED.iter().filter(|(_, t)| {
+        t.starts_with("/admin/contracts") || *t == "/admin/scopes" || t.contains("/grants")
+    }) {
         let path = concrete(template, &kid);
         let r = if *method == "get" {
             s.get(&path, admin.auth()).await

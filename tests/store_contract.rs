@@ -23,7 +23,9 @@ use latch::status::{ListId, ListMeta};
 use latch::store::embedded::EmbeddedStore;
 use latch::store::redis::topology::{Credentials, Options};
 use latch::store::redis::{RedisStore, Replication};
-use latch::store::{encode_refresh, ContractWrite, SharedStore, Store, StoreError, StoreEvent};
+use latch::store::{
+    encode_refresh, ContractWrite, GrantWrite, SharedStore, Store, StoreError, StoreEvent,
+};
 use latch::time::now_ms;
 use testkit::poll::eventually;
 use testkit::redis::RedisProcess;
@@ -196,6 +198,9 @@ contract! {
         of_concurrent_claims_of_one_key_exactly_one_wins,
         contract_amendments_compare_and_set_on_the_version_and_travel_in_the_log,
         of_concurrent_amendments_of_one_document_exactly_one_wins,
+        grant_writes_compare_and_set_on_the_version_and_travel_in_the_log,
+        of_concurrent_grant_decisions_exactly_one_wins,
+        a_grant_version_the_store_lost_is_written_back_only_over_an_older_one,
         a_refresh_token_rotates_once_then_reports_reuse_and_unknown,
         of_concurrent_rotations_of_one_token_exactly_one_wins,
         refresh_records_round_trip_byte_identical,
@@ -963,6 +968,186 @@ async fn of_concurrent_amendments_of_one_document_exactly_one_wins(store: Shared
     }
     assert_eq!(won, 1);
     assert_eq!(store.contract_entries().await.expect("entries").len(), 1);
+}
+
+// === grants ===
+
+fn grant_write(id: &str, expected: u64, what: &str) -> GrantWrite {
+    GrantWrite {
+        id: id.into(),
+        expected,
+        record: format!(
+            "{{\"id\":\"{id}\",\"version\":{},\"what\":\"{what}\"}}",
+            expected + 1
+        ),
+        action: format!("grant_{what}"),
+        restore: false,
+    }
+}
+
+async fn grant_writes_compare_and_set_on_the_version_and_travel_in_the_log(store: SharedStore) {
+    let id = "g-one";
+    let first = store
+        .append_grant(grant_write(id, 0, "request"), audit("grant_request", id))
+        .await
+        .expect("the request");
+    assert_eq!(first.kind, RevocationKind::Grant);
+    assert_eq!(
+        first.value,
+        grant_write(id, 0, "request").record,
+        "the log carries the record"
+    );
+    for (expected, why) in [
+        (0, "a second creation"),
+        (2, "a version ahead"),
+        (7, "a made-up version"),
+    ] {
+        let r = store
+            .append_grant(
+                grant_write(id, expected, "approve"),
+                audit("grant_approve", id),
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict)), "{why}: {r:?}");
+    }
+    let second = store
+        .append_grant(grant_write(id, 1, "approve"), audit("grant_approve", id))
+        .await
+        .expect("version 2");
+    assert!(second.seq > first.seq);
+    assert_eq!(
+        store.grant(id.into()).await.expect("read"),
+        Some(grant_write(id, 1, "approve").record)
+    );
+    assert_eq!(store.grant("g-none".into()).await.expect("read"), None);
+    store
+        .append_grant(
+            grant_write("g-two", 0, "request"),
+            audit("grant_request", "g-two"),
+        )
+        .await
+        .expect("another grant has its own versions");
+    let mut entries = store.grant_entries().await.expect("entries");
+    entries.sort();
+    let mut want = vec![
+        grant_write(id, 1, "approve").record,
+        grant_write("g-two", 0, "request").record,
+    ];
+    want.sort();
+    assert_eq!(entries, want);
+    let log = store.revocations_after(0, 0, 100).await.expect("log");
+    let grants: Vec<&RevocationEvent> = log
+        .iter()
+        .filter(|e| e.kind == RevocationKind::Grant)
+        .collect();
+    assert_eq!(
+        grants.len(),
+        3,
+        "every write is one log entry, refusals none: {log:?}"
+    );
+    // Each write is audited with the grant as its target and the write's action.
+    let audits: Vec<(String, String)> = all_audit(&*store)
+        .await
+        .into_iter()
+        .filter(|a| a.target.starts_with("grant:"))
+        .map(|a| (a.action, a.target))
+        .collect();
+    assert_eq!(
+        audits,
+        vec![
+            ("grant_request".to_string(), "grant:g-one".to_string()),
+            ("grant_approve".to_string(), "grant:g-one".to_string()),
+            ("grant_request".to_string(), "grant:g-two".to_string()),
+        ]
+    );
+}
+
+async fn a_grant_version_the_store_lost_is_written_back_only_over_an_older_one(store: SharedStore) {
+    let id = "g-lost";
+    let restore = |version: u64, what: &str| GrantWrite {
+        id: id.into(),
+        expected: version,
+        record: format!("{{\"id\":\"{id}\",\"version\":{version},\"what\":\"{what}\"}}"),
+        action: "grant_restored".into(),
+        restore: true,
+    };
+    // Not in the store at all: written, at the record's own version.
+    store
+        .append_grant(restore(3, "revoke"), audit("grant_restored", id))
+        .await
+        .expect("written back into an empty store");
+    // The same or an older version: the store keeps what it has.
+    for v in [3, 2] {
+        let r = store
+            .append_grant(restore(v, "older"), audit("grant_restored", id))
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict)), "version {v}: {r:?}");
+    }
+    assert_eq!(
+        store.grant(id.into()).await.expect("read"),
+        Some(restore(3, "revoke").record)
+    );
+    // Decisions go on from the restored version.
+    let next = GrantWrite {
+        record: format!("{{\"id\":\"{id}\",\"version\":4}}"),
+        ..grant_write(id, 3, "approve")
+    };
+    store
+        .append_grant(next, audit("grant_approve", id))
+        .await
+        .expect("compare-and-set on the restored version");
+    let log = store.revocations_after(0, 0, 100).await.expect("log");
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.kind == RevocationKind::Grant)
+            .count(),
+        2,
+        "the write-back and the decision, nothing for the refusals"
+    );
+}
+
+async fn of_concurrent_grant_decisions_exactly_one_wins(store: SharedStore) {
+    let id = "g-raced";
+    store
+        .append_grant(grant_write(id, 0, "request"), audit("grant_request", id))
+        .await
+        .expect("the request");
+    let racers: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let store = store.clone();
+            let what = if i % 2 == 0 { "approve" } else { "revoke" };
+            tokio::spawn(async move {
+                store
+                    .append_grant(
+                        grant_write(id, 1, what),
+                        audit(&format!("grant_{what}"), id),
+                    )
+                    .await
+                    .map(|_| what)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        match r.await.expect("racer") {
+            Ok(what) => winners.push(what),
+            Err(StoreError::Conflict) => {}
+            Err(e) => panic!("a racer failed otherwise: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(
+        store.grant(id.into()).await.expect("read"),
+        Some(grant_write(id, 1, winners[0]).record),
+        "the stored record is the winner's"
+    );
+    let log = store.revocations_after(0, 0, 1000).await.expect("log");
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.kind == RevocationKind::Grant)
+            .count(),
+        2
+    );
 }
 
 // === sessions ===

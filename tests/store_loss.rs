@@ -579,3 +579,101 @@ async fn after_a_redis_restart_ready_means_the_feed_is_live() {
     .await;
     eprintln!("propagation after the restart: {seen:?}");
 }
+
+// ---------------------------------------------------------------------------
+// A grant revoked after the snapshot stays revoked (issue 11)
+// ---------------------------------------------------------------------------
+
+/// An admin JSON call; panics unless `want`.
+async fn admin_json(node: &TestServer, path: &str, body: Value, want: u16) -> Value {
+    let r = node.post_json(path, &body, clients::admin().auth()).await;
+    assert_eq!(r.status, want, "{path}: {}", r.text());
+    r.json()
+}
+
+#[tokio::test]
+async fn a_grant_revoked_after_the_snapshot_stays_revoked_after_a_restore() {
+    const SCOPE: &str = "orders:refund-any";
+    let mut redis = RedisProcess::start().await;
+    let cfg = fast().redis(&redis);
+    let node1 = cfg.start().await;
+    let mut node2 = cfg.start().await;
+    let orders = clients::orders();
+
+    // The policy (in the snapshot): orders-service may be elevated, security-admin approves.
+    let admin = clients::admin();
+    let reg = node1.get("/admin/scopes", admin.auth()).await.json();
+    let mut registry = reg["registry"].clone();
+    registry["scopes"][SCOPE] = json!({"description": "break glass"});
+    let body = json!({"base_version": reg["latest_version"], "registry": registry, "changelog": "x", "reason": "x"});
+    admin_json(&node1, "/admin/scopes", body, 200).await;
+    let h = node1
+        .get("/admin/contracts/orders-service", admin.auth())
+        .await
+        .json();
+    let last = h["history"].as_array().unwrap().last().unwrap().clone();
+    let mut contract = last["body"]["content"].clone();
+    contract["elevations"] =
+        json!({SCOPE: {"max_duration_secs": 3600, "approvers": ["security-admin"]}});
+    let body = json!({"base_version": last["version"], "contract": contract, "changelog": "x", "reason": "x"});
+    admin_json(&node1, "/admin/contracts/orders-service", body, 200).await;
+    // A grant, approved, and a token carrying it (all in the snapshot).
+    let ask = json!({"scope": SCOPE, "duration_secs": 3600, "justification": "INC-1"});
+    let r = node1.post_json("/grants", &ask, orders.auth()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    admin_json(
+        &node1,
+        &format!("/admin/grants/{id}/approve"),
+        json!({"reason": "ok"}),
+        200,
+    )
+    .await;
+    let t = node1.issue(&orders, &[("scope", SCOPE)]).await;
+    assert_eq!(claims(&t)["grant"], id.as_str());
+    for n in [&node1, &node2] {
+        assert!(active_eventually_answered(n, &t, "the elevated token").await);
+    }
+    let backup = tempfile::tempdir().unwrap();
+    let snapshot = redis_snapshot(&redis, backup.path());
+
+    // After the snapshot: the grant is revoked.
+    admin_json(
+        &node1,
+        &format!("/admin/grants/{id}/revoke"),
+        json!({"reason": "done"}),
+        200,
+    )
+    .await;
+    await_inactive(&[&node1, &node2], &t, "the grant revoked").await;
+
+    // Redis comes back from the snapshot (the grant approved again there); node 1 keeps
+    // running and writes back the version it holds; node 2 restarts and loads the store.
+    redis_restore(&mut redis, &snapshot).await;
+    eventually(DEADLINE, "node 1 sees the new epoch", || async {
+        match node1.metric("latch_store_epoch_changes_total").await {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("{n} epoch changes")),
+        }
+    })
+    .await;
+    node1.wait_ready().await;
+    node2.restart().await;
+    assert_inactive(
+        &[&node1, &node2],
+        &t,
+        "the elevated token after the restore",
+    )
+    .await;
+    let g = node2
+        .get(&format!("/admin/grants/{id}"), admin.auth())
+        .await;
+    assert_eq!(g.json()["status"], "revoked", "{}", g.text());
+    let r = node2.token_resp(&orders, &[("scope", SCOPE)]).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["reason"], "elevation_not_active");
+    assert!(audit_actions(&node2)
+        .await
+        .iter()
+        .any(|a| a == "grant_restored"));
+}

@@ -320,6 +320,7 @@ pub fn contract_of(c: &Client) -> Contract {
         trusted_issuers: Vec::new(),
         delegate_service_tokens: c.delegate_service_tokens,
         suspended: false,
+        elevations: Default::default(),
     }
 }
 

@@ -48,6 +48,9 @@ pub enum Error {
     /// request needs another state first.
     #[error("{0}")]
     Conflict(String),
+    /// A grant request or decision refused by the elevation rules (a stable code).
+    #[error(transparent)]
+    Elevation(#[from] crate::grants::Refused),
     /// A bug or an impossible state.
     #[error("{0}")]
     Internal(String),

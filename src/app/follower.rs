@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 use super::contracts::Contracts;
+use super::grants::Grants;
 use super::keys::Keys;
 use super::nodes::{store_clock, Reporter};
 use crate::audit::NewAudit;
@@ -71,10 +72,15 @@ pub struct Follower {
     keys: Arc<Keys>,
     /// Where contract changes from the log go (none in follower unit tests).
     contracts: Option<Arc<Contracts>>,
+    /// Where grant transitions from the log go (none in follower unit tests).
+    grants: Option<Arc<Grants>>,
     config: FollowerConfig,
     /// Revocations to write back into the new epoch; retried on every poll until done,
     /// and the node is not fresh until they are.
     restore: Mutex<Vec<Restore>>,
+    /// Grant versions to write back into the new epoch (each only where the store holds
+    /// an older one); retried like `restore`.
+    restore_grants: Mutex<Vec<Arc<crate::grants::Grant>>>,
     /// The node registry: every freshness proof is recorded there before it is trusted.
     reporter: Option<Arc<Reporter>>,
 }
@@ -91,8 +97,10 @@ impl Follower {
             table,
             keys,
             contracts: None,
+            grants: None,
             config,
             restore: Mutex::new(Vec::new()),
+            restore_grants: Mutex::new(Vec::new()),
             reporter: None,
         }
     }
@@ -103,12 +111,24 @@ impl Follower {
         self
     }
 
+    /// Hands every grant transition of the log to `grants`, in log order.
+    pub fn with_grants(mut self, grants: Arc<Grants>) -> Follower {
+        self.grants = Some(grants);
+        self
+    }
+
     /// Applies one log entry: a revocation to the table, a contract change to the
-    /// contracts (before `applied` passes it, so a fresh node has it).
+    /// contracts, a grant transition to the grants (before `applied` passes it, so a
+    /// fresh node has it).
     fn apply(&self, e: &RevocationEvent) {
         if e.kind == RevocationKind::Contract {
             if let Some(contracts) = &self.contracts {
                 contracts.apply_event(e);
+            }
+        }
+        if e.kind == RevocationKind::Grant {
+            if let Some(grants) = &self.grants {
+                grants.apply_event(e);
             }
         }
         self.table.insert(e);
@@ -312,6 +332,14 @@ impl Follower {
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(held);
             }
+            // Grant transitions in the lost tail: every grant this node holds is offered
+            // back; the store takes each only where its own version is older.
+            if let Some(grants) = &self.grants {
+                self.restore_grants
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(grants.all());
+            }
         }
         let base = closed_at
             .unwrap_or(applied)
@@ -333,8 +361,71 @@ impl Follower {
             .await
     }
 
+    /// Writes back the grant versions the store lost (each iff the store's is older), as
+    /// new log entries in the open epoch, audited `grant_restored`.
+    async fn write_back_grants(&self) -> Result<(), StoreError> {
+        let pending = std::mem::take(
+            &mut *self
+                .restore_grants
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut left = pending.iter();
+        let mut restored = 0;
+        let mut result = Ok(());
+        for g in left.by_ref() {
+            let record = serde_json::to_string(&**g)
+                .map_err(|e| StoreError::Unavailable(format!("grant record: {e}")))?;
+            let write = crate::store::GrantWrite {
+                id: g.id.clone(),
+                expected: g.version,
+                record,
+                action: "grant_restored".into(),
+                restore: true,
+            };
+            let audit = NewAudit {
+                actor: "latch".into(),
+                action: "grant_restored".into(),
+                target: format!("grant:{}", g.id),
+                reason: format!(
+                    "the store lost version {} of this grant; written back",
+                    g.version
+                ),
+                request_id: String::new(),
+            };
+            match self.store.append_grant(write, audit).await {
+                Ok(event) => {
+                    self.apply(&event);
+                    restored += 1;
+                }
+                // The store has this version or a newer one: nothing was lost.
+                Err(StoreError::Conflict) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if restored > 0 {
+            tracing::warn!(
+                count = restored,
+                "grant versions the store lost written back"
+            );
+        }
+        if result.is_err() {
+            // The one that failed and every one after it are retried on the next poll.
+            let failed = pending.len() - left.len() - 1;
+            self.restore_grants
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(pending.into_iter().skip(failed));
+        }
+        result
+    }
+
     /// Writes back the revocations the store lost, as new revocations in the open epoch.
     async fn write_back(&self) -> Result<(), StoreError> {
+        self.write_back_grants().await?;
         let pending = std::mem::take(&mut *self.restore.lock().unwrap_or_else(|p| p.into_inner()));
         if pending.is_empty() {
             return Ok(());
@@ -459,6 +550,8 @@ impl Follower {
                 metrics::gauge!(m::SIGNING_KEYS, "state" => state.as_str())
                     .set(ring.count(state) as f64);
             }
+            metrics::gauge!(m::KEY_ROTATION_OVERDUE)
+                .set(ring.rotation_overdue_ms(now) as f64 / 1000.0);
         });
     }
 }

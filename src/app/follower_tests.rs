@@ -382,6 +382,22 @@ impl Store for FakeStore {
         self.answer(|_| not_faked())
     }
 
+    fn append_grant(
+        &self,
+        _: crate::store::GrantWrite,
+        _: NewAudit,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn grant(&self, _: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn grant_entries(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
     fn report_node(&self, _: crate::nodes::NodeReport) -> BoxFuture<'_, Result<i64, StoreError>> {
         self.answer(|_| not_faked())
     }
@@ -530,7 +546,7 @@ fn verdict(table: &Table, kind: RevocationKind, value: &str, rse: u64, rsq: u64)
         Session => stamp.sid = Some(value),
         Subject => stamp.sub = value,
         Client => stamp.client_id = value,
-        RevocationKind::All | RevocationKind::Contract => {}
+        RevocationKind::All | RevocationKind::Contract | RevocationKind::Grant => {}
     }
     table.verdict(&stamp)
 }

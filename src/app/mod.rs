@@ -8,6 +8,7 @@
 pub mod contracts;
 mod error;
 pub mod follower;
+pub mod grants;
 pub mod introspect;
 pub mod keys;
 pub mod nodes;
@@ -54,6 +55,8 @@ pub struct Inner {
     pub clients: Clients,
     /// The authorization contracts in force: every client's rights at an instant.
     pub contracts: Arc<contracts::Contracts>,
+    /// Just-in-time elevation grants, fed by the follower from the log.
+    pub grants: Arc<grants::Grants>,
     /// Identity providers whose assertions open user sessions.
     pub trusted: TrustedIssuers,
     /// The key ring and the operations that change keys.
@@ -98,6 +101,7 @@ pub struct Parts {
     pub store: SharedStore,
     pub metrics: PrometheusHandle,
     pub contracts: Arc<contracts::Contracts>,
+    pub grants: Arc<grants::Grants>,
     /// This node's id in the registry.
     pub node_id: String,
     /// The Shared Signals transmitter.
@@ -115,6 +119,7 @@ impl App {
             store,
             metrics,
             contracts,
+            grants,
             node_id,
             ssf,
             status,
@@ -133,6 +138,7 @@ impl App {
                 verified,
                 clients,
                 contracts,
+                grants,
                 trusted,
                 keys,
                 table,

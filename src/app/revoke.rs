@@ -153,7 +153,7 @@ pub async fn admin_revoke(
 ) -> Result<RevocationEvent, Error> {
     let invalid = |why: String| Error::InvalidRequest(why);
     let kind = RevocationKind::parse(&req.kind)
-        .filter(|k| *k != RevocationKind::Contract)
+        .filter(|k| !matches!(k, RevocationKind::Contract | RevocationKind::Grant))
         .ok_or_else(|| {
             invalid("kind must be one of token, session, subject, client, all".into())
         })?;

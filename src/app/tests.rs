@@ -185,13 +185,15 @@ async fn node() -> Node {
     let clients = config.clients();
     let book = super::contracts::load(&store).await.unwrap();
     let contracts = Arc::new(super::contracts::Contracts::new(clients, book));
+    let grants = Arc::new(super::grants::Grants::default());
     let follower = Follower::new(
         store.clone(),
         table.clone(),
         keys.clone(),
         FollowerConfig::new(config.store.max_staleness),
     )
-    .with_contracts(contracts.clone());
+    .with_contracts(contracts.clone())
+    .with_grants(grants.clone());
     follower.load().await.unwrap();
     let trusted = config.trusted_issuers().unwrap();
     let ssf = super::ssf::Ssf::new(&config).unwrap();
@@ -205,6 +207,7 @@ async fn node() -> Node {
             store,
             metrics: metrics_handle(),
             contracts,
+            grants,
             node_id: "test-node".into(),
             ssf,
             status,
@@ -274,6 +277,7 @@ impl Node {
                 store: self.app.store.clone(),
                 metrics: metrics_handle(),
                 contracts: self.app.contracts.clone(),
+                grants: self.app.grants.clone(),
                 node_id: "test-node-2".into(),
                 ssf: super::ssf::Ssf::new(&self.app.config).unwrap(),
                 status: super::status::StatusLists::new(&self.app.config, self.app.store.clone()),
@@ -416,6 +420,7 @@ fn variant(e: &Error) -> &'static str {
         Error::Unavailable(_) => "Unavailable",
         Error::Store(_) => "Store",
         Error::Keys(_) => "Keys",
+        Error::Elevation(_) => "Elevation",
         Error::Internal(_) => "Internal",
     }
 }

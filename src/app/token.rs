@@ -150,10 +150,39 @@ async fn grant(
     app.limits.token(&client.id, client.token_rate, now_ms())?;
     match req {
         TokenRequest::ClientCredentials { scope, resource } => {
-            let scope = policy::contract_scope(client, scope)?;
+            let standing = policy::contract_scope(client, scope);
             let aud = policy::audience(client, resource)?;
             let view = app.fresh(now_ms())?;
-            let claims = view.access_claims(&client.id, client, aud, scope);
+            // A scope outside the contract may still come from an active elevation grant,
+            // read after the view was made (its stamp covers any later revocation).
+            let (scope, grant) = match standing {
+                Ok(scope) => (scope, None),
+                Err(refusal) => {
+                    let (scope, grant) = elevated(app, client, scope, refusal, view.now_ms())?;
+                    (scope, Some(grant))
+                }
+            };
+            let mut claims = view.access_claims(&client.id, client, aud, scope);
+            if let Some(g) = &grant {
+                view.elevate(&mut claims, g);
+                if claims.exp <= claims.iat {
+                    // The grant ends within this second: a token would be born expired.
+                    return Err(policy::elevation_not_active(&g.scope).into());
+                }
+                metrics::counter!(
+                    m::GRANT_TOKENS_ISSUED,
+                    "sensitive" => if g.sensitive { "true" } else { "false" }
+                )
+                .increment(1);
+                tracing::info!(
+                    target: "latch::grants",
+                    client = %client.id,
+                    grant = %g.id,
+                    scope = %g.scope,
+                    exp = claims.exp,
+                    "token issued under an elevation grant"
+                );
+            }
             issue(app, &view, client, &claims, Grant::ClientCredentials, None).await
         }
         TokenRequest::RefreshToken {
@@ -165,6 +194,89 @@ async fn grant(
         }
         TokenRequest::TokenExchange(x) => exchange(app, client, x, request_id).await,
     }
+}
+
+/// The scope and grant of a token asking for one scope outside `client`'s contract that
+/// the contract names as an elevation and an active grant covers now; else `refusal`
+/// (the scope is no elevation, or more than one such scope is asked for) or
+/// `elevation_not_active` (no grant active now).
+fn elevated(
+    app: &App,
+    client: &Client,
+    requested: Option<&str>,
+    refusal: policy::Refusal,
+    now: i64,
+) -> Result<(String, std::sync::Arc<crate::grants::Grant>), Error> {
+    let Some(requested) = requested else {
+        return Err(refusal.into());
+    };
+    let outside: Vec<&str> = requested
+        .split(' ')
+        .filter(|s| !s.is_empty() && !client.scopes.iter().any(|c| c == s))
+        .collect();
+    let [scope] = outside[..] else {
+        return Err(refusal.into());
+    };
+    if super::grants::policy(app, &client.id, scope, now).is_none() {
+        return Err(refusal.into());
+    }
+    let grant = app
+        .grants
+        .all()
+        .into_iter()
+        .filter(|g| g.covers(&client.id, &client.id, scope, now))
+        .max_by_key(|g| g.ends_at_ms)
+        .ok_or_else(|| policy::elevation_not_active(scope))?;
+    let scope = policy::elevated_scope(client, requested, scope)?;
+    Ok((scope, grant))
+}
+
+/// [`elevated`] for a refresh of `sub`'s session: one requested scope beyond the
+/// session's, which the client's contract names as an elevation and a grant for this
+/// user covers now; the rest within the session's scope.
+fn elevated_session(
+    app: &App,
+    client: &Client,
+    sub: &str,
+    session_scope: &[&str],
+    requested: Option<&str>,
+    refusal: policy::Refusal,
+    now: i64,
+) -> Result<(String, std::sync::Arc<crate::grants::Grant>), Error> {
+    let Some(requested) = requested else {
+        return Err(refusal.into());
+    };
+    let outside: Vec<&str> = requested
+        .split(' ')
+        .filter(|s| !s.is_empty() && !session_scope.contains(s))
+        .collect();
+    let [scope] = outside[..] else {
+        return Err(refusal.into());
+    };
+    if super::grants::policy(app, &client.id, scope, now).is_none() {
+        return Err(refusal.into());
+    }
+    let grant = app
+        .grants
+        .all()
+        .into_iter()
+        .filter(|g| g.covers(&client.id, sub, scope, now))
+        .max_by_key(|g| g.ends_at_ms)
+        .ok_or_else(|| policy::elevation_not_active(scope))?;
+    let rest: Vec<&str> = requested
+        .split(' ')
+        .filter(|s| !s.is_empty() && *s != scope)
+        .collect();
+    let mut granted = if rest.is_empty() {
+        String::new()
+    } else {
+        policy::scope_within(session_scope, Some(&rest.join(" ")))?
+    };
+    if !granted.is_empty() {
+        granted.push(' ');
+    }
+    granted.push_str(scope);
+    Ok((granted, grant))
 }
 
 /// Signs `claims` and counts the issuance. With status lists on, the token gets its
@@ -424,8 +536,44 @@ async fn refresh(
         return Err(invalid());
     }
     let session_scope: Vec<&str> = record.scope.split(' ').filter(|s| !s.is_empty()).collect();
-    let scope = policy::scope_within(&session_scope, scope)?;
+    // One scope beyond the session's may come from an active elevation grant for this
+    // user of this client (read after the view was made). The session keeps its scope.
+    let (scope, grant) = match policy::scope_within(&session_scope, scope) {
+        Ok(scope) => (scope, None),
+        Err(refusal) => {
+            let (scope, g) = elevated_session(
+                app,
+                client,
+                &record.sub,
+                &session_scope,
+                scope,
+                refusal,
+                view.now_ms(),
+            )?;
+            (scope, Some(g))
+        }
+    };
     let mut claims = view.access_claims(&record.sub, client, record.aud.clone(), scope);
+    if let Some(g) = &grant {
+        view.elevate(&mut claims, g);
+        if claims.exp <= claims.iat {
+            // The grant ends within this second: a token would be born expired.
+            return Err(policy::elevation_not_active(&g.scope).into());
+        }
+        metrics::counter!(
+            m::GRANT_TOKENS_ISSUED,
+            "sensitive" => if g.sensitive { "true" } else { "false" }
+        )
+        .increment(1);
+        tracing::info!(
+            target: "latch::grants",
+            client = %client.id,
+            grant = %g.id,
+            scope = %g.scope,
+            exp = claims.exp,
+            "session token issued under an elevation grant"
+        );
+    }
     claims.sid = Some(record.sid.clone());
     claims.username = record.username.clone();
     let (next_token, next_hash) = sessions::new_refresh_token();

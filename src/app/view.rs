@@ -102,12 +102,20 @@ impl View<'_> {
         let Some(client) = self.app.contracts.client(&claims.client_id, self.now_ms) else {
             return Err(Reason::UnknownClient);
         };
-        within_contract(claims, &client)?;
+        // A token carrying an elevation is judged by its grant for the elevated scope
+        // (now, on this node's table and clock: nothing cached extends it) and by the
+        // contract for the rest.
+        let standing = match &claims.grant {
+            None => None,
+            Some(id) => Some(self.within_grant(claims, id)?),
+        };
+        let judged = standing.as_ref().unwrap_or(claims);
+        within_contract(judged, &client)?;
         if claims.cv != client.contract_version
             && self
                 .app
                 .contracts
-                .exceeded_since(&claims.client_id, claims.cv, claims, self.now_ms)
+                .exceeded_since(&claims.client_id, claims.cv, judged, self.now_ms)
         {
             return Err(Reason::ContractNarrowed);
         }
@@ -121,6 +129,46 @@ impl View<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether grant `id` lets `claims` carry its scope now: it is active (started, not
+    /// ended, not revoked) by this node's clock, for the token's client, and the client's
+    /// contract in force still names the elevation. Returns the claims without the
+    /// elevated scope, for the contract checks.
+    fn within_grant(&self, claims: &AccessClaims, id: &str) -> Result<AccessClaims, Reason> {
+        let Some(g) = self.app.grants.get(id) else {
+            return Err(Reason::GrantEnded);
+        };
+        match g.status(self.now_ms) {
+            crate::grants::Status::Active => {}
+            crate::grants::Status::Revoked | crate::grants::Status::Denied => {
+                return Err(Reason::GrantRevoked)
+            }
+            _ => return Err(Reason::GrantEnded),
+        }
+        if g.client_id != claims.client_id
+            || g.grantee() != claims.sub
+            || !claims.scope.split(' ').any(|s| s == g.scope)
+            || claims.exp.saturating_mul(1000) > g.ends_at_ms
+            || super::grants::policy(self.app, &g.client_id, &g.scope, self.now_ms).is_none()
+        {
+            return Err(Reason::GrantRevoked);
+        }
+        let mut standing = claims.clone();
+        standing.scope = claims
+            .scope
+            .split(' ')
+            .filter(|s| *s != g.scope)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(standing)
+    }
+
+    /// Claims of a new access token carrying `grant`'s scope: `exp` no later than the
+    /// grant's end, and the claim naming the grant.
+    pub fn elevate(&self, claims: &mut AccessClaims, grant: &crate::grants::Grant) {
+        claims.exp = claims.exp.min(grant.ends_at_ms.div_euclid(1000));
+        claims.grant = Some(grant.id.clone());
     }
 
     /// [`View::decide`] for a resource server `caller`: a token for an audience the
@@ -175,6 +223,7 @@ impl View<'_> {
             dcl: Vec::new(),
             djt: Vec::new(),
             cv: client.contract_version,
+            grant: None,
             status: None,
         }
     }

@@ -481,6 +481,7 @@ fn only(c: &Contract, field: &str) -> Contract {
         "access_ttl_secs" => o.access_ttl_secs = c.access_ttl_secs,
         "delegate_service_tokens" => o.delegate_service_tokens = c.delegate_service_tokens,
         "suspended" => o.suspended = c.suspended,
+        "elevations" => o.elevations = c.elevations.clone(),
         _ => {}
     }
     o
@@ -506,6 +507,7 @@ fn field_text(c: &Contract, field: &str) -> String {
             .map_or("default".to_string(), |t| format!("{t}s")),
         "delegate_service_tokens" => c.delegate_service_tokens.to_string(),
         "suspended" => c.suspended.to_string(),
+        "elevations" => list(&c.elevations.keys().cloned().collect::<Vec<_>>(), "none"),
         _ => "?".into(),
     }
 }

@@ -104,6 +104,89 @@ pub struct ScopeDef {
 pub struct Registry {
     #[serde(default)]
     pub scopes: BTreeMap<String, ScopeDef>,
+    /// Named groups of approvers (admin client ids, one per person), which an
+    /// [`Elevation`]'s `approvers` names as `group:<name>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub approver_groups: BTreeMap<String, Vec<String>>,
+}
+
+/// Longest grant an elevation may allow: 7 days.
+pub const MAX_ELEVATION_SECS: u64 = 7 * 24 * 3600;
+/// Longest a request may wait for its decision: 7 days.
+pub const MAX_REQUEST_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Most distinct approvals an elevation may require.
+pub const MAX_APPROVALS: u32 = 5;
+
+/// Just-in-time elevation of one scope for one client (issue 11): the scope is not in the
+/// client's standing rights, but a grant approved under this policy lets tokens carry it
+/// for a bounded time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Elevation {
+    /// The hard ceiling on a grant's duration, in seconds: no request or approval exceeds it.
+    pub max_duration_secs: u64,
+    /// Who may approve: admin client ids (one per person), or `group:<name>` of the
+    /// registry's `approver_groups`.
+    pub approvers: Vec<String>,
+    /// How many distinct approvers must approve (1 to 5).
+    #[serde(default = "one_approval")]
+    pub approvals: u32,
+    /// Whether the requesting client may approve its own request (never by default).
+    #[serde(default)]
+    pub requester_may_approve: bool,
+    /// Whether a request must say why.
+    #[serde(default = "yes")]
+    pub justification_required: bool,
+    /// Whether a request must name a ticket.
+    #[serde(default)]
+    pub ticket_required: bool,
+    /// How long a request waits for its decision before it expires, in seconds.
+    #[serde(default = "default_request_ttl")]
+    pub request_ttl_secs: u64,
+    /// Which users of this client's sessions may be elevated: empty (the default) only the
+    /// client itself; `"*"` any subject; else these subjects (as tokens name them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    /// Sensitive scopes are counted apart (`latch_grants_active{sensitive="true"}`) and
+    /// alerted on by the shipped Prometheus rules.
+    #[serde(default)]
+    pub sensitive: bool,
+}
+
+fn one_approval() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_request_ttl() -> u64 {
+    3600
+}
+
+impl Elevation {
+    /// Whether a grant for `subject` (a user of the client's sessions) is allowed.
+    pub fn allows_subject(&self, subject: &str) -> bool {
+        self.subjects.iter().any(|s| s == "*" || s == subject)
+    }
+
+    /// The approvers' client ids, groups expanded from `registry` (unknown groups name
+    /// nobody), deduplicated.
+    pub fn approver_ids(&self, registry: Option<&Registry>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for a in &self.approvers {
+            match a.strip_prefix("group:") {
+                Some(g) => {
+                    if let Some(members) = registry.and_then(|r| r.approver_groups.get(g)) {
+                        out.extend(members.iter().cloned());
+                    }
+                }
+                None => out.push(a.clone()),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// One client's contract.
@@ -134,6 +217,10 @@ pub struct Contract {
     /// A suspended client gets no token, and its live tokens are inactive.
     #[serde(default)]
     pub suspended: bool,
+    /// Scopes this client may hold only by an approved, time-bound grant, with each
+    /// one's approval policy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub elevations: BTreeMap<String, Elevation>,
 }
 
 impl Contract {
@@ -448,6 +535,122 @@ pub fn check_contract(
             );
         }
     }
+    out.extend(check_elevations(doc, c, registry));
+    out
+}
+
+/// Checks a contract's elevation policies against `registry`.
+fn check_elevations(doc: &str, c: &Contract, registry: &Registry) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut problem = |key: String, code: &'static str, message: String| {
+        out.push(Problem {
+            at: doc.to_string(),
+            key,
+            code,
+            message,
+        })
+    };
+    if c.elevations.len() > MAX_ITEMS {
+        problem(
+            "elevations".into(),
+            "too_many_items",
+            format!("at most {MAX_ITEMS} elevations"),
+        );
+    }
+    let client = doc.strip_prefix("client:").unwrap_or("");
+    for (name, e) in &c.elevations {
+        let key = format!("elevations.{:?}", name.chars().take(64).collect::<String>());
+        if !valid_scope_name(name) {
+            problem(
+                key,
+                "invalid_scope_name",
+                "a scope is 1-128 printable ASCII characters without spaces, quotes or backslashes"
+                    .into(),
+            );
+            continue;
+        }
+        match registry.scopes.get(name) {
+            None => problem(
+                key.clone(),
+                "unregistered_scope",
+                format!("scope {name:?} is not in the registry"),
+            ),
+            Some(def) if def.status == ScopeStatus::Retired => problem(
+                key.clone(),
+                "scope_retired",
+                format!("scope {name:?} is retired in the registry and cannot be elevated to"),
+            ),
+            _ => {}
+        }
+        if c.scopes.get(name).is_some_and(|s| s.grants()) {
+            problem(
+                key.clone(),
+                "elevation_of_granted_scope",
+                format!("scope {name:?} is a standing right of this contract already; elevate only to scopes it does not hold"),
+            );
+        }
+        if e.max_duration_secs == 0 || e.max_duration_secs > MAX_ELEVATION_SECS {
+            problem(
+                format!("{key}.max_duration_secs"),
+                "duration_out_of_range",
+                format!("max_duration_secs must be 1 to {MAX_ELEVATION_SECS}"),
+            );
+        }
+        if e.request_ttl_secs == 0 || e.request_ttl_secs > MAX_REQUEST_TTL_SECS {
+            problem(
+                format!("{key}.request_ttl_secs"),
+                "request_ttl_out_of_range",
+                format!("request_ttl_secs must be 1 to {MAX_REQUEST_TTL_SECS}"),
+            );
+        }
+        if e.approvals == 0 || e.approvals > MAX_APPROVALS {
+            problem(
+                format!("{key}.approvals"),
+                "approvals_out_of_range",
+                format!("approvals must be 1 to {MAX_APPROVALS}"),
+            );
+        }
+        for a in &e.approvers {
+            if let Some(g) = a.strip_prefix("group:") {
+                if !registry.approver_groups.contains_key(g) {
+                    problem(
+                        format!("{key}.approvers"),
+                        "unknown_approver_group",
+                        format!("approver group {g:?} is not in the registry's approver_groups"),
+                    );
+                }
+            } else if a.is_empty() || a.len() > 256 {
+                problem(
+                    format!("{key}.approvers"),
+                    "invalid_approver",
+                    "an approver is a client id (1-256 bytes) or group:<name>".into(),
+                );
+            }
+        }
+        if e.subjects.len() > MAX_ITEMS || e.subjects.iter().any(|s| s.is_empty() || s.len() > 256)
+        {
+            problem(
+                format!("{key}.subjects"),
+                "invalid_subject",
+                format!("subjects: at most {MAX_ITEMS}, each 1-256 bytes (or \"*\")"),
+            );
+        }
+        let eligible = e
+            .approver_ids(Some(registry))
+            .into_iter()
+            .filter(|a| e.requester_may_approve || a != client)
+            .count();
+        if (eligible as u64) < u64::from(e.approvals) {
+            problem(
+                format!("{key}.approvers"),
+                "not_enough_approvers",
+                format!(
+                    "{} distinct approvals are required but only {eligible} approver(s) other than the requester are named",
+                    e.approvals
+                ),
+            );
+        }
+    }
     out
 }
 
@@ -584,6 +787,19 @@ pub fn delta(old: Option<&Contract>, new: &Contract) -> Delta {
         d.other.push("delegate_service_tokens".into());
         d.widens |= new.delegate_service_tokens;
         d.narrows |= old.delegate_service_tokens;
+    }
+    if old.elevations != new.elevations {
+        // A new or longer elevation widens what a client may come to hold; a removed one
+        // narrows it (its live grants stop being honoured).
+        d.other.push("elevations".into());
+        d.widens |= new
+            .elevations
+            .keys()
+            .any(|k| old.elevations.get(k) != new.elevations.get(k));
+        d.narrows |= old
+            .elevations
+            .keys()
+            .any(|k| !new.elevations.contains_key(k));
     }
     if old.suspended != new.suspended {
         d.other.push("suspended".into());

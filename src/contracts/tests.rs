@@ -19,6 +19,7 @@ fn registry(names: &[&str]) -> Registry {
             .iter()
             .map(|n| (n.to_string(), ScopeDef::default()))
             .collect(),
+        ..Registry::default()
     }
 }
 

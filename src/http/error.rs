@@ -10,6 +10,7 @@ use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use crate::app::{self, keys::KeysError};
+use crate::grants::RefusedKind;
 use crate::limits::Limited;
 use crate::policy::{Refusal, RefusalKind};
 use crate::store::StoreError;
@@ -66,6 +67,10 @@ pub enum ApiError {
     /// A document that does not validate: 400 `invalid_request` with every `problem`.
     #[error("the request does not validate; see problems")]
     Invalid(Vec<crate::contracts::Problem>),
+    /// A grant request or decision refused by the elevation rules: 400, 403 or 409 with
+    /// the stable `reason` code.
+    #[error("{0}")]
+    Elevation(crate::grants::Refused),
     /// A bug or an impossible state. Logged in full; the client sees only `server_error`.
     #[error("{0}")]
     Internal(String),
@@ -91,6 +96,11 @@ impl ApiError {
                 },
             ),
             Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Elevation(r) => match r.kind {
+                RefusedKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_request"),
+                RefusedKind::Forbidden => (StatusCode::FORBIDDEN, "access_denied"),
+                RefusedKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            },
             UnsupportedGrantType => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
             NotFound | NoSuch(_) => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -123,6 +133,7 @@ impl ApiError {
         let mut body = json!({ "error": code, "error_description": description });
         match &self {
             ApiError::Refused(r) => body["reason"] = json!(r.reason),
+            ApiError::Elevation(r) => body["reason"] = json!(r.code),
             ApiError::Invalid(problems) => body["problems"] = json!(problems),
             _ => {}
         }
@@ -171,6 +182,7 @@ impl From<app::Error> for ApiError {
             E::Unavailable(why) => ApiError::Unavailable(why),
             E::Store(e) => e.into(),
             E::Keys(e) => e.into(),
+            E::Elevation(r) => ApiError::Elevation(r),
             E::Internal(why) => ApiError::Internal(why),
         }
     }

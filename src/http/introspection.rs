@@ -130,6 +130,9 @@ struct AccessIntrospection<'a> {
     act: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<&'a str>,
+    /// The elevation grant the token's extra scope comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -170,6 +173,7 @@ fn render(app: &App, answer: &Answer, detail: Detail) -> Result<Bytes, ApiError>
                 sid: c.sid.as_deref(),
                 act: c.act.as_ref(),
                 username: c.username.as_deref(),
+                grant: c.grant.as_deref(),
             })
         }
         (Answer::Refresh(r), Detail::Full) => serde_json::to_vec(&RefreshIntrospection {

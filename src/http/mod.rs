@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::metrics as m;
@@ -22,6 +23,7 @@ use request::{read_body, require_content_type, ClientAddr, Form};
 pub mod admin;
 pub mod contracts;
 pub mod error;
+pub mod grants;
 pub mod introspection;
 pub mod nodes;
 pub mod oauth;
@@ -49,6 +51,9 @@ enum Route {
     AdminStoreRecover,
     AdminContracts,
     AdminScopes,
+    /// `/grants...` (a client's own elevation requests) and `/admin/grants...`.
+    Grants,
+    AdminGrants,
     AdminNodes,
     AdminRevocation,
     Healthz,
@@ -79,6 +84,8 @@ impl Route {
             p if p == "/admin/contracts" || p.starts_with("/admin/contracts/") => {
                 Route::AdminContracts
             }
+            p if p == "/admin/grants" || p.starts_with("/admin/grants/") => Route::AdminGrants,
+            p if p == "/grants" || p.starts_with("/grants/") => Route::Grants,
             "/admin/nodes" => Route::AdminNodes,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
@@ -106,6 +113,8 @@ impl Route {
             Route::AdminStoreRecover => "admin_store_recover",
             Route::AdminContracts => "admin_contracts",
             Route::AdminScopes => "admin_scopes",
+            Route::Grants => "grants",
+            Route::AdminGrants => "admin_grants",
             Route::AdminNodes => "admin_nodes",
             Route::AdminRevocation => "admin_revocation",
             Route::Healthz => "healthz",
@@ -169,7 +178,13 @@ pub async fn handle(
         .unwrap_or_else(|| app.next_request_id());
     let result = match duplicate {
         Some(h) => Err(ApiError::InvalidRequest(format!("header {h} is repeated"))),
-        None => within_deadline(&app, route, req, &request_id).await,
+        None => {
+            // Every log line of this request (use cases, store errors, audit) carries its id.
+            let span = tracing::info_span!("request", id = %request_id, endpoint = route.label());
+            within_deadline(&app, route, req, &request_id)
+                .instrument(span)
+                .await
+        }
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -253,6 +268,9 @@ async fn dispatch(
     if matches!(route, Route::AdminContracts | Route::AdminScopes) {
         // These paths answer GET and POST, by sub-path.
         return contracts::dispatch(app, req, request_id).await;
+    }
+    if matches!(route, Route::Grants | Route::AdminGrants) {
+        return grants::dispatch(app, req, request_id).await;
     }
     if let Route::Ssf(endpoint) = route {
         return ssf::dispatch(app, endpoint, req, request_id).await;

@@ -289,6 +289,20 @@ impl KeyRing {
     pub fn count(&self, state: KeyState) -> usize {
         self.records.iter().filter(|r| r.state == state).count()
     }
+
+    /// How long the `next` key has been due to sign without signing (0 when no key is
+    /// past due): a rotation that does not happen (store unwritable, every node down) for
+    /// the `latch_signing_key_rotation_overdue_seconds` gauge.
+    pub fn rotation_overdue_ms(&self, now: i64) -> i64 {
+        self.records
+            .iter()
+            .filter(|r| r.state == KeyState::Next)
+            .filter_map(|r| r.activates_at_ms)
+            .map(|due| now.saturating_sub(due))
+            .max()
+            .unwrap_or(0)
+            .max(0)
+    }
 }
 
 /// The timing rules of the key lifecycle, in milliseconds.

@@ -18,16 +18,22 @@ pub enum RevocationKind {
     /// revocation; a narrowing it brings makes exceeding tokens inactive. Admins cannot
     /// record it through `/admin/revoke`.
     Contract,
+    /// Not a revocation by itself: a grant transition (its value is a `grants::Grant` as
+    /// JSON, the new version). Every node applies it in order to its grant table, so a
+    /// revoked grant is inactive everywhere within the propagation bound, and a node that
+    /// cannot prove it has the log fails closed. Not recordable through `/admin/revoke`.
+    Grant,
 }
 
 impl RevocationKind {
-    pub const ALL: [RevocationKind; 6] = [
+    pub const ALL: [RevocationKind; 7] = [
         RevocationKind::Token,
         RevocationKind::Session,
         RevocationKind::Subject,
         RevocationKind::Client,
         RevocationKind::All,
         RevocationKind::Contract,
+        RevocationKind::Grant,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +44,7 @@ impl RevocationKind {
             RevocationKind::Client => "client",
             RevocationKind::All => "all",
             RevocationKind::Contract => "contract",
+            RevocationKind::Grant => "grant",
         }
     }
 
@@ -119,6 +126,7 @@ pub fn revocation_target(kind: RevocationKind, value: &str) -> String {
     match kind {
         RevocationKind::All => "all".to_string(),
         RevocationKind::Contract => "contracts".to_string(),
+        RevocationKind::Grant => "grants".to_string(),
         k => format!("{}:{}", k.as_str(), value),
     }
 }

@@ -230,15 +230,16 @@ impl Table {
             RevocationKind::Session => Some(&self.sessions),
             RevocationKind::Subject => Some(&self.subjects),
             RevocationKind::Client => Some(&self.clients),
-            RevocationKind::All | RevocationKind::Contract => None,
+            RevocationKind::All | RevocationKind::Contract | RevocationKind::Grant => None,
         }
     }
 
     /// Records a revocation (idempotent; keeps the highest seq per key). It is kept for
     /// the retention of its kind after `revoked_at`.
     pub fn insert(&self, e: &RevocationEvent) {
-        if e.kind == RevocationKind::Contract {
-            // A contract change: the follower hands it to the contracts, not the table.
+        if matches!(e.kind, RevocationKind::Contract | RevocationKind::Grant) {
+            // A contract change or a grant transition: the follower hands it to the
+            // contracts or the grants, not the table.
             return;
         }
         let expires_at_ms = e

@@ -311,7 +311,7 @@ pub fn revocation_sets(e: &RevocationEvent, issuer: &str) -> Vec<Pending> {
             "format": "complex",
             "tenant": {"format": "uri", "uri": issuer},
         }),
-        RevocationKind::Contract => return Vec::new(),
+        RevocationKind::Contract | RevocationKind::Grant => return Vec::new(),
     };
     let mut out = vec![Pending {
         pos: Pos::new(e.seq, 0),

@@ -99,6 +99,7 @@ fn a_record_keeps_what_a_revocation_matches_and_drops_the_status() {
         dcl: vec!["a".into()],
         djt: vec!["x".into()],
         cv: 3,
+        grant: None,
         status: Some(Status {
             status_list: StatusRef {
                 idx: 4,

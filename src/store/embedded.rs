@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use super::{
-    decode_refresh as decode, encode_refresh as encode, BoxFuture, ContractWrite, Head,
+    decode_refresh as decode, encode_refresh as encode, BoxFuture, ContractWrite, GrantWrite, Head,
     ListRecords, Store, StoreError, StoreEvent,
 };
 use crate::audit::{AuditRecord, NewAudit};
@@ -78,6 +78,13 @@ CREATE TABLE IF NOT EXISTS contracts (
     amendment TEXT NOT NULL,
     cancelled INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (doc, version)
+);
+-- Just-in-time elevation grants (opaque JSON, compare-and-set on version), written in
+-- the transaction of their log entry. Older latch versions ignore the table.
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL
 );
 -- Shared Signals event streams (opaque JSON, compare-and-set on version) and leases.
 -- Older latch versions ignore both tables, so the schema version stays.
@@ -194,8 +201,11 @@ impl EmbeddedStore {
             + 'static,
     {
         let inner = self.inner.clone();
+        // The caller's span (a request's id) goes along: audit records logged in `f` carry it.
+        let span = tracing::Span::current();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
+                let _in_span = span.enter();
                 let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
                 f(&mut conn, &inner.events)
             })
@@ -309,18 +319,45 @@ impl EmbeddedStore {
         &self,
         rev: NewRevocation,
         contract: Option<ContractWrite>,
+        grant: Option<GrantWrite>,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
         let inner_epoch = self.inner.clone();
         let inner_epoch = move || inner_epoch.epoch.load(Ordering::Acquire);
         self.with_conn(move |conn, events| {
             let now = now_ms();
             let tx = conn.transaction().map_err(unavailable)?;
-            let action = match &contract {
-                None => "revoke",
-                Some(w) if !w.audit_action.is_empty() => w.audit_action.as_str(),
-                Some(w) if w.cancel => "contract_cancel",
-                Some(_) => "contract_amend",
+            let action = match (&contract, &grant) {
+                (_, Some(g)) => g.action.as_str(),
+                (None, None) => "revoke",
+                (Some(w), _) if !w.audit_action.is_empty() => w.audit_action.as_str(),
+                (Some(w), _) if w.cancel => "contract_cancel",
+                (Some(_), _) => "contract_amend",
             };
+            if let Some(g) = &grant {
+                let changed = if g.restore {
+                    tx.execute(
+                        "INSERT INTO grants (id, version, record) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(id) DO UPDATE SET version = excluded.version,
+                         record = excluded.record WHERE grants.version < excluded.version",
+                        params![g.id, g.expected as i64, g.record],
+                    )
+                } else if g.expected == 0 {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO grants (id, version, record) VALUES (?1, 1, ?2)",
+                        params![g.id, g.record],
+                    )
+                } else {
+                    tx.execute(
+                        "UPDATE grants SET version = ?2 + 1, record = ?3
+                         WHERE id = ?1 AND version = ?2",
+                        params![g.id, g.expected as i64, g.record],
+                    )
+                }
+                .map_err(unavailable)?;
+                if changed != 1 {
+                    return Err(StoreError::Conflict);
+                }
+            }
             if let Some(w) = &contract {
                 if w.cancel {
                     let changed = tx
@@ -361,8 +398,9 @@ impl EmbeddedStore {
             let audit = NewAudit {
                 actor: rev.actor.clone(),
                 action: action.into(),
-                target: match &contract {
-                    Some(w) if !w.audit_target.is_empty() => w.audit_target.clone(),
+                target: match (&contract, &grant) {
+                    (_, Some(g)) => format!("grant:{}", g.id),
+                    (Some(w), _) if !w.audit_target.is_empty() => w.audit_target.clone(),
                     _ => revocation_target(rev.kind, &rev.value),
                 },
                 reason: rev.reason.clone(),
@@ -395,7 +433,7 @@ impl Store for EmbeddedStore {
         &self,
         rev: NewRevocation,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
-        self.append_logged(rev, None)
+        self.append_logged(rev, None, None)
     }
 
     fn append_contract(
@@ -404,7 +442,40 @@ impl Store for EmbeddedStore {
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
         let (rev, write) = write.with_audit(audit);
-        self.append_logged(rev, Some(write))
+        self.append_logged(rev, Some(write), None)
+    }
+
+    fn append_grant(
+        &self,
+        write: GrantWrite,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        let rev = write.log_entry(audit);
+        self.append_logged(rev, None, Some(write))
+    }
+
+    fn grant(&self, id: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            conn.query_row(
+                "SELECT record FROM grants WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn grant_entries(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached("SELECT record FROM grants")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
     }
 
     fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>> {

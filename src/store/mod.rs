@@ -72,6 +72,24 @@ pub struct ContractWrite {
     pub audit_target: String,
     pub audit_action: String,
 }
+/// One grant transition to record (see [`Store::append_grant`]).
+#[derive(Debug, Clone)]
+pub struct GrantWrite {
+    pub id: String,
+    /// The version the stored record must have (0: no record yet); the write stores
+    /// `expected + 1`.
+    pub expected: u64,
+    /// The new record's JSON (`grants::Grant`): stored, and the log entry's value.
+    pub record: String,
+    /// The audit action (`grant_request`, `grant_approve`, `grant_deny`, `grant_revoke`,
+    /// `grant_restored`).
+    pub action: String,
+    /// A node writing back a version the store lost: then `expected` is the record's own
+    /// version, and the write happens iff the stored version is lower (or there is none);
+    /// the stored version becomes `expected`.
+    pub restore: bool,
+}
+
 impl PartialEq for Head {
     fn eq(&self, other: &Head) -> bool {
         (
@@ -107,6 +125,19 @@ impl ContractWrite {
             ..self
         };
         (rev, write)
+    }
+}
+
+impl GrantWrite {
+    /// The log entry this write appends: kind `grant`, value the record.
+    pub fn log_entry(&self, audit: NewAudit) -> NewRevocation {
+        NewRevocation {
+            kind: crate::revocation::RevocationKind::Grant,
+            value: self.record.clone(),
+            reason: audit.reason,
+            actor: audit.actor,
+            request_id: audit.request_id,
+        }
     }
 }
 
@@ -238,6 +269,23 @@ pub trait Store: Send + Sync + 'static {
         write: ContractWrite,
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>>;
+
+    /// Records a grant transition atomically with its log entry (kind `grant`, value the
+    /// record's JSON, announced like a revocation) and its audit record (target
+    /// `grant:<id>`), iff the stored record's version is `write.expected` (0: none):
+    /// of concurrent decisions on one grant exactly one is recorded; the others get
+    /// `Conflict` and nothing is written.
+    fn append_grant(
+        &self,
+        write: GrantWrite,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>>;
+
+    /// One grant's record (JSON), if it exists.
+    fn grant(&self, id: String) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
+
+    /// Every grant record (JSON), in no order.
+    fn grant_entries(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 
     /// Every recorded amendment (its JSON) and whether it was cancelled, in no order.
     fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>>;

@@ -106,6 +106,7 @@ mod tests {
                 dcl: Vec::new(),
                 djt: Vec::new(),
                 cv: 0,
+                grant: None,
                 status: None,
             }),
         }

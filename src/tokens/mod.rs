@@ -65,6 +65,11 @@ pub struct AccessClaims {
     /// in force at every introspection; one that exceeds it is inactive.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cv: u64,
+    /// The just-in-time elevation grant that lets the token carry a scope its client's
+    /// contract does not: checked at every introspection (active now, same client, the
+    /// scope still elevatable); `exp` is never after the grant's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
     /// Where the token's status is published (Token Status List): its list and index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
@@ -129,6 +134,10 @@ pub enum Reason {
     ContractNarrowed,
     /// The client's contract is suspended.
     ContractSuspended,
+    /// The token's elevation grant was revoked (or denied, or cannot be read).
+    GrantRevoked,
+    /// The token's elevation grant is not active now: it ended, or it is unknown here.
+    GrantEnded,
 }
 
 impl Reason {
@@ -151,6 +160,8 @@ impl Reason {
             Reason::StampAhead => "stamp_ahead",
             Reason::ContractNarrowed => "contract_narrowed",
             Reason::ContractSuspended => "contract_suspended",
+            Reason::GrantRevoked => "grant_revoked",
+            Reason::GrantEnded => "grant_ended",
             Reason::Audience => "audience",
             Reason::UnknownClient => "unknown_client",
         }

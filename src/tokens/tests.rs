@@ -54,6 +54,7 @@ fn claims() -> AccessClaims {
         dcl: Vec::new(),
         djt: Vec::new(),
         cv: 0,
+        grant: None,
         status: None,
     }
 }

@@ -44,8 +44,8 @@ use tokio::sync::broadcast;
 use topology::{redact, Conn, Options, Target, Topology};
 
 use super::{
-    decode_refresh, encode_refresh, BoxFuture, ContractWrite, Head, ListRecords, Store, StoreError,
-    StoreEvent,
+    decode_refresh, encode_refresh, BoxFuture, ContractWrite, GrantWrite, Head, ListRecords, Store,
+    StoreError, StoreEvent,
 };
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
@@ -75,6 +75,10 @@ const CONTRACTS: &str = "{latch}:contracts";
 const CONTRACTS_LATEST: &str = "{latch}:contracts:latest";
 /// Cancelled amendments: field `<doc>\n<version>` → 1.
 const CONTRACTS_CANCELLED: &str = "{latch}:contracts:cancelled";
+/// Grants: field id → the record's JSON.
+const GRANTS: &str = "{latch}:grants";
+/// Grant versions: field id → version (the compare-and-set).
+const GRANTS_VERSION: &str = "{latch}:grants:version";
 const NODE_INDEX: &str = "{latch:nodes}:index";
 
 fn node_key(id: &str) -> String {
@@ -200,6 +204,25 @@ else
   end
   redis.call('HSET', KEYS[8], cfield, 1)
 end
+";
+
+/// Runs before [`REVOKE`] in the grant script, in the same atomic call: the
+/// compare-and-set on the grant's version, then the record write; REVOKE then appends the
+/// log entry (kind `grant`), the audit record and the announcement. KEYS[6] grants,
+/// KEYS[7] grants:version. ARGV[10] id, ARGV[11] expected version, ARGV[12] record JSON,
+/// ARGV[13] `grant`, or `restore` (ARGV[11] is then the record's version, written iff the
+/// stored one is lower). Returns {-1} on a lost compare-and-set.
+const GRANT_CHECK: &str = "
+local gv = tonumber(redis.call('HGET', KEYS[7], ARGV[10]) or '0')
+local want = tonumber(ARGV[11])
+if ARGV[13] == 'restore' then
+  if gv >= want then return {-1} end
+  redis.call('HSET', KEYS[7], ARGV[10], want)
+else
+  if gv ~= want then return {-1} end
+  redis.call('HSET', KEYS[7], ARGV[10], gv + 1)
+end
+redis.call('HSET', KEYS[6], ARGV[10], ARGV[12])
 ";
 
 /// After `WAIT` confirmed the replicas: raises `acked` (replication is one ordered stream,
@@ -404,6 +427,7 @@ struct Inner {
     ack: Script,
     revoke: Script,
     contract: Script,
+    grant: Script,
     save_keys: Script,
     load_keys: Script,
     audit: Script,
@@ -513,6 +537,7 @@ impl RedisStore {
             ack: Script::new(ACK),
             revoke: counter_script(REVOKE),
             contract: counter_script(&format!("{CONTRACT_CHECK}{REVOKE}")),
+            grant: counter_script(&format!("{GRANT_CHECK}{REVOKE}")),
             save_keys: script(SAVE_KEYS),
             load_keys: Script::new(LOAD_KEYS),
             audit: script(AUDIT),
@@ -789,21 +814,26 @@ impl RedisStore {
         &self,
         rev: NewRevocation,
         contract: Option<ContractWrite>,
+        grant: Option<GrantWrite>,
     ) -> Result<RevocationEvent, StoreError> {
-        let target = match &contract {
-            Some(w) if !w.audit_target.is_empty() => w.audit_target.clone(),
+        let target = match (&contract, &grant) {
+            (_, Some(g)) => format!("grant:{}", g.id),
+            (Some(w), _) if !w.audit_target.is_empty() => w.audit_target.clone(),
             _ => revocation_target(rev.kind, &rev.value),
         };
         let min_acks = self.inner.replication.min_acks;
         // One connection for the script and WAIT: WAIT covers this connection's writes.
         let mut conn = self.conn();
-        let action = match &contract {
-            None => "revoke",
-            Some(w) if !w.audit_action.is_empty() => w.audit_action.as_str(),
-            Some(w) if w.cancel => "contract_cancel",
-            Some(_) => "contract_amend",
+        let action = match (&contract, &grant) {
+            (_, Some(g)) => g.action.as_str(),
+            (None, None) => "revoke",
+            (Some(w), _) if !w.audit_action.is_empty() => w.audit_action.as_str(),
+            (Some(w), _) if w.cancel => "contract_cancel",
+            (Some(_), _) => "contract_amend",
         };
-        let script = if contract.is_some() {
+        let script = if grant.is_some() {
+            &self.inner.grant
+        } else if contract.is_some() {
             &self.inner.contract
         } else {
             &self.inner.revoke
@@ -833,6 +863,15 @@ impl RedisStore {
                 .arg(w.version)
                 .arg(&w.amendment)
                 .arg(if w.cancel { "cancel" } else { "amend" })
+                .arg(action);
+        } else if let Some(g) = &grant {
+            invocation
+                .key(GRANTS)
+                .key(GRANTS_VERSION)
+                .arg(&g.id)
+                .arg(g.expected)
+                .arg(&g.record)
+                .arg(if g.restore { "restore" } else { "grant" })
                 .arg(action);
         }
         let reply: Vec<redis::Value> = invocation
@@ -929,7 +968,7 @@ impl Store for RedisStore {
         &self,
         rev: NewRevocation,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
-        Box::pin(self.append_logged(rev, None))
+        Box::pin(self.append_logged(rev, None, None))
     }
 
     fn append_contract(
@@ -938,7 +977,39 @@ impl Store for RedisStore {
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
         let (rev, write) = write.with_audit(audit);
-        Box::pin(self.append_logged(rev, Some(write)))
+        Box::pin(self.append_logged(rev, Some(write), None))
+    }
+
+    fn append_grant(
+        &self,
+        write: GrantWrite,
+        audit: NewAudit,
+    ) -> BoxFuture<'_, Result<RevocationEvent, StoreError>> {
+        let rev = write.log_entry(audit);
+        Box::pin(self.append_logged(rev, None, Some(write)))
+    }
+
+    fn grant(&self, id: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn();
+            redis::cmd("HGET")
+                .arg(GRANTS)
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn grant_entries(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn();
+            redis::cmd("HVALS")
+                .arg(GRANTS)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
     }
 
     fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>> {
