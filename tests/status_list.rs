@@ -482,3 +482,117 @@ async fn every_token_answered_has_its_record_across_a_redis_crash() {
         assert_eq!(bit, 0, "a token answered 200 reads INVALID: {uri} #{idx}");
     }
 }
+
+/// Just-in-time elevation: a token carrying a grant's scope reads INVALID on another node
+/// once the grant is revoked, and once a grant ends by the clock; ordinary tokens of the
+/// same client stay VALID.
+#[tokio::test]
+async fn a_grant_revoked_or_ended_flips_the_bits_of_its_tokens() {
+    const REFUND: &str = "orders:refund-any";
+    let redis = RedisProcess::start().await;
+    let idp = Idp::new("https://idp.test");
+    let oncall = ClientDef::new("alice-oncall").roles(&["admin"]);
+    let nodes = setup(&idp)
+        .client(oncall.clone())
+        .redis(&redis)
+        .start_nodes(2)
+        .await;
+    let (s, reader) = (&nodes[0], &nodes[1]);
+    let admin = clients::admin();
+    let json_call = |who: ClientDef, method: Method, path: String, body: Option<Value>| {
+        let http = s.http.clone();
+        async move {
+            let auth = basic(&who.id, &who.secret);
+            let mut headers = vec![("authorization", auth.as_str())];
+            let bytes = match body {
+                Some(b) => {
+                    headers.push(("content-type", "application/json"));
+                    serde_json::to_vec(&b).unwrap()
+                }
+                None => Vec::new(),
+            };
+            let r = http.request(method, &path, &headers, bytes).await;
+            assert!(r.status.is_success(), "{path}: {} {}", r.status, r.text());
+            r.json()
+        }
+    };
+    // The policy: the scope registered, an on-call approver, the elevation in the
+    // orders-service contract.
+    let v = json_call(admin.clone(), Method::GET, "/admin/scopes".into(), None).await;
+    let mut registry = v["registry"].clone();
+    registry["scopes"][REFUND] = json!({"description": "refunds", "owner": "team-orders", "audiences": [], "status": "active"});
+    registry["approver_groups"] = json!({"oncall": ["alice-oncall"]});
+    json_call(
+        admin.clone(),
+        Method::POST,
+        "/admin/scopes".into(),
+        Some(
+            json!({"base_version": v["latest_version"], "registry": registry,
+                    "changelog": "elevation", "reason": "TEST"}),
+        ),
+    )
+    .await;
+    let orders = clients::orders();
+    let h = json_call(
+        admin.clone(),
+        Method::GET,
+        format!("/admin/contracts/{}", orders.id),
+        None,
+    )
+    .await;
+    let last = h["history"].as_array().unwrap().last().unwrap().clone();
+    let mut contract = last["body"]["content"].clone();
+    contract["elevations"] =
+        json!({REFUND: {"max_duration_secs": 3600, "approvers": ["group:oncall"]}});
+    json_call(
+        admin.clone(),
+        Method::POST,
+        format!("/admin/contracts/{}", orders.id),
+        Some(
+            json!({"base_version": last["version"], "contract": contract,
+                    "changelog": "elevation", "reason": "TEST"}),
+        ),
+    )
+    .await;
+
+    // Two grants, each approved, each with a token carrying the scope (a token takes the
+    // active grant that ends last: the short one first).
+    let mut elevated = Vec::new();
+    for secs in [2, 3600] {
+        let g = json_call(
+            orders.clone(),
+            Method::POST,
+            "/grants".into(),
+            Some(json!({"scope": REFUND, "duration_secs": secs,
+                        "justification": "INC-1", "ticket": "OPS-1"})),
+        )
+        .await;
+        let id = g["id"].as_str().unwrap().to_string();
+        json_call(
+            oncall.clone(),
+            Method::POST,
+            format!("/admin/grants/{id}/approve"),
+            Some(json!({"reason": "ok"})),
+        )
+        .await;
+        let t = s
+            .issue(&orders, &[("scope", &format!("orders:read {REFUND}"))])
+            .await;
+        assert_eq!(decode_jwt(&t).1["grant"], id.as_str());
+        assert_eq!(bit(reader, &t).await, 0, "an elevated token starts VALID");
+        elevated.push((id, t));
+    }
+    let plain = s.issue(&orders, &[("scope", "orders:read")]).await;
+
+    let (revoked_id, revoked_token) = &elevated[1];
+    json_call(
+        oncall.clone(),
+        Method::POST,
+        format!("/admin/grants/{revoked_id}/revoke"),
+        Some(json!({"reason": "done"})),
+    )
+    .await;
+    sees_revoked(reader, revoked_token, "grant revoked").await;
+    sees_revoked(reader, &elevated[0].1, "grant ended by the clock").await;
+    assert_eq!(bit(reader, &plain).await, 0, "ordinary tokens stay VALID");
+}
