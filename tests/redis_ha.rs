@@ -53,6 +53,29 @@ fn on(url: &str, env: &[(&str, &str)]) -> ServerBuilder {
 }
 
 /// A node must be usable end to end: issue, revoke through RFC 7009, see it inactive.
+/// The status of `token` in its status list as `node` serves it: 0 VALID, 1 INVALID.
+async fn list_bit(node: &TestServer, token: &str) -> u8 {
+    use std::io::Read;
+    let status = &decode_jwt(token).1["status"]["status_list"];
+    let (uri, idx) = (
+        status["uri"].as_str().unwrap(),
+        status["idx"].as_u64().unwrap(),
+    );
+    let r = node
+        .get(uri.strip_prefix("http://latch.test").unwrap(), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.text());
+    let lst = decode_jwt(&r.text()).1["status_list"]["lst"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&b64url_decode(&lst)[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    (raw[(idx / 8) as usize] >> (idx % 8)) & 1
+}
+
 async fn assert_works(node: &TestServer, what: &str) {
     let t = node.issue(&clients::orders(), &[]).await;
     assert!(node.is_active(&t).await, "{what}: fresh token inactive");
@@ -769,6 +792,10 @@ async fn cluster_propagates_fails_closed_and_recovers() {
         }
     })
     .await;
+    // The status list (its own hash tag, on whichever master holds it) is served by B
+    // from A's records: the revoked token INVALID, the other VALID.
+    assert_eq!(list_bit(&b, &t).await, 1, "revoked: INVALID in B's list");
+    assert_eq!(list_bit(&b, &live).await, 0, "live: VALID in B's list");
 
     // Fail closed: every master down → 503 with Retry-After on both, never active.
     cluster.kill_all();
