@@ -357,6 +357,21 @@ fn check(path: PathBuf) -> ExitCode {
         config.clients.len(),
         config.trusted_issuers.len()
     );
+    match latch::tls::check(&config.tls) {
+        Ok(Some(chain)) => println!(
+            "  tls on the main listener: {chain} certificate(s), key matches; reloaded on \
+             SIGHUP and file change"
+        ),
+        Ok(None) => println!("  tls off (plain http on the main listener)"),
+        Err(e) => {
+            eprintln!(
+                "latch: {}: {}",
+                path.display(),
+                latch::config::ConfigError::from(e)
+            );
+            return ExitCode::from(2);
+        }
+    }
     if config.has_demo_secret() {
         println!("  warning: demo secrets configured; latch will listen on loopback only");
     }
