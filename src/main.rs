@@ -27,6 +27,10 @@ use latch::config::{format_duration, Config};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PEM file of the CA(s) that signed an https:// server's certificate (a private CA);
+    /// without it the system's roots are trusted.
+    #[arg(long, global = true, env = "LATCH_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +205,9 @@ enum StoreCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(path) = cli.ca_file {
+        cli::set_ca_file(path);
+    }
     match cli.command {
         Command::Serve(a) => serve(a.config),
         Command::Check(a) => check(a.config),
@@ -487,7 +494,7 @@ fn healthcheck(server: &str, timeout: std::time::Duration) -> ExitCode {
         .and_then(|rt| rt.block_on(cli::healthcheck(server, timeout)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ CliError::BadServer(_)) => {
+        Err(e @ (CliError::BadServer(_) | CliError::BadCaFile { .. })) => {
             eprintln!("latch: {e}");
             ExitCode::from(2)
         }
