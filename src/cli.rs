@@ -101,13 +101,13 @@ impl Transport {
             _ => return Err(bad()),
         };
         let authority = uri.authority().ok_or_else(bad)?.as_str().to_string();
-        let host = uri.host().ok_or_else(bad)?.trim_matches(['[', ']']).to_string();
+        let host = uri
+            .host()
+            .ok_or_else(bad)?
+            .trim_matches(['[', ']'])
+            .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tls = if https {
-            Some(connector()?)
-        } else {
-            None
-        };
+        let tls = if https { Some(connector()?) } else { None };
         Ok(Transport {
             host,
             port,
@@ -252,11 +252,7 @@ impl AdminClient {
         let req = builder
             .body(Full::new(payload))
             .map_err(|_| CliError::BadServer(self.base.clone()))?;
-        let resp = self
-            .http
-            .send(req)
-            .await
-            .map_err(unreachable)?;
+        let resp = self.http.send(req).await.map_err(unreachable)?;
         let status = resp.status();
         let bytes = resp
             .into_body()

@@ -161,7 +161,11 @@ pub async fn serve<H, F>(
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let served = match tls {
-                None => watcher.watch(h1.serve_connection(TokioIo::new(io), service)).await,
+                None => {
+                    watcher
+                        .watch(h1.serve_connection(TokioIo::new(io), service))
+                        .await
+                }
                 Some(acceptor) => {
                     let stream =
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
