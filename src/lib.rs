@@ -44,6 +44,7 @@ pub mod revocation;
 pub mod server;
 pub mod sessions;
 pub mod ssf;
+pub mod status;
 pub mod store;
 pub mod time;
 pub mod tls;
@@ -167,6 +168,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => (None, None),
     };
     let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let status = app::status::StatusLists::new(&config, store.clone());
     let app = App::new(
         config,
         app::Parts {
@@ -179,6 +181,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             grants,
             node_id,
             ssf,
+            status,
         },
     );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
@@ -192,6 +195,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(app::contracts::run_watch(app.clone(), stop_rx.clone())),
         tokio::spawn(app::grants::run_gauges(app.clone(), stop_rx.clone())),
         tokio::spawn(app::ssf::delivery::run(app.clone(), stop_rx.clone())),
+        tokio::spawn(app::status::run_pruning(app.clone(), stop_rx.clone())),
         tokio::spawn(server::serve(
             metrics_listener,
             app.clone(),
