@@ -94,6 +94,9 @@ impl Drop for IpSlot {
 /// Streams an HTTP/2 connection may have open at once (each is a request).
 const H2_MAX_STREAMS: u32 = 64;
 
+/// How often an HTTP/2 connection is pinged.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+
 /// Serves `listener` with `handler` until `shutdown` flips, then drains. With `tls`, every
 /// connection is a TLS one (see [`crate::tls`]).
 pub async fn serve<H, F>(
@@ -116,8 +119,12 @@ pub async fn serve<H, F>(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
+    // HTTP/2 has no header read timeout in hyper: pings find a peer that went away (no
+    // answer within the write deadline closes the connection).
     h2.timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS);
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(H2_PING_EVERY))
+        .keep_alive_timeout(limits.write_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
