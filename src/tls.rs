@@ -250,7 +250,8 @@ pub fn reloader(
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     Ok(async move {
-        let mut tick = tokio::time::interval(interval);
+        // The pair was read at start: the first comparison is one interval later.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let trigger = tokio::select! {
