@@ -3,7 +3,8 @@
 The demo secrets are published (config/latch.toml, README.md). The admin client has the
 admin and introspect roles, so it reaches every admin and introspection operation; the
 token endpoint is called as `orders-service`, the demo client with a grant, so generated
-token requests can succeed as well as fail.
+token requests can succeed as well as fail; the Shared Signals operations as the receiver
+scripts/conformance adds.
 """
 
 import base64
@@ -12,6 +13,8 @@ import schemathesis
 
 ADMIN = ("admin", "demo-admin-secret-0123456789abcdef0123456789a")
 ORDERS = ("orders-service", "demo-orders-secret-0123456789abcdef0123456789")
+# Added to the demo config by scripts/conformance.
+RECEIVER = ("risk-engine", "conformance-receiver-secret-0123456789abcdef0")
 
 
 def basic(pair):
@@ -22,10 +25,11 @@ def basic(pair):
 @schemathesis.auth()
 class DemoClients:
     def get(self, case, ctx):
-        return {"/token": basic(ORDERS), "*": basic(ADMIN)}
+        return {"/token": basic(ORDERS), "ssf": basic(RECEIVER), "*": basic(ADMIN)}
 
     def set(self, case, data, ctx):
-        header = data.get(case.operation.path, data["*"])
+        path = case.operation.path
+        header = data["ssf"] if path.startswith("/ssf/") else data.get(path, data["*"])
         case.headers = dict(case.headers or {})
         case.headers["Authorization"] = header
 

@@ -208,7 +208,7 @@ fn claims() -> AccessClaims {
     let now = NOW_MS / 1000;
     serde_json::from_value(serde_json::json!({
         "iss": ISS, "sub": "alice", "aud": "https://api", "exp": now + 300, "iat": now,
-        "nbf": now, "jti": "jti-1", "client_id": "app", "scope": "read", "rsq": 3, "rse": EPOCH,
+        "nbf": now, "jti": "jti-1", "client_id": "app", "scope": "read", "rsq": 3, "rse": format!("{EPOCH:016x}"),
     }))
     .expect("claims")
 }
@@ -355,7 +355,7 @@ fn check_config(config: &Config) {
     let _ = config.clients();
     let _ = config.rate_limits();
     let _ = config.key_policy();
-    let _ = config.redis_options();
+    let _ = config.store.redis_options();
     let _ = config.node_ttl();
     let _ = config.jwks_max_age();
     let _ = config.revocation_retention();
