@@ -176,6 +176,10 @@ pub struct StoreConfig {
     /// How long a write waits for `min_replicas_ack` replicas before answering 503.
     #[serde(default = "d_500ms", with = "duration")]
     pub replica_ack_timeout: Duration,
+    /// How long audit records are kept; older ones are pruned (by every node, once a
+    /// minute), so the audit log cannot grow without limit.
+    #[serde(default = "d_365d", with = "duration")]
+    pub audit_retention: Duration,
 }
 
 /// A configured secret: never printed, not even by `{:?}`.
@@ -783,6 +787,12 @@ impl Config {
                 "must be positive and less than half of store.max_staleness",
             ));
         }
+        if s.audit_retention < Duration::from_secs(86_400) {
+            return Err(ConfigError::new(
+                "store.audit_retention",
+                "must be at least 1d",
+            ));
+        }
         if s.max_staleness < Duration::from_millis(10) {
             return Err(ConfigError::new(
                 "store.max_staleness",
@@ -1357,6 +1367,10 @@ fn d_1h() -> Duration {
 fn d_24h() -> Duration {
     Duration::from_secs(86400)
 }
+fn d_365d() -> Duration {
+    Duration::from_secs(365 * 86_400)
+}
+
 fn d_30d() -> Duration {
     Duration::from_secs(30 * 86400)
 }

@@ -114,7 +114,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         store.clone(),
         table.clone(),
         keys.clone(),
-        FollowerConfig::new(config.store.max_staleness),
+        FollowerConfig::new(config.store.max_staleness)
+            .with_audit_retention(config.store.audit_retention),
     )
     .with_contracts(contracts.clone())
     .with_grants(grants.clone())

@@ -308,10 +308,16 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         "on",
         &format!(">{pass}"),
         "~{latch}:*",
-        // The node registry (its own hash tag): without it no node records a freshness
-        // proof, so none is ever fresh.
-        "~{latch:nodes}:*",
+        // Refresh-token families and assertion replay records (their own hash tags, so a
+        // Cluster spreads them).
+        "~{latch:s:*",
+        "~{latch:seen:*",
         "&{latch}:events",
+        "+hsetnx",
+        "+xrevrange",
+        "+ssubscribe",
+        "+sunsubscribe",
+        "+spublish",
         "+ping",
         // The contracts' history (issue 10): read at start, checked inside the scripts.
         "+hkeys",
@@ -719,6 +725,12 @@ async fn cluster_propagates_fails_closed_and_recovers() {
     assert!(st.success(), "{out}\n{err}");
     assert_eq!(
         out.matches("maxmemory-policy noeviction").count(),
+        3,
+        "{out}"
+    );
+    // This cluster keeps Redis's default: one shard without a master stops every slot.
+    assert_eq!(
+        out.matches("cluster-require-full-coverage yes").count(),
         3,
         "{out}"
     );

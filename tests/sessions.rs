@@ -1499,12 +1499,22 @@ async fn sessions_across_a_redis_cluster() {
 // 9. Integrity of refresh-token records
 // ---------------------------------------------------------------------------
 
+/// A refresh token's record key in Redis: under its family's hash tag (the 11 characters
+/// after `rt.`), docs/ARCHITECTURE.md "Redis keys".
+fn rt_key(token: &str) -> String {
+    format!(
+        "{{latch:s:{}}}:rt:{}",
+        &token[3..14],
+        sha256_hex(token.as_bytes())
+    )
+}
+
 /// A refresh token the attacker made up, and its store key in Redis.
 fn planted_token() -> (String, String) {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
     let token = format!("rt.{}", b64url(&bytes));
-    let key = format!("{{latch}}:rt:{}", sha256_hex(token.as_bytes()));
+    let key = rt_key(&token);
     (token, key)
 }
 
@@ -1516,7 +1526,7 @@ async fn planted_or_moved_refresh_records_yield_nothing() {
     let s = &nodes[0];
     let hook = idp_hook();
     let real = open_on(s, &idp, "alice", &[]).await;
-    let real_key = format!("{{latch}}:rt:{}", sha256_hex(real.refresh.as_bytes()));
+    let real_key = rt_key(&real.refresh);
     let stored: String = redis.cmd(&["HGET", &real_key, "rec"]).await;
     let mut record: Value = serde_json::from_str(&stored).unwrap();
     assert!(record["mac"].is_string(), "records carry a MAC: {record}");
@@ -1674,4 +1684,289 @@ async fn an_altered_refresh_record_in_the_embedded_store_yields_nothing() {
         .await
         .iter()
         .any(|r| r["action"] == "refresh_record_rejected"));
+}
+
+// ---------------------------------------------------------------------------
+// 10. Sessions on a Redis Cluster with replicas (issue 16)
+// ---------------------------------------------------------------------------
+
+const CLUSTER_PASS: &str = "cluster-sessions-pass-8Kd";
+
+/// Sessions in the workload: enough that every master holds some of them (a master left
+/// out by 40 random families has probability 3 · (2/3)^40 ≈ 3e-7).
+const SESSIONS: usize = 40;
+
+/// One session of the workload: the token it spent before the master died, its live
+/// one, and the access token it got with it.
+struct Tracked {
+    spent: String,
+    live: String,
+    access: String,
+}
+
+/// Keys matching `pattern` on one node (SCAN, never KEYS).
+async fn count_keys(node: &testkit::redis_ha::RedisNode, pattern: &str) -> usize {
+    let mut cursor = "0".to_string();
+    let mut n = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) = node
+            .cmd(&["SCAN", &cursor, "MATCH", pattern, "COUNT", "1000"])
+            .await;
+        n += keys.len();
+        if next == "0" {
+            return n;
+        }
+        cursor = next;
+    }
+}
+
+/// A refresh, repeated while it answers 503: right after a failover a node's cluster client
+/// may still route a slot to the dead master or be redirected (`MOVED`) once, and answers
+/// 503 meanwhile (fail closed, nothing written). The first other answer is returned.
+async fn refresh_settled(node: &TestServer, rt: &str) -> Resp {
+    let start = std::time::Instant::now();
+    loop {
+        let r = refresh_resp(node, &idp_hook(), rt, &[]).await;
+        if r.status != 503 || start.elapsed() > DEADLINE {
+            return r;
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_over_the_masters_and_a_lost_master_fails_closed_only_its_own() {
+    let mut cluster = testkit::redis_ha::RedisCluster::start_with_replicas(CLUSTER_PASS).await;
+    let idp = main_idp();
+    let cfg = session_config(&idp)
+        .redis_url(&cluster.url())
+        .env("LATCH_STORE__REDIS_PASSWORD", CLUSTER_PASS)
+        .config(|c| {
+            c.store.max_staleness = secs(2);
+            // Every write waits for its shard's replica, as revocations do.
+            c.store.min_replicas_ack = Some(1);
+            c.store.replica_ack_timeout = Some(ms(500));
+        });
+    // `latch check` finds what docs/SCALING.md asks of a Cluster: no warning.
+    let (st, out, err) = cfg.run_verb("check").await;
+    assert!(st.success(), "{out}\n{err}");
+    assert!(!out.contains("warning"), "{out}");
+    let nodes = cfg.start_nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // The workload: sessions opened on A, each refreshed once on B.
+    let mut sessions = Vec::new();
+    for i in 0..SESSIONS {
+        let opened = open_on(a, &idp, &format!("user-{i}"), &[]).await;
+        let next = refresh_ok(b, &opened.refresh).await;
+        assert_eq!(next.sid, opened.sid);
+        sessions.push(Tracked {
+            spent: opened.refresh,
+            live: next.refresh,
+            access: next.access,
+        });
+    }
+
+    // Spread: every master holds refresh records and replay records; the ordered state
+    // is on one of them.
+    let masters = cluster.masters().await;
+    assert_eq!(masters.len(), 3, "three masters");
+    let mut per_master = std::collections::BTreeMap::new();
+    for &m in &masters {
+        let records = count_keys(&cluster.nodes[m], "{latch:s:*}:rt:*").await;
+        let seen = count_keys(&cluster.nodes[m], "{latch:seen:*").await;
+        let dbsize: i64 = cluster.nodes[m].cmd(&["DBSIZE"]).await;
+        eprintln!("master {m}: {records} refresh records, {seen} replay records, dbsize {dbsize}");
+        assert!(records > 0, "master {m} holds no refresh record");
+        assert!(seen > 0, "master {m} holds no replay record");
+        per_master.insert(m, records);
+    }
+    assert_eq!(per_master.values().sum::<usize>(), 2 * SESSIONS);
+    assert_eq!(
+        count_keys(&cluster.nodes[masters[0]], "{latch}:rt:*").await
+            + count_keys(&cluster.nodes[masters[1]], "{latch}:rt:*").await
+            + count_keys(&cluster.nodes[masters[2]], "{latch}:rt:*").await,
+        0,
+        "no refresh record in the ordered slot"
+    );
+    let ordered = cluster
+        .owner_of("{latch}:rev:state")
+        .await
+        .expect("a master owns {latch}");
+    let victim = *masters
+        .iter()
+        .find(|&&m| m != ordered)
+        .expect("a master without {latch}");
+    let replica = cluster
+        .replica_of(victim)
+        .await
+        .expect("the victim's replica");
+    let mut on_victim = Vec::new();
+    let mut elsewhere = Vec::new();
+    for s in sessions {
+        if cluster.owner_of(&rt_key(&s.live)).await == Some(victim) {
+            on_victim.push(s);
+        } else {
+            elsewhere.push(s);
+        }
+    }
+    eprintln!(
+        "{{latch}} on master {ordered}; killing master {victim} (replica {replica}): {} of {SESSIONS} sessions on it",
+        on_victim.len()
+    );
+    assert!(!on_victim.is_empty() && !elsewhere.is_empty());
+
+    // The victim's process dies (SIGKILL by its PID); its replica takes over.
+    let pid = cluster.nodes[victim].pid();
+    eprintln!("SIGKILL redis-server pid {pid}");
+    cluster.nodes[victim].kill9();
+
+    // Half of the victim's sessions are probed while it is away; the other half are left
+    // alone until the shard has a replica again.
+    let (probed, untouched) = on_victim.split_at(on_victim.len().div_ceil(2));
+
+    // While it is away: its sessions fail closed (503, never a token); the others go on
+    // refreshing; access tokens introspect as before; revocations propagate.
+    for s in probed {
+        // Before the failover its master is gone; after, the promoted replica has no
+        // replica to confirm the rotation: 503 either way.
+        let r = refresh_resp(a, &idp_hook(), &s.live, &[]).await;
+        assert_eq!(r.status, 503, "session on the lost shard: {}", r.text());
+    }
+    let mut moved_on = Vec::new();
+    for s in &elsewhere {
+        let next = refresh_ok(b, &s.live).await;
+        moved_on.push(next.refresh);
+        assert!(a.is_active(&s.access).await, "access token of a live shard");
+    }
+    assert!(
+        a.is_active(&on_victim[0].access).await,
+        "introspection needs no session shard"
+    );
+    let revoked = elsewhere[0].access.clone();
+    let jti = claims_of(&revoked)["jti"].as_str().unwrap().to_string();
+    a.admin_revoke("token", Some(&jti), "cluster test").await;
+    eventually(DEADLINE, "revocation reaches B", || async {
+        match b.is_active(&revoked).await {
+            false => Ok(()),
+            true => Err("still active on B".to_string()),
+        }
+    })
+    .await;
+
+    // Failover done: the replica is the master of the victim's slots.
+    eventually(DEADLINE, "the replica is promoted", || async {
+        match cluster.nodes[replica].role().await {
+            Ok(r) if r == "master" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cluster.await_ok().await;
+    // The nodes never stopped being ready (the ordered state and the registry are on a
+    // master that stayed); wait anyway until both have found the promoted replica.
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    // None revived: every token spent before the kill (its rotation was confirmed on the
+    // replica before it was answered) is still spent on the promoted replica; presenting
+    // it is reuse, which kills the session.
+    for s in probed {
+        let r = refresh_settled(a, &s.spent).await;
+        assert_ne!(
+            r.status,
+            200,
+            "a spent token revived by the failover: {}",
+            r.text()
+        );
+        r.assert_error(400, "invalid_grant");
+        let r = refresh_settled(b, &s.live).await;
+        assert_ne!(
+            r.status,
+            200,
+            "a live token of a reused session: {}",
+            r.text()
+        );
+        r.assert_error(400, "invalid_grant");
+    }
+    // The killed process comes back as the new master's replica: the shard confirms
+    // writes again and its untouched sessions refresh.
+    cluster.nodes[victim].start_again().await;
+    cluster.await_ok().await;
+    eventually(DEADLINE, "the old master rejoins as a replica", || async {
+        match cluster.replica_of(replica).await {
+            Some(i) if i == victim => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cluster.await_replicas_in_sync().await;
+    for s in untouched {
+        let next = session_from(&refresh_settled(b, &s.live).await, "untouched session");
+        refresh_ok(a, &next.refresh).await;
+    }
+    // The other shards' sessions never noticed.
+    let mut moved_on_again = Vec::new();
+    for rt in &moved_on {
+        moved_on_again.push(refresh_ok(a, rt).await);
+    }
+
+    // Now the master of `{latch}` dies: the ordered state is gone until its replica takes
+    // over and can confirm writes again, so every node fails closed (503 once past
+    // `max_staleness`), then catches up from the log on the promoted replica (the shard
+    // subscription follows the slot) and propagates revocations again.
+    let ordered_replica = cluster
+        .replica_of(ordered)
+        .await
+        .expect("{latch} has a replica");
+    let live = moved_on_again[0].access.clone();
+    cluster.nodes[ordered].kill9();
+    eventually(DEADLINE, "both nodes fail closed", || async {
+        let mut answers = Vec::new();
+        for n in [a, b] {
+            let r = n
+                .post_form("/introspect", &[("token", &live)], clients::rs_all().auth())
+                .await;
+            // Within `max_staleness` of its last proof a node still answers from its
+            // table (the bound it promises); past it, 503.
+            answers.push(r.status);
+        }
+        match answers.iter().all(|s| *s == 503) {
+            true => Ok(()),
+            false => Err(format!("{answers:?}")),
+        }
+    })
+    .await;
+    eventually(DEADLINE, "the {latch} replica is promoted", || async {
+        match cluster.nodes[ordered_replica].role().await {
+            Ok(r) if r == "master" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    cluster.nodes[ordered].start_again().await;
+    cluster.await_ok().await;
+    cluster.await_replicas_in_sync().await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    assert!(
+        b.is_active(&live).await,
+        "a live token survives the failover"
+    );
+    let jti = claims_of(&live)["jti"].as_str().unwrap().to_string();
+    a.admin_revoke("token", Some(&jti), "after the {latch} failover")
+        .await;
+    eventually(
+        DEADLINE,
+        "revocation after the failover reaches B",
+        || async {
+            match b.is_active(&live).await {
+                false => Ok(()),
+                true => Err("still active on B".to_string()),
+            }
+        },
+    )
+    .await;
+    // The earlier revocation is still in force on both nodes.
+    assert!(!a.is_active(&revoked).await && !b.is_active(&revoked).await);
 }

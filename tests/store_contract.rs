@@ -192,6 +192,7 @@ contract! {
         a_key_save_against_a_stale_version_conflicts_and_changes_nothing,
         of_concurrent_key_saves_from_one_version_exactly_one_wins,
         audit_records_come_back_in_order_and_in_pages,
+        audit_records_past_their_retention_are_pruned_and_the_newest_stays,
         every_change_is_audited_with_the_change,
         claim_once_is_true_once_then_false_until_expiry,
         of_concurrent_claims_of_one_key_exactly_one_wins,
@@ -201,6 +202,8 @@ contract! {
         of_concurrent_grant_decisions_exactly_one_wins,
         a_grant_version_the_store_lost_is_written_back_only_over_an_older_one,
         a_refresh_token_rotates_once_then_reports_reuse_and_unknown,
+        a_reuse_mark_kills_every_token_of_the_family_and_only_those,
+        a_chain_begun_without_a_family_still_reads_and_rotates,
         of_concurrent_rotations_of_one_token_exactly_one_wins,
         refresh_records_round_trip_byte_identical,
         the_head_tells_the_stores_time,
@@ -321,8 +324,10 @@ fn record(sid: &str) -> RefreshRecord {
     }
 }
 
-fn hash(token: &str) -> String {
-    sessions::hash(token)
+/// A refresh token's store key (`sessions::store_key`): every token of one session chain
+/// shares its family.
+fn rkey(family: &str, token: &str) -> String {
+    format!("{family}.{}", sessions::hash(token))
 }
 
 async fn open(store: &dyn Store, hash: &str, r: &RefreshRecord) {
@@ -759,6 +764,47 @@ async fn audit_records_come_back_in_order_and_in_pages(store: SharedStore) {
         .is_empty());
 }
 
+async fn audit_records_past_their_retention_are_pruned_and_the_newest_stays(store: SharedStore) {
+    for i in 0..5 {
+        store
+            .append_audit(audit(&format!("old_{i}"), "t"))
+            .await
+            .unwrap();
+    }
+    let old = all_audit(&*store).await;
+    let cut = old.last().expect("written").time * 1000 + 1000;
+    // Store times are in ms, audit times in s: wait past the second the old ones are in.
+    wait_until_clock_passes(cut).await;
+    for i in 0..3 {
+        store
+            .append_audit(audit(&format!("new_{i}"), "t"))
+            .await
+            .unwrap();
+    }
+    let everything = all_audit(&*store).await;
+    assert_eq!(store.prune_audit(cut).await.expect("prune"), 5);
+    assert_eq!(all_audit(&*store).await, everything[5..].to_vec());
+    assert_eq!(
+        store.prune_audit(cut).await.expect("again"),
+        0,
+        "idempotent"
+    );
+    // Paged reads go on from any seq, the pruned ones simply absent.
+    let page = store.audit_after(0, 2).await.unwrap();
+    assert_eq!(page, everything[5..7].to_vec());
+    // Everything past its retention: all but the newest go, and seqs continue from it.
+    let last = everything.last().unwrap().seq;
+    assert_eq!(store.prune_audit(i64::MAX).await.expect("prune all"), 2);
+    let kept = all_audit(&*store).await;
+    assert_eq!(seqs_of(&kept), vec![last]);
+    let next = store.append_audit(audit("after_prune", "t")).await.unwrap();
+    assert_eq!(next.seq, last + 1);
+}
+
+fn seqs_of(records: &[AuditRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.seq).collect()
+}
+
 async fn every_change_is_audited_with_the_change(store: SharedStore) {
     append(&*store, Subject, "alice").await;
     append(&*store, All, "").await;
@@ -773,7 +819,12 @@ async fn every_change_is_audited_with_the_change(store: SharedStore) {
         )
         .await
         .unwrap();
-    open(&*store, &hash("rt-audit"), &record("sid-audit")).await;
+    open(
+        &*store,
+        &rkey("fam-audit", "rt-audit"),
+        &record("sid-audit"),
+    )
+    .await;
     store
         .bump_epoch(audit("store_recover", "store"))
         .await
@@ -1150,12 +1201,17 @@ async fn of_concurrent_grant_decisions_exactly_one_wins(store: SharedStore) {
 // === sessions ===
 
 async fn a_refresh_token_rotates_once_then_reports_reuse_and_unknown(store: SharedStore) {
-    let (h0, h1, h2) = (hash("rt-0"), hash("rt-1"), hash("rt-2"));
+    let f = |t: &str| rkey("fam-1", t);
+    let (h0, h1, h2) = (f("rt-0"), f("rt-1"), f("rt-2"));
     let r0 = record("sid-1");
     let r1 = RefreshRecord {
         issued_at_ms: r0.issued_at_ms + 1,
         ..r0.clone()
     };
+    // Another session, its own family: untouched by what happens to the first.
+    let other = rkey("fam-2", "rt-other");
+    let r_other = record("sid-2");
+    open(&*store, &other, &r_other).await;
     open(&*store, &h0, &r0).await;
     assert_eq!(lookup(&*store, &h0).await, Some((r0.clone(), false)));
     assert_eq!(rotate(&*store, &h0, &h1, &r1).await, Rotation::Rotated);
@@ -1175,10 +1231,21 @@ async fn a_refresh_token_rotates_once_then_reports_reuse_and_unknown(store: Shar
         Rotation::Reused(r0.clone())
     );
     assert_eq!(lookup(&*store, &h2).await, None);
-    // The successor rotates in turn.
-    assert_eq!(rotate(&*store, &h1, &h2, &r1).await, Rotation::Rotated);
+    // The reuse marked the session's family: its live token is spent too, and spending
+    // it is reuse as well (the session is compromised, whoever holds which token).
+    assert_eq!(
+        lookup(&*store, &h1).await,
+        Some((r1.clone(), true)),
+        "the successor of a reused token"
+    );
+    assert_eq!(
+        rotate(&*store, &h1, &h2, &r1).await,
+        Rotation::Reused(r1.clone())
+    );
+    assert_eq!(lookup(&*store, &h2).await, None);
+    assert_eq!(lookup(&*store, &other).await, Some((r_other, false)));
     // Never issued: unknown, and nothing is stored.
-    let (stranger, next) = (hash("rt-never-issued"), hash("rt-3"));
+    let (stranger, next) = (rkey("fam-3", "rt-never-issued"), rkey("fam-3", "rt-3"));
     assert_eq!(
         rotate(&*store, &stranger, &next, &r1).await,
         Rotation::Unknown
@@ -1187,16 +1254,81 @@ async fn a_refresh_token_rotates_once_then_reports_reuse_and_unknown(store: Shar
     assert_eq!(lookup(&*store, &next).await, None);
 }
 
+async fn a_reuse_mark_kills_every_token_of_the_family_and_only_those(store: SharedStore) {
+    let f = |t: &str| rkey("fam-mark", t);
+    let (h0, h1, h2) = (f("rt-0"), f("rt-1"), f("rt-2"));
+    let r = record("sid-mark");
+    let other = rkey("fam-live", "rt-live");
+    let r_other = record("sid-live");
+    open(&*store, &h0, &r).await;
+    open(&*store, &other, &r_other).await;
+    assert_eq!(rotate(&*store, &h0, &h1, &r).await, Rotation::Rotated);
+    // Marking a live or unknown token does nothing.
+    store
+        .mark_reused(h1.clone())
+        .await
+        .expect("mark a live token");
+    store
+        .mark_reused(other.clone())
+        .await
+        .expect("mark a live token");
+    store
+        .mark_reused(rkey("fam-none", "rt-none"))
+        .await
+        .expect("mark an unknown token");
+    assert_eq!(lookup(&*store, &h1).await, Some((r.clone(), false)));
+    assert_eq!(
+        lookup(&*store, &other).await,
+        Some((r_other.clone(), false))
+    );
+    // A spent one marks its family: the live successor reads spent and is never served.
+    store
+        .mark_reused(h0.clone())
+        .await
+        .expect("mark a spent token");
+    store
+        .mark_reused(h0.clone())
+        .await
+        .expect("marking is idempotent");
+    assert_eq!(lookup(&*store, &h1).await, Some((r.clone(), true)));
+    assert_eq!(
+        rotate(&*store, &h1, &h2, &r).await,
+        Rotation::Reused(r.clone())
+    );
+    assert_eq!(lookup(&*store, &h2).await, None);
+    assert_eq!(lookup(&*store, &other).await, Some((r_other, false)));
+}
+
+async fn a_chain_begun_without_a_family_still_reads_and_rotates(store: SharedStore) {
+    // Stored under its bare hash (as before families), presented with its family.
+    let bare = sessions::hash("rt-legacy-0");
+    let r = record("sid-legacy");
+    open(&*store, &bare, &r).await;
+    let (h0, h1) = (
+        format!("fam-legacy.{bare}"),
+        rkey("fam-legacy", "rt-legacy-1"),
+    );
+    assert_eq!(lookup(&*store, &h0).await, Some((r.clone(), false)));
+    assert_eq!(rotate(&*store, &h0, &h1, &r).await, Rotation::Rotated);
+    assert_eq!(lookup(&*store, &h0).await, Some((r.clone(), true)));
+    assert_eq!(lookup(&*store, &h1).await, Some((r.clone(), false)));
+    assert_eq!(
+        rotate(&*store, &h0, &rkey("fam-legacy", "rt-legacy-2"), &r).await,
+        Rotation::Reused(r)
+    );
+}
+
 async fn of_concurrent_rotations_of_one_token_exactly_one_wins(store: SharedStore) {
     for round in 0..10 {
-        let old = hash(&format!("rt-race-{round}"));
+        let family = format!("fam-race-{round}");
+        let old = rkey(&family, &format!("rt-race-{round}"));
         let r0 = record(&format!("sid-race-{round}"));
         open(&*store, &old, &r0).await;
         let racers: Vec<_> = (0..RACERS)
             .map(|i| {
                 let (store, old, r0) = (store.clone(), old.clone(), r0.clone());
+                let new = rkey(&family, &format!("rt-race-{round}-{i}"));
                 tokio::spawn(async move {
-                    let new = hash(&format!("rt-race-{round}-{i}"));
                     let outcome = rotate(&*store, &old, &new, &r0).await;
                     (new, outcome)
                 })
@@ -1214,7 +1346,8 @@ async fn of_concurrent_rotations_of_one_token_exactly_one_wins(store: SharedStor
         assert_eq!(winners.len(), 1, "round {round}: exactly one rotation wins");
         for (new, outcome) in &outcomes {
             if *new == winners[0] {
-                assert_eq!(lookup(&*store, new).await, Some((r0.clone(), false)));
+                // Stored, and spent already: the losers' reuse marked the family.
+                assert_eq!(lookup(&*store, new).await, Some((r0.clone(), true)));
             } else {
                 assert_eq!(*outcome, Rotation::Reused(r0.clone()), "round {round}");
                 assert_eq!(lookup(&*store, new).await, None, "a loser stores nothing");
@@ -1231,7 +1364,10 @@ async fn refresh_records_round_trip_byte_identical(store: SharedStore) {
         sessions::seal(mac_key, hash, &mut r);
         r
     };
-    let (h0, h1) = (hash("rt-bytes-0"), hash("rt-bytes-1"));
+    let (h0, h1) = (
+        rkey("fam-bytes", "rt-bytes-0"),
+        rkey("fam-bytes", "rt-bytes-1"),
+    );
     let r0 = sealed(
         &h0,
         RefreshRecord {
@@ -1270,7 +1406,7 @@ async fn refresh_records_round_trip_byte_identical(store: SharedStore) {
     assert_eq!(rotate(&*store, &h0, &h1, &r1).await, Rotation::Rotated);
     let (got, _) = lookup(&*store, &h1).await.expect("stored by the rotation");
     identical(&got, &r1, &h1);
-    match rotate(&*store, &h0, &hash("rt-bytes-2"), &r1).await {
+    match rotate(&*store, &h0, &rkey("fam-bytes", "rt-bytes-2"), &r1).await {
         Rotation::Reused(got) => identical(&got, &r0, &h0),
         other => panic!("expected reuse, got {other:?}"),
     }
@@ -1284,7 +1420,10 @@ async fn everything_acknowledged_survives_a_restart(fixture: Fixture) {
     let before = store.head().await.unwrap();
     let k = key("kid-1", r#"{"kid":"kid-1"}"#);
     store.save_keys(0, vec![k.clone()], vec![]).await.unwrap();
-    let (h0, h1) = (hash("rt-durable-0"), hash("rt-durable-1"));
+    let (h0, h1) = (
+        rkey("fam-durable", "rt-durable-0"),
+        rkey("fam-durable", "rt-durable-1"),
+    );
     let r = record("sid-durable");
     open(&*store, &h0, &r).await;
     assert_eq!(rotate(&*store, &h0, &h1, &r).await, Rotation::Rotated);

@@ -49,13 +49,22 @@ struct Restore {
 pub struct FollowerConfig {
     /// How often the store's head is checked; a fraction of `max_staleness`.
     pub poll: Duration,
+    /// Audit records older than this are pruned with each sweep (`store.audit_retention`);
+    /// `None`: kept.
+    pub audit_retention: Option<Duration>,
 }
 
 impl FollowerConfig {
     pub fn new(max_staleness: Duration) -> FollowerConfig {
         FollowerConfig {
             poll: (max_staleness / 8).clamp(Duration::from_millis(5), Duration::from_millis(250)),
+            audit_retention: None,
         }
+    }
+
+    pub fn with_audit_retention(mut self, retention: Duration) -> FollowerConfig {
+        self.audit_retention = Some(retention);
+        self
     }
 }
 
@@ -514,11 +523,20 @@ impl Follower {
                     let retention = self.table.retention();
                     let before = now - retention.session_ms.max(retention.token_ms) - SWEEP_MS;
                     let token_before = now - retention.token_ms - SWEEP_MS;
-                    self.store.prune_revocations(before, token_before).await.map(|pruned| {
+                    let pruned = self.store.prune_revocations(before, token_before).await.map(|pruned| {
                         if pruned > 0 {
                             tracing::debug!(pruned, "old revocations pruned from the log");
                         }
-                    })
+                    });
+                    if let Some(keep) = self.config.audit_retention {
+                        // Not a freshness matter: a failed prune is retried next sweep.
+                        match self.store.prune_audit(now - keep.as_millis() as i64).await {
+                            Ok(n) if n > 0 => tracing::debug!(pruned = n, "audit records past store.audit_retention pruned"),
+                            Ok(_) => {}
+                            Err(error) => tracing::debug!(%error, "audit prune failed; retried next sweep"),
+                        }
+                    }
+                    pruned
                 }
             };
             let now_up = result.is_ok();

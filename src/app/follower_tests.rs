@@ -366,6 +366,14 @@ impl Store for FakeStore {
         self.answer(|_| not_faked())
     }
 
+    fn mark_reused(&self, _: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn prune_audit(&self, _: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
     fn audit_after(&self, _: u64, _: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
         self.answer(|_| not_faked())
     }

@@ -163,7 +163,7 @@ async fn refresh(
     token: &str,
     waits: &mut StampWaits,
 ) -> Result<Option<RefreshRecord>, Error> {
-    let Some((r, spent)) = stored_refresh(app, &sessions::hash(token), "").await? else {
+    let Some((r, spent)) = stored_refresh(app, token, "").await? else {
         return Ok(None);
     };
     waits.wait(app, r.stamp().point()).await;

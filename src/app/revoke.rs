@@ -98,7 +98,7 @@ async fn revoke_refresh(
     token: &str,
     request_id: &str,
 ) -> Result<(), Error> {
-    let Some((r, _)) = stored_refresh(app, &sessions::hash(token), request_id).await? else {
+    let Some((r, _)) = stored_refresh(app, token, request_id).await? else {
         return Ok(());
     };
     if r.client_id != caller.id && !caller.has_role(Role::Admin) {

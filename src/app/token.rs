@@ -403,9 +403,13 @@ async fn open_session(
     let mut claims = view.access_claims(&a.sub, client, aud, scope);
     claims.sid = Some(crate::tokens::random_id());
     claims.username = a.username;
-    let (refresh_token, hash) = sessions::new_refresh_token();
+    let refresh_token = sessions::new_refresh_token();
     let mut record = view.refresh_record(&claims);
-    sessions::seal(app.keys.refresh_record_mac(), &hash, &mut record);
+    sessions::seal(
+        app.keys.refresh_record_mac(),
+        &sessions::hash(&refresh_token),
+        &mut record,
+    );
     let audit = NewAudit {
         actor: client.id.to_string(),
         action: "session_create".into(),
@@ -413,7 +417,9 @@ async fn open_session(
         reason: format!("subject {} from {} (IdP sub {})", a.sub, a.iss, a.idp_sub),
         request_id: request_id.to_string(),
     };
-    app.store.open_session(hash, record, audit).await?;
+    app.store
+        .open_session(sessions::store_key(&refresh_token), record, audit)
+        .await?;
     issue(
         &view,
         client,
@@ -508,8 +514,9 @@ async fn refresh(
         return Err(invalid());
     }
     let hash = sessions::hash(token);
+    let key = sessions::store_key(token);
     sync_revocations(app).await?;
-    let (record, spent) = stored_refresh(app, &hash, request_id)
+    let (record, spent) = stored_refresh(app, token, request_id)
         .await?
         .ok_or_else(invalid)?;
     if record.client_id != client.id {
@@ -521,7 +528,7 @@ async fn refresh(
         return Err(invalid());
     }
     if spent {
-        return Err(reuse(app, &record, request_id).await);
+        return Err(reuse(app, &key, &record, request_id).await);
     }
     // The view's stamp is read before the session's revocation check.
     let view = app.fresh(now)?;
@@ -569,7 +576,9 @@ async fn refresh(
     }
     claims.sid = Some(record.sid.clone());
     claims.username = record.username.clone();
-    let (next_token, next_hash) = sessions::new_refresh_token();
+    // Same family: the Redis store spends this one and stores that one in one slot.
+    let next_token = sessions::next_refresh_token(token);
+    let next_hash = sessions::hash(&next_token);
     // The session keeps its scope and its stamp; only the token and its expiry move.
     let mut next = RefreshRecord {
         issued_at_ms: now,
@@ -579,7 +588,7 @@ async fn refresh(
     sessions::seal(app.keys.refresh_record_mac(), &next_hash, &mut next);
     match app
         .store
-        .rotate_refresh(hash.clone(), next_hash, next)
+        .rotate_refresh(key.clone(), sessions::store_key(&next_token), next)
         .await?
     {
         Rotation::Rotated => issue(
@@ -590,7 +599,7 @@ async fn refresh(
             Some(next_token),
         ),
         Rotation::Reused(r) if sessions::authentic(app.keys.refresh_record_mac(), &hash, &r) => {
-            Err(reuse(app, &r, request_id).await)
+            Err(reuse(app, &key, &r, request_id).await)
         }
         Rotation::Reused(_) => {
             rejected(app, &hash, request_id).await;
@@ -605,14 +614,15 @@ async fn refresh(
 /// reported and treated as absent: a record planted in the store yields nothing.
 pub(super) async fn stored_refresh(
     app: &App,
-    hash: &str,
+    token: &str,
     request_id: &str,
 ) -> Result<Option<(RefreshRecord, bool)>, Error> {
-    let Some((record, spent)) = app.store.refresh_token(hash.to_string()).await? else {
+    let hash = sessions::hash(token);
+    let Some((record, spent)) = app.store.refresh_token(sessions::store_key(token)).await? else {
         return Ok(None);
     };
-    if !sessions::authentic(app.keys.refresh_record_mac(), hash, &record) {
-        rejected(app, hash, request_id).await;
+    if !sessions::authentic(app.keys.refresh_record_mac(), &hash, &record) {
+        rejected(app, &hash, request_id).await;
         return Ok(None);
     }
     Ok(Some((record, spent)))
@@ -638,8 +648,18 @@ async fn rejected(app: &App, hash: &str, request_id: &str) {
 
 /// A spent refresh token came back: whoever holds it, the session is compromised. The
 /// session is revoked and the reuse audited; the answer is always a refusal.
-async fn reuse(app: &App, record: &RefreshRecord, request_id: &str) -> Error {
+///
+/// In order (docs/ARCHITECTURE.md, "Sessions on a sharded store"): the family is marked
+/// reused in its own slot first (a rotation that found the reuse has marked it already),
+/// so no token of it is served again whatever happens next; then the revocation goes to
+/// the ordered log. A process that dies between the two leaves a marked family with no
+/// revocation: the next presentation of any of its tokens reads as spent and comes here
+/// again, which appends the revocation then (it is skipped once the table covers it).
+async fn reuse(app: &App, key: &str, record: &RefreshRecord, request_id: &str) -> Error {
     tracing::warn!(sid = %record.sid, client = %record.client_id, "refresh token reuse; revoking the session");
+    // Tried even if the mark failed (its shard away): the revocation alone kills the
+    // session; the answer is a refusal either way.
+    let marked = app.store.mark_reused(key.to_string()).await;
     if !app
         .table
         .covers(RevocationKind::Session, &record.sid, record.rsq)
@@ -656,6 +676,10 @@ async fn reuse(app: &App, record: &RefreshRecord, request_id: &str) -> Error {
         if let Err(e) = revoked {
             return e.into();
         }
+    }
+    if let Err(error) = marked {
+        // The revocation is in the log (or was already): the session is dead by its stamp.
+        tracing::warn!(%error, sid = %record.sid, "could not mark the refresh-token family reused");
     }
     let audited = app
         .store

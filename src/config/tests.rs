@@ -33,6 +33,7 @@ fn defaults_fill_missing_sections() {
     assert_eq!(c.keys.rotate_every, Duration::from_secs(86400));
     assert_eq!(c.store.kind, StoreKind::Embedded);
     assert_eq!(c.store.max_staleness, Duration::from_secs(2));
+    assert_eq!(c.store.audit_retention, Duration::from_secs(365 * 86_400));
     assert_eq!(c.limits.max_body_bytes, 16384);
     assert_eq!(c.metrics.listen, "127.0.0.1:9090".parse().unwrap());
     assert!(c.jwks_max_age() < c.keys.publish_ahead);
@@ -648,4 +649,17 @@ roles = ["ssf_receiver"]
     for (ssf, key) in cases {
         assert_eq!(err_key(&with(ssf), &[]), *key, "{ssf}");
     }
+}
+
+#[test]
+fn audit_retention_is_at_least_a_day() {
+    let c = load(GOOD, &[("LATCH_STORE__AUDIT_RETENTION", "90d")]).unwrap();
+    assert_eq!(c.store.audit_retention, Duration::from_secs(90 * 86_400));
+    for short in ["23h", "0s"] {
+        let e = load(GOOD, &[("LATCH_STORE__AUDIT_RETENTION", short)]).expect_err(short);
+        assert_eq!(e.key, "store.audit_retention");
+        assert!(e.reason.contains("at least 1d"), "{}", e.reason);
+    }
+    let e = load(GOOD, &[("LATCH_STORE__AUDIT_RETENTION", "forever")]).expect_err("bad");
+    assert_eq!(e.key, "store.audit_retention");
 }

@@ -1,8 +1,11 @@
 //! User sessions: refresh tokens, and the identity providers whose assertions open them.
 //!
-//! A refresh token is opaque: `rt.` and 256 random bits. The store keeps only its SHA-256,
-//! with the session it belongs to ([`RefreshRecord`]). Every use spends it
-//! and issues the next one; presenting a spent one revokes the whole session.
+//! A refresh token is opaque: `rt.` and 43 base64url characters. The first
+//! [`FAMILY_LEN`] of them name the token's family (every token of one session chain shares
+//! them, see [`next_refresh_token`]); the other 32 are fresh random bits (192) for each
+//! token. The store keeps only the token's SHA-256, under its family ([`store_key`]), with
+//! the session it belongs to ([`RefreshRecord`]). Every use spends it and issues the next
+//! one; presenting a spent one revokes the whole session.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -17,15 +20,50 @@ pub use record::{RefreshRecord, Rotation};
 /// What a refresh token starts with (a JWT never does: its header starts with `eyJ`).
 pub const REFRESH_PREFIX: &str = "rt.";
 
-/// A new refresh token and the hash the store keeps.
-pub fn new_refresh_token() -> (String, String) {
+/// How many characters after the prefix name a token's family (66 bits): the Redis store
+/// keeps a family's records under one hash tag, so a rotation and a reuse mark touch one
+/// slot, while families spread over every master of a Cluster.
+pub const FAMILY_LEN: usize = 11;
+
+/// The first refresh token of a new session (a new family).
+pub fn new_refresh_token() -> String {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)
         .expect("operating system randomness");
-    let token = format!("{REFRESH_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
-    let hash = hash(&token);
-    (token, hash)
+    format!("{REFRESH_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The successor of `previous`: its family, and 192 fresh random bits.
+pub fn next_refresh_token(previous: &str) -> String {
+    let fresh = new_refresh_token();
+    match family(previous) {
+        Some(f) => format!(
+            "{REFRESH_PREFIX}{f}{}",
+            &fresh[REFRESH_PREFIX.len() + FAMILY_LEN..]
+        ),
+        None => fresh,
+    }
+}
+
+/// The family part of a well-formed refresh token.
+pub fn family(token: &str) -> Option<&str> {
+    is_refresh_token(token).then(|| &token[REFRESH_PREFIX.len()..REFRESH_PREFIX.len() + FAMILY_LEN])
+}
+
+/// Where the store keeps a token's record: `<family>.<hash>`. The record's MAC covers the
+/// [`hash`] alone, so the embedded store (keyed by the hash) and records written before
+/// families existed read as before.
+pub fn store_key(token: &str) -> String {
+    match family(token) {
+        Some(f) => format!("{f}.{}", hash(token)),
+        None => hash(token),
+    }
+}
+
+/// The hash part of a [`store_key`].
+pub fn key_hash(key: &str) -> &str {
+    key.split_once('.').map_or(key, |(_, h)| h)
 }
 
 /// Whether `token` has the shape of a latch refresh token.
@@ -118,13 +156,33 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_recognisable() {
-        let (a, ha) = new_refresh_token();
-        let (b, _) = new_refresh_token();
+        let a = new_refresh_token();
+        let ha = hash(&a);
+        let b = new_refresh_token();
         assert_ne!(a, b);
         assert!(is_refresh_token(&a));
         assert!(!is_refresh_token("rt.short"));
         assert!(!is_refresh_token("eyJhbGciOi.x.y"));
         assert_eq!(ha, hash(&a));
         assert_eq!(ha.len(), 64);
+    }
+
+    #[test]
+    fn a_successor_keeps_its_family_and_nothing_else() {
+        let a = new_refresh_token();
+        let b = next_refresh_token(&a);
+        let c = next_refresh_token(&b);
+        assert!(is_refresh_token(&b) && is_refresh_token(&c));
+        assert_eq!(family(&a), family(&b));
+        assert_eq!(family(&b), family(&c));
+        assert_ne!(family(&a), family(&new_refresh_token()));
+        let secret = |t: &str| t[REFRESH_PREFIX.len() + FAMILY_LEN..].to_string();
+        assert_ne!(secret(&a), secret(&b));
+        assert_ne!(secret(&b), secret(&c));
+        let key = store_key(&b);
+        assert_eq!(key, format!("{}.{}", family(&b).unwrap(), hash(&b)));
+        assert_eq!(key_hash(&key), hash(&b));
+        assert_eq!(key_hash(&hash(&b)), hash(&b), "a bare hash is its own key");
+        assert_eq!(store_key("garbage"), hash("garbage"));
     }
 }

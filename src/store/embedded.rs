@@ -27,7 +27,7 @@ use crate::nodes::{NodeRecord, NodeReport, Registry};
 use crate::revocation::{
     revocation_target, ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind,
 };
-use crate::sessions::{RefreshRecord, Rotation};
+use crate::sessions::{key_hash, RefreshRecord, Rotation};
 use crate::ssf::StoredStream;
 use crate::time::now_ms;
 
@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS audit (
     reason TEXT NOT NULL,
     request_id TEXT NOT NULL
 );
+-- Audit retention (store.audit_retention) deletes by time: by index, not by a table scan.
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time_ms);
 CREATE TABLE IF NOT EXISTS keys (
     kid TEXT PRIMARY KEY,
     record TEXT NOT NULL
@@ -217,6 +219,14 @@ fn insert_audit(tx: &Connection, a: &NewAudit, time_ms: i64) -> rusqlite::Result
         params![time_ms, a.actor, a.action, a.target, a.reason, a.request_id],
     )?;
     Ok(tx.last_insert_rowid() as u64)
+}
+
+/// Marks every refresh token of session `sid` spent.
+fn mark_session_spent(tx: &Connection, sid: &str) -> rusqlite::Result<usize> {
+    tx.execute(
+        "UPDATE refresh_tokens SET used = 1 WHERE used = 0 AND json_extract(record, '$.sid') = ?1",
+        params![sid],
+    )
 }
 
 fn revocation_seq(conn: &Connection) -> rusqlite::Result<u64> {
@@ -633,10 +643,12 @@ impl Store for EmbeddedStore {
 
     fn open_session(
         &self,
-        hash: String,
+        key: String,
         record: RefreshRecord,
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Keyed by the hash alone, as before families: one file needs no spreading.
+        let hash = key_hash(&key).to_string();
         self.with_conn(move |conn, _| {
             let now = now_ms();
             let json = encode(&record)?;
@@ -655,8 +667,9 @@ impl Store for EmbeddedStore {
 
     fn refresh_token(
         &self,
-        hash: String,
+        key: String,
     ) -> BoxFuture<'_, Result<Option<(RefreshRecord, bool)>, StoreError>> {
+        let hash = key_hash(&key).to_string();
         self.with_conn(move |conn, _| {
             let row: Option<(String, i64)> = conn
                 .query_row(
@@ -673,10 +686,14 @@ impl Store for EmbeddedStore {
 
     fn rotate_refresh(
         &self,
-        old_hash: String,
-        new_hash: String,
+        old_key: String,
+        new_key: String,
         new: RefreshRecord,
     ) -> BoxFuture<'_, Result<Rotation, StoreError>> {
+        let (old_hash, new_hash) = (
+            key_hash(&old_key).to_string(),
+            key_hash(&new_key).to_string(),
+        );
         self.with_conn(move |conn, _| {
             let json = encode(&new)?;
             let tx = conn.transaction().map_err(unavailable)?;
@@ -696,10 +713,15 @@ impl Store for EmbeddedStore {
                     )
                     .optional()
                     .map_err(unavailable)?;
-                return match old {
-                    Some(json) => Ok(Rotation::Reused(decode(&json)?)),
-                    None => Ok(Rotation::Unknown),
+                let Some(json) = old else {
+                    return Ok(Rotation::Unknown);
                 };
+                let old = decode(&json)?;
+                // The reuse marks the session in the same transaction: every token of it
+                // reads spent from now on (what the Redis store does per family).
+                mark_session_spent(&tx, &old.sid).map_err(unavailable)?;
+                tx.commit().map_err(unavailable)?;
+                return Ok(Rotation::Reused(old));
             }
             tx.execute(
                 "INSERT INTO refresh_tokens (hash, record, used, expires_ms) VALUES (?1, ?2, 0, ?3)",
@@ -713,6 +735,39 @@ impl Store for EmbeddedStore {
             .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             Ok(Rotation::Rotated)
+        })
+    }
+
+    fn mark_reused(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        let hash = key_hash(&key).to_string();
+        self.with_conn(move |conn, _| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            let row: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT record, used FROM refresh_tokens WHERE hash = ?1",
+                    params![hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if let Some((json, 1)) = row {
+                mark_session_spent(&tx, &decode(&json)?.sid).map_err(unavailable)?;
+                tx.commit().map_err(unavailable)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let n = conn
+                .execute(
+                    "DELETE FROM audit WHERE time_ms < ?1
+                     AND seq < (SELECT COALESCE(MAX(seq), 0) FROM audit)",
+                    params![before_ms],
+                )
+                .map_err(unavailable)?;
+            Ok(n as u64)
         })
     }
 

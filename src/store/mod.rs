@@ -235,27 +235,39 @@ pub trait Store: Send + Sync + 'static {
     fn claim_once(&self, key: String, until_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
 
     /// Stores the first refresh token of a new session, with its audit record.
+    ///
+    /// Refresh tokens are named by their store key (`sessions::store_key`:
+    /// `<family>.<hash>`, or a bare hash for a token without a family). Every token of one
+    /// session chain has the same family.
     fn open_session(
         &self,
-        hash: String,
+        key: String,
         record: RefreshRecord,
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// A refresh token's record and whether it was spent.
+    /// A refresh token's record and whether it was spent. A token whose family (the
+    /// embedded store: whose session) was marked reused reads as spent.
     fn refresh_token(
         &self,
-        hash: String,
+        key: String,
     ) -> BoxFuture<'_, Result<Option<(RefreshRecord, bool)>, StoreError>>;
 
-    /// Spends `old_hash` and stores `new_hash` in one compare-and-set: of concurrent
-    /// callers exactly one gets [`Rotation::Rotated`].
+    /// Spends `old_key` and stores `new_key` (of the same family) in one compare-and-set:
+    /// of concurrent callers exactly one gets [`Rotation::Rotated`]. A spent token, or any
+    /// token of a family marked reused, is [`Rotation::Reused`], and the family is marked
+    /// reused by the same atomic step (see [`Store::mark_reused`]); nothing is stored.
     fn rotate_refresh(
         &self,
-        old_hash: String,
-        new_hash: String,
+        old_key: String,
+        new_key: String,
         new: RefreshRecord,
     ) -> BoxFuture<'_, Result<Rotation, StoreError>>;
+
+    /// Marks the family of `key` (the embedded store: its session) reused if `key` is a
+    /// spent token: from then on every token of it reads spent and rotates to
+    /// [`Rotation::Reused`]. Nothing for an unknown or live token. Idempotent.
+    fn mark_reused(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Records a contract change (`contracts::Change` as JSON) atomically with its log
     /// entry (kind `contract`, value the same JSON, announced like a revocation) and its
@@ -288,6 +300,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every recorded amendment (its JSON) and whether it was cancelled, in no order.
     fn contract_entries(&self) -> BoxFuture<'_, Result<Vec<(String, bool)>, StoreError>>;
+
+    /// Drops audit records written before `before_ms` (store time), oldest first, never
+    /// the newest record (its seq is where the next one continues). Returns how many went.
+    fn prune_audit(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Audit records with seq > `after`, oldest first.
     fn audit_after(

@@ -566,7 +566,8 @@ impl SentinelSet {
     }
 }
 
-/// A Redis Cluster of three masters, no replicas, every node with `password`.
+/// A Redis Cluster of three masters (and, with [`RedisCluster::start_with_replicas`], one
+/// replica each), every node with `password`.
 pub struct RedisCluster {
     pub nodes: Vec<RedisNode>,
     pub password: String,
@@ -574,7 +575,80 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start(password: &str) -> RedisCluster {
-        let args: Vec<String> = [
+        Self::start_with(password, 0).await
+    }
+
+    /// Three masters with one replica each: six processes. `redis-cli --cluster create`
+    /// makes the first three nodes masters and the others their replicas.
+    pub async fn start_with_replicas(password: &str) -> RedisCluster {
+        let c = Self::start_with(password, 1).await;
+        c.await_replicas_in_sync().await;
+        c
+    }
+
+    /// Indexes of the nodes that are masters right now (by `ROLE`; a dead node is none).
+    pub async fn masters(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.is_running() && n.role().await.as_deref() == Ok("master") {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// The running master that serves `key`'s slot: the one where `EXISTS` is not
+    /// redirected (`MOVED`).
+    pub async fn owner_of(&self, key: &str) -> Option<usize> {
+        for i in self.masters().await {
+            if self.nodes[i].try_cmd::<i64>(&["EXISTS", key]).await.is_ok() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The index of the replica of master `master` (by `ROLE` on the replica).
+    pub async fn replica_of(&self, master: usize) -> Option<usize> {
+        let port = self.nodes[master].port;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i == master || !n.is_running() {
+                continue;
+            }
+            let info: Result<String, String> = n.try_cmd(&["INFO", "replication"]).await;
+            if info.is_ok_and(|info| {
+                info.contains("role:slave") && info.contains(&format!("master_port:{port}"))
+            }) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits until every master reports a connected replica in sync (`slave0:...online`).
+    pub async fn await_replicas_in_sync(&self) {
+        let start = Instant::now();
+        for i in self.masters().await {
+            loop {
+                let info: Result<String, String> =
+                    self.nodes[i].try_cmd(&["INFO", "replication"]).await;
+                if info
+                    .as_deref()
+                    .is_ok_and(|i| i.contains("connected_slaves:1") && i.contains("state=online"))
+                {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < DEADLINE,
+                    "master {i} never got its replica in sync: {info:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn start_with(password: &str, replicas: usize) -> RedisCluster {
+        let mut args: Vec<String> = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -585,8 +659,13 @@ impl RedisCluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if replicas > 0 {
+            // What docs/SCALING.md asks of a deployment: a shard without a master stops
+            // only its own slots, not the whole cluster.
+            args.extend(["--cluster-require-full-coverage".into(), "no".into()]);
+        }
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             nodes.push(RedisNode::start(Some(password), &args).await);
         }
         let addrs: Vec<String> = nodes.iter().map(RedisNode::addr).collect();
@@ -597,7 +676,7 @@ impl RedisCluster {
                 .arg("--cluster")
                 .arg("create")
                 .args(&addrs)
-                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .output(),
@@ -624,10 +703,10 @@ impl RedisCluster {
         format!("redis+cluster://{}", hosts.join(","))
     }
 
-    /// Waits until every node says `cluster_state:ok`.
+    /// Waits until every running node says `cluster_state:ok`.
     pub async fn await_ok(&self) {
         let start = Instant::now();
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
             loop {
                 let info = n.try_cmd::<String>(&["CLUSTER", "INFO"]).await;
                 if info

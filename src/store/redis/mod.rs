@@ -1,7 +1,7 @@
 //! The Redis store: the only file that speaks Redis.
 //!
-//! Every key shares the hash tag `{latch}`, so each Lua script touches one slot (a
-//! requirement of Redis Cluster) and runs atomically:
+//! Only what must be ordered shares the hash tag `{latch}` (one slot, so one Lua script
+//! touches several atomically, a requirement of Redis Cluster):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -13,15 +13,30 @@
 //! | `{latch}:ssf:streams` | hash | Shared Signals streams by id: `<version>\n<json>` (compare-and-set on the version) |
 //! | `{latch}:ssf:lease` | string | the node holding the push-delivery lease, expiring with it (`PX`) |
 //!
-//! The node registry has its own hash tag (it never needs to be atomic with the log):
+//! Sessions and replay records have hash tags of their own, so a Cluster spreads them over
+//! every master; what used to be one script with the log is now ordered steps
+//! (docs/ARCHITECTURE.md, "Sessions on a sharded store"):
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{latch:nodes}:index` | sorted set | node id → the store time at which it is forgotten |
-//! | `{latch:nodes}:node:<id>` | hash | the node's last report (see `nodes::NodeRecord`), store times in ms; expires when forgotten |
-//! | `{latch:nodes}:acks:<id>` | list | `epoch:applied:ms` for each change of its `applied`, newest first, at most `nodes::ACK_HISTORY` |
+//! | `{latch:s:<family>}:rt:<sha256>` | hash | a refresh token's record (`rec`) and `used` |
+//! | `{latch:s:<family>}:fam` | hash | `reused`: the family was caught reused; none of its tokens is served again |
+//! | `{latch:seen:<sha256>}` | string | an assertion's one-time claim |
+//! | `{latch}:rt:<sha256>` | hash | a refresh record of a chain begun before families |
 //!
-//! Announcements go to the channel `{latch}:events`, published from inside the script
+//! The node registry shares `{latch}` although it is never written with the log: every
+//! node's freshness proof is recorded there before it is trusted, so on a Cluster a
+//! registry on another shard would make that shard's loss stop every node too (found by
+//! `tests/sessions.rs::sessions_spread_over_the_masters_and_a_lost_master_fails_closed_only_its_own`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{latch}:nodes:index` | sorted set | node id → the store time at which it is forgotten |
+//! | `{latch}:nodes:node:<id>` | hash | the node's last report (see `nodes::NodeRecord`), store times in ms; expires when forgotten |
+//! | `{latch}:nodes:acks:<id>` | list | `epoch:applied:ms` for each change of its `applied`, newest first, at most `nodes::ACK_HISTORY` |
+//!
+//! Announcements go to the channel `{latch}:events` (a shard channel, `SPUBLISH`, on a
+//! Cluster), published from inside the script
 //! that makes a seq `acked` (the revoke script itself when `min_replicas_ack = 0`, else the
 //! ack script run after `WAIT`): a revocation is never announced before it is in the log
 //! and, where required, on replicas.
@@ -53,7 +68,7 @@ use crate::nodes::{Ack, NodeRecord, NodeReport, Registry};
 use crate::revocation::{
     new_epoch_id, parse_closed, revocation_target, NewRevocation, RevocationEvent, RevocationKind,
 };
-use crate::sessions::{RefreshRecord, Rotation};
+use crate::sessions::{self, RefreshRecord, Rotation};
 use crate::ssf::StoredStream;
 
 pub mod settings;
@@ -78,21 +93,41 @@ const CONTRACTS_CANCELLED: &str = "{latch}:contracts:cancelled";
 const GRANTS: &str = "{latch}:grants";
 /// Grant versions: field id → version (the compare-and-set).
 const GRANTS_VERSION: &str = "{latch}:grants:version";
-const NODE_INDEX: &str = "{latch:nodes}:index";
+const NODE_INDEX: &str = "{latch}:nodes:index";
 
 fn node_key(id: &str) -> String {
-    format!("{{latch:nodes}}:node:{id}")
+    format!("{{latch}}:nodes:node:{id}")
 }
 
 fn node_acks_key(id: &str) -> String {
-    format!("{{latch:nodes}}:acks:{id}")
+    format!("{{latch}}:nodes:acks:{id}")
 }
 const SSF_STREAMS: &str = "{latch}:ssf:streams";
 const SSF_LEASE: &str = "{latch}:ssf:lease";
 
-/// A refresh token's key, by the SHA-256 of the token.
-fn refresh_key(hash: &str) -> String {
-    format!("{{latch}}:rt:{hash}")
+/// A refresh token's Redis keys from its store key (`sessions::store_key`): its record
+/// and its family's reuse mark, both under the family's own hash tag, so that a rotation
+/// and a reuse mark are one slot while families spread over every master. A bare hash (a
+/// token without a family, written before families) keeps its old key in `{latch}` and
+/// has no family mark.
+fn refresh_keys(key: &str) -> (String, Option<String>) {
+    match key.split_once('.') {
+        Some((family, hash)) => (
+            format!("{{latch:s:{family}}}:rt:{hash}"),
+            Some(format!("{{latch:s:{family}}}:fam")),
+        ),
+        None => (legacy_refresh_key(key), None),
+    }
+}
+
+/// Where a token's record was kept before families: `{latch}`.
+fn legacy_refresh_key(key: &str) -> String {
+    format!("{{latch}}:rt:{}", sessions::key_hash(key))
+}
+
+/// An assertion's replay record, under its own hash tag.
+fn seen_key(key: &str) -> String {
+    format!("{{latch:seen:{key}}}")
 }
 
 /// Store time in ms, inside a script.
@@ -179,7 +214,7 @@ redis.call('XADD', KEYS[5], aseq .. '-0', 'time', ms, 'actor', ARGV[5], 'action'
   'target', ARGV[7], 'reason', ARGV[4], 'request_id', ARGV[6])
 if ARGV[9] == '0' then
   redis.call('HSET', KEYS[1], 'acked', seq)
-  redis.call('PUBLISH', ARGV[8], 'rev\\n' .. epoch .. '\\n' .. seq .. '\\n' .. ms .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
+  redis.call(PUB, ARGV[8], 'rev\\n' .. epoch .. '\\n' .. seq .. '\\n' .. ms .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
 end
 return {epoch, seq, ms, aseq, rid}
 ";
@@ -238,7 +273,7 @@ if s[1] ~= ARGV[1] then return 0 end
 if tonumber(s[2] or '0') < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'acked', ARGV[2])
 end
-redis.call('PUBLISH', ARGV[6], 'rev\\n' .. ARGV[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[5])
+redis.call(PUB, ARGV[6], 'rev\\n' .. ARGV[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[5])
 return 1
 ";
 
@@ -264,7 +299,7 @@ while i <= #ARGV do
 end
 local nv = redis.call('INCR', KEYS[2])
 out[1] = nv
-redis.call('PUBLISH', ARGV[2], 'keys\\n' .. nv)
+redis.call(PUB, ARGV[2], 'keys\\n' .. nv)
 return out
 ";
 
@@ -273,28 +308,61 @@ const LOAD_KEYS: &str = "
 return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
 ";
 
-/// A session's first refresh token and its audit record.
-/// KEYS: rt:<hash> audit:seq audit:log. ARGV: record expires_at_ms actor action target reason request_id.
+/// A session's first refresh token (its audit record is written before, in `{latch}`).
+/// KEYS: rt:<hash>. ARGV: record expires_at_ms.
 const OPEN_SESSION: &str = "
 redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'used', '0')
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
-local aseq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[3], aseq .. '-0', 'time', ms, 'actor', ARGV[3], 'action', ARGV[4],
-  'target', ARGV[5], 'reason', ARGV[6], 'request_id', ARGV[7])
-return {aseq, ms}
+return 1
 ";
 
-/// Spends a refresh token and stores its successor, or says why not.
-/// KEYS: rt:<old> rt:<new>. ARGV: new record, new expires_at_ms.
+/// A refresh token's record and whether it is spent: used, or its family marked reused.
+/// KEYS: rt:<hash> [fam].
+const READ_REFRESH: &str = "
+local v = redis.call('HMGET', KEYS[1], 'rec', 'used')
+if not v[1] then return {} end
+local spent = v[2] == '1'
+if #KEYS >= 2 and redis.call('HEXISTS', KEYS[2], 'reused') == 1 then spent = true end
+return {v[1], spent and '1' or '0'}
+";
+
+/// Marks the family reused until its last token can have expired: `ttl_ms` past the
+/// store's now (the refresh-token lifetime, which bounds every token of the family).
+const MARK_FAMILY: &str = "
+local function mark(fam, ttl_ms)
+  if redis.call('HSETNX', fam, 'reused', ms) == 1 then
+    redis.call('PEXPIREAT', fam, ms + ttl_ms)
+  end
+end
+";
+
+/// Spends a refresh token and stores its successor, or says why not. A spent token, or
+/// any token of a family marked reused, is reuse: the family is marked (here, atomically
+/// with the detection) and nothing is stored.
+/// KEYS: rt:<old> rt:<new> [fam]. ARGV: new record, new expires_at_ms, ttl_ms.
 /// Returns {1} rotated, {2, old record} reused, {0} unknown.
 const ROTATE_REFRESH: &str = "
 local used = redis.call('HGET', KEYS[1], 'used')
 if not used then return {0} end
-if used == '1' then return {2, redis.call('HGET', KEYS[1], 'rec')} end
+local fam = KEYS[3]
+if used == '1' or (fam and redis.call('HEXISTS', fam, 'reused') == 1) then
+  if fam then mark(fam, tonumber(ARGV[3])) end
+  return {2, redis.call('HGET', KEYS[1], 'rec')}
+end
 redis.call('HSET', KEYS[1], 'used', '1')
 redis.call('HSET', KEYS[2], 'rec', ARGV[1], 'used', '0')
 redis.call('PEXPIREAT', KEYS[2], ARGV[2])
 return {1}
+";
+
+/// Marks the family reused if this token is spent. KEYS: rt:<hash> fam.
+/// Returns 1 if marked (now or before).
+const MARK_REUSED: &str = "
+if redis.call('HGET', KEYS[1], 'used') ~= '1' then return 0 end
+local r = cjson.decode(redis.call('HGET', KEYS[1], 'rec'))
+local ttl = tonumber(r['expires_at_ms']) - tonumber(r['issued_at_ms'])
+mark(KEYS[2], math.max(ttl, 1000))
+return 1
 ";
 
 /// One node's report (the rules of `nodes::NodeRecord::updated`).
@@ -401,7 +469,9 @@ struct Inner {
     load_keys: Script,
     audit: Script,
     open_session: Script,
+    read_refresh: Script,
     rotate_refresh: Script,
+    mark_reused: Script,
     report_node: Script,
     node_ids: Script,
     node_records: Script,
@@ -420,6 +490,13 @@ fn script(body: &str) -> Script {
 /// A script that reads or moves the revocation counter: `ENSURE` first.
 fn counter_script(body: &str) -> Script {
     Script::new(&format!("{NOW_MS}{ENSURE}{body}"))
+}
+
+/// A script that announces, with `publish`: `SPUBLISH` on a Cluster (a shard channel:
+/// the message goes to the shard that owns `{latch}`, where the script runs, not to every
+/// node of the cluster bus), `PUBLISH` elsewhere.
+fn announcing(script: fn(&str) -> Script, body: &str, publish: &str) -> Script {
+    script(&format!("local PUB = '{publish}'\n{body}"))
 }
 
 /// How many replicas must confirm a revocation before it is answered and announced.
@@ -494,6 +571,8 @@ impl RedisStore {
             }
         }
         let (events, _) = broadcast::channel(4096);
+        let cluster = topology.is_cluster();
+        let publish = if cluster { "SPUBLISH" } else { "PUBLISH" };
         let inner = Arc::new(Inner {
             conn,
             events,
@@ -501,15 +580,21 @@ impl RedisStore {
             replication,
             head: counter_script(HEAD),
             bump: counter_script(BUMP),
-            ack: Script::new(ACK),
-            revoke: counter_script(REVOKE),
-            contract: counter_script(&format!("{CONTRACT_CHECK}{REVOKE}")),
-            grant: counter_script(&format!("{GRANT_CHECK}{REVOKE}")),
-            save_keys: script(SAVE_KEYS),
+            ack: announcing(Script::new, ACK, publish),
+            revoke: announcing(counter_script, REVOKE, publish),
+            contract: announcing(
+                counter_script,
+                &format!("{CONTRACT_CHECK}{REVOKE}"),
+                publish,
+            ),
+            grant: announcing(counter_script, &format!("{GRANT_CHECK}{REVOKE}"), publish),
+            save_keys: announcing(script, SAVE_KEYS, publish),
             load_keys: Script::new(LOAD_KEYS),
             audit: script(AUDIT),
-            open_session: script(OPEN_SESSION),
-            rotate_refresh: Script::new(ROTATE_REFRESH),
+            open_session: Script::new(OPEN_SESSION),
+            read_refresh: Script::new(READ_REFRESH),
+            rotate_refresh: script(&format!("{MARK_FAMILY}{ROTATE_REFRESH}")),
+            mark_reused: script(&format!("{MARK_FAMILY}{MARK_REUSED}")),
             report_node: script(REPORT_NODE),
             node_ids: script(NODE_IDS),
             node_records: Script::new(NODE_RECORDS),
@@ -551,22 +636,21 @@ impl RedisStore {
     /// Sessions wait for replicas too, but a shortfall is only logged and counted: the
     /// write cannot be undone (an assertion is spent, a refresh token rotated), and
     /// failing the request would only make the user start over.
-    async fn best_effort_replicas(&self, conn: &mut Conn, what: &str) {
+    async fn best_effort_replicas(&self, conn: &mut Conn, key: &str, what: &str) {
         if self.inner.replication.min_acks > 0 {
-            if let Err(error) = self.await_replicas(conn).await {
+            if let Err(error) = self.await_replicas(conn, key).await {
                 tracing::warn!(%error, what, "session write not confirmed by replicas");
             }
         }
     }
 
-    /// `WAIT min_acks timeout` on `conn`, after the writes it must cover. Fewer acks:
-    /// unavailable (the caller answers 503 and announces nothing).
-    async fn await_replicas(&self, conn: &mut Conn) -> Result<(), StoreError> {
+    /// `WAIT min_acks timeout` on `conn`, after the writes it must cover, on the master
+    /// that holds `key` (the key just written). Fewer acks: unavailable (the caller
+    /// answers 503 and announces nothing).
+    async fn await_replicas(&self, conn: &mut Conn, key: &str) -> Result<(), StoreError> {
         let r = self.inner.replication;
-        let acks: u64 = redis::cmd("WAIT")
-            .arg(r.min_acks)
-            .arg(r.timeout.as_millis() as u64)
-            .query_async(conn)
+        let acks = conn
+            .wait_for(key, r.min_acks, r.timeout.as_millis() as u64)
             .await
             .map_err(unavailable)?;
         if acks < u64::from(r.min_acks) {
@@ -619,6 +703,14 @@ async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>
                 i.feed_live.store(live, Ordering::Release);
             }
         };
+        if topology.is_cluster() {
+            let why = forward_sharded(&topology, &tx, &set_live).await;
+            set_live(false);
+            tracing::debug!(%why, "redis sharded announcement subscription lost; resubscribing");
+            drop(tx);
+            tokio::time::sleep(RESUBSCRIBE).await;
+            continue;
+        }
         let pubsub = match topology.pubsub_client(attempt).await {
             Ok(client) => client.get_async_pubsub().await,
             Err(e) => Err(e),
@@ -654,6 +746,53 @@ async fn forward_announcements(topology: Topology, store: std::sync::Weak<Inner>
 /// would stay true, and announcements from the new master would never arrive.
 const FEED_PING: Duration = Duration::from_millis(500);
 const FEED_PING_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// On a Cluster: subscribes to the shard channel (`SSUBSCRIBE`), so announcements are
+/// served by the master that owns `{latch}` alone instead of crossing every node's
+/// cluster bus, and forwards them until the subscription is lost (a disconnection, the
+/// slot moving away, a ping unanswered); returns why, for the log.
+async fn forward_sharded(
+    topology: &Topology,
+    tx: &broadcast::Sender<StoreEvent>,
+    set_live: &impl Fn(bool),
+) -> String {
+    let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let mut conn = match topology.sharded_subscription(CHANNEL, pushes).await {
+        Ok(conn) => conn,
+        Err(e) => return format!("ssubscribe failed: {}", redact(&e.to_string())),
+    };
+    set_live(true);
+    let mut ping = tokio::time::interval(FEED_PING);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            push = received.recv() => match push {
+                Some(push) => match push.kind {
+                    redis::PushKind::SMessage => {
+                        let payload = push
+                            .data
+                            .get(1)
+                            .and_then(|v| redis::from_redis_value_ref::<Vec<u8>>(v).ok());
+                        if let Some(event) = payload.as_deref().and_then(parse_announcement) {
+                            let _ = tx.send(event);
+                        }
+                    }
+                    redis::PushKind::Disconnection => return "connection closed".into(),
+                    redis::PushKind::SUnsubscribe => return "slot moved".into(),
+                    _ => {}
+                },
+                None => return "connection closed".into(),
+            },
+            _ = ping.tick() => {
+                match tokio::time::timeout(FEED_PING_TIMEOUT, Topology::ping_owner(&mut conn, CHANNEL)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "ping failed".into(),
+                    Err(_) => return "ping timed out".into(),
+                }
+            }
+        }
+    }
+}
 
 /// Forwards announcements until the subscription ends or stops answering pings; returns
 /// why, for the log.
@@ -858,7 +997,7 @@ impl RedisStore {
         };
         crate::audit::log(&audit.recorded(aseq, ms));
         if min_acks > 0 {
-            self.await_replicas(&mut conn).await?;
+            self.await_replicas(&mut conn, REV_STATE).await?;
             let acked: i64 = self
                 .inner
                 .ack
@@ -1065,7 +1204,7 @@ impl Store for RedisStore {
                     "redis revocation state missing, inconsistent or from another server run; new epoch opened"
                 );
                 if self.inner.replication.min_acks > 0 {
-                    self.await_replicas(&mut conn).await?;
+                    self.await_replicas(&mut conn, REV_STATE).await?;
                 }
             }
             Ok(head)
@@ -1099,7 +1238,7 @@ impl Store for RedisStore {
             };
             crate::audit::log(&audit.recorded(num(4) as u64, num(5)));
             if self.inner.replication.min_acks > 0 {
-                self.await_replicas(&mut conn).await?;
+                self.await_replicas(&mut conn, REV_STATE).await?;
             }
             Ok(head)
         })
@@ -1231,7 +1370,7 @@ impl Store for RedisStore {
                     // A key change lost in a failover could bring a revoked key back:
                     // it is answered only once replicated, like a revocation.
                     if self.inner.replication.min_acks > 0 {
-                        self.await_replicas(&mut conn).await?;
+                        self.await_replicas(&mut conn, KEYS).await?;
                     }
                     Ok(*version as u64)
                 }
@@ -1255,103 +1394,228 @@ impl Store for RedisStore {
 
     fn claim_once(&self, key: String, until_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
+            let key = seen_key(&key);
+            let mut conn = self.conn();
             let set: Option<String> = redis::cmd("SET")
-                .arg(format!("{{latch}}:seen:{key}"))
+                .arg(&key)
                 .arg("1")
                 .arg("NX")
                 .arg("PXAT")
                 .arg(until_ms.max(crate::time::now_ms() + 1))
-                .query_async(&mut self.conn())
+                .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
+            // A claim lost in a failover would let the assertion open a second session:
+            // it counts only once its shard's replicas have it, like a revocation.
+            if set.is_some() && self.inner.replication.min_acks > 0 {
+                self.await_replicas(&mut conn, &key).await?;
+            }
             Ok(set.is_some())
         })
     }
 
     fn open_session(
         &self,
-        hash: String,
+        key: String,
         record: RefreshRecord,
         audit: NewAudit,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            // Two slots, in order: the audit record (in `{latch}`), then the record (in its
+            // family's slot). A crash between leaves an audited session that never
+            // existed (its token was never handed out), never an unaudited one.
+            let json = encode_refresh(&record)?;
+            self.append_audit(audit).await?;
+            let (rt, _) = refresh_keys(&key);
             let mut conn = self.conn();
-            let (seq, ms): (u64, i64) = audit_args(
-                self.inner
-                    .open_session
-                    .key(refresh_key(&hash))
-                    .key(AUDIT_SEQ)
-                    .key(AUDIT_LOG)
-                    .arg(encode_refresh(&record)?)
-                    .arg(record.expires_at_ms),
-                &audit,
-            )
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-            crate::audit::log(&audit.recorded(seq, ms));
-            self.best_effort_replicas(&mut conn, "session open").await;
+            let _: i64 = self
+                .inner
+                .open_session
+                .key(&rt)
+                .arg(json)
+                .arg(record.expires_at_ms)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            self.best_effort_replicas(&mut conn, &rt, "session open")
+                .await;
             Ok(())
         })
     }
 
     fn refresh_token(
         &self,
-        hash: String,
+        key: String,
     ) -> BoxFuture<'_, Result<Option<(RefreshRecord, bool)>, StoreError>> {
         Box::pin(async move {
-            let (rec, used): (Option<String>, Option<String>) = redis::cmd("HMGET")
-                .arg(refresh_key(&hash))
-                .arg("rec")
-                .arg("used")
-                .query_async(&mut self.conn())
+            let (rt, fam) = refresh_keys(&key);
+            let mut invocation = self.inner.read_refresh.key(&rt);
+            if let Some(fam) = &fam {
+                invocation.key(fam);
+            }
+            let mut v: Vec<String> = invocation
+                .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            match rec {
-                Some(json) => Ok(Some((decode_refresh(&json)?, used.as_deref() == Some("1")))),
-                None => Ok(None),
+            if v.is_empty() && fam.is_some() {
+                // A chain begun before families.
+                v = self
+                    .inner
+                    .read_refresh
+                    .key(legacy_refresh_key(&key))
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            match v.as_slice() {
+                [] => Ok(None),
+                [json, spent] => Ok(Some((decode_refresh(json)?, spent == "1"))),
+                _ => Err(StoreError::Unavailable("unexpected script reply".into())),
             }
         })
     }
 
     fn rotate_refresh(
         &self,
-        old_hash: String,
-        new_hash: String,
+        old_key: String,
+        new_key: String,
         new: RefreshRecord,
     ) -> BoxFuture<'_, Result<Rotation, StoreError>> {
         Box::pin(async move {
+            let (mut old_rt, mut fam) = refresh_keys(&old_key);
+            let mut new_rt = match (old_key.split_once('.'), new_key.split_once('.')) {
+                (Some((f, _)), Some((g, _))) if f == g => refresh_keys(&new_key).0,
+                (None, _) => legacy_refresh_key(&new_key),
+                _ => {
+                    return Err(StoreError::Unavailable(
+                        "a refresh token's successor must be of its family".into(),
+                    ))
+                }
+            };
             let mut conn = self.conn();
-            let reply: (i64, Option<String>) = {
-                let v: Vec<redis::Value> = self
-                    .inner
-                    .rotate_refresh
-                    .key(refresh_key(&old_hash))
-                    .key(refresh_key(&new_hash))
+            let mut v: Vec<redis::Value>;
+            loop {
+                let mut invocation = self.inner.rotate_refresh.key(&old_rt);
+                invocation.key(&new_rt);
+                if let Some(fam) = &fam {
+                    invocation.key(fam);
+                }
+                v = invocation
                     .arg(encode_refresh(&new)?)
                     .arg(new.expires_at_ms)
+                    .arg((new.expires_at_ms - new.issued_at_ms).max(1000))
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
-                let code = v
+                let unknown = v
                     .first()
                     .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
-                    .unwrap_or(-1);
-                let rec = v
-                    .get(1)
-                    .and_then(|x| redis::from_redis_value_ref::<String>(x).ok());
-                (code, rec)
-            };
-            match reply {
+                    == Some(0);
+                // Not in its family's slot: a chain begun before families, whose
+                // successors stay in `{latch}` until it ends.
+                if unknown && fam.is_some() {
+                    (old_rt, fam) = (legacy_refresh_key(&old_key), None);
+                    new_rt = legacy_refresh_key(&new_key);
+                    continue;
+                }
+                break;
+            }
+            let code = v
+                .first()
+                .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
+                .unwrap_or(-1);
+            let rec = v
+                .get(1)
+                .and_then(|x| redis::from_redis_value_ref::<String>(x).ok());
+            match (code, rec) {
                 (1, _) => {
-                    self.best_effort_replicas(&mut conn, "refresh rotation")
-                        .await;
+                    // A spend lost in a failover would make the old token spendable again
+                    // next to its successor: the successor is handed out only once the
+                    // shard's replicas have both (fewer: 503; the old token is spent and
+                    // the session fails closed, see docs/ARCHITECTURE.md).
+                    if self.inner.replication.min_acks > 0 {
+                        self.await_replicas(&mut conn, &old_rt).await?;
+                    }
                     Ok(Rotation::Rotated)
                 }
-                (2, Some(json)) => Ok(Rotation::Reused(decode_refresh(&json)?)),
+                (2, Some(json)) => {
+                    if fam.is_some() {
+                        self.best_effort_replicas(&mut conn, &old_rt, "reuse mark")
+                            .await;
+                    }
+                    Ok(Rotation::Reused(decode_refresh(&json)?))
+                }
                 (0, _) => Ok(Rotation::Unknown),
                 _ => Err(StoreError::Unavailable("unexpected script reply".into())),
             }
+        })
+    }
+
+    fn mark_reused(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (rt, Some(fam)) = refresh_keys(&key) else {
+                return Ok(());
+            };
+            let mut conn = self.conn();
+            let marked: i64 = self
+                .inner
+                .mark_reused
+                .key(&rt)
+                .key(&fam)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if marked == 1 {
+                self.best_effort_replicas(&mut conn, &fam, "reuse mark")
+                    .await;
+            }
+            Ok(())
+        })
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            // Records are in seq order and seqs are assigned in store-time order (one
+            // slot, one script at a time): the old ones are a prefix. Find its end page by
+            // page, then trim up to it; the newest record always stays.
+            const PAGE: usize = 1000;
+            let newest: Entries = redis::cmd("XREVRANGE")
+                .arg(AUDIT_LOG)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = newest.first().map(|(id, _)| entry_seq(id)) else {
+                return Ok(0);
+            };
+            let mut cursor = 0;
+            let mut cut = None;
+            'scan: loop {
+                let page = xrange_after(&mut self.conn(), AUDIT_LOG, cursor, PAGE).await?;
+                for (id, f) in &page {
+                    let time = field(f, "time").parse::<i64>().unwrap_or(i64::MAX);
+                    let seq = entry_seq(id);
+                    if time >= before_ms || seq >= last {
+                        break 'scan;
+                    }
+                    cut = Some(seq);
+                    cursor = seq;
+                }
+                if page.len() < PAGE {
+                    break;
+                }
+            }
+            let Some(cut) = cut else { return Ok(0) };
+            redis::cmd("XTRIM")
+                .arg(AUDIT_LOG)
+                .arg("MINID")
+                .arg(format!("{}-0", cut + 1))
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)
         })
     }
 

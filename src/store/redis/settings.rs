@@ -30,6 +30,10 @@ pub struct NodeSettings {
     pub appendonly: Result<String, String>,
     pub appendfsync: Result<String, String>,
     pub replicas: Result<u64, String>,
+    /// `cluster-enabled` and `cluster-require-full-coverage`, if readable (no rule needs
+    /// them: unreadable is silent).
+    pub cluster_enabled: Option<String>,
+    pub full_coverage: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -40,6 +44,8 @@ impl Default for NodeSettings {
             appendonly: missing(),
             appendfsync: missing(),
             replicas: Err("no answer".to_string()),
+            cluster_enabled: None,
+            full_coverage: None,
         }
     }
 }
@@ -54,10 +60,15 @@ pub async fn inspect(conn: &mut Conn) -> redis::RedisResult<Report> {
     };
     let mut info = redis::cmd("INFO");
     info.arg("replication");
-    let queries: [(&str, Cmd); 4] = [
+    let queries: [(&str, Cmd); 6] = [
         ("maxmemory-policy", config("maxmemory-policy")),
         ("appendonly", config("appendonly")),
         ("appendfsync", config("appendfsync")),
+        ("cluster-enabled", config("cluster-enabled")),
+        (
+            "cluster-require-full-coverage",
+            config("cluster-require-full-coverage"),
+        ),
         ("replication", info),
     ];
     for (what, cmd) in queries {
@@ -75,6 +86,10 @@ pub async fn inspect(conn: &mut Conn) -> redis::RedisResult<Report> {
                 "maxmemory-policy" => s.policy = answer.and_then(|v| config_value(&v)),
                 "appendonly" => s.appendonly = answer.and_then(|v| config_value(&v)),
                 "appendfsync" => s.appendfsync = answer.and_then(|v| config_value(&v)),
+                "cluster-enabled" => s.cluster_enabled = answer.and_then(|v| config_value(&v)).ok(),
+                "cluster-require-full-coverage" => {
+                    s.full_coverage = answer.and_then(|v| config_value(&v)).ok()
+                }
                 _ => s.replicas = answer.and_then(|v| connected_replicas(&v)),
             }
         }
@@ -149,6 +164,13 @@ pub fn judge(node: &str, s: &NodeSettings, report: &mut Report) {
             None
         }
     };
+    if s.cluster_enabled.as_deref() == Some("yes") && s.full_coverage.as_deref() == Some("yes") {
+        report.warnings.push(format!(
+            "{node}: cluster-require-full-coverage yes: while any shard has no master, every \
+             node refuses every slot, so losing one session shard also stops the {{latch}} \
+             slot and every latch node fails closed; set it to no (docs/SCALING.md)"
+        ));
+    }
     if aof == Some(false) && replicas == Some(0) {
         report.warnings.push(format!(
             "{node}: neither AOF with appendfsync always nor a replica protects acknowledged \
@@ -168,6 +190,8 @@ mod tests {
             appendonly: Ok(on.into()),
             appendfsync: Ok(fsync.into()),
             replicas: Ok(replicas),
+            cluster_enabled: None,
+            full_coverage: None,
         }
     }
 
@@ -206,12 +230,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_that_stops_whole_on_one_shard_is_warned() {
+        let cluster = |enabled: &str, coverage: &str| NodeSettings {
+            cluster_enabled: Some(enabled.into()),
+            full_coverage: Some(coverage.into()),
+            ..settings("noeviction", "yes", "always", 1)
+        };
+        let mut r = Report::default();
+        judge("n", &cluster("yes", "yes"), &mut r);
+        assert_eq!(r.warnings.len(), 1, "{r:?}");
+        assert!(r.warnings[0].contains("cluster-require-full-coverage"));
+        for quiet in [cluster("yes", "no"), cluster("no", "yes")] {
+            let mut r = Report::default();
+            judge("n", &quiet, &mut r);
+            assert!(r.warnings.is_empty(), "{r:?}");
+        }
+    }
+
+    #[test]
     fn unreadable_settings_warn_and_do_not_refuse() {
         let denied = NodeSettings {
             policy: Err("NOPERM".into()),
             appendonly: Err("NOPERM".into()),
             appendfsync: Err("NOPERM".into()),
             replicas: Ok(0),
+            cluster_enabled: None,
+            full_coverage: None,
         };
         let mut r = Report::default();
         judge("n", &denied, &mut r);

@@ -20,7 +20,9 @@ use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
+};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
@@ -233,6 +235,64 @@ impl Topology {
 
     /// A client for a node that receives every announcement. `attempt` rotates through
     /// cluster seed nodes, so a dead one is skipped on the next try.
+    fn cluster_builder(&self, nodes: &[String]) -> redis::cluster::ClusterClientBuilder {
+        let mut builder = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(self.timeout)
+            .response_timeout(self.timeout)
+            .retries(1);
+        if let Some(u) = &self.options.redis.username {
+            builder = builder.username(u);
+        }
+        if let Some(p) = &self.options.redis.password {
+            builder = builder.password(p);
+        }
+        if self.target.tls() {
+            builder = builder.tls(TlsMode::Secure);
+            if let Some(certs) = &self.options.tls {
+                builder = builder.certs(certs.clone());
+            }
+        }
+        builder
+    }
+
+    /// On a Cluster: a connection of its own (RESP3) subscribed to the shard channel
+    /// `channel` (`SSUBSCRIBE`, Redis 7), whose messages and disconnections arrive on
+    /// `pushes`. The subscription is served by the master that owns the channel's slot.
+    pub async fn sharded_subscription(
+        &self,
+        channel: &str,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> RedisResult<ClusterConnection> {
+        let Target::Cluster(nodes) = &self.target else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "sharded pub/sub needs a Cluster",
+            )));
+        };
+        let client = self
+            .cluster_builder(nodes)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()?;
+        let mut conn = client.get_async_connection().await?;
+        conn.ssubscribe(channel).await?;
+        Ok(conn)
+    }
+
+    /// `PING` to the master that owns `key`'s slot, on `conn` (the connection a sharded
+    /// subscription to that slot lives on).
+    pub async fn ping_owner(conn: &mut ClusterConnection, key: &str) -> RedisResult<()> {
+        let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+        conn.route_command(redis::cmd("PING"), routing).await?;
+        Ok(())
+    }
+
+    /// Whether the target is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
     pub async fn pubsub_client(&self, attempt: usize) -> RedisResult<Client> {
         match &self.target {
             Target::Standalone(url) => self.node_client(url),
@@ -270,23 +330,7 @@ impl Topology {
                 ))
             }
             Target::Cluster(nodes) => {
-                let mut builder = redis::cluster::ClusterClient::builder(nodes.clone())
-                    .connection_timeout(self.timeout)
-                    .response_timeout(self.timeout)
-                    .retries(1);
-                if let Some(u) = &self.options.redis.username {
-                    builder = builder.username(u);
-                }
-                if let Some(p) = &self.options.redis.password {
-                    builder = builder.password(p);
-                }
-                if self.target.tls() {
-                    builder = builder.tls(TlsMode::Secure);
-                    if let Some(certs) = &self.options.tls {
-                        builder = builder.certs(certs.clone());
-                    }
-                }
-                let client = builder.build()?;
+                let client = self.cluster_builder(nodes).build()?;
                 Ok(Conn::Cluster(client.get_async_connection().await?))
             }
             Target::Sentinel { .. } => {
@@ -348,6 +392,29 @@ pub enum Conn {
 }
 
 impl Conn {
+    /// `WAIT replicas timeout_ms` on the node that holds `key`: on a Cluster the master of
+    /// its slot (the redis crate would send `WAIT` to every master and answer the least,
+    /// so a shard without a replica would fail every write on every other shard);
+    /// elsewhere the one master. The writes it covers are this connection's to that node.
+    pub async fn wait_for(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisResult<u64> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout_ms);
+        match self {
+            Conn::Cluster(c) => {
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let v = c.route_command(cmd, routing).await?;
+                Ok(redis::from_redis_value(v)?)
+            }
+            other => cmd.query_async(other).await,
+        }
+    }
+
     /// Runs `cmd` on every master: the one server, the Sentinel master, or each Cluster
     /// primary. Each answer comes with the node it is from; a node's error is its own.
     pub async fn on_each_master(
