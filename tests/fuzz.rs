@@ -36,7 +36,10 @@ const EPOCH: u64 = 0xfeed;
 /// Configured clients of the `form` target (the demo config's): (id, secret).
 const SECRETS: [(&str, &str); 2] = [
     ("admin", "demo-admin-secret-0123456789abcdef0123456789a"),
-    ("orders-service", "demo-orders-secret-0123456789abcdef0123456789"),
+    (
+        "orders-service",
+        "demo-orders-secret-0123456789abcdef0123456789",
+    ),
 ];
 
 // === the mutator ===
@@ -174,7 +177,10 @@ fn fuzz(target: &str, seeds: Vec<Vec<u8>>, dict: &[&[u8]], check: impl Fn(&[u8])
             );
         }
     }
-    eprintln!("fuzz target {target}: {replay} stored inputs and {} mutants, seed {seed}", total - replay);
+    eprintln!(
+        "fuzz target {target}: {replay} stored inputs and {} mutants, seed {seed}",
+        total - replay
+    );
     total
 }
 
@@ -228,7 +234,10 @@ fn token_decisions_never_panic_and_only_latchs_token_is_active() {
     };
     let signed = latch::tokens::sign(ring.signer().expect("signer"), &claims()).unwrap();
     // The harness can tell active from inactive: latch's own token is active.
-    assert!(verifier(None).decide(&signed).is_ok(), "a token latch signed");
+    assert!(
+        verifier(None).decide(&signed).is_ok(),
+        "a token latch signed"
+    );
 
     // Seeds made at run time with the real kid: the classic forgeries and latch's token.
     let payload = b64(serde_json::to_string(&claims()).unwrap().as_bytes());
@@ -238,7 +247,10 @@ fn token_decisions_never_panic_and_only_latchs_token_is_active() {
     let unsigned = format!("{}.{payload}.", header("none", "at+jwt"));
     let hs_input = format!("{}.{payload}", header("HS256", "at+jwt"));
     let jwk = serde_json::to_vec(&ring.listing()).unwrap();
-    let mac = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &jwk), hs_input.as_bytes());
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &jwk),
+        hs_input.as_bytes(),
+    );
     let confused = format!("{hs_input}.{}", b64(mac.as_ref()));
     let untyped = format!(
         "{}.{payload}.{}",
@@ -247,13 +259,25 @@ fn token_decisions_never_panic_and_only_latchs_token_is_active() {
     );
     let mut seeds = corpus("token");
     seeds.extend([signed.clone(), unsigned, confused, untyped].map(String::into_bytes));
-    let dict: &[&[u8]] = &[b".", b"..", b"eyJ", b"e30", b"=", b"%", b"\"", kid.as_bytes()];
+    let dict: &[&[u8]] = &[
+        b".",
+        b"..",
+        b"eyJ",
+        b"e30",
+        b"=",
+        b"%",
+        b"\"",
+        kid.as_bytes(),
+    ];
 
     fuzz("token", seeds, dict, |input| {
         let text = String::from_utf8_lossy(input);
         for cached in [None, Some(&cache)] {
             if let Ok(claims) = verifier(cached).decide(&text) {
-                assert_eq!(text, signed, "active, yet not the token latch signed: {claims:?}");
+                assert_eq!(
+                    text, signed,
+                    "active, yet not the token latch signed: {claims:?}"
+                );
             }
         }
     });
@@ -273,27 +297,51 @@ fn split_auth(input: &[u8]) -> (Option<&[u8]>, &[u8]) {
 
 /// `+` as space, then percent-decoding: what latch does to form components.
 fn form_decoded(bytes: &[u8]) -> Vec<u8> {
-    let plus: Vec<u8> = bytes.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    let plus: Vec<u8> = bytes
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
     percent_encoding::percent_decode(&plus).collect()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[test]
 fn form_and_client_authentication_never_panic_and_refuse_clearly() {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/latch.toml")).unwrap();
-    let clients = Config::from_toml(&text, Vec::new()).expect("demo config").clients();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/latch.toml"))
+            .unwrap();
+    let clients = Config::from_toml(&text, Vec::new())
+        .expect("demo config")
+        .clients();
     let mut seeds = corpus("form");
     for (id, secret) in SECRETS {
         let basic = STANDARD.encode(format!("{id}:{secret}"));
-        seeds.push(format!("Basic {basic}\ngrant_type=client_credentials&scope=orders%3Aread").into_bytes());
+        seeds.push(
+            format!("Basic {basic}\ngrant_type=client_credentials&scope=orders%3Aread")
+                .into_bytes(),
+        );
         seeds.push(format!("\nclient_id={id}&client_secret={secret}&token=x").into_bytes());
     }
     let dict: &[&[u8]] = &[
-        b"&", b"=", b"%", b"%C3%A9", b"%FF", b"+", b"client_id=", b"client_secret=", b"Basic ",
-        b"basic ", b"token=", b"admin", b"orders-service", b"\n",
+        b"&",
+        b"=",
+        b"%",
+        b"%C3%A9",
+        b"%FF",
+        b"+",
+        b"client_id=",
+        b"client_secret=",
+        b"Basic ",
+        b"basic ",
+        b"token=",
+        b"admin",
+        b"orders-service",
+        b"\n",
     ];
 
     let accepted = std::cell::Cell::new(0usize);
@@ -316,7 +364,9 @@ fn form_and_client_authentication_never_panic_and_refuse_clearly() {
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| h.trim().split_once(' '))
                     .and_then(|(_, b)| STANDARD.decode(b.trim()).ok())
-                    .is_some_and(|raw| contains(&raw, secret) || contains(&form_decoded(&raw), secret));
+                    .is_some_and(|raw| {
+                        contains(&raw, secret) || contains(&form_decoded(&raw), secret)
+                    });
                 assert!(
                     in_header || contains(&form_decoded(body), secret),
                     "authenticated as {} without its secret",
@@ -328,7 +378,11 @@ fn form_and_client_authentication_never_panic_and_refuse_clearly() {
         }
     });
     // The demo seeds authenticate: the harness sees acceptance as well as refusal.
-    assert!(accepted.get() >= SECRETS.len() * 2, "accepted {}", accepted.get());
+    assert!(
+        accepted.get() >= SECRETS.len() * 2,
+        "accepted {}",
+        accepted.get()
+    );
 }
 
 // === config ===
@@ -377,9 +431,27 @@ fn config_loading_returns_config_errors_never_panics() {
         }
     }
     let dict: &[&[u8]] = &[
-        b"=", b"\"", b"[", b"]", b"[[clients]]\n", b"[store]\n", b"[limits]\n", b"0", b"-1",
-        b"18446744073709551615", b"1h", b"0s", b"\"off\"", b"\"redis\"", b"true", b"\n", b"{}",
-        b"\"1/s\"", b"[\"admin\"]", b"1e400", b"\"\xc3\xa9\"",
+        b"=",
+        b"\"",
+        b"[",
+        b"]",
+        b"[[clients]]\n",
+        b"[store]\n",
+        b"[limits]\n",
+        b"0",
+        b"-1",
+        b"18446744073709551615",
+        b"1h",
+        b"0s",
+        b"\"off\"",
+        b"\"redis\"",
+        b"true",
+        b"\n",
+        b"{}",
+        b"\"1/s\"",
+        b"[\"admin\"]",
+        b"1e400",
+        b"\"\xc3\xa9\"",
     ];
     let accepted = std::cell::Cell::new(0usize);
     fuzz("config", seeds, dict, |input| {
