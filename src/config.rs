@@ -96,6 +96,9 @@ pub struct TokensConfig {
     /// that would nest deeper is refused with `invalid_grant`.
     #[serde(default = "default_delegation_depth")]
     pub max_delegation_depth: usize,
+    /// Longest lifetime of a `private_key_jwt` client assertion (`exp − iat`).
+    #[serde(default = "d_5m", with = "duration")]
+    pub client_assertion_max_lifetime: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -426,7 +429,16 @@ pub struct IntrospectionConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub id: String,
+    /// SHA-256 (hex) of its secret; may be left out when it has keys (`jwks` or
+    /// `jwks_file`), then it authenticates only with `private_key_jwt`.
+    #[serde(default)]
     pub secret_sha256: String,
+    /// Its public keys for `private_key_jwt` (RFC 7523): a JWKS file ...
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// ... or the JWKS inline (a TOML table or a JSON string).
+    #[serde(default)]
+    pub jwks: Option<toml::Value>,
     #[serde(default)]
     pub grants: Vec<String>,
     #[serde(default)]
@@ -1032,8 +1044,23 @@ impl Config {
                     format!("duplicate client id {:?}", c.id),
                 ));
             }
-            if c.secret_sha256.len() != 64
-                || !c.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            if c.jwks_file.is_some() && c.jwks.is_some() {
+                return Err(ConfigError::new(
+                    key("jwks_file"),
+                    "give jwks_file or jwks, not both",
+                ));
+            }
+            let has_keys = c.jwks_file.is_some() || c.jwks.is_some();
+            if c.secret_sha256.is_empty() && !has_keys {
+                return Err(ConfigError::new(
+                    key("secret_sha256"),
+                    "required (sha256 of the secret; see latch gen-secret) unless the client \
+                     has public keys (jwks or jwks_file) for private_key_jwt",
+                ));
+            }
+            if !c.secret_sha256.is_empty()
+                && (c.secret_sha256.len() != 64
+                    || !c.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
             {
                 return Err(ConfigError::new(
                     key("secret_sha256"),

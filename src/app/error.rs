@@ -10,6 +10,9 @@ use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Client authentication failed (RFC 6749 `invalid_client`); the reason is for logs.
+    #[error("client authentication failed: {0}")]
+    InvalidClient(&'static str),
     /// The grant, refresh token or subject token is not valid (RFC 6749 `invalid_grant`).
     #[error("{0}")]
     InvalidGrant(&'static str),

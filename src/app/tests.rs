@@ -182,7 +182,7 @@ async fn node() -> Node {
     keys.reload().await.unwrap();
     keys.tick().await.unwrap();
     let table = Arc::new(Table::new(config.revocation_retention()));
-    let clients = config.clients();
+    let clients = config.clients().unwrap();
     let book = super::contracts::load(&store).await.unwrap();
     let contracts = Arc::new(super::contracts::Contracts::new(clients, book));
     let grants = Arc::new(super::grants::Grants::default());
@@ -397,6 +397,7 @@ impl Node {
 fn variant(e: &Error) -> &'static str {
     match e {
         Error::InvalidGrant(_) => "InvalidGrant",
+        Error::InvalidClient(_) => "InvalidClient",
         Error::Policy(Refusal {
             kind: RefusalKind::Scope,
             ..

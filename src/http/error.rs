@@ -170,6 +170,7 @@ impl From<app::Error> for ApiError {
         use app::Error as E;
         match e {
             E::InvalidGrant(why) => ApiError::InvalidGrant(why),
+            E::InvalidClient(_) => ApiError::InvalidClient,
             E::Policy(refusal) => ApiError::Refused(refusal),
             E::Invalid(problems) => ApiError::Invalid(problems),
             E::Conflict(why) => ApiError::Conflict(why),

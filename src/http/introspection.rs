@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::admin::parse_json;
 use super::error::{bytes_response, ApiError};
-use super::request::{authenticate, require_role, Form};
+use super::request::{authenticate, authenticate_form, require_role, Form};
 use crate::app::introspect::{self, Answer};
 use crate::app::App;
 use crate::clients::Role;
@@ -44,7 +44,7 @@ const PREFERENCE_APPLIED: &str = "preference-applied";
 
 /// `POST /introspect`: one token, as JSON or as an RFC 9701 JWT, in full or minimal.
 pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, ApiError> {
-    let caller = authenticate(app, parts, Some(form))?;
+    let caller = authenticate_form(app, parts, form).await?;
     require_role(&caller, Role::Introspect)?;
     let token = form.required("token")?;
     let detail = Detail::of(&parts.headers);

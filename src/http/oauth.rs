@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::error::{bytes_response, json_response, ApiError};
-use super::request::{authenticate, Form};
+use super::request::{authenticate_form, Form};
 use crate::app::revoke::revoke_token;
 use crate::app::token::{self, Exchange, Issued, TokenRequest, TYPE_ACCESS_TOKEN};
 use crate::app::App;
@@ -39,7 +39,7 @@ pub async fn token(
     form: &Form,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    let client = authenticate(app, parts, Some(form))?;
+    let client = authenticate_form(app, parts, form).await?;
     let grant_type = form.required("grant_type")?;
     let grant = Grant::parse(grant_type).ok_or(ApiError::UnsupportedGrantType)?;
     let req = match grant {
@@ -81,7 +81,7 @@ pub async fn revoke(
     form: &Form,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    let caller = authenticate(app, parts, Some(form))?;
+    let caller = authenticate_form(app, parts, form).await?;
     let token = form.required("token")?;
     revoke_token(app, &caller, token, request_id).await?;
     Ok(super::error::empty_ok())
