@@ -965,6 +965,13 @@ impl Config {
                 "must be 1 to 16",
             ));
         }
+        let lifetime = self.tokens.client_assertion_max_lifetime;
+        if lifetime < Duration::from_secs(1) || lifetime > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "tokens.client_assertion_max_lifetime",
+                "must be 1s to 1h",
+            ));
+        }
         Ok(())
     }
 
