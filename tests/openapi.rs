@@ -17,6 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hyper::Method;
 use serde_json::{json, Value};
+use testkit::client_keys::{jwks, ClientKey, JWT_BEARER};
 use testkit::clients::{self, ORDERS_AUD};
 use testkit::prelude::*;
 
@@ -441,6 +442,23 @@ fn ssf_receiver() -> ClientDef {
 const SSF_TOML: &str =
     "[ssf]\nmax_streams_per_receiver = 2\nmin_verification_interval = \"1h\"\n\n";
 
+/// The key of the `private_key_jwt` client [`keyed`].
+fn keyed_key() -> &'static ClientKey {
+    static KEY: std::sync::OnceLock<ClientKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| ClientKey::ed25519("keyed-1"))
+}
+
+/// A client with keys and no secret: it authenticates with `private_key_jwt` only.
+fn keyed() -> ClientDef {
+    ClientDef::new("keyed")
+        .grants(&["client_credentials"])
+        .scopes(&["orders:read"])
+        .audiences(&[ORDERS_AUD])
+        .roles(&["introspect"])
+        .jwks(jwks(&[keyed_key()]))
+        .without_secret()
+}
+
 fn wrong_secret(c: &ClientDef) -> ClientDef {
     c.clone()
         .secret("not-the-secret-0123456789abcdef0123456789")
@@ -451,6 +469,7 @@ async fn start(idp: &Idp) -> TestServer {
         .client(idp_hook())
         .client(reports())
         .client(elevated())
+        .client(keyed())
         // A prefix, so `/admin/revoke` can refuse an ambiguous subject (400).
         .trusted_issuer(idp.trusted().subject_prefix(IDP_PREFIX))
         // The batch body limit as low as the others, so one oversized body drives every 413.
@@ -569,6 +588,42 @@ async fn real_answers_match_the_openapi_document() {
     let r = post(te(user_access.clone(), AT_TYPE), reports()).await;
     api.assert(Method::POST, "/token", &r);
     let delegated = r.json()["access_token"].as_str().unwrap().to_string();
+
+    // --- private_key_jwt at /token, /introspect and /revoke ---
+    let asserted = |path: &'static str, extra: Vec<(&'static str, String)>, auth: bool| {
+        let s = &s;
+        let orders = orders.clone();
+        async move {
+            let a = keyed_key().assertion("keyed");
+            let mut p: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            p.push(("client_assertion_type", JWT_BEARER));
+            p.push(("client_assertion", a.as_str()));
+            let first = s
+                .post_form(path, &p, auth.then(|| orders.auth()).flatten())
+                .await;
+            // The same assertion again: a replay.
+            let again = s.post_form(path, &p, None).await;
+            (first, again)
+        }
+    };
+    let cc = || vec![("grant_type", "client_credentials".to_string())];
+    let (r, replayed) = asserted("/token", cc(), false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    api.assert(Method::POST, "/token", &r);
+    let keyed_access = r.json()["access_token"].as_str().unwrap().to_string();
+    replayed.assert_error(401, "invalid_client");
+    api.assert(Method::POST, "/token", &replayed);
+    // With a secret beside it: 400.
+    let (r, _) = asserted("/token", cc(), true).await;
+    r.assert_error(400, "invalid_request");
+    api.assert(Method::POST, "/token", &r);
+    for path in ["/introspect", "/revoke"] {
+        let (r, replayed) = asserted(path, vec![("token", keyed_access.clone())], false).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        api.assert(Method::POST, path, &r);
+        replayed.assert_error(401, "invalid_client");
+        api.assert(Method::POST, path, &replayed);
+    }
 
     // /token errors, each a documented code.
     let cases: Vec<(Params, ClientDef, u16, &str)> = vec![
