@@ -15,6 +15,7 @@ pub mod keys;
 pub mod nodes;
 pub mod revoke;
 pub mod ssf;
+pub mod status;
 pub mod token;
 mod view;
 
@@ -81,6 +82,8 @@ pub struct Inner {
     node_id: String,
     /// The Shared Signals transmitter: its metadata, push client and wake-ups.
     pub ssf: ssf::Ssf,
+    /// Token Status Lists (`None` when `[status_list] enabled = false`).
+    pub status: Option<Arc<status::StatusLists>>,
     /// Distinguishes this process's request ids from other nodes'.
     node_tag: String,
     request_seq: AtomicU64,
@@ -106,6 +109,8 @@ pub struct Parts {
     pub node_id: String,
     /// The Shared Signals transmitter.
     pub ssf: ssf::Ssf,
+    /// Token Status Lists, if enabled.
+    pub status: Option<Arc<status::StatusLists>>,
 }
 
 impl App {
@@ -120,6 +125,7 @@ impl App {
             grants,
             node_id,
             ssf,
+            status,
         } = parts;
         let clients = contracts.configured().clone();
         let signing_algs = signing_algorithms(&config, &keys.ring());
@@ -145,6 +151,7 @@ impl App {
                 metrics,
                 node_id,
                 ssf,
+                status,
                 node_tag,
                 request_seq: AtomicU64::new(0),
             }),
@@ -203,7 +210,7 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
     scopes.dedup();
     let auth_methods = crate::contracts::AUTH_METHODS;
     let assertion_algs = crate::clients::assertion::ALGORITHMS;
-    json!({
+    let mut doc = json!({
         "issuer": config.issuer,
         "token_endpoint": format!("{base}/token"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
@@ -224,5 +231,10 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
         "scopes_supported": scopes,
         // RFC 9701 §7: `Accept: application/token-introspection+jwt` is signed with one of these.
         "introspection_signing_alg_values_supported": signing_algs,
-    })
+    });
+    if config.status_list.enabled {
+        // draft-ietf-oauth-status-list §9 (Status List Aggregation).
+        doc["status_list_aggregation_endpoint"] = json!(format!("{base}/statuslists"));
+    }
+    doc
 }
