@@ -73,6 +73,8 @@ pub struct Config {
     pub ssf: SsfConfig,
     /// Token Status List (`[status_list]`).
     pub status_list: StatusListConfig,
+    /// DPoP proofs at the token endpoint (`[dpop]`).
+    pub dpop: DpopConfig,
     /// SHA-256 (hex, first 16 chars) of the effective config, environment included:
     /// recorded in the audit log at every start, so config changes are visible there.
     pub digest: String,
@@ -550,6 +552,34 @@ pub struct StatusListConfig {
     pub commits_in_flight: usize,
 }
 
+/// `[dpop]`: DPoP (RFC 9449) proofs at `/token`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpopConfig {
+    /// How old (by `iat`) a proof may be (1s to 5m); leeway `tokens.leeway` on top.
+    #[serde(default = "d_1m", with = "duration")]
+    pub max_age: Duration,
+    /// Every proof must carry a nonce latch provided (`use_dpop_nonce` and `DPoP-Nonce`).
+    #[serde(default)]
+    pub require_nonce: bool,
+    /// How long one server nonce is valid for (the current window and the previous one
+    /// are accepted), 1s to 1h.
+    #[serde(default = "d_5m", with = "duration")]
+    pub nonce_lifetime: Duration,
+}
+
+impl DpopConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=300).contains(&self.max_age.as_secs()) {
+            return Err(ConfigError::new("dpop.max_age", "must be 1s to 5m"));
+        }
+        if !(1..=3600).contains(&self.nonce_lifetime.as_secs()) {
+            return Err(ConfigError::new("dpop.nonce_lifetime", "must be 1s to 1h"));
+        }
+        Ok(())
+    }
+}
+
 impl StatusListConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let secs = |d: Duration| (1..=3600).contains(&d.as_secs()) && d.subsec_nanos() == 0;
@@ -719,6 +749,8 @@ struct RawConfig {
     ssf: Option<SsfConfig>,
     #[serde(default)]
     status_list: Option<StatusListConfig>,
+    #[serde(default)]
+    dpop: Option<DpopConfig>,
 }
 
 /// Top-level scalar keys that `LATCH_<KEY>` may override (everything else needs a section).
@@ -787,6 +819,7 @@ impl Config {
             node: raw.node.unwrap_or_else(from_empty),
             ssf: raw.ssf.unwrap_or_else(from_empty),
             status_list: raw.status_list.unwrap_or_else(from_empty),
+            dpop: raw.dpop.unwrap_or_else(from_empty),
             digest,
         };
         config.validate()?;
@@ -925,6 +958,7 @@ impl Config {
         self.validate_subject_prefixes()?;
         self.ssf.validate(&self.clients, &self.limits)?;
         self.status_list.validate()?;
+        self.dpop.validate()?;
         if let Some(i) = self.demo_secret_client() {
             if !self.listen.ip().is_loopback() {
                 return Err(ConfigError::new(
@@ -1466,6 +1500,9 @@ fn default_max_streams() -> usize {
 }
 fn d_30s() -> Duration {
     Duration::from_secs(30)
+}
+fn d_1m() -> Duration {
+    Duration::from_secs(60)
 }
 fn d_5m() -> Duration {
     Duration::from_secs(300)

@@ -31,6 +31,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod contracts;
+pub mod dpop;
 pub mod grants;
 pub mod http;
 pub mod ids;

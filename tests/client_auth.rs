@@ -2,8 +2,12 @@
 //! `/token`, `/introspect` and `/revoke`, its metadata, and the hostile cases: a wrong key,
 //! a replayed assertion (on the same node, and on another node sharing Redis), expired, a
 //! wrong `aud`, no `jti`, `alg: none`, HS256 keyed with the public key, a lifetime over
-//! the limit, and a secret beside an assertion.
+//! the limit, and a secret beside an assertion. DPoP (RFC 9449) at `/token`: bound tokens
+//! (`cnf.jkt`, `token_type: DPoP`) and their introspection, server nonces, and hostile
+//! proofs: wrong `htm`/`htu`, replayed (on another node too), too old, a bad signature,
+//! `alg: none`, a private key in the header, two headers.
 
+use hyper::Method;
 use serde_json::{json, Value};
 use testkit::client_keys::{jwks, token_endpoint, ClientKey, JWT_BEARER};
 use testkit::clients::ORDERS_AUD;
@@ -351,4 +355,167 @@ async fn check_refuses_a_client_without_secret_or_keys_and_a_bad_jwks() {
         assert!(!status.success(), "{needle}: {out}");
         assert!(err.contains(needle), "{needle}: {err}");
     }
+}
+
+// === DPoP ===
+
+/// A client_credentials request of `client` with these `DPoP` header values.
+async fn token_dpop(s: &TestServer, client: &ClientDef, proofs: &[&str]) -> Resp {
+    let auth = basic(&client.id, &client.secret);
+    let mut headers = vec![
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("authorization", auth.as_str()),
+    ];
+    for p in proofs {
+        headers.push(("dpop", p));
+    }
+    let body = form(&[("grant_type", "client_credentials")]).into_bytes();
+    s.http.request(Method::POST, "/token", &headers, body).await
+}
+
+#[tokio::test]
+async fn dpop_binds_the_token_to_the_proof_key_and_introspection_shows_it() {
+    let s = TestServer::builder().start().await;
+    let orders = clients::orders();
+    for key in [ClientKey::ed25519("p"), ClientKey::es256("p")] {
+        let r = token_dpop(&s, &orders, &[&key.dpop_proof(None)]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let body = r.json();
+        assert_eq!(body["token_type"], "DPoP", "{body}");
+        let token = body["access_token"].as_str().unwrap();
+        let (_, claims, _) = decode_jwt(token);
+        assert_eq!(claims["cnf"], json!({"jkt": key.thumbprint()}), "{claims}");
+        let i = s.introspect(token).await;
+        assert_eq!(i["active"], true, "{i}");
+        assert_eq!(i["cnf"]["jkt"], key.thumbprint(), "{i}");
+        assert_eq!(i["token_type"], "DPoP", "{i}");
+    }
+    // Without a proof: a Bearer token, no cnf.
+    let r = s.token_resp(&orders, &[]).await;
+    assert_eq!(r.json()["token_type"], "Bearer");
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let i = s.introspect(&token).await;
+    assert!(i.get("cnf").is_none(), "{i}");
+    // Metadata.
+    let m = s
+        .get("/.well-known/oauth-authorization-server", None)
+        .await
+        .json();
+    assert_eq!(
+        m["dpop_signing_alg_values_supported"],
+        json!(["EdDSA", "ES256", "RS256"])
+    );
+}
+
+#[tokio::test]
+async fn hostile_dpop_proofs_are_refused() {
+    let s = TestServer::builder().start().await;
+    let orders = clients::orders();
+    let key = ClientKey::ed25519("p");
+    let other = ClientKey::ed25519("p");
+    let now = now_secs();
+    let endpoint = token_endpoint();
+    let claims = || json!({"jti": unique("dpop"), "htm": "POST", "htu": endpoint, "iat": now});
+    let header = |alg: &str, jwk: Value| json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk});
+    let mut private = key.public_jwk();
+    private["d"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let replayed = key.dpop_proof(None);
+    assert_eq!(token_dpop(&s, &orders, &[&replayed]).await.status, 200);
+    let cases: Vec<(&str, String)> = vec![
+        ("replayed", replayed.clone()),
+        ("wrong htm", key.dpop_proof_at("GET", &endpoint, now, None)),
+        (
+            "wrong htu",
+            key.dpop_proof_at("POST", "http://latch.test/introspect", now, None),
+        ),
+        (
+            "another host",
+            key.dpop_proof_at("POST", "https://evil.example/token", now, None),
+        ),
+        (
+            "too old",
+            key.dpop_proof_at("POST", &endpoint, now - 600, None),
+        ),
+        (
+            "in the future",
+            key.dpop_proof_at("POST", &endpoint, now + 600, None),
+        ),
+        (
+            "signed by another key",
+            other.sign(&header("EdDSA", key.public_jwk()), &claims()),
+        ),
+        (
+            "typ JWT",
+            key.sign(
+                &json!({"typ": "JWT", "alg": "EdDSA", "jwk": key.public_jwk()}),
+                &claims(),
+            ),
+        ),
+        (
+            "no jwk",
+            key.sign(&json!({"typ": "dpop+jwt", "alg": "EdDSA"}), &claims()),
+        ),
+        (
+            "private key in the header",
+            key.sign(&header("EdDSA", private), &claims()),
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                encode_part(&header("none", key.public_jwk())),
+                encode_part(&claims())
+            ),
+        ),
+        (
+            "HS256 keyed with the public key",
+            sign_hs256(
+                &key.public_key(),
+                &header("HS256", key.public_jwk()),
+                &claims(),
+            ),
+        ),
+        ("garbage", "not-a-proof".into()),
+    ];
+    for (what, proof) in &cases {
+        let r = token_dpop(&s, &orders, &[proof]).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_eq!(
+            r.json()["error"],
+            "invalid_dpop_proof",
+            "{what}: {}",
+            r.text()
+        );
+    }
+    // Two DPoP headers.
+    let r = token_dpop(&s, &orders, &[&key.dpop_proof(None), &key.dpop_proof(None)]).await;
+    r.assert_error(400, "invalid_dpop_proof");
+}
+
+#[tokio::test]
+async fn dpop_nonces_are_required_when_configured_and_any_node_accepts_them() {
+    let redis = RedisProcess::start().await;
+    let nodes = TestServer::builder()
+        .redis(&redis)
+        .raw_toml("[dpop]\nrequire_nonce = true")
+        .start_nodes(2)
+        .await;
+    let orders = clients::orders();
+    let key = ClientKey::es256("p");
+    // No nonce: use_dpop_nonce, with the nonce to use.
+    let r = token_dpop(&nodes[0], &orders, &[&key.dpop_proof(None)]).await;
+    r.assert_error(400, "use_dpop_nonce");
+    let nonce = r.header("dpop-nonce").expect("a DPoP-Nonce header");
+    // A made-up nonce: the same.
+    let r = token_dpop(&nodes[0], &orders, &[&key.dpop_proof(Some("1.AAAA"))]).await;
+    r.assert_error(400, "use_dpop_nonce");
+    // The nonce works on the other node; the answer carries the next nonce.
+    let proof = key.dpop_proof(Some(&nonce));
+    let r = token_dpop(&nodes[1], &orders, &[&proof]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["token_type"], "DPoP");
+    assert!(r.header("dpop-nonce").is_some());
+    // The same proof on the first node: a replay across nodes.
+    let r = token_dpop(&nodes[0], &orders, &[&proof]).await;
+    r.assert_error(400, "invalid_dpop_proof");
 }

@@ -7,6 +7,7 @@
 
 pub mod client_auth;
 pub mod contracts;
+pub mod dpop;
 mod error;
 pub mod follower;
 pub mod grants;
@@ -78,6 +79,8 @@ pub struct Inner {
     pub max_staleness_ms: i64,
     /// What a `private_key_jwt` client assertion must satisfy (`client_auth::rules`).
     pub assertion_rules: crate::clients::assertion::Rules,
+    /// What a DPoP proof at `/token` must satisfy (`dpop::rules`).
+    pub dpop_rules: crate::dpop::Rules,
     /// This node's id in the registry (random per process start).
     node_id: String,
     /// The Shared Signals transmitter: its metadata, push client and wake-ups.
@@ -138,6 +141,7 @@ impl App {
                 max_staleness_ms: config.store.max_staleness.as_millis() as i64,
                 limits: config.rate_limits(),
                 assertion_rules: client_auth::rules(&config),
+                dpop_rules: dpop::rules(&config),
                 config,
                 verified,
                 clients,
@@ -231,6 +235,7 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
         "scopes_supported": scopes,
         // RFC 9701 §7: `Accept: application/token-introspection+jwt` is signed with one of these.
         "introspection_signing_alg_values_supported": signing_algs,
+        "dpop_signing_alg_values_supported": crate::dpop::ALGORITHMS,
     });
     if config.status_list.enabled {
         // draft-ietf-oauth-status-list §9 (Status List Aggregation).

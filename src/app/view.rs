@@ -225,6 +225,7 @@ impl View<'_> {
             cv: client.contract_version,
             grant: None,
             status: None,
+            cnf: None,
         }
     }
 

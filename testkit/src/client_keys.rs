@@ -124,6 +124,37 @@ impl ClientKey {
     }
 }
 
+impl ClientKey {
+    /// A DPoP proof (RFC 9449 §4.2) for `htm` `htu`, issued `iat`, with a fresh `jti` and
+    /// `nonce` when given.
+    pub fn dpop_proof_at(&self, htm: &str, htu: &str, iat: u64, nonce: Option<&str>) -> String {
+        let header = json!({"typ": "dpop+jwt", "alg": self.alg(), "jwk": self.public_jwk()});
+        let mut claims = json!({"jti": unique("dpop"), "htm": htm, "htu": htu, "iat": iat});
+        if let Some(n) = nonce {
+            claims["nonce"] = json!(n);
+        }
+        self.sign(&header, &claims)
+    }
+
+    /// A fresh DPoP proof for `POST` to latch's token endpoint.
+    pub fn dpop_proof(&self, nonce: Option<&str>) -> String {
+        self.dpop_proof_at("POST", &token_endpoint(), now_secs(), nonce)
+    }
+
+    /// The RFC 7638 thumbprint of the public key (what `cnf.jkt` must be).
+    pub fn thumbprint(&self) -> String {
+        let j = self.public_jwk();
+        let canonical = match j["kty"].as_str() {
+            Some("OKP") => format!(r#"{{"crv":{},"kty":"OKP","x":{}}}"#, j["crv"], j["x"]),
+            _ => format!(
+                r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
+                j["crv"], j["x"], j["y"]
+            ),
+        };
+        b64url(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+}
+
 /// A JWKS of `keys`.
 pub fn jwks(keys: &[&ClientKey]) -> Value {
     json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()})
