@@ -625,6 +625,40 @@ async fn real_answers_match_the_openapi_document() {
     let (r, _) = asserted("/token", cc(), true).await;
     r.assert_error(400, "invalid_request");
     api.assert(Method::POST, "/token", &r);
+    // --- DPoP at /token: a bound token, its introspection, a bad proof ---
+    let dpop_key = ClientKey::es256("dpop");
+    let dpop = |proof: String| {
+        let s = &s;
+        let auth = basic(&orders.id, &orders.secret);
+        async move {
+            let headers = [
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", auth.as_str()),
+                ("dpop", proof.as_str()),
+            ];
+            let body = form(&[("grant_type", "client_credentials")]).into_bytes();
+            s.http.request(Method::POST, "/token", &headers, body).await
+        }
+    };
+    let r = dpop(dpop_key.dpop_proof(None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["token_type"], "DPoP");
+    api.assert(Method::POST, "/token", &r);
+    let bound = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = s
+        .post_form("/introspect", &[("token", &bound)], rs.auth())
+        .await;
+    assert_eq!(
+        r.json()["cnf"]["jkt"],
+        dpop_key.thumbprint(),
+        "{}",
+        r.text()
+    );
+    api.assert(Method::POST, "/introspect", &r);
+    let r = dpop("not-a-proof".into()).await;
+    r.assert_error(400, "invalid_dpop_proof");
+    api.assert(Method::POST, "/token", &r);
+
     for path in ["/introspect", "/revoke"] {
         let (r, replayed) = asserted(path, vec![("token", keyed_access.clone())], false).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
