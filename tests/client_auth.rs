@@ -359,6 +359,26 @@ async fn check_refuses_a_client_without_secret_or_keys_and_a_bad_jwks() {
 
 // === DPoP ===
 
+/// A `/token` request of `client` with `params` and these `DPoP` header values.
+async fn token_dpop_with(
+    s: &TestServer,
+    client: &ClientDef,
+    params: &[(&str, &str)],
+    proofs: &[&str],
+) -> Resp {
+    let auth = basic(&client.id, &client.secret);
+    let mut headers = vec![
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("authorization", auth.as_str()),
+    ];
+    for p in proofs {
+        headers.push(("dpop", p));
+    }
+    s.http
+        .request(Method::POST, "/token", &headers, form(params).into_bytes())
+        .await
+}
+
 /// A client_credentials request of `client` with these `DPoP` header values.
 async fn token_dpop(s: &TestServer, client: &ClientDef, proofs: &[&str]) -> Resp {
     let auth = basic(&client.id, &client.secret);
@@ -518,4 +538,51 @@ async fn dpop_nonces_are_required_when_configured_and_any_node_accepts_them() {
     // The same proof on the first node: a replay across nodes.
     let r = token_dpop(&nodes[0], &orders, &[&proof]).await;
     r.assert_error(400, "invalid_dpop_proof");
+}
+
+#[tokio::test]
+async fn a_session_opened_with_dpop_refreshes_only_with_a_proof_by_its_key() {
+    let idp = Idp::new("https://idp.dpop.test");
+    let hook = ClientDef::new("idp-hook")
+        .grants(&[
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "refresh_token",
+        ])
+        .scopes(&["profile"])
+        .audiences(&[ORDERS_AUD])
+        .roles(&["session_issuer"]);
+    let s = TestServer::builder()
+        .trusted_issuer(idp.trusted())
+        .client(hook.clone())
+        .start()
+        .await;
+    let key = ClientKey::ed25519("p");
+    let other = ClientKey::ed25519("p");
+    let assertion = idp.assertion("alice");
+    let open = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", assertion.as_str()),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+    ];
+    let r = token_dpop_with(&s, &hook, &open, &[&key.dpop_proof(None)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["token_type"], "DPoP");
+    let refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let params = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh.as_str()),
+    ];
+    // Another key, or no proof: refused, and the refresh token is not spent.
+    let r = token_dpop_with(&s, &hook, &params, &[&other.dpop_proof(None)]).await;
+    r.assert_error(400, "invalid_grant");
+    let r = token_dpop_with(&s, &hook, &params, &[]).await;
+    r.assert_error(400, "invalid_grant");
+    // The session's key: a new access token bound to it.
+    let r = token_dpop_with(&s, &hook, &params, &[&key.dpop_proof(None)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(decode_jwt(&token).1["cnf"]["jkt"], key.thumbprint());
 }

@@ -444,6 +444,7 @@ async fn open_session(
     claims.username = a.username;
     let refresh_token = sessions::new_refresh_token();
     let mut record = view.refresh_record(&claims);
+    record.jkt = binding.map(str::to_string);
     sessions::seal(
         app.keys.refresh_record_mac(),
         &sessions::hash(&refresh_token),
@@ -582,6 +583,12 @@ async fn refresh(
     }
     if spent {
         return Err(reuse(app, &key, &record, request_id).await);
+    }
+    if record.jkt.is_some() && record.jkt.as_deref() != binding {
+        tracing::info!(client = %client.id, "refresh without a proof by the session's DPoP key");
+        return Err(Error::InvalidGrant(
+            "the refresh token is bound to a DPoP key; send a proof by that key",
+        ));
     }
     // The view's stamp is read before the session's revocation check.
     let view = app.fresh(now)?;

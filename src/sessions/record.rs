@@ -22,6 +22,10 @@ pub struct RefreshRecord {
     pub rse: u64,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
+    /// The DPoP key (RFC 7638 thumbprint) the session was opened with: every refresh
+    /// must carry a proof by that key (RFC 9449 §5). Absent: not bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
     /// HMAC-SHA256 (key derived from the KEK) over the token hash and this record's JSON
     /// without this field (`sessions::seal`): every other field, present or future, is
     /// covered, and a record cannot be moved to another token's hash.
