@@ -586,3 +586,44 @@ async fn a_session_opened_with_dpop_refreshes_only_with_a_proof_by_its_key() {
     let token = r.json()["access_token"].as_str().unwrap().to_string();
     assert_eq!(decode_jwt(&token).1["cnf"]["jkt"], key.thumbprint());
 }
+
+/// Amends `client`'s contract to accept only `methods`, effective now.
+async fn accept_only(s: &TestServer, client: &str, methods: &[&str]) {
+    let admin = clients::admin();
+    let path = format!("/admin/contracts/{client}");
+    let h = s.get(&path, admin.auth()).await;
+    assert_eq!(h.status, 200, "{}", h.text());
+    let history = h.json()["history"].as_array().unwrap().clone();
+    let last = history.last().unwrap();
+    let mut contract = last["body"]["content"].clone();
+    contract["auth_methods"] = json!(methods);
+    let body = json!({
+        "base_version": last["version"],
+        "contract": contract,
+        "changelog": "client authentication methods",
+        "reason": "TEST-pkjwt",
+    });
+    let r = s.post_json(&path, &body, admin.auth()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn the_contract_narrows_the_methods_a_client_with_both_may_use() {
+    let key = ClientKey::ed25519("k1");
+    let both = ClientDef::new("both")
+        .grants(&["client_credentials"])
+        .scopes(&["orders:read"])
+        .audiences(&[ORDERS_AUD])
+        .jwks(jwks(&[&key]));
+    let s = TestServer::builder().client(both.clone()).start().await;
+    accept_only(&s, "both", &["client_secret_basic"]).await;
+    token_with(&s, &key.assertion("both"))
+        .await
+        .assert_error(401, "invalid_client");
+    assert_eq!(s.token_resp(&both, &[]).await.status, 200);
+    accept_only(&s, "both", &["private_key_jwt"]).await;
+    s.token_resp(&both, &[])
+        .await
+        .assert_error(401, "invalid_client");
+    assert_eq!(token_with(&s, &key.assertion("both")).await.status, 200);
+}
