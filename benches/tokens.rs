@@ -57,6 +57,7 @@ fn claims() -> AccessClaims {
         cv: 0,
         grant: None,
         status: None,
+        cnf: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn record(sid: &str) -> RefreshRecord {
         rse: 0x00c0_ffee_0000_0001,
         issued_at_ms: now,
         expires_at_ms: now + 30 * 86_400_000,
+        jkt: None,
         mac: Some("x".repeat(43)),
     }
 }

@@ -9,6 +9,10 @@ use subtle::ConstantTimeEq;
 use crate::ids::ClientId;
 use crate::limits::Rate;
 
+pub mod assertion;
+
+pub use assertion::ClientKeys;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
     ClientCredentials,
@@ -75,6 +79,11 @@ pub struct Deprecated {
 pub struct Client {
     pub id: ClientId,
     secret_sha256: [u8; 32],
+    /// Whether a secret is configured (a `private_key_jwt`-only client has none, and no
+    /// secret authenticates it).
+    has_secret: bool,
+    /// Registered public keys for `private_key_jwt` (`None`: that method is unavailable).
+    pub keys: Option<ClientKeys>,
     pub grants: Vec<Grant>,
     /// Allowed scopes; also the default when a request names none.
     pub scopes: Vec<String>,
@@ -116,6 +125,8 @@ impl Client {
         Client {
             id: ClientId::new(id),
             secret_sha256,
+            has_secret: true,
+            keys: None,
             grants: Vec::new(),
             scopes: Vec::new(),
             audiences: Vec::new(),
@@ -135,9 +146,27 @@ impl Client {
         }
     }
 
-    /// Whether it may authenticate with `method` (`client_secret_basic`, `client_secret_post`).
+    /// A client with no secret: it authenticates only with `private_key_jwt`.
+    pub fn without_secret(id: impl Into<String>, keys: ClientKeys) -> Client {
+        let mut c = Client::new(id, [0; 32]);
+        c.has_secret = false;
+        c.keys = Some(keys);
+        c
+    }
+
+    /// Whether it may authenticate with `method` (`client_secret_basic`,
+    /// `client_secret_post`, `private_key_jwt`): the contract's list when it has one.
     pub fn accepts_auth_method(&self, method: &str) -> bool {
         self.auth_methods.is_empty() || self.auth_methods.iter().any(|m| m == method)
+    }
+
+    /// The methods it can authenticate with at all: the secret ones when it has a
+    /// secret, `private_key_jwt` when it has keys.
+    pub fn can_use(&self, method: &str) -> bool {
+        match method {
+            assertion::PRIVATE_KEY_JWT => self.keys.is_some(),
+            _ => self.has_secret,
+        }
     }
 
     pub fn has_role(&self, role: Role) -> bool {
@@ -195,7 +224,7 @@ impl Clients {
         };
         let equal: bool = presented.as_ref().ct_eq(&expected).into();
         match client {
-            Some(c) if equal => Some(c.clone()),
+            Some(c) if equal && c.has_secret => Some(c.clone()),
             _ => None,
         }
     }

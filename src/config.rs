@@ -75,6 +75,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Token Status List (`[status_list]`).
     pub status_list: StatusListConfig,
+    /// DPoP proofs at the token endpoint (`[dpop]`).
+    pub dpop: DpopConfig,
     /// SHA-256 (hex, first 16 chars) of the effective config, environment included:
     /// recorded in the audit log at every start, so config changes are visible there.
     pub digest: String,
@@ -124,6 +126,9 @@ pub struct TokensConfig {
     /// that would nest deeper is refused with `invalid_grant`.
     #[serde(default = "default_delegation_depth")]
     pub max_delegation_depth: usize,
+    /// Longest lifetime of a `private_key_jwt` client assertion (`exp − iat`).
+    #[serde(default = "d_5m", with = "duration")]
+    pub client_assertion_max_lifetime: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -454,7 +459,16 @@ pub struct IntrospectionConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub id: String,
+    /// SHA-256 (hex) of its secret; may be left out when it has keys (`jwks` or
+    /// `jwks_file`), then it authenticates only with `private_key_jwt`.
+    #[serde(default)]
     pub secret_sha256: String,
+    /// Its public keys for `private_key_jwt` (RFC 7523): a JWKS file ...
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// ... or the JWKS inline (a TOML table or a JSON string).
+    #[serde(default)]
+    pub jwks: Option<toml::Value>,
     #[serde(default)]
     pub grants: Vec<String>,
     #[serde(default)]
@@ -562,6 +576,34 @@ pub struct StatusListConfig {
     /// (docs/PERFORMANCE.md, "Token Status List").
     #[serde(default = "default_commits_in_flight")]
     pub commits_in_flight: usize,
+}
+
+/// `[dpop]`: DPoP (RFC 9449) proofs at `/token`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpopConfig {
+    /// How old (by `iat`) a proof may be (1s to 5m); leeway `tokens.leeway` on top.
+    #[serde(default = "d_1m", with = "duration")]
+    pub max_age: Duration,
+    /// Every proof must carry a nonce latch provided (`use_dpop_nonce` and `DPoP-Nonce`).
+    #[serde(default)]
+    pub require_nonce: bool,
+    /// How long one server nonce is valid for (the current window and the previous one
+    /// are accepted), 1s to 1h.
+    #[serde(default = "d_5m", with = "duration")]
+    pub nonce_lifetime: Duration,
+}
+
+impl DpopConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=300).contains(&self.max_age.as_secs()) {
+            return Err(ConfigError::new("dpop.max_age", "must be 1s to 5m"));
+        }
+        if !(1..=3600).contains(&self.nonce_lifetime.as_secs()) {
+            return Err(ConfigError::new("dpop.nonce_lifetime", "must be 1s to 1h"));
+        }
+        Ok(())
+    }
 }
 
 impl StatusListConfig {
@@ -735,6 +777,8 @@ struct RawConfig {
     tls: Option<TlsConfig>,
     #[serde(default)]
     status_list: Option<StatusListConfig>,
+    #[serde(default)]
+    dpop: Option<DpopConfig>,
 }
 
 /// Top-level scalar keys that `LATCH_<KEY>` may override (everything else needs a section).
@@ -810,6 +854,7 @@ impl Config {
             ssf: raw.ssf.unwrap_or_else(from_empty),
             tls: raw.tls.unwrap_or_else(from_empty),
             status_list: raw.status_list.unwrap_or_else(from_empty),
+            dpop: raw.dpop.unwrap_or_else(from_empty),
             digest,
         };
         config.validate()?;
@@ -970,6 +1015,7 @@ impl Config {
             ));
         }
         self.status_list.validate()?;
+        self.dpop.validate()?;
         if let Some(i) = self.demo_secret_client() {
             if !self.listen.ip().is_loopback() {
                 return Err(ConfigError::new(
@@ -1091,6 +1137,13 @@ impl Config {
                 "must be 1 to 16",
             ));
         }
+        let lifetime = self.tokens.client_assertion_max_lifetime;
+        if lifetime < Duration::from_secs(1) || lifetime > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "tokens.client_assertion_max_lifetime",
+                "must be 1s to 1h",
+            ));
+        }
         Ok(())
     }
 
@@ -1170,8 +1223,23 @@ impl Config {
                     format!("duplicate client id {:?}", c.id),
                 ));
             }
-            if c.secret_sha256.len() != 64
-                || !c.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            if c.jwks_file.is_some() && c.jwks.is_some() {
+                return Err(ConfigError::new(
+                    key("jwks_file"),
+                    "give jwks_file or jwks, not both",
+                ));
+            }
+            let has_keys = c.jwks_file.is_some() || c.jwks.is_some();
+            if c.secret_sha256.is_empty() && !has_keys {
+                return Err(ConfigError::new(
+                    key("secret_sha256"),
+                    "required (sha256 of the secret; see latch gen-secret) unless the client \
+                     has public keys (jwks or jwks_file) for private_key_jwt",
+                ));
+            }
+            if !c.secret_sha256.is_empty()
+                && (c.secret_sha256.len() != 64
+                    || !c.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
             {
                 return Err(ConfigError::new(
                     key("secret_sha256"),
@@ -1489,6 +1557,9 @@ fn default_max_streams() -> usize {
 }
 fn d_30s() -> Duration {
     Duration::from_secs(30)
+}
+fn d_1m() -> Duration {
+    Duration::from_secs(60)
 }
 fn d_5m() -> Duration {
     Duration::from_secs(300)

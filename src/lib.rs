@@ -32,6 +32,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod contracts;
+pub mod dpop;
 pub mod grants;
 pub mod http;
 pub mod ids;
@@ -90,7 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let keys = Arc::new(Keys::new(store.clone(), kek, config.key_policy()));
     keys.reload().await?;
     keys.tick().await?;
-    let clients = config.clients();
+    let clients = config.clients()?;
     let book = app::contracts::load(&store).await?;
     let contracts = Arc::new(app::contracts::Contracts::new(clients, book));
     let grants = Arc::new(app::grants::Grants::new(app::grants::load(&store).await?));
@@ -284,7 +285,7 @@ pub async fn contract_drift(config: &Config) -> Result<Vec<String>, StartError> 
     let book = app::contracts::load(&store).await?;
     Ok(app::contracts::drift(
         &book,
-        &config.clients(),
+        &config.clients()?,
         time::now_ms(),
     ))
 }

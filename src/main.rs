@@ -334,7 +334,8 @@ fn check(path: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     // Validation does no IO; the trusted issuers' JWKS files are read here, as at start.
-    if let Err(e) = config.trusted_issuers() {
+    // So are the JWKS files of private_key_jwt clients.
+    if let Err(e) = config.trusted_issuers().and_then(|_| config.clients()) {
         eprintln!("latch: {}: {e}", path.display());
         return ExitCode::from(2);
     }

@@ -357,6 +357,7 @@ mod tests {
             rse: 1,
             issued_at_ms: 0,
             expires_at_ms: 1,
+            jkt: None,
             mac: None,
         };
         assert!(session_allowed(&c, &r));

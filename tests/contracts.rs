@@ -1735,8 +1735,8 @@ async fn hostile_amendments_are_refused_with_the_exact_problem() {
         ),
         (
             "an unknown authentication method",
-            contract(&|c| c["auth_methods"] = json!(["private_key_jwt"])),
-            vec![("unknown_auth_method", "auth_methods.\"private_key_jwt\"")],
+            contract(&|c| c["auth_methods"] = json!(["client_secret_jwt"])),
+            vec![("unknown_auth_method", "auth_methods.\"client_secret_jwt\"")],
         ),
         (
             "a zero token lifetime",

@@ -317,7 +317,8 @@ fn form_and_client_authentication_never_panic_and_refuse_clearly() {
             .unwrap();
     let clients = Config::from_toml(&text, Vec::new())
         .expect("demo config")
-        .clients();
+        .clients()
+        .expect("the demo clients");
     let mut seeds = corpus("form");
     for (id, secret) in SECRETS {
         let basic = STANDARD.encode(format!("{id}:{secret}"));

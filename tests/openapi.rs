@@ -17,6 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hyper::Method;
 use serde_json::{json, Value};
+use testkit::client_keys::{jwks, ClientKey, JWT_BEARER};
 use testkit::clients::{self, ORDERS_AUD};
 use testkit::prelude::*;
 
@@ -449,6 +450,23 @@ fn ssf_receiver() -> ClientDef {
 const SSF_TOML: &str =
     "[ssf]\nmax_streams_per_receiver = 2\nmin_verification_interval = \"1h\"\n\n";
 
+/// The key of the `private_key_jwt` client [`keyed`].
+fn keyed_key() -> &'static ClientKey {
+    static KEY: std::sync::OnceLock<ClientKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| ClientKey::ed25519("keyed-1"))
+}
+
+/// A client with keys and no secret: it authenticates with `private_key_jwt` only.
+fn keyed() -> ClientDef {
+    ClientDef::new("keyed")
+        .grants(&["client_credentials"])
+        .scopes(&["orders:read"])
+        .audiences(&[ORDERS_AUD])
+        .roles(&["introspect"])
+        .jwks(jwks(&[keyed_key()]))
+        .without_secret()
+}
+
 fn wrong_secret(c: &ClientDef) -> ClientDef {
     c.clone()
         .secret("not-the-secret-0123456789abcdef0123456789")
@@ -459,6 +477,7 @@ async fn start(idp: &Idp) -> TestServer {
         .client(idp_hook())
         .client(reports())
         .client(elevated())
+        .client(keyed())
         // A prefix, so `/admin/revoke` can refuse an ambiguous subject (400).
         .trusted_issuer(idp.trusted().subject_prefix(IDP_PREFIX))
         // The batch body limit as low as the others, so one oversized body drives every 413.
@@ -577,6 +596,76 @@ async fn real_answers_match_the_openapi_document() {
     let r = post(te(user_access.clone(), AT_TYPE), reports()).await;
     api.assert(Method::POST, "/token", &r);
     let delegated = r.json()["access_token"].as_str().unwrap().to_string();
+
+    // --- private_key_jwt at /token, /introspect and /revoke ---
+    let asserted = |path: &'static str, extra: Vec<(&'static str, String)>, auth: bool| {
+        let s = &s;
+        let orders = orders.clone();
+        async move {
+            let a = keyed_key().assertion("keyed");
+            let mut p: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            p.push(("client_assertion_type", JWT_BEARER));
+            p.push(("client_assertion", a.as_str()));
+            let first = s
+                .post_form(path, &p, auth.then(|| orders.auth()).flatten())
+                .await;
+            // The same assertion again: a replay.
+            let again = s.post_form(path, &p, None).await;
+            (first, again)
+        }
+    };
+    let cc = || vec![("grant_type", "client_credentials".to_string())];
+    let (r, replayed) = asserted("/token", cc(), false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    api.assert(Method::POST, "/token", &r);
+    let keyed_access = r.json()["access_token"].as_str().unwrap().to_string();
+    replayed.assert_error(401, "invalid_client");
+    api.assert(Method::POST, "/token", &replayed);
+    // With a secret beside it: 400.
+    let (r, _) = asserted("/token", cc(), true).await;
+    r.assert_error(400, "invalid_request");
+    api.assert(Method::POST, "/token", &r);
+    // --- DPoP at /token: a bound token, its introspection, a bad proof ---
+    let dpop_key = ClientKey::es256("dpop");
+    let dpop = |proof: String| {
+        let s = &s;
+        let auth = basic(&orders.id, &orders.secret);
+        async move {
+            let headers = [
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", auth.as_str()),
+                ("dpop", proof.as_str()),
+            ];
+            let body = form(&[("grant_type", "client_credentials")]).into_bytes();
+            s.http.request(Method::POST, "/token", &headers, body).await
+        }
+    };
+    let r = dpop(dpop_key.dpop_proof(None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["token_type"], "DPoP");
+    api.assert(Method::POST, "/token", &r);
+    let bound = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = s
+        .post_form("/introspect", &[("token", &bound)], rs.auth())
+        .await;
+    assert_eq!(
+        r.json()["cnf"]["jkt"],
+        dpop_key.thumbprint(),
+        "{}",
+        r.text()
+    );
+    api.assert(Method::POST, "/introspect", &r);
+    let r = dpop("not-a-proof".into()).await;
+    r.assert_error(400, "invalid_dpop_proof");
+    api.assert(Method::POST, "/token", &r);
+
+    for path in ["/introspect", "/revoke"] {
+        let (r, replayed) = asserted(path, vec![("token", keyed_access.clone())], false).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        api.assert(Method::POST, path, &r);
+        replayed.assert_error(401, "invalid_client");
+        api.assert(Method::POST, path, &replayed);
+    }
 
     // /token errors, each a documented code.
     let cases: Vec<(Params, ClientDef, u16, &str)> = vec![

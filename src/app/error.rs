@@ -10,6 +10,15 @@ use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Client authentication failed (RFC 6749 `invalid_client`); the reason is for logs.
+    #[error("client authentication failed: {0}")]
+    InvalidClient(&'static str),
+    /// A DPoP proof that fails a check (RFC 9449 `invalid_dpop_proof`).
+    #[error("{0}")]
+    InvalidDpopProof(&'static str),
+    /// A DPoP proof without the server nonce it needs: this one (`use_dpop_nonce`).
+    #[error("use the DPoP-Nonce this answer carries")]
+    UseDpopNonce(String),
     /// The grant, refresh token or subject token is not valid (RFC 6749 `invalid_grant`).
     #[error("{0}")]
     InvalidGrant(&'static str),

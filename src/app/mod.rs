@@ -5,7 +5,9 @@
 //! decision on a token goes through a [`View`] from [`App::fresh`]. The HTTP layer calls
 //! these and maps [`Error`] to answers.
 
+pub mod client_auth;
 pub mod contracts;
+pub mod dpop;
 mod error;
 pub mod follower;
 pub mod grants;
@@ -75,6 +77,10 @@ pub struct Inner {
     pub limits: crate::limits::RateLimits,
     /// Past this age of the revocation state, requests fail closed, in ms.
     pub max_staleness_ms: i64,
+    /// What a `private_key_jwt` client assertion must satisfy (`client_auth::rules`).
+    pub assertion_rules: crate::clients::assertion::Rules,
+    /// What a DPoP proof at `/token` must satisfy (`dpop::rules`).
+    pub dpop_rules: crate::dpop::Rules,
     /// This node's id in the registry (random per process start).
     node_id: String,
     /// The Shared Signals transmitter: its metadata, push client and wake-ups.
@@ -134,6 +140,8 @@ impl App {
             inner: Arc::new(Inner {
                 max_staleness_ms: config.store.max_staleness.as_millis() as i64,
                 limits: config.rate_limits(),
+                assertion_rules: client_auth::rules(&config),
+                dpop_rules: dpop::rules(&config),
                 config,
                 verified,
                 clients,
@@ -204,7 +212,8 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
         .collect();
     scopes.sort_unstable();
     scopes.dedup();
-    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    let auth_methods = crate::contracts::AUTH_METHODS;
+    let assertion_algs = crate::clients::assertion::ALGORITHMS;
     let mut doc = json!({
         "issuer": config.issuer,
         "token_endpoint": format!("{base}/token"),
@@ -219,10 +228,14 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
+        "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
+        "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "response_types_supported": [],
         "scopes_supported": scopes,
         // RFC 9701 §7: `Accept: application/token-introspection+jwt` is signed with one of these.
         "introspection_signing_alg_values_supported": signing_algs,
+        "dpop_signing_alg_values_supported": crate::dpop::ALGORITHMS,
     });
     if config.status_list.enabled {
         // draft-ietf-oauth-status-list §9 (Status List Aggregation).

@@ -182,7 +182,7 @@ async fn node() -> Node {
     keys.reload().await.unwrap();
     keys.tick().await.unwrap();
     let table = Arc::new(Table::new(config.revocation_retention()));
-    let clients = config.clients();
+    let clients = config.clients().unwrap();
     let book = super::contracts::load(&store).await.unwrap();
     let contracts = Arc::new(super::contracts::Contracts::new(clients, book));
     let grants = Arc::new(super::grants::Grants::default());
@@ -300,7 +300,7 @@ impl Node {
     }
 
     async fn token(&self, client: &str, req: TokenRequest<'_>) -> Result<Issued, Error> {
-        token(&self.app, &self.client(client), req, RID).await
+        token(&self.app, &self.client(client), req, RID, None).await
     }
 
     /// An access token of `client` by client credentials.
@@ -400,6 +400,8 @@ impl Node {
 fn variant(e: &Error) -> &'static str {
     match e {
         Error::InvalidGrant(_) => "InvalidGrant",
+        Error::InvalidClient(_) => "InvalidClient",
+        Error::InvalidDpopProof(_) | Error::UseDpopNonce(_) => "Dpop",
         Error::Policy(Refusal {
             kind: RefusalKind::Scope,
             ..
@@ -655,7 +657,7 @@ async fn a_stale_node_answers_nothing_but_stale() {
         let calls: Vec<(&str, Result<String, Error>)> = vec![
             (
                 "client_credentials",
-                token(&stale, &client("orders-service"), cc(None, None), RID)
+                token(&stale, &client("orders-service"), cc(None, None), RID, None)
                     .await
                     .map(|i| i.access_token),
             ),
@@ -669,6 +671,7 @@ async fn a_stale_node_answers_nothing_but_stale() {
                         scope: None,
                     },
                     RID,
+                    None,
                 )
                 .await
                 .map(|i| i.access_token),
@@ -680,6 +683,7 @@ async fn a_stale_node_answers_nothing_but_stale() {
                     &hook,
                     TokenRequest::TokenExchange(ex(&assertion, TYPE_JWT)),
                     RID,
+                    None,
                 )
                 .await
                 .map(|i| i.access_token),
@@ -691,6 +695,7 @@ async fn a_stale_node_answers_nothing_but_stale() {
                     &client("svc-a"),
                     TokenRequest::TokenExchange(ex(&user_token, TYPE_ACCESS_TOKEN)),
                     RID,
+                    None,
                 )
                 .await
                 .map(|i| i.access_token),

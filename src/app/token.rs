@@ -65,6 +65,8 @@ pub struct Issued {
     pub scope: String,
     pub refresh_token: Option<String>,
     pub grant: Grant,
+    /// `Bearer`, or `DPoP` for a DPoP-bound token (RFC 9449 §5).
+    pub token_type: &'static str,
     /// Deprecated scopes or audiences the token carries, each with its planned removal
     /// (Unix ms) when scheduled: the answer says so (`Deprecation`, `Sunset`).
     pub deprecated: Vec<Deprecated>,
@@ -80,13 +82,14 @@ pub async fn token(
     client: &Client,
     req: TokenRequest<'_>,
     request_id: &str,
+    binding: Option<&str>,
 ) -> Result<Issued, Error> {
     let requested = match req {
         TokenRequest::ClientCredentials { scope, .. }
         | TokenRequest::RefreshToken { scope, .. } => scope,
         TokenRequest::TokenExchange(x) => x.scope,
     };
-    let result = grant(app, client, req, request_id).await;
+    let result = grant(app, client, req, request_id, binding).await;
     match &result {
         Ok(issued) => {
             metrics::counter!(m::CONTRACT_DECISIONS, "reason" => "granted").increment(1);
@@ -140,6 +143,7 @@ async fn grant(
     client: &Client,
     req: TokenRequest<'_>,
     request_id: &str,
+    binding: Option<&str>,
 ) -> Result<Issued, Error> {
     policy::not_suspended(client)?;
     if !client.has_grant(req.grant()) {
@@ -183,16 +187,25 @@ async fn grant(
                     "token issued under an elevation grant"
                 );
             }
-            issue(app, &view, client, &claims, Grant::ClientCredentials, None).await
+            issue(
+                app,
+                &view,
+                client,
+                &claims,
+                Grant::ClientCredentials,
+                None,
+                binding,
+            )
+            .await
         }
         TokenRequest::RefreshToken {
             refresh_token,
             scope,
         } => {
             let refresh_token = required("refresh_token", refresh_token)?;
-            refresh(app, client, refresh_token, scope, request_id).await
+            refresh(app, client, refresh_token, scope, request_id, binding).await
         }
-        TokenRequest::TokenExchange(x) => exchange(app, client, x, request_id).await,
+        TokenRequest::TokenExchange(x) => exchange(app, client, x, request_id, binding).await,
     }
 }
 
@@ -288,7 +301,21 @@ async fn issue(
     claims: &AccessClaims,
     grant: Grant,
     refresh_token: Option<String>,
+    binding: Option<&str>,
 ) -> Result<Issued, Error> {
+    let bound;
+    let claims = match binding {
+        Some(jkt) => {
+            bound = AccessClaims {
+                cnf: Some(crate::tokens::Cnf {
+                    jkt: jkt.to_string(),
+                }),
+                ..claims.clone()
+            };
+            &bound
+        }
+        None => claims,
+    };
     let access_token = match &app.status {
         Some(lists) => lists.sign_recorded(view, claims).await?,
         None => view.sign(claims)?,
@@ -300,6 +327,11 @@ async fn issue(
         scope: claims.scope.clone(),
         refresh_token,
         grant,
+        token_type: if claims.cnf.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        },
         deprecated: deprecated_in(client, claims),
     })
 }
@@ -329,6 +361,7 @@ async fn exchange(
     client: &Client,
     x: Exchange<'_>,
     request_id: &str,
+    binding: Option<&str>,
 ) -> Result<Issued, Error> {
     let subject_token = required("subject_token", x.subject_token)?;
     // RFC 8693 §2.1 `requested_token_type`: latch issues access tokens (JWTs) only.
@@ -347,9 +380,9 @@ async fn exchange(
                     "this client is not allowed to use this endpoint",
                 ));
             }
-            open_session(app, client, subject_token, x, request_id).await
+            open_session(app, client, subject_token, x, request_id, binding).await
         }
-        TYPE_ACCESS_TOKEN => delegate(app, client, subject_token, x).await,
+        TYPE_ACCESS_TOKEN => delegate(app, client, subject_token, x, binding).await,
         _ => Err(Error::InvalidRequest(format!(
             "subject_token_type must be {TYPE_JWT} or {TYPE_ACCESS_TOKEN}"
         ))),
@@ -363,6 +396,7 @@ async fn open_session(
     assertion: &str,
     x: Exchange<'_>,
     request_id: &str,
+    binding: Option<&str>,
 ) -> Result<Issued, Error> {
     let now = now_ms();
     app.fresh(now)?;
@@ -410,6 +444,7 @@ async fn open_session(
     claims.username = a.username;
     let refresh_token = sessions::new_refresh_token();
     let mut record = view.refresh_record(&claims);
+    record.jkt = binding.map(str::to_string);
     sessions::seal(
         app.keys.refresh_record_mac(),
         &sessions::hash(&refresh_token),
@@ -432,6 +467,7 @@ async fn open_session(
         &claims,
         Grant::TokenExchange,
         Some(refresh_token),
+        binding,
     )
     .await
 }
@@ -452,6 +488,7 @@ async fn delegate(
     client: &Client,
     subject_token: &str,
     x: Exchange<'_>,
+    binding: Option<&str>,
 ) -> Result<Issued, Error> {
     // The view's stamp is read before the subject token's revocation check.
     let view = app.fresh(now_ms())?;
@@ -502,7 +539,16 @@ async fn delegate(
     claims.dcl.push(subject.client_id.clone());
     claims.djt = subject.djt.clone();
     claims.djt.push(subject.jti.clone());
-    issue(app, &view, client, &claims, Grant::TokenExchange, None).await
+    issue(
+        app,
+        &view,
+        client,
+        &claims,
+        Grant::TokenExchange,
+        None,
+        binding,
+    )
+    .await
 }
 
 // === refresh_token grant ===
@@ -513,6 +559,7 @@ async fn refresh(
     token: &str,
     scope: Option<&str>,
     request_id: &str,
+    binding: Option<&str>,
 ) -> Result<Issued, Error> {
     let now = now_ms();
     app.fresh(now)?;
@@ -536,6 +583,12 @@ async fn refresh(
     }
     if spent {
         return Err(reuse(app, &key, &record, request_id).await);
+    }
+    if record.jkt.is_some() && record.jkt.as_deref() != binding {
+        tracing::info!(client = %client.id, "refresh without a proof by the session's DPoP key");
+        return Err(Error::InvalidGrant(
+            "the refresh token is bound to a DPoP key; send a proof by that key",
+        ));
     }
     // The view's stamp is read before the session's revocation check.
     let view = app.fresh(now)?;
@@ -606,6 +659,7 @@ async fn refresh(
                 &claims,
                 Grant::RefreshToken,
                 Some(next_token),
+                binding,
             )
             .await
         }

@@ -225,6 +225,7 @@ impl View<'_> {
             cv: client.contract_version,
             grant: None,
             status: None,
+            cnf: None,
         }
     }
 
@@ -242,6 +243,7 @@ impl View<'_> {
             rsq: claims.rsq,
             issued_at_ms: self.now_ms,
             expires_at_ms: self.now_ms + self.app.config.tokens.refresh_ttl.as_millis() as i64,
+            jkt: None,
             mac: None,
         }
     }

@@ -4,7 +4,7 @@
 //! (and by `latch check`), never during validation.
 
 use super::{Config, ConfigError};
-use crate::clients::{Client, Clients, Grant, Role};
+use crate::clients::{Client, ClientKeys, Clients, Grant, Role};
 use crate::keys::KeyPolicy;
 use crate::limits::{Rate, RateLimits};
 use crate::sessions::trusted::{IssuerSpec, TrustedIssuers};
@@ -15,16 +15,31 @@ fn rate(text: &str, burst: u32) -> Option<Rate> {
 }
 
 impl Config {
-    /// The client registry (hex, names and rates were checked by validation).
-    pub fn clients(&self) -> Clients {
+    /// The client registry (hex, names and rates were checked by validation). Reads the
+    /// JWKS files of `private_key_jwt` clients; the error names the key and why.
+    pub fn clients(&self) -> Result<Clients, ConfigError> {
         let limits = &self.limits;
-        Clients::new(self.clients.iter().map(|c| {
-            let mut secret = [0u8; 32];
-            for (i, byte) in secret.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&c.secret_sha256[2 * i..2 * i + 2], 16)
-                    .expect("validated hex");
-            }
-            let mut client = Client::new(c.id.clone(), secret);
+        let mut clients = Vec::with_capacity(self.clients.len());
+        for (i, c) in self.clients.iter().enumerate() {
+            let keys = match jwks_text(&c.jwks_file, &c.jwks, &format!("clients[{i}]"))? {
+                Some((key, text)) => {
+                    Some(ClientKeys::parse(&text).map_err(|reason| ConfigError::new(key, reason))?)
+                }
+                None => None,
+            };
+            let mut client = match (c.secret_sha256.is_empty(), keys) {
+                (true, Some(keys)) => Client::without_secret(c.id.clone(), keys),
+                (_, keys) => {
+                    let mut secret = [0u8; 32];
+                    for (i, byte) in secret.iter_mut().enumerate() {
+                        *byte = u8::from_str_radix(&c.secret_sha256[2 * i..2 * i + 2], 16)
+                            .expect("validated hex");
+                    }
+                    let mut client = Client::new(c.id.clone(), secret);
+                    client.keys = keys;
+                    client
+                }
+            };
             client.grants = c.grants.iter().filter_map(|g| Grant::parse(g)).collect();
             client.scopes = c.scopes.clone();
             client.audiences = c.audiences.clone();
@@ -38,8 +53,9 @@ impl Config {
                 c.revoke_rate.as_ref().unwrap_or(&limits.revoke_rate),
                 c.revoke_burst.unwrap_or(limits.revoke_burst),
             );
-            client
-        }))
+            clients.push(client);
+        }
+        Ok(Clients::new(clients))
     }
 
     /// This node's rate limits, with empty buckets.
@@ -69,31 +85,13 @@ impl Config {
         let mut specs = Vec::with_capacity(self.trusted_issuers.len());
         let mut keys = Vec::with_capacity(self.trusted_issuers.len());
         for (i, c) in self.trusted_issuers.iter().enumerate() {
-            let (key, jwks) = match (&c.jwks_file, &c.jwks) {
-                (Some(path), _) => {
-                    let key = format!("trusted_issuers[{i}].jwks_file");
-                    let text = std::fs::read_to_string(path).map_err(|e| {
-                        ConfigError::new(
-                            key.clone(),
-                            format!("cannot read {}: {e}", path.display()),
-                        )
-                    })?;
-                    (key, text)
-                }
-                (None, Some(toml::Value::String(s))) => {
-                    (format!("trusted_issuers[{i}].jwks"), s.clone())
-                }
-                (None, Some(other)) => (
-                    format!("trusted_issuers[{i}].jwks"),
-                    serde_json::to_string(other).unwrap_or_default(),
-                ),
-                (None, None) => {
-                    return Err(ConfigError::new(
-                        format!("trusted_issuers[{i}].jwks_file"),
-                        "exactly one of jwks_file and jwks must be given",
-                    ))
-                }
-            };
+            let (key, jwks) = jwks_text(&c.jwks_file, &c.jwks, &format!("trusted_issuers[{i}]"))?
+                .ok_or_else(|| {
+                ConfigError::new(
+                    format!("trusted_issuers[{i}].jwks_file"),
+                    "exactly one of jwks_file and jwks must be given",
+                )
+            })?;
             keys.push(key);
             specs.push(IssuerSpec {
                 issuer: c.issuer.clone(),
@@ -104,4 +102,28 @@ impl Config {
         }
         TrustedIssuers::new(&specs).map_err(|(i, reason)| ConfigError::new(keys[i].clone(), reason))
     }
+}
+
+/// A JWKS as text, from its file or inline (a TOML table, or a JSON string), with the
+/// config key it came from (`<at>.jwks_file` or `<at>.jwks`); `None` when neither is given.
+fn jwks_text(
+    file: &Option<std::path::PathBuf>,
+    inline: &Option<toml::Value>,
+    at: &str,
+) -> Result<Option<(String, String)>, ConfigError> {
+    Ok(match (file, inline) {
+        (Some(path), _) => {
+            let key = format!("{at}.jwks_file");
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(key.clone(), format!("cannot read {}: {e}", path.display()))
+            })?;
+            Some((key, text))
+        }
+        (None, Some(toml::Value::String(s))) => Some((format!("{at}.jwks"), s.clone())),
+        (None, Some(other)) => Some((
+            format!("{at}.jwks"),
+            serde_json::to_string(other).unwrap_or_default(),
+        )),
+        (None, None) => None,
+    })
 }

@@ -494,7 +494,7 @@ fn clients_are_built_from_their_config() {
         "audiences = [\"https://api\"]",
         "audiences = [\"https://api\"]\nroles = [\"introspect\"]\ntoken_rate = \"5/s\"",
     );
-    let clients = load(&text, &[]).unwrap().clients();
+    let clients = load(&text, &[]).unwrap().clients().unwrap();
     let c = clients.get("svc").expect("the configured client");
     assert!(c.has_grant(crate::clients::Grant::ClientCredentials));
     assert!(!c.has_grant(crate::clients::Grant::RefreshToken));

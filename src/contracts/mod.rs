@@ -36,7 +36,11 @@ pub const MAX_SCOPES: usize = 10_000;
 /// How far ahead an amendment may be scheduled.
 pub const MAX_SCHEDULE_MS: i64 = 366 * 24 * 3600 * 1000;
 /// Client authentication methods a contract may accept.
-pub const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+pub const AUTH_METHODS: [&str; 3] = [
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+];
 
 /// The name of the registry document.
 pub const REGISTRY: &str = "registry";
@@ -205,7 +209,7 @@ pub struct Contract {
     /// above the global cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_ttl_secs: Option<u64>,
-    /// Accepted client authentication methods (empty: both).
+    /// Accepted client authentication methods (empty: every method the client can use).
     #[serde(default)]
     pub auth_methods: Vec<String>,
     /// For session issuers: the trusted issuers whose assertions it may present (empty:

@@ -21,6 +21,12 @@ pub enum ApiError {
     /// Missing or failed client authentication.
     #[error("client authentication failed")]
     InvalidClient,
+    /// RFC 9449 §7.1: 400 `invalid_dpop_proof`.
+    #[error("{0}")]
+    InvalidDpopProof(&'static str),
+    /// RFC 9449 §8: 400 `use_dpop_nonce` with `DPoP-Nonce`.
+    #[error("use the DPoP-Nonce this answer carries")]
+    UseDpopNonce(String),
     /// Authenticated, but the client lacks the role or grant.
     #[error("{0}")]
     UnauthorizedClient(&'static str),
@@ -81,6 +87,8 @@ impl ApiError {
         use ApiError::*;
         match self {
             InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            InvalidDpopProof(_) => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
+            UseDpopNonce(_) => (StatusCode::BAD_REQUEST, "use_dpop_nonce"),
             UnauthorizedClient(_) => (StatusCode::FORBIDDEN, "unauthorized_client"),
             GrantNotAllowed(_) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
             InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -158,6 +166,11 @@ impl ApiError {
             ApiError::RequestTimeout => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
+            ApiError::UseDpopNonce(nonce) => {
+                if let Ok(v) = HeaderValue::from_str(&nonce) {
+                    headers.insert("dpop-nonce", v);
+                }
+            }
             _ => {}
         }
         resp
@@ -170,6 +183,9 @@ impl From<app::Error> for ApiError {
         use app::Error as E;
         match e {
             E::InvalidGrant(why) => ApiError::InvalidGrant(why),
+            E::InvalidClient(_) => ApiError::InvalidClient,
+            E::InvalidDpopProof(why) => ApiError::InvalidDpopProof(why),
+            E::UseDpopNonce(nonce) => ApiError::UseDpopNonce(nonce),
             E::Policy(refusal) => ApiError::Refused(refusal),
             E::Invalid(problems) => ApiError::Invalid(problems),
             E::Conflict(why) => ApiError::Conflict(why),

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::admin::parse_json;
 use super::error::{bytes_response, ApiError};
-use super::request::{authenticate, require_role, Form};
+use super::request::{authenticate, authenticate_form, require_role, Form};
 use crate::app::introspect::{self, Answer};
 use crate::app::App;
 use crate::clients::Role;
@@ -44,7 +44,7 @@ const PREFERENCE_APPLIED: &str = "preference-applied";
 
 /// `POST /introspect`: one token, as JSON or as an RFC 9701 JWT, in full or minimal.
 pub async fn introspect(app: &App, parts: &Parts, form: &Form) -> Result<Resp, ApiError> {
-    let caller = authenticate(app, parts, Some(form))?;
+    let caller = authenticate_form(app, parts, form).await?;
     require_role(&caller, Role::Introspect)?;
     let token = form.required("token")?;
     let detail = Detail::of(&parts.headers);
@@ -133,6 +133,10 @@ struct AccessIntrospection<'a> {
     /// The elevation grant the token's extra scope comes from.
     #[serde(skip_serializing_if = "Option::is_none")]
     grant: Option<&'a str>,
+    /// RFC 9449 §6.2: the key a DPoP-bound token is bound to, for the resource server
+    /// to compare with the proof it received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<&'a crate::tokens::Cnf>,
 }
 
 #[derive(Serialize)]
@@ -169,11 +173,12 @@ fn render(app: &App, answer: &Answer, detail: Detail) -> Result<Bytes, ApiError>
                 iat: c.iat,
                 nbf: c.nbf,
                 jti: &c.jti,
-                token_type: "Bearer",
+                token_type: if c.cnf.is_some() { "DPoP" } else { "Bearer" },
                 sid: c.sid.as_deref(),
                 act: c.act.as_ref(),
                 username: c.username.as_deref(),
                 grant: c.grant.as_deref(),
+                cnf: c.cnf.as_ref(),
             })
         }
         (Answer::Refresh(r), Detail::Full) => serde_json::to_vec(&RefreshIntrospection {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::error::{bytes_response, json_response, ApiError};
-use super::request::{authenticate, Form};
+use super::request::{authenticate_form, Form};
 use crate::app::revoke::revoke_token;
 use crate::app::token::{self, Exchange, Issued, TokenRequest, TYPE_ACCESS_TOKEN};
 use crate::app::App;
@@ -39,7 +39,8 @@ pub async fn token(
     form: &Form,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    let client = authenticate(app, parts, Some(form))?;
+    let client = authenticate_form(app, parts, form).await?;
+    let proof = dpop_header(parts)?;
     let grant_type = form.required("grant_type")?;
     let grant = Grant::parse(grant_type).ok_or(ApiError::UnsupportedGrantType)?;
     let req = match grant {
@@ -60,17 +61,39 @@ pub async fn token(
             resource: form.optional("resource"),
         }),
     };
-    let issued: Issued = token::token(app, &client, req, request_id).await?;
+    let binding = crate::app::dpop::check_proof(app, proof, parts.method.as_str()).await?;
+    let issued: Issued = token::token(app, &client, req, request_id, binding.as_deref()).await?;
     let deprecated = issued.deprecated.clone();
     let body = TokenResponse {
         access_token: &issued.access_token,
-        token_type: "Bearer",
+        token_type: issued.token_type,
         expires_in: issued.expires_in,
         scope: &issued.scope,
         refresh_token: issued.refresh_token.as_deref(),
         issued_token_type: (issued.grant == Grant::TokenExchange).then_some(TYPE_ACCESS_TOKEN),
     };
-    Ok(deprecation(json_body(StatusCode::OK, &body), &deprecated))
+    let mut resp = deprecation(json_body(StatusCode::OK, &body), &deprecated);
+    if let Some(nonce) = crate::app::dpop::current_nonce(app) {
+        if let Ok(v) = HeaderValue::from_str(&nonce) {
+            resp.headers_mut().insert("dpop-nonce", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// The `DPoP` header (RFC 9449 §4.1), at most one, as text.
+fn dpop_header(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let mut values = parts.headers.get_all("dpop").iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidDpopProof("more than one DPoP header"));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| ApiError::InvalidDpopProof("malformed DPoP proof"))
 }
 
 // === /revoke ===
@@ -81,7 +104,7 @@ pub async fn revoke(
     form: &Form,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    let caller = authenticate(app, parts, Some(form))?;
+    let caller = authenticate_form(app, parts, form).await?;
     let token = form.required("token")?;
     revoke_token(app, &caller, token, request_id).await?;
     Ok(super::error::empty_ok())

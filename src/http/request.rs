@@ -17,6 +17,7 @@ use percent_encoding::percent_decode;
 
 use super::error::ApiError;
 use crate::app::App;
+use crate::clients::assertion::{JWT_BEARER, PRIVATE_KEY_JWT};
 use crate::clients::{Client, Clients, Role};
 use crate::time::now_ms;
 
@@ -213,48 +214,139 @@ fn printable(name: &str) -> String {
     clean
 }
 
-/// Authenticates the calling client by HTTP Basic (`client_secret_basic`) or, when a form
-/// is given, by `client_id` and `client_secret` in it (`client_secret_post`). Using both
-/// at once is refused (RFC 6749 §2.3).
+/// Authenticates the calling client of a form request (`/token`, `/introspect`,
+/// `/revoke`): by HTTP Basic (`client_secret_basic`), by `client_id` and `client_secret`
+/// in the form (`client_secret_post`), or by a signed `client_assertion`
+/// (`private_key_jwt`, RFC 7523 §2.2; checked and used once in `app::client_auth`). Using
+/// two at once is refused (RFC 6749 §2.3).
 ///
 /// Failures are rate limited per source address and per configured client id: once
 /// either has used up its failures, its requests are refused 429 before the secret is
 /// even looked at. Clients with role `admin` are exempt from the per-id limit, so
 /// nobody can lock the revocation path out by spraying bad secrets for its id.
+pub async fn authenticate_form(
+    app: &App,
+    parts: &Parts,
+    form: &Form,
+) -> Result<Arc<Client>, ApiError> {
+    let started = Started::new(app, parts, Some(form))?;
+    let presented = match assertion_of(form, started.basic.is_some()) {
+        Ok(Some(assertion)) => {
+            let client_id = form.optional("client_id");
+            crate::app::client_auth::authenticate_assertion(app, assertion, client_id)
+                .await
+                .map(|c| (c, PRIVATE_KEY_JWT))
+                .map_err(ApiError::from)
+        }
+        Err(e) => Err(e),
+        Ok(None) => verify(&app.clients, started.basic.clone(), Some(form)),
+    };
+    started.finish(app, presented)
+}
+
+/// Authenticates the calling client by HTTP Basic, or, when a form is given, by either
+/// secret method (as [`authenticate_form`] does, but without client assertions: a form
+/// carrying one is refused, so an endpoint never ignores a credential it was sent).
 pub fn authenticate(
     app: &App,
     parts: &Parts,
     form: Option<&Form>,
 ) -> Result<Arc<Client>, ApiError> {
-    let address = ClientAddr::of(parts);
-    // The Basic header is parsed once: for the per-id limit and for the check itself.
-    let basic = parts
-        .headers
-        .get(AUTHORIZATION)
-        .map(|h| parse_basic(h.as_bytes()));
-    let counted = presented_id(basic.as_ref(), form)
-        .and_then(|id| app.clients.get(&id))
-        .filter(|c| !c.has_role(Role::Admin))
-        .map(|c| c.id.as_str());
-    let now = now_ms();
-    app.limits.before_auth(address, counted, now)?;
-    let result = verify(&app.clients, basic, form).and_then(|(configured, method)| {
-        // The rights come from the contract in force; it may also narrow the methods.
-        let client = app
-            .contracts
-            .client(&configured.id, now)
-            .ok_or(ApiError::InvalidClient)?;
-        if client.accepts_auth_method(method) {
-            Ok(client)
-        } else {
-            tracing::debug!(client = %client.id, method, "authentication method not in the contract");
-            Err(ApiError::InvalidClient)
-        }
-    });
-    if result.is_err() {
-        app.limits.auth_failed(address, counted, now);
+    let started = Started::new(app, parts, form)?;
+    let presented = match form.map(|f| assertion_of(f, started.basic.is_some())) {
+        Some(Ok(Some(_))) => Err(ApiError::InvalidRequest(
+            "client assertions are accepted at /token, /introspect and /revoke".into(),
+        )),
+        Some(Err(e)) => Err(e),
+        _ => verify(&app.clients, started.basic.clone(), form),
+    };
+    started.finish(app, presented)
+}
+
+/// An authentication under way: the rate limits passed, the credentials not yet checked.
+struct Started<'a> {
+    address: IpAddr,
+    basic: Basic,
+    counted: Option<&'a str>,
+    now: i64,
+}
+
+impl<'a> Started<'a> {
+    fn new(app: &'a App, parts: &Parts, form: Option<&Form>) -> Result<Started<'a>, ApiError> {
+        let address = ClientAddr::of(parts);
+        // The Basic header is parsed once: for the per-id limit and for the check itself.
+        let basic = parts
+            .headers
+            .get(AUTHORIZATION)
+            .map(|h| parse_basic(h.as_bytes()));
+        let counted = presented_id(basic.as_ref(), form)
+            .and_then(|id| app.clients.get(&id))
+            .filter(|c| !c.has_role(Role::Admin))
+            .map(|c| c.id.as_str());
+        let now = now_ms();
+        app.limits.before_auth(address, counted, now)?;
+        Ok(Started {
+            address,
+            basic,
+            counted,
+            now,
+        })
     }
-    result
+
+    /// The client in force by its contract, if the contract accepts `method`; a failure
+    /// counts against the limits.
+    fn finish(
+        self,
+        app: &App,
+        presented: Result<(Arc<Client>, &'static str), ApiError>,
+    ) -> Result<Arc<Client>, ApiError> {
+        let result = presented.and_then(|(configured, method)| {
+            // The rights come from the contract in force; it may also narrow the methods.
+            let client = app
+                .contracts
+                .client(&configured.id, self.now)
+                .ok_or(ApiError::InvalidClient)?;
+            if client.accepts_auth_method(method) {
+                Ok(client)
+            } else {
+                tracing::debug!(client = %client.id, method, "authentication method not in the contract");
+                Err(ApiError::InvalidClient)
+            }
+        });
+        if result.is_err() {
+            app.limits.auth_failed(self.address, self.counted, self.now);
+        }
+        result
+    }
+}
+
+/// The `client_assertion` of a form that carries one (or its type): exactly the
+/// JWT bearer type, and no other credential beside it.
+fn assertion_of(form: &Form, has_basic: bool) -> Result<Option<&str>, ApiError> {
+    let kind = form.get("client_assertion_type");
+    let assertion = form.get("client_assertion");
+    if kind.is_none() && assertion.is_none() {
+        return Ok(None);
+    }
+    if has_basic || form.get("client_secret").is_some() {
+        return Err(ApiError::InvalidRequest(
+            "use one client authentication method, not two".into(),
+        ));
+    }
+    match kind {
+        Some(JWT_BEARER) => {}
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "client_assertion_type must be {JWT_BEARER}"
+            )))
+        }
+        None => {
+            return Err(ApiError::InvalidRequest(
+                "missing parameter client_assertion_type".into(),
+            ))
+        }
+    }
+    form.required("client_assertion").map(Some)
 }
 
 /// `Some(None)`: an `Authorization` header that is not valid Basic credentials.

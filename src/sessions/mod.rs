@@ -127,6 +127,7 @@ mod tests {
             rse: 7,
             issued_at_ms: 1,
             expires_at_ms: 2,
+            jkt: None,
             mac: None,
         }
     }

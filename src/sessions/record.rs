@@ -22,6 +22,10 @@ pub struct RefreshRecord {
     pub rse: u64,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
+    /// The DPoP key (RFC 7638 thumbprint) the session was opened with: every refresh
+    /// must carry a proof by that key (RFC 9449 §5). Absent: not bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
     /// HMAC-SHA256 (key derived from the KEK) over the token hash and this record's JSON
     /// without this field (`sessions::seal`): every other field, present or future, is
     /// covered, and a record cannot be moved to another token's hash.
@@ -48,6 +52,9 @@ impl RefreshRecord {
 
 /// The outcome of spending a refresh token.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Returned by value once per refresh and never stored: boxing the record would add an
+// allocation to the reuse path for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Rotation {
     /// It was live; it is now spent and the new one is live.
     Rotated,

@@ -187,8 +187,9 @@ fn unverified_issuer(token: &str) -> Option<String> {
     v.get("iss")?.as_str().map(str::to_string)
 }
 
-/// Verification keys by kid; only EdDSA (Ed25519), ES256 (P-256) and RS256.
-fn parse_jwks(text: &str) -> Result<HashMap<String, (Algorithm, DecodingKey)>, String> {
+/// Verification keys by kid (a key without `kid` is `#<index>`); only EdDSA (Ed25519),
+/// ES256 (P-256) and RS256. Also the keys of `private_key_jwt` clients.
+pub fn parse_jwks(text: &str) -> Result<HashMap<String, (Algorithm, DecodingKey)>, String> {
     let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
     let mut keys = HashMap::new();
     for (n, jwk) in set.keys.iter().enumerate() {

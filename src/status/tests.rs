@@ -106,6 +106,7 @@ fn a_record_keeps_what_a_revocation_matches_and_drops_the_status() {
                 uri: "u".into(),
             },
         }),
+        cnf: None,
     };
     let r = Record::new("kid1", &claims);
     let back = Record::decode(&r.encode()).unwrap();

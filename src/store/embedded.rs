@@ -1223,6 +1223,7 @@ mod tests {
             rse: 1,
             issued_at_ms: now_ms(),
             expires_at_ms: now_ms() + 60_000,
+            jkt: None,
             mac: None,
         }
     }

@@ -108,6 +108,7 @@ mod tests {
                 cv: 0,
                 grant: None,
                 status: None,
+                cnf: None,
             }),
         }
     }

@@ -73,6 +73,15 @@ pub struct AccessClaims {
     /// Where the token's status is published (Token Status List): its list and index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// The key the token is bound to (RFC 9449 §6.1 `cnf.jkt`): a DPoP-bound token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Cnf>,
+}
+
+/// The `cnf` of a DPoP-bound token (RFC 9449 §6.1): the RFC 7638 thumbprint of its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cnf {
+    pub jkt: String,
 }
 
 /// The `status` claim of an access token (draft §6.1).

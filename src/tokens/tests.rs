@@ -56,6 +56,7 @@ fn claims() -> AccessClaims {
         cv: 0,
         grant: None,
         status: None,
+        cnf: None,
     }
 }
 

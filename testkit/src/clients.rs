@@ -20,13 +20,24 @@ pub struct ClientDef {
     pub token_burst: Option<u32>,
     pub revoke_rate: Option<String>,
     pub revoke_burst: Option<u32>,
+    /// Public keys for `private_key_jwt`, written inline as a JSON string.
+    pub jwks: Option<serde_json::Value>,
+    /// Public keys for `private_key_jwt`, as a path to a JWKS file the test wrote.
+    pub jwks_file: Option<String>,
+    /// No `secret_sha256` in the file: the client has only its keys.
+    pub no_secret: bool,
 }
 
 /// The `[[clients]]` entry as written.
 #[derive(Serialize)]
 struct Entry<'a> {
     id: &'a str,
+    #[serde(skip_serializing_if = "String::is_empty")]
     secret_sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwks: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwks_file: Option<&'a str>,
     grants: &'a [String],
     scopes: &'a [String],
     audiences: &'a [String],
@@ -69,7 +80,28 @@ impl ClientDef {
             token_burst: None,
             revoke_rate: None,
             revoke_burst: None,
+            jwks: None,
+            jwks_file: None,
+            no_secret: false,
         }
+    }
+
+    /// Registers public keys (a JWKS, written inline) for `private_key_jwt`.
+    pub fn jwks(mut self, jwks: serde_json::Value) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// Registers public keys by the path of a JWKS file.
+    pub fn jwks_file(mut self, path: &str) -> Self {
+        self.jwks_file = Some(path.into());
+        self
+    }
+
+    /// Leaves the secret out of the file: only `private_key_jwt` can authenticate it.
+    pub fn without_secret(mut self) -> Self {
+        self.no_secret = true;
+        self
     }
 
     pub fn grants(mut self, v: &[&str]) -> Self {
@@ -112,10 +144,15 @@ impl Serialize for ClientDef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         Entry {
             id: &self.id,
-            secret_sha256: self
-                .secret_sha256_override
-                .clone()
-                .unwrap_or_else(|| self.secret_sha256()),
+            secret_sha256: if self.no_secret {
+                String::new()
+            } else {
+                self.secret_sha256_override
+                    .clone()
+                    .unwrap_or_else(|| self.secret_sha256())
+            },
+            jwks: self.jwks.as_ref().map(|j| j.to_string()),
+            jwks_file: self.jwks_file.as_deref(),
             grants: &self.grants,
             scopes: &self.scopes,
             audiences: &self.audiences,

@@ -21,6 +21,7 @@
 //! | [`server`] | [`TestServer`]: one latch process (spawn, announce line, readiness, kill -9, restart, signals, logs) and [`ServerBuilder`], what a start needs |
 //! | [`config`] | [`Config`]: `latch.toml` as typed values serialized with `toml`, and the raw TOML override for odd or hostile configs |
 //! | [`clients`] | [`ClientDef`] and the client fixtures most tests share |
+//! | [`client_keys`] | [`client_keys::ClientKey`]: a client's EdDSA or ES256 key, its JWKS, `private_key_jwt` assertions |
 //! | [`http`] | [`Http`], a small HTTP/1.1 client, and [`Resp`] |
 //! | [`api`] | OAuth and admin calls on a [`TestServer`]: issue, introspect, revoke, keys, audit, metrics |
 //! | [`issuers`] | [`Idp`]: an identity provider the test controls, its assertions and its `[[trusted_issuers]]` entry |
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 pub mod api;
 pub mod cli;
+pub mod client_keys;
 pub mod clients;
 pub mod config;
 pub mod http;
