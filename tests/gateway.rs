@@ -72,7 +72,8 @@ fn assert_token_refused(r: &Resp, status: u16, challenge: &str) {
     assert!(r.header("x-latch-subject").is_none());
 }
 
-const INVALID: &str = r#"Bearer realm="latch", error="invalid_token", error_description="the token is not active""#;
+const INVALID: &str =
+    r#"Bearer realm="latch", error="invalid_token", error_description="the token is not active""#;
 const MALFORMED: &str =
     r#"Bearer realm="latch", error="invalid_token", error_description="malformed bearer token""#;
 const MISSING: &str = r#"Bearer realm="latch""#;
@@ -113,7 +114,10 @@ async fn an_active_token_passes_with_its_identity() {
             r.header("x-latch-subject").as_deref(),
             introspected["sub"].as_str()
         );
-        assert_eq!(r.header("x-latch-client").as_deref(), Some("orders-service"));
+        assert_eq!(
+            r.header("x-latch-client").as_deref(),
+            Some("orders-service")
+        );
         assert_eq!(
             r.header("x-latch-scope").as_deref(),
             Some("orders:read orders:write")
@@ -135,7 +139,10 @@ async fn an_active_token_passes_with_its_identity() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let query = format!("{CHECK}?{}", form(&[("scope", "orders:read"), ("audience", aud)]));
+    let query = format!(
+        "{CHECK}?{}",
+        form(&[("scope", "orders:read"), ("audience", aud)])
+    );
     let bearer = format!("Bearer {token}");
     let r = check_as(
         &s,
@@ -159,8 +166,13 @@ async fn an_active_token_passes_with_its_identity() {
 #[tokio::test]
 async fn refused_tokens_get_rfc6750_challenges() {
     let s = TestServer::builder().start().await;
-    let token = s.issue(&clients::orders(), &[("scope", "orders:read")]).await;
-    let aud = s.introspect(&token).await["aud"].as_str().unwrap().to_string();
+    let token = s
+        .issue(&clients::orders(), &[("scope", "orders:read")])
+        .await;
+    let aud = s.introspect(&token).await["aud"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = check(&s, &token, &[("x-latch-required-scope", "orders:write")]).await;
     assert_token_refused(
         &r,
@@ -203,7 +215,14 @@ async fn missing_and_malformed_tokens() {
     let r = check_as(&s, Method::GET, CHECK, Some(&gw), Some(&basic_user), &[]).await;
     assert_token_refused(&r, 401, MISSING);
     let huge = format!("Bearer {}", "A".repeat(9000));
-    for bad in ["Bearer", "Bearer ", "Bearer a b", "Bearer a\"b", "Bearer {}", huge.as_str()] {
+    for bad in [
+        "Bearer",
+        "Bearer ",
+        "Bearer a b",
+        "Bearer a\"b",
+        "Bearer {}",
+        huge.as_str(),
+    ] {
         let r = check_as(&s, Method::GET, CHECK, Some(&gw), Some(bad), &[]).await;
         assert_token_refused(&r, 401, MALFORMED);
     }
@@ -223,12 +242,7 @@ async fn missing_and_malformed_tokens() {
         )
         .await
     {
-        Ok(r) => assert!(
-            r.status.is_client_error(),
-            "{}: {}",
-            r.status,
-            r.text()
-        ),
+        Ok(r) => assert!(r.status.is_client_error(), "{}: {}", r.status, r.text()),
         Err(e) => eprintln!("enormous header: connection refused by the server ({e})"),
     }
     // Two Authorization headers: refused as ambiguous.
@@ -364,14 +378,18 @@ async fn a_stale_node_fails_closed() {
     let token = s.issue(&clients::orders(), &[]).await;
     assert_eq!(check(s, &token, &[]).await.status, 200);
     redis.stop();
-    eventually(DEADLINE, "/gateway/check refuses on a stale node", || async {
-        let r = check(s, &token, &[]).await;
-        if r.status == 503 {
-            Ok(r)
-        } else {
-            Err(format!("{} {}", r.status, r.text()))
-        }
-    })
+    eventually(
+        DEADLINE,
+        "/gateway/check refuses on a stale node",
+        || async {
+            let r = check(s, &token, &[]).await;
+            if r.status == 503 {
+                Ok(r)
+            } else {
+                Err(format!("{} {}", r.status, r.text()))
+            }
+        },
+    )
     .await
     .assert_error(503, "temporarily_unavailable");
 }
@@ -438,7 +456,12 @@ impl Drop for Nginx {
 /// Renders `deploy/gateway/nginx.conf` (and its include) into a temporary prefix, wraps
 /// it in a main configuration of its own (no daemon, no master, its pid, logs and temp
 /// dirs inside the prefix) and starts nginx on a free port.
-async fn start_nginx(bin: &Path, latch: SocketAddr, upstream: SocketAddr, gateway: &ClientDef) -> Nginx {
+async fn start_nginx(
+    bin: &Path,
+    latch: SocketAddr,
+    upstream: SocketAddr,
+    gateway: &ClientDef,
+) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path();
     let port = free_port();
@@ -453,7 +476,10 @@ async fn start_nginx(bin: &Path, latch: SocketAddr, upstream: SocketAddr, gatewa
         .replace("@LATCH@", &latch.to_string())
         .replace("@UPSTREAM@", &upstream.to_string())
         .replace("@GATEWAY_BASIC@", credential);
-    assert!(!rendered.contains('@'), "a placeholder is left:\n{rendered}");
+    assert!(
+        !rendered.contains('@'),
+        "a placeholder is left:\n{rendered}"
+    );
     std::fs::write(prefix.join("latch-gateway.conf"), rendered).unwrap();
     std::fs::copy(
         deploy.join("latch-forward.conf"),
@@ -613,18 +639,26 @@ fn shipped_gateway_examples_are_consistent() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert!(mw["latch-gateway-credential"]["headers"]["customRequestHeaders"]
-        ["X-Latch-Client-Authorization"]
-        .as_str()
-        .unwrap()
-        .starts_with("Basic "));
+    assert!(
+        mw["latch-gateway-credential"]["headers"]["customRequestHeaders"]
+            ["X-Latch-Client-Authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Basic ")
+    );
     let envoy = read("envoy.yaml");
     assert!(envoy.contains("path_prefix: \"/gateway/check\""));
     assert!(envoy.contains("failure_mode_allow: false"));
     for header in ["X-Latch-Subject", "X-Latch-Client", "X-Latch-Scope"] {
-        assert!(nginx.contains(&format!("proxy_set_header {header}")), "{header}");
+        assert!(
+            nginx.contains(&format!("proxy_set_header {header}")),
+            "{header}"
+        );
         assert!(forwarded.contains(&header), "traefik: {header}");
-        assert!(envoy.contains(&header.to_ascii_lowercase()), "envoy: {header}");
+        assert!(
+            envoy.contains(&header.to_ascii_lowercase()),
+            "envoy: {header}"
+        );
     }
     for header in [
         "X-Latch-Client-Authorization",

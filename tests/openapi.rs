@@ -688,25 +688,44 @@ async fn real_answers_match_the_openapi_document() {
     }
 
     // --- /gateway/check ---
-    let gateway = |bearer: Option<String>, client: ClientDef, more: Vec<(&'static str, &'static str)>| {
-        let s = &s;
-        async move {
-            let cred = basic(&client.id, &client.secret);
-            let mut headers = vec![("x-latch-client-authorization", cred.as_str())];
-            if let Some(b) = &bearer {
-                headers.push(("authorization", b.as_str()));
+    let gateway =
+        |bearer: Option<String>, client: ClientDef, more: Vec<(&'static str, &'static str)>| {
+            let s = &s;
+            async move {
+                let cred = basic(&client.id, &client.secret);
+                let mut headers = vec![("x-latch-client-authorization", cred.as_str())];
+                if let Some(b) = &bearer {
+                    headers.push(("authorization", b.as_str()));
+                }
+                headers.extend(more);
+                raw(s, Method::GET, "/gateway/check", &headers, b"").await
             }
-            headers.extend(more);
-            raw(s, Method::GET, "/gateway/check", &headers, b"").await
-        }
-    };
+        };
     let bearer = Some(format!("Bearer {access}"));
     let gateway_cases: Vec<(Option<String>, ClientDef, Vec<(&str, &str)>, u16, &str)> = vec![
         (bearer.clone(), rs.clone(), vec![], 200, ""),
         (None, rs.clone(), vec![], 401, "invalid_token"),
-        (Some("Bearer not-a-token".into()), rs.clone(), vec![], 401, "invalid_token"),
-        (bearer.clone(), wrong_secret(&rs), vec![], 401, "invalid_client"),
-        (bearer.clone(), nobody.clone(), vec![], 403, "unauthorized_client"),
+        (
+            Some("Bearer not-a-token".into()),
+            rs.clone(),
+            vec![],
+            401,
+            "invalid_token",
+        ),
+        (
+            bearer.clone(),
+            wrong_secret(&rs),
+            vec![],
+            401,
+            "invalid_client",
+        ),
+        (
+            bearer.clone(),
+            nobody.clone(),
+            vec![],
+            403,
+            "unauthorized_client",
+        ),
         (
             bearer.clone(),
             rs.clone(),
@@ -2298,8 +2317,14 @@ async fn outage_answers_match_the_openapi_document() {
         r.assert_error(503, "temporarily_unavailable");
         api.assert(Method::POST, path, &r);
     }
-    let (cred, bearer) = (basic(&clients::rs_all().id, &clients::rs_all().secret), format!("Bearer {token}"));
-    let headers = [("x-latch-client-authorization", cred.as_str()), ("authorization", bearer.as_str())];
+    let (cred, bearer) = (
+        basic(&clients::rs_all().id, &clients::rs_all().secret),
+        format!("Bearer {token}"),
+    );
+    let headers = [
+        ("x-latch-client-authorization", cred.as_str()),
+        ("authorization", bearer.as_str()),
+    ];
     let r = raw(s, Method::GET, "/gateway/check", &headers, b"").await;
     r.assert_error(503, "temporarily_unavailable");
     api.assert(Method::GET, "/gateway/check", &r);

@@ -66,7 +66,11 @@ pub async fn check(app: &App, parts: &Parts) -> Result<Resp, ApiError> {
         }
     }
     let granted: Vec<&str> = claims.scope.split(' ').collect();
-    if let Some(missing) = required.scopes.iter().find(|s| !granted.contains(s)) {
+    if let Some(missing) = required
+        .scopes
+        .iter()
+        .find(|s| !granted.contains(&s.as_str()))
+    {
         return Err(ApiError::Bearer(Bearer::InsufficientScope(
             missing.to_string(),
         )));
