@@ -984,6 +984,11 @@ async fn real_answers_match_the_openapi_document() {
     let admin_auth = basic(&admin.id, &admin.secret);
     let receiver_auth = basic(&ssf_receiver().id, &ssf_receiver().secret);
     for (method, template) in api.operations() {
+        if template == "/gateway/check" {
+            // Answers every method the same (gateways forward the user's): no 405, and
+            // no body is read. tests/gateway.rs drives GET, POST, PUT and DELETE.
+            continue;
+        }
         let path = concrete(&template, &next).replace("{stream_id}", &poll_id);
         let documented = |m: &Method| {
             api.path_item(&template)
