@@ -71,6 +71,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// The Shared Signals transmitter (`[ssf]`).
     pub ssf: SsfConfig,
+    /// Token Status List (`[status_list]`).
+    pub status_list: StatusListConfig,
     /// SHA-256 (hex, first 16 chars) of the effective config, environment included:
     /// recorded in the audit log at every start, so config changes are visible there.
     pub digest: String,
@@ -505,6 +507,81 @@ pub struct SsfConfig {
     pub receivers: Vec<SsfReceiverConfig>,
 }
 
+/// `[status_list]`: the Token Status List (draft-ietf-oauth-status-list). On, every access
+/// token carries `status.status_list {idx, uri}` and is answered only once its record is
+/// durable (docs/ARCHITECTURE.md, "Token Status List").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusListConfig {
+    /// Off: tokens carry no `status` claim, issuance writes nothing, the endpoints 404.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `ttl` of every Status List Token and its `Cache-Control: max-age`: how long a
+    /// validator may use a list before fetching it again (1s to 1h).
+    #[serde(default = "d_30s", with = "duration")]
+    pub ttl: Duration,
+    /// Indices per list (8 to 16 Mi); a node opens a new list when its list is full.
+    #[serde(default = "default_list_size")]
+    pub list_size: u64,
+    /// A node issues into one list for at most this long (1s to 1h), so a list's last
+    /// token expires at most `window` + the access-token cap + leeway after it opened,
+    /// and the list is dropped then.
+    #[serde(default = "d_5m", with = "duration")]
+    pub window: Duration,
+    /// Most records of one group commit (one store write).
+    #[serde(default = "default_commit_batch")]
+    pub commit_batch: usize,
+    /// Group commits a node keeps in flight at once (pipelined on the store connection).
+    /// One gathered the largest batches and issued the most tokens on both stores
+    /// (docs/PERFORMANCE.md, "Token Status List").
+    #[serde(default = "default_commits_in_flight")]
+    pub commits_in_flight: usize,
+}
+
+impl StatusListConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let secs = |d: Duration| (1..=3600).contains(&d.as_secs()) && d.subsec_nanos() == 0;
+        if !secs(self.ttl) {
+            return Err(ConfigError::new(
+                "status_list.ttl",
+                "must be whole seconds, 1s to 1h",
+            ));
+        }
+        if !(8..=crate::status::MAX_LIST_SIZE).contains(&self.list_size) {
+            return Err(ConfigError::new(
+                "status_list.list_size",
+                "must be 8 to 16777216",
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.window) {
+            return Err(ConfigError::new("status_list.window", "must be 1s to 1h"));
+        }
+        if !(1..=65536).contains(&self.commit_batch) {
+            return Err(ConfigError::new(
+                "status_list.commit_batch",
+                "must be 1 to 65536",
+            ));
+        }
+        if !(1..=64).contains(&self.commits_in_flight) {
+            return Err(ConfigError::new(
+                "status_list.commits_in_flight",
+                "must be 1 to 64",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_list_size() -> u64 {
+    65536
+}
+fn default_commit_batch() -> usize {
+    4096
+}
+fn default_commits_in_flight() -> usize {
+    1
+}
+
 /// `[[ssf.receivers]]`: what one receiver's streams get.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -628,6 +705,8 @@ struct RawConfig {
     #[serde(default)]
     node: Option<NodeConfig>,
     ssf: Option<SsfConfig>,
+    #[serde(default)]
+    status_list: Option<StatusListConfig>,
 }
 
 /// Top-level scalar keys that `LATCH_<KEY>` may override (everything else needs a section).
@@ -695,6 +774,7 @@ impl Config {
             trusted_issuers: raw.trusted_issuers,
             node: raw.node.unwrap_or_else(from_empty),
             ssf: raw.ssf.unwrap_or_else(from_empty),
+            status_list: raw.status_list.unwrap_or_else(from_empty),
             digest,
         };
         config.validate()?;
@@ -832,6 +912,7 @@ impl Config {
         }
         self.validate_subject_prefixes()?;
         self.ssf.validate(&self.clients, &self.limits)?;
+        self.status_list.validate()?;
         if let Some(i) = self.demo_secret_client() {
             if !self.listen.ip().is_loopback() {
                 return Err(ConfigError::new(

@@ -43,6 +43,7 @@ pub mod revocation;
 pub mod server;
 pub mod sessions;
 pub mod ssf;
+pub mod status;
 pub mod store;
 pub mod time;
 pub mod tokens;
@@ -151,6 +152,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     reporter.report().await?;
     let node_id = reporter.id();
     let ssf = app::ssf::Ssf::new(&config)?;
+    let status = app::status::StatusLists::new(&config, store.clone());
     let app = App::new(
         config,
         app::Parts {
@@ -163,6 +165,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             grants,
             node_id,
             ssf,
+            status,
         },
     );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
@@ -175,6 +178,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(app::contracts::run_watch(app.clone(), stop_rx.clone())),
         tokio::spawn(app::grants::run_gauges(app.clone(), stop_rx.clone())),
         tokio::spawn(app::ssf::delivery::run(app.clone(), stop_rx.clone())),
+        tokio::spawn(app::status::run_pruning(app.clone(), stop_rx.clone())),
         tokio::spawn(server::serve(
             metrics_listener,
             app.clone(),

@@ -55,6 +55,14 @@ pub const SSF_PUSH_FAILURES: &str = "latch_ssf_push_failures_total";
 pub const SSF_PUSH_DURATION: &str = "latch_ssf_push_duration_seconds";
 /// Revocation recorded to its SET accepted by the receiver (push).
 pub const SSF_DELIVERY_LAG: &str = "latch_ssf_delivery_lag_seconds";
+/// Status lists this node opened (Token Status List).
+pub const STATUS_LISTS_OPENED: &str = "latch_status_lists_opened_total";
+/// Status List Tokens this node rendered (not counting re-served renderings).
+pub const STATUS_LISTS_RENDERED: &str = "latch_status_lists_rendered_total";
+/// Group commits of status-list records (store writes), by `result` (`ok`, `failed`).
+pub const STATUS_COMMITS: &str = "latch_status_commits_total";
+/// Status-list records written; divided by `latch_status_commits_total`, the mean batch.
+pub const STATUS_RECORDS_WRITTEN: &str = "latch_status_records_written_total";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -117,6 +125,13 @@ fn describe() {
         "Access tokens issued carrying an elevated scope"
     );
     describe_counter!(TOKENS_ISSUED_TOTAL, "Access tokens issued by grant");
+    describe_counter!(STATUS_LISTS_OPENED, "Status lists this node opened");
+    describe_counter!(STATUS_LISTS_RENDERED, "Status List Tokens rendered");
+    describe_counter!(
+        STATUS_COMMITS,
+        "Group commits of status-list records by result"
+    );
+    describe_counter!(STATUS_RECORDS_WRITTEN, "Status-list records written");
     describe_counter!(
         REVOCATIONS_TOTAL,
         "Revocations accepted on this node by kind"

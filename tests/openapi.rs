@@ -162,6 +162,14 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("post", "/admin/grants/{id}/approve", "503", OUTAGE),
     ("post", "/admin/grants/{id}/deny", "503", OUTAGE),
     ("post", "/admin/grants/{id}/revoke", "503", OUTAGE),
+    ("get", "/statuslists", "503", OUTAGE),
+    (
+        "get",
+        "/statuslists",
+        "404",
+        "only with status_list.enabled = false (tests/status_list.rs lists_can_be_turned_off)",
+    ),
+    ("get", "/statuslists/{list_id}", "503", OUTAGE),
 ];
 
 /// Whether an operation takes a JSON body (else a form).
@@ -1039,6 +1047,38 @@ async fn real_answers_match_the_openapi_document() {
         .await;
         r.assert_error(415, "invalid_request");
         api.assert(verb, &template, &r);
+    }
+
+    // --- Token Status List: a token's list, the aggregation, hostile ids ---
+    let list_uri = decode_jwt(&access).1["status"]["status_list"]["uri"]
+        .as_str()
+        .expect("status.status_list.uri")
+        .to_string();
+    let list_path = list_uri
+        .strip_prefix("http://latch.test")
+        .expect("under the issuer")
+        .to_string();
+    let r = s.get(&list_path, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    api.assert(Method::GET, "/statuslists/{list_id}", &r);
+    let r = s.get("/statuslists", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    api.assert(Method::GET, "/statuslists", &r);
+    for (path, status) in [
+        ("/statuslists/0000000000000000", 404),
+        ("/statuslists/NOT-HEX", 400),
+        ("/statuslists/0123456789abcdef0123", 400),
+    ] {
+        let r = s.get(path, None).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        api.assert(Method::GET, "/statuslists/{list_id}", &r);
+    }
+    for (path, template) in [
+        (list_path.as_str(), "/statuslists/{list_id}"),
+        ("/statuslists", "/statuslists"),
+    ] {
+        let r = s.post_form(path, &[("a", "b")], None).await;
+        api.assert(Method::POST, template, &r);
     }
 
     // --- an undocumented path: 404 with the documented error shape ---
@@ -2268,6 +2308,11 @@ async fn outage_answers_match_the_openapi_document() {
         .await;
     let (orders, admin) = (clients::orders(), clients::admin());
     let token = s.issue(&orders, &[]).await;
+    let list_path = decode_jwt(&token).1["status"]["status_list"]["uri"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("http://latch.test"))
+        .expect("a status list under the issuer")
+        .to_string();
     let r = s
         .post_json("/ssf/stream", &json!({}), ssf_receiver().auth())
         .await;
@@ -2437,6 +2482,14 @@ async fn outage_answers_match_the_openapi_document() {
         r.assert_error(503, "temporarily_unavailable");
         api.assert(Method::POST, &format!("/admin/grants/{{id}}/{verb}"), &r);
     }
+    // A stale node renders no list (its bits could be behind); the aggregation needs the
+    // store.
+    let r = s.get(&list_path, None).await;
+    r.assert_error(503, "temporarily_unavailable");
+    api.assert(Method::GET, "/statuslists/{list_id}", &r);
+    let r = s.get("/statuslists", None).await;
+    r.assert_error(503, "temporarily_unavailable");
+    api.assert(Method::GET, "/statuslists", &r);
 
     let covered = api.covered.lock().unwrap().clone();
     for (method, template) in api.operations() {

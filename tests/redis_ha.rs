@@ -53,9 +53,42 @@ fn on(url: &str, env: &[(&str, &str)]) -> ServerBuilder {
 }
 
 /// A node must be usable end to end: issue, revoke through RFC 7009, see it inactive.
+/// The status of `token` in its status list as `node` serves it: 0 VALID, 1 INVALID.
+async fn list_bit(node: &TestServer, token: &str) -> u8 {
+    use std::io::Read;
+    let status = &decode_jwt(token).1["status"]["status_list"];
+    let (uri, idx) = (
+        status["uri"].as_str().unwrap(),
+        status["idx"].as_u64().unwrap(),
+    );
+    let r = node
+        .get(uri.strip_prefix("http://latch.test").unwrap(), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.text());
+    let lst = decode_jwt(&r.text()).1["status_list"]["lst"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&b64url_decode(&lst)[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    (raw[(idx / 8) as usize] >> (idx % 8)) & 1
+}
+
 async fn assert_works(node: &TestServer, what: &str) {
     let t = node.issue(&clients::orders(), &[]).await;
     assert!(node.is_active(&t).await, "{what}: fresh token inactive");
+    // Its status list renders from the store (the list's records are read back).
+    let uri = decode_jwt(&t).1["status"]["status_list"]["uri"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{what}: no status list in the token"));
+    let path = uri
+        .strip_prefix("http://latch.test")
+        .expect("under the issuer");
+    let r = node.get(path, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{what}: {path} {}", r.text());
     let r = node
         .post_form("/revoke", &[("token", &t)], clients::orders().auth())
         .await;
@@ -312,6 +345,8 @@ fn minimal_acl(user: &str, pass: &str, settings: bool) -> Vec<String> {
         // Cluster spreads them).
         "~{latch:s:*",
         "~{latch:seen:*",
+        // Token Status Lists: one key per list under its own hash tag, and their index.
+        "~{latch:sl:*",
         "&{latch}:events",
         "+hsetnx",
         "+xrevrange",
@@ -757,6 +792,10 @@ async fn cluster_propagates_fails_closed_and_recovers() {
         }
     })
     .await;
+    // The status list (its own hash tag, on whichever master holds it) is served by B
+    // from A's records: the revoked token INVALID, the other VALID.
+    assert_eq!(list_bit(&b, &t).await, 1, "revoked: INVALID in B's list");
+    assert_eq!(list_bit(&b, &live).await, 0, "live: VALID in B's list");
 
     // Fail closed: every master down → 503 with Retry-After on both, never active.
     cluster.kill_all();

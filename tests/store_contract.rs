@@ -19,6 +19,7 @@ use latch::nodes::{NodeReport, ACK_HISTORY};
 use latch::revocation::{ClosedEpoch, NewRevocation, RevocationEvent, RevocationKind};
 use latch::sessions;
 use latch::sessions::{RefreshRecord, Rotation};
+use latch::status::{ListId, ListMeta};
 use latch::store::embedded::EmbeddedStore;
 use latch::store::redis::topology::{Credentials, Options};
 use latch::store::redis::{RedisStore, Replication};
@@ -214,6 +215,8 @@ contract! {
         streams_save_by_compare_and_set_list_and_delete,
         of_concurrent_stream_saves_from_one_version_exactly_one_wins,
         the_push_lease_has_one_holder_until_it_lapses,
+        status_records_read_back_from_an_index_on_and_only_for_a_known_list,
+        status_lists_are_listed_until_they_expire_then_pruned,
     ],
     fixtures: [everything_acknowledged_survives_a_restart],
 }
@@ -1737,4 +1740,86 @@ async fn the_push_lease_has_one_holder_until_it_lapses(store: SharedStore) {
     for r in racers {
         assert!(!r.await.unwrap().unwrap(), "node-b still holds it");
     }
+}
+
+// === status lists (Token Status List) ===
+
+fn list_meta(id: u64, now: i64, expires_in_ms: i64) -> ListMeta {
+    ListMeta {
+        id: ListId(id),
+        size: 1024,
+        created_ms: now,
+        issue_until_ms: now + expires_in_ms / 2,
+        expires_ms: now + expires_in_ms,
+    }
+}
+
+/// Records written in group commits read back by index, from any index on; a list the
+/// store never opened takes no record (`Conflict`) and reads as `None`.
+async fn status_records_read_back_from_an_index_on_and_only_for_a_known_list(store: SharedStore) {
+    let now = now_ms();
+    let meta = list_meta(0x1234_5678_9abc_def0, now, 3_600_000);
+    store.status_open_list(meta.clone()).await.unwrap();
+    let batch = |from: u64, n: u64| -> Vec<(u64, String)> {
+        (from..from + n)
+            .map(|i| (i, format!("{{\"record\":{i}}}")))
+            .collect()
+    };
+    // Two commits, the second landing first: order of completion does not matter.
+    store.status_append(meta.id, batch(100, 50)).await.unwrap();
+    store.status_append(meta.id, batch(0, 100)).await.unwrap();
+    let all = store
+        .status_records(meta.id, 0)
+        .await
+        .unwrap()
+        .expect("the list");
+    assert_eq!(all.meta, meta);
+    let mut got = all.records.clone();
+    got.sort();
+    let mut want = batch(0, 150);
+    want.sort();
+    assert_eq!(got, want);
+    let tail = store.status_records(meta.id, 120).await.unwrap().unwrap();
+    let idx: BTreeSet<u64> = tail.records.iter().map(|(i, _)| *i).collect();
+    assert_eq!(idx, (120..150).collect());
+
+    let unknown = ListId(0x0fed_cba9_8765_4321);
+    assert!(store.status_records(unknown, 0).await.unwrap().is_none());
+    match store.status_append(unknown, batch(0, 1)).await {
+        Err(StoreError::Conflict) => {}
+        other => panic!("a record for an unknown list: {other:?}"),
+    }
+    assert!(store.status_records(unknown, 0).await.unwrap().is_none());
+}
+
+/// Open lists are listed; once expired they are not, and pruning drops them with their
+/// records.
+async fn status_lists_are_listed_until_they_expire_then_pruned(store: SharedStore) {
+    let now = now_ms();
+    let live = list_meta(1, now, 3_600_000);
+    let short = list_meta(2, now, 300);
+    store.status_open_list(live.clone()).await.unwrap();
+    store.status_open_list(short.clone()).await.unwrap();
+    store
+        .status_append(short.id, vec![(0, "{}".into())])
+        .await
+        .unwrap();
+    let ids = |lists: Vec<ListMeta>| lists.into_iter().map(|l| l.id).collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(store.status_lists(now).await.unwrap()),
+        [live.id, short.id].into()
+    );
+    wait_until_clock_passes(short.expires_ms).await;
+    let later = now_ms();
+    assert_eq!(
+        ids(store.status_lists(later).await.unwrap()),
+        [live.id].into()
+    );
+    assert!(store.status_prune(later).await.unwrap() >= 1);
+    assert!(store.status_records(short.id, 0).await.unwrap().is_none());
+    assert_eq!(
+        ids(store.status_lists(later).await.unwrap()),
+        [live.id].into()
+    );
+    assert!(store.status_records(live.id, 0).await.unwrap().is_some());
 }

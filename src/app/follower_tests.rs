@@ -438,6 +438,40 @@ impl Store for FakeStore {
     fn ssf_lease(&self, _: String, _: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
         self.answer(|_| not_faked())
     }
+
+    fn status_open_list(
+        &self,
+        _: crate::status::ListMeta,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn status_append(
+        &self,
+        _: crate::status::ListId,
+        _: Vec<(u64, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn status_records(
+        &self,
+        _: crate::status::ListId,
+        _: u64,
+    ) -> BoxFuture<'_, Result<Option<crate::store::ListRecords>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn status_lists(
+        &self,
+        _: i64,
+    ) -> BoxFuture<'_, Result<Vec<crate::status::ListMeta>, StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
+    fn status_prune(&self, _: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.answer(|_| not_faked())
+    }
 }
 
 // === a node: table, follower, running task ===

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod nodes;
 pub mod revoke;
 pub mod ssf;
+pub mod status;
 pub mod token;
 mod view;
 
@@ -78,6 +79,8 @@ pub struct Inner {
     node_id: String,
     /// The Shared Signals transmitter: its metadata, push client and wake-ups.
     pub ssf: ssf::Ssf,
+    /// Token Status Lists (`None` when `[status_list] enabled = false`).
+    pub status: Option<Arc<status::StatusLists>>,
     /// Distinguishes this process's request ids from other nodes'.
     node_tag: String,
     request_seq: AtomicU64,
@@ -103,6 +106,8 @@ pub struct Parts {
     pub node_id: String,
     /// The Shared Signals transmitter.
     pub ssf: ssf::Ssf,
+    /// Token Status Lists, if enabled.
+    pub status: Option<Arc<status::StatusLists>>,
 }
 
 impl App {
@@ -117,6 +122,7 @@ impl App {
             grants,
             node_id,
             ssf,
+            status,
         } = parts;
         let clients = contracts.configured().clone();
         let signing_algs = signing_algorithms(&config, &keys.ring());
@@ -141,6 +147,7 @@ impl App {
                 metrics,
                 node_id,
                 ssf,
+                status,
                 node_tag,
                 request_seq: AtomicU64::new(0),
             }),
@@ -198,7 +205,7 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
     scopes.sort_unstable();
     scopes.dedup();
     let auth_methods = ["client_secret_basic", "client_secret_post"];
-    json!({
+    let mut doc = json!({
         "issuer": config.issuer,
         "token_endpoint": format!("{base}/token"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
@@ -216,5 +223,10 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
         "scopes_supported": scopes,
         // RFC 9701 §7: `Accept: application/token-introspection+jwt` is signed with one of these.
         "introspection_signing_alg_values_supported": signing_algs,
-    })
+    });
+    if config.status_list.enabled {
+        // draft-ietf-oauth-status-list §9 (Status List Aggregation).
+        doc["status_list_aggregation_endpoint"] = json!(format!("{base}/statuslists"));
+    }
+    doc
 }

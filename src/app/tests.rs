@@ -197,6 +197,7 @@ async fn node() -> Node {
     follower.load().await.unwrap();
     let trusted = config.trusted_issuers().unwrap();
     let ssf = super::ssf::Ssf::new(&config).unwrap();
+    let status = super::status::StatusLists::new(&config, store.clone());
     let app = App::new(
         config,
         super::Parts {
@@ -209,6 +210,7 @@ async fn node() -> Node {
             grants,
             node_id: "test-node".into(),
             ssf,
+            status,
         },
     );
     let (stop, stopped) = watch::channel(false);
@@ -278,6 +280,7 @@ impl Node {
                 grants: self.app.grants.clone(),
                 node_id: "test-node-2".into(),
                 ssf: super::ssf::Ssf::new(&self.app.config).unwrap(),
+                status: super::status::StatusLists::new(&self.app.config, self.app.store.clone()),
             },
         )
     }
@@ -1410,4 +1413,72 @@ async fn store_recovery_opens_a_new_epoch_and_revoke_all_ends_everything_before(
     let later = n.service_token("orders-service").await;
     let c = n.claims(&later).await;
     assert_eq!((c.rse, c.rsq), (r2.epoch, all_seq));
+}
+
+// === status lists ===
+
+/// The bits of a rendered Status List Token.
+fn list_bits(jwt: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let text = std::str::from_utf8(jwt).unwrap();
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.split('.').nth(1).unwrap())
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    crate::status::decode_lst(claims["status_list"]["lst"].as_str().unwrap()).unwrap()
+}
+
+fn bit_of(bits: &[u8], idx: usize) -> u8 {
+    (bits[idx / 8] >> (idx % 8)) & 1
+}
+
+/// Writes may land out of order (a token signed later can be committed first): a list
+/// rendered while index 1 has no record shows it INVALID, and the next fetch after its
+/// record landed shows it VALID at once, not after the one-second re-serve.
+#[tokio::test]
+async fn a_record_that_lands_late_reads_valid_at_the_next_fetch() {
+    use crate::status::{ListId, ListMeta, Record};
+    let n = node().await;
+    let lists = n.app.status.clone().expect("status lists on by default");
+    let now = now_ms();
+    let view = n.app.fresh(now).unwrap();
+    let client = n.app.contracts.client("orders-service", now).unwrap();
+    let meta = ListMeta::open(ListId(42), 16, now, 60_000, 3_600_000);
+    n.app.store.status_open_list(meta.clone()).await.unwrap();
+    let record = |i: u64| {
+        let claims = view.access_claims(
+            "orders-service",
+            &client,
+            ORDERS_AUD.into(),
+            "orders:read".into(),
+        );
+        let (_, kid) = view.sign_with_kid(&claims).unwrap();
+        (i, Record::new(&kid, &claims).encode())
+    };
+    let (r0, r1, r2) = (record(0), record(1), record(2));
+    n.app
+        .store
+        .status_append(meta.id, vec![r0, r2])
+        .await
+        .unwrap();
+    let first = list_bits(&lists.render(&n.app, meta.id).await.unwrap().jwt);
+    assert_eq!(
+        (
+            bit_of(&first, 0),
+            bit_of(&first, 1),
+            bit_of(&first, 2),
+            bit_of(&first, 3)
+        ),
+        (0, 1, 0, 1),
+        "recorded indices VALID, the others INVALID"
+    );
+    n.app.store.status_append(meta.id, vec![r1]).await.unwrap();
+    let second = list_bits(&lists.render(&n.app, meta.id).await.unwrap().jwt);
+    assert_eq!(bit_of(&second, 1), 0, "the late record shows at once");
+    // A list the store does not hold: not found.
+    let unknown = ListId(43);
+    assert!(matches!(
+        lists.render(&n.app, unknown).await,
+        Err(Error::NotFound(_))
+    ));
 }

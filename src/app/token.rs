@@ -183,7 +183,7 @@ async fn grant(
                     "token issued under an elevation grant"
                 );
             }
-            issue(&view, client, &claims, Grant::ClientCredentials, None)
+            issue(app, &view, client, &claims, Grant::ClientCredentials, None).await
         }
         TokenRequest::RefreshToken {
             refresh_token,
@@ -279,15 +279,20 @@ fn elevated_session(
     Ok((granted, grant))
 }
 
-/// Signs `claims` and counts the issuance.
-fn issue(
+/// Signs `claims` and counts the issuance. With status lists on, the token gets its
+/// index and is answered only once its record is durable.
+async fn issue(
+    app: &App,
     view: &View<'_>,
     client: &Client,
     claims: &AccessClaims,
     grant: Grant,
     refresh_token: Option<String>,
 ) -> Result<Issued, Error> {
-    let access_token = view.sign(claims)?;
+    let access_token = match &app.status {
+        Some(lists) => lists.sign_recorded(view, claims).await?,
+        None => view.sign(claims)?,
+    };
     metrics::counter!(m::TOKENS_ISSUED_TOTAL, "grant" => grant.label()).increment(1);
     Ok(Issued {
         access_token,
@@ -421,12 +426,14 @@ async fn open_session(
         .open_session(sessions::store_key(&refresh_token), record, audit)
         .await?;
     issue(
+        app,
         &view,
         client,
         &claims,
         Grant::TokenExchange,
         Some(refresh_token),
     )
+    .await
 }
 
 /// A service acting for a user: a down-scoped token for another audience, with the
@@ -495,7 +502,7 @@ async fn delegate(
     claims.dcl.push(subject.client_id.clone());
     claims.djt = subject.djt.clone();
     claims.djt.push(subject.jti.clone());
-    issue(&view, client, &claims, Grant::TokenExchange, None)
+    issue(app, &view, client, &claims, Grant::TokenExchange, None).await
 }
 
 // === refresh_token grant ===
@@ -591,13 +598,17 @@ async fn refresh(
         .rotate_refresh(key.clone(), sessions::store_key(&next_token), next)
         .await?
     {
-        Rotation::Rotated => issue(
-            &view,
-            client,
-            &claims,
-            Grant::RefreshToken,
-            Some(next_token),
-        ),
+        Rotation::Rotated => {
+            issue(
+                app,
+                &view,
+                client,
+                &claims,
+                Grant::RefreshToken,
+                Some(next_token),
+            )
+            .await
+        }
         Rotation::Reused(r) if sessions::authentic(app.keys.refresh_record_mac(), &hash, &r) => {
             Err(reuse(app, &key, &r, request_id).await)
         }

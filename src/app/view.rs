@@ -81,6 +81,24 @@ impl View<'_> {
             .app
             .keys
             .with_ring(|ring| self.verifier(ring).decide(token))?;
+        self.within_rights(&claims)?;
+        Ok(claims)
+    }
+
+    /// [`View::decide`] for a token known by its claims and the `kid` that signed it (a
+    /// status-list record): the same decision without the signature check.
+    pub fn decide_recorded(&self, kid: &str, claims: &AccessClaims) -> Result<(), Reason> {
+        self.app
+            .keys
+            .with_ring(|ring| self.verifier(ring).judge(kid, claims))?;
+        self.within_rights(claims)
+    }
+
+    /// The client's side of a decision: still configured, within its contract in force,
+    /// and no client it was exchanged from suspended. A new reason for a token to be
+    /// inactive that does not need its signature belongs here (or in `Verifier::judge`),
+    /// so that status lists say it too.
+    fn within_rights(&self, claims: &AccessClaims) -> Result<(), Reason> {
         let Some(client) = self.app.contracts.client(&claims.client_id, self.now_ms) else {
             return Err(Reason::UnknownClient);
         };
@@ -89,9 +107,9 @@ impl View<'_> {
         // contract for the rest.
         let standing = match &claims.grant {
             None => None,
-            Some(id) => Some(self.within_grant(&claims, id)?),
+            Some(id) => Some(self.within_grant(claims, id)?),
         };
-        let judged = standing.as_ref().unwrap_or(&claims);
+        let judged = standing.as_ref().unwrap_or(claims);
         within_contract(judged, &client)?;
         if claims.cv != client.contract_version
             && self
@@ -110,7 +128,7 @@ impl View<'_> {
                 }
             }
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// Whether grant `id` lets `claims` carry its scope now: it is active (started, not
@@ -206,6 +224,7 @@ impl View<'_> {
             djt: Vec::new(),
             cv: client.contract_version,
             grant: None,
+            status: None,
         }
     }
 
@@ -264,12 +283,35 @@ impl View<'_> {
 
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, Error> {
+        self.sign_with_kid(claims).map(|(token, _)| token)
+    }
+
+    /// Signs `claims` with the active key; also says which key that was.
+    pub fn sign_with_kid(&self, claims: &AccessClaims) -> Result<(String, String), Error> {
         self.app.keys.with_ring(|ring| {
             let signer = ring
                 .signer()
                 .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
-            tokens::sign(signer, claims).map_err(|e| Error::Internal(format!("signing: {e}")))
+            let token = tokens::sign(signer, claims)
+                .map_err(|e| Error::Internal(format!("signing: {e}")))?;
+            Ok((token, signer.kid.to_string()))
         })
+    }
+
+    /// Signs a Status List Token's claims with the active key (`typ` `statuslist+jwt`).
+    pub fn sign_status_list(&self, claims: &serde_json::Value) -> Result<String, Error> {
+        self.app.keys.with_ring(|ring| {
+            let signer = ring
+                .signer()
+                .ok_or_else(|| Error::Unavailable("no signing key loaded".into()))?;
+            crate::status::sign(signer, claims)
+                .map_err(|e| Error::Internal(format!("signing: {e}")))
+        })
+    }
+
+    /// The version of the key ring this view reads now.
+    pub fn keys_version(&self) -> u64 {
+        self.app.keys.with_ring(|ring| ring.version)
     }
 }
 

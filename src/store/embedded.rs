@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use super::{
     decode_refresh as decode, encode_refresh as encode, BoxFuture, ContractWrite, GrantWrite, Head,
-    Store, StoreError, StoreEvent,
+    ListRecords, Store, StoreError, StoreEvent,
 };
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
@@ -29,6 +29,7 @@ use crate::revocation::{
 };
 use crate::sessions::{key_hash, RefreshRecord, Rotation};
 use crate::ssf::StoredStream;
+use crate::status::{ListId, ListMeta};
 use crate::time::now_ms;
 
 const SCHEMA_VERSION: i64 = 3;
@@ -99,6 +100,18 @@ CREATE TABLE IF NOT EXISTS leases (
     holder TEXT NOT NULL,
     until_ms INTEGER NOT NULL
 );
+-- Token Status Lists: one row per list, one per issued index (older versions ignore them).
+CREATE TABLE IF NOT EXISTS status_lists (
+    id TEXT PRIMARY KEY,
+    meta TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS status_records (
+    list TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (list, idx)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (
     id TEXT PRIMARY KEY,
     opened_ms INTEGER NOT NULL,
@@ -902,6 +915,149 @@ impl Store for EmbeddedStore {
                 )
                 .map_err(unavailable)?;
             Ok(n == 1)
+        })
+    }
+
+    fn status_open_list(&self, meta: ListMeta) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.open_list(meta)
+    }
+
+    fn status_append(
+        &self,
+        list: ListId,
+        records: Vec<(u64, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.append_status(list, records)
+    }
+
+    fn status_records(
+        &self,
+        list: ListId,
+        from: u64,
+    ) -> BoxFuture<'_, Result<Option<ListRecords>, StoreError>> {
+        self.list_records(list, from)
+    }
+
+    fn status_lists(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<ListMeta>, StoreError>> {
+        self.live_lists(now_ms)
+    }
+
+    fn status_prune(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.prune_lists(now_ms)
+    }
+}
+
+// === status lists ===
+
+impl EmbeddedStore {
+    fn open_list(&self, meta: ListMeta) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with_conn(move |conn, _| {
+            let json =
+                serde_json::to_string(&meta).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            conn.execute(
+                "INSERT INTO status_lists (id, meta, expires_ms) VALUES (?1, ?2, ?3)",
+                params![meta.id.to_string(), json, meta.expires_ms],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn append_status(
+        &self,
+        list: ListId,
+        records: Vec<(u64, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with_conn(move |conn, _| {
+            let id = list.to_string();
+            let tx = conn.transaction().map_err(unavailable)?;
+            let known: Option<i64> = tx
+                .query_row("SELECT 1 FROM status_lists WHERE id = ?1", params![id], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            if known.is_none() {
+                return Err(StoreError::Conflict);
+            }
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO status_records (list, idx, record) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(unavailable)?;
+                for (idx, rec) in &records {
+                    stmt.execute(params![id, *idx as i64, rec]).map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+    }
+
+    fn list_records(
+        &self,
+        list: ListId,
+        from: u64,
+    ) -> BoxFuture<'_, Result<Option<ListRecords>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let id = list.to_string();
+            let meta: Option<String> = conn
+                .query_row(
+                    "SELECT meta FROM status_lists WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some(meta) = meta.and_then(|m| serde_json::from_str::<ListMeta>(&m).ok()) else {
+                return Ok(None);
+            };
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT idx, record FROM status_records WHERE list = ?1 AND idx >= ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![id, from.min(i64::MAX as u64) as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+                })
+                .map_err(unavailable)?;
+            let records = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+            Ok(Some(ListRecords { meta, records }))
+        })
+    }
+
+    fn live_lists(&self, now: i64) -> BoxFuture<'_, Result<Vec<ListMeta>, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached("SELECT meta FROM status_lists WHERE expires_ms > ?1")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![now], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            let metas = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+            Ok(metas
+                .iter()
+                .filter_map(|m| serde_json::from_str(m).ok())
+                .collect())
+        })
+    }
+
+    fn prune_lists(&self, now: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.with_conn(move |conn, _| {
+            let tx = conn.transaction().map_err(unavailable)?;
+            tx.execute(
+                "DELETE FROM status_records WHERE list IN
+                   (SELECT id FROM status_lists WHERE expires_ms <= ?1)",
+                params![now],
+            )
+            .map_err(unavailable)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM status_lists WHERE expires_ms <= ?1",
+                    params![now],
+                )
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(n as u64)
         })
     }
 }

@@ -20,6 +20,7 @@ use crate::nodes::{NodeReport, Registry};
 use crate::revocation::{ClosedEpoch, NewRevocation, Point, RevocationEvent};
 use crate::sessions::{RefreshRecord, Rotation};
 use crate::ssf::StoredStream;
+use crate::status::{ListId, ListMeta};
 
 pub mod embedded;
 pub mod redis;
@@ -350,6 +351,41 @@ pub trait Store: Send + Sync + 'static {
     /// the store's clock, iff it is free, expired or already `holder`'s. `true`: `holder`
     /// holds it. At most one holder at a time, as far as the store's clock goes.
     fn ssf_lease(&self, holder: String, ttl_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Records a new status list (Token Status List) until `meta.expires_ms`, before
+    /// any of its records.
+    fn status_open_list(&self, meta: ListMeta) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Records many indices of list `list` in one write (the group commit): durable
+    /// when `Ok`. A list the store does not hold (expired, lost) takes nothing:
+    /// `Conflict`, and the caller abandons it.
+    fn status_append(
+        &self,
+        list: ListId,
+        records: Vec<(u64, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// List `list` with its records of indices `>= from`; `None` if the store holds no
+    /// such list (unknown or expired).
+    fn status_records(
+        &self,
+        list: ListId,
+        from: u64,
+    ) -> BoxFuture<'_, Result<Option<ListRecords>, StoreError>>;
+
+    /// Every list not expired at `now_ms` (the aggregation endpoint), in no order.
+    fn status_lists(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<ListMeta>, StoreError>>;
+
+    /// Drops lists (and their records) expired at `now_ms`; returns how many went.
+    fn status_prune(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+}
+
+/// A status list as the store holds it: its metadata and the records of indices at or
+/// above the asked-for index, each `(idx, record JSON)`, in no particular order.
+#[derive(Debug, Clone)]
+pub struct ListRecords {
+    pub meta: ListMeta,
+    pub records: Vec<(u64, String)>,
 }
 
 pub fn encode_refresh(r: &RefreshRecord) -> Result<String, StoreError> {

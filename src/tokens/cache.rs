@@ -107,6 +107,7 @@ mod tests {
                 djt: Vec::new(),
                 cv: 0,
                 grant: None,
+                status: None,
             }),
         }
     }

@@ -70,6 +70,22 @@ pub struct AccessClaims {
     /// scope still elevatable); `exp` is never after the grant's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+    /// Where the token's status is published (Token Status List): its list and index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// The `status` claim of an access token (draft §6.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub status_list: StatusRef,
+}
+
+/// Where a token's status is: index `idx` of the list at `uri`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRef {
+    pub idx: u64,
+    pub uri: String,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -235,15 +251,29 @@ impl Verifier<'_> {
         Ok(())
     }
 
-    /// The full decision: authentic and not revoked.
-    pub fn decide(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
-        let claims = self.authentic(token)?;
+    /// [`Verifier::decide`] for claims whose signature is not at hand (a status-list
+    /// record of a token latch signed with `kid`): key state, time, revocation.
+    pub fn judge(&self, kid: &str, claims: &AccessClaims) -> Result<(), Reason> {
+        self.key_usable(kid)?;
+        self.in_time(claims)?;
+        self.not_revoked(claims)
+    }
+
+    /// The revocation table's verdict on `claims`' stamp, as a decision.
+    fn not_revoked(&self, claims: &AccessClaims) -> Result<(), Reason> {
         match self.table.verdict(&claims.stamp()) {
-            Verdict::Live => Ok(claims),
+            Verdict::Live => Ok(()),
             Verdict::Revoked => Err(Reason::Revoked),
             Verdict::StaleEpoch => Err(Reason::StaleEpoch),
             Verdict::StampAhead => Err(Reason::StampAhead),
         }
+    }
+
+    /// The full decision: authentic and not revoked.
+    pub fn decide(&self, token: &str) -> Result<Arc<AccessClaims>, Reason> {
+        let claims = self.authentic(token)?;
+        self.not_revoked(&claims)?;
+        Ok(claims)
     }
 }
 

@@ -55,6 +55,7 @@ fn claims() -> AccessClaims {
         djt: Vec::new(),
         cv: 0,
         grant: None,
+        status: None,
     }
 }
 

@@ -59,8 +59,8 @@ use tokio::sync::broadcast;
 use topology::{redact, Conn, Options, Target, Topology};
 
 use super::{
-    decode_refresh, encode_refresh, BoxFuture, ContractWrite, GrantWrite, Head, Store, StoreError,
-    StoreEvent,
+    decode_refresh, encode_refresh, BoxFuture, ContractWrite, GrantWrite, Head, ListRecords, Store,
+    StoreError, StoreEvent,
 };
 use crate::audit::{AuditRecord, NewAudit};
 use crate::keys::{KeySet, StoredKey};
@@ -70,6 +70,7 @@ use crate::revocation::{
 };
 use crate::sessions::{self, RefreshRecord, Rotation};
 use crate::ssf::StoredStream;
+use crate::status::{ListId, ListMeta};
 
 pub mod settings;
 pub mod topology;
@@ -426,6 +427,36 @@ return v + 1
 ";
 
 /// Takes or renews the lease. KEYS: ssf:lease. ARGV: holder ttl_ms. Returns 1 if held.
+/// Status lists (Token Status List): each list is one sorted set under its own hash tag,
+/// `{latch:sl:<id>}`, so lists spread over a Cluster's masters (their records are not
+/// ordered with the log). The list's metadata is the member at score -1; each record is a
+/// member at its index. The index of live lists, `{latch:sl:index}`, scores ids by expiry.
+fn status_key(id: ListId) -> String {
+    format!("{{latch:sl:{id}}}")
+}
+const STATUS_INDEX: &str = "{latch:sl:index}";
+
+/// KEYS[1] the list; ARGV[1] its metadata JSON, ARGV[2] its expiry (Unix ms).
+const STATUS_OPEN: &str = "
+redis.call('ZADD', KEYS[1], -1, ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+";
+
+/// KEYS[1] the list; ARGV: index, record, index, record, ... Nothing is written to a list
+/// the store no longer holds (expired or lost): 0, and the node abandons it.
+const STATUS_APPEND: &str = "
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = #ARGV
+local i = 1
+while i <= n do
+  local last = math.min(i + 999, n)
+  redis.call('ZADD', KEYS[1], unpack(ARGV, i, last))
+  i = last + 1
+end
+return 1
+";
+
 const SSF_LEASE_SCRIPT: &str = "
 local h = redis.call('GET', KEYS[1])
 if h and h ~= ARGV[1] then return 0 end
@@ -477,6 +508,8 @@ struct Inner {
     node_records: Script,
     ssf_save: Script,
     ssf_lease: Script,
+    status_open: Script,
+    status_append: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -600,6 +633,8 @@ impl RedisStore {
             node_records: Script::new(NODE_RECORDS),
             ssf_save: Script::new(SSF_SAVE),
             ssf_lease: Script::new(SSF_LEASE_SCRIPT),
+            status_open: Script::new(STATUS_OPEN),
+            status_append: Script::new(STATUS_APPEND),
         });
         tokio::spawn(forward_announcements(topology, Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
@@ -1759,6 +1794,133 @@ impl Store for RedisStore {
                 .await
                 .map_err(unavailable)?;
             Ok(held == 1)
+        })
+    }
+
+    fn status_open_list(&self, meta: ListMeta) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let json =
+                serde_json::to_string(&meta).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let _: i64 = self
+                .inner
+                .status_open
+                .key(status_key(meta.id))
+                .arg(json)
+                .arg(meta.expires_ms)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let _: i64 = redis::cmd("ZADD")
+                .arg(STATUS_INDEX)
+                .arg(meta.expires_ms)
+                .arg(meta.id.to_string())
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn status_append(
+        &self,
+        list: ListId,
+        records: Vec<(u64, String)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.status_append.key(status_key(list));
+            for (idx, rec) in &records {
+                invocation.arg(*idx).arg(rec);
+            }
+            let written: i64 = invocation
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            if written == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict)
+            }
+        })
+    }
+
+    fn status_records(
+        &self,
+        list: ListId,
+        from: u64,
+    ) -> BoxFuture<'_, Result<Option<ListRecords>, StoreError>> {
+        Box::pin(async move {
+            let key = status_key(list);
+            let meta: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(-1)
+                .arg(-1)
+                .arg("BYSCORE")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let Some(meta) = meta
+                .first()
+                .and_then(|m| serde_json::from_str::<ListMeta>(m).ok())
+            else {
+                return Ok(None);
+            };
+            let rows: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(from)
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("WITHSCORES")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let records = rows
+                .into_iter()
+                .filter(|(_, score)| *score >= 0.0)
+                .map(|(rec, score)| (score as u64, rec))
+                .collect();
+            Ok(Some(ListRecords { meta, records }))
+        })
+    }
+
+    fn status_lists(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<ListMeta>, StoreError>> {
+        Box::pin(async move {
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(STATUS_INDEX)
+                .arg(format!("({now_ms}"))
+                .arg("+inf")
+                .arg("BYSCORE")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let mut metas = Vec::with_capacity(ids.len());
+            for id in ids.iter().filter_map(|i| ListId::parse(i)) {
+                let meta: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(status_key(id))
+                    .arg(-1)
+                    .arg(-1)
+                    .arg("BYSCORE")
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(m) = meta.first().and_then(|m| serde_json::from_str(m).ok()) {
+                    metas.push(m);
+                }
+            }
+            Ok(metas)
+        })
+    }
+
+    fn status_prune(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        // The lists themselves expire in Redis (PEXPIREAT); only the index is trimmed.
+        Box::pin(async move {
+            let n: u64 = redis::cmd("ZREMRANGEBYSCORE")
+                .arg(STATUS_INDEX)
+                .arg("-inf")
+                .arg(now_ms)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(n)
         })
     }
 }
