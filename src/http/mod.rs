@@ -74,7 +74,11 @@ impl Route {
     fn hot(self) -> bool {
         matches!(
             self,
-            Route::Token | Route::Introspect | Route::IntrospectBatch | Route::Jwks
+            Route::Token
+                | Route::Introspect
+                | Route::IntrospectBatch
+                | Route::Jwks
+                | Route::Gateway
         )
     }
 
