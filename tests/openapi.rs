@@ -710,7 +710,9 @@ async fn real_answers_match_the_openapi_document() {
             }
         };
     let bearer = Some(format!("Bearer {access}"));
-    let gateway_cases: Vec<(Option<String>, ClientDef, Vec<(&str, &str)>, u16, &str)> = vec![
+    /// (bearer, gateway client, more headers, status, error code)
+    type GatewayCase<'a> = (Option<String>, ClientDef, Params<'a>, u16, &'a str);
+    let gateway_cases: Vec<GatewayCase> = vec![
         (bearer.clone(), rs.clone(), vec![], 200, ""),
         (None, rs.clone(), vec![], 401, "invalid_token"),
         (
