@@ -1,18 +1,20 @@
 //! Operator verbs (`latch revoke`, `keys`, `audit`, `contracts`): a small client of a
 //! running server's admin API, with readable tables by default and JSON on request.
 
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, Uri};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::net::TcpStream;
 
 pub mod contracts;
 pub mod grants;
@@ -24,8 +26,10 @@ pub enum CliError {
         "set LATCH_ADMIN_CLIENT_ID and LATCH_ADMIN_CLIENT_SECRET to an admin client's credentials"
     )]
     MissingCredentials,
-    #[error("--server must be an http:// URL, got {0:?}")]
+    #[error("--server must be an http:// or https:// URL, got {0:?}")]
     BadServer(String),
+    #[error("--ca-file {}: {reason}", path.display())]
+    BadCaFile { path: PathBuf, reason: String },
     #[error("cannot reach {server}: {reason}")]
     Unreachable { server: String, reason: String },
     #[error("server answered {status}: {error}{}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(), problems_text(problems))]
@@ -58,11 +62,147 @@ fn problems_text(problems: &[Value]) -> String {
     format!("; problems: {}", each.join("; "))
 }
 
+/// `--ca-file` as given on the command line (else `LATCH_CA_FILE` is read).
+static CA_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets the CA file every `https://` connection of this process trusts (`--ca-file`).
+pub fn set_ca_file(path: PathBuf) {
+    let _ = CA_FILE.set(path);
+}
+
+fn ca_file() -> Option<PathBuf> {
+    CA_FILE.get().cloned().or_else(|| {
+        std::env::var_os("LATCH_CA_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+/// How the CLI reaches one server: plain TCP for `http://`, TLS (rustls on ring, ALPN
+/// `http/1.1`) for `https://`, trusting `--ca-file` / `LATCH_CA_FILE` or else the system's
+/// roots. One connection per request: the verbs make few.
+#[derive(Clone)]
+struct Transport {
+    host: String,
+    port: u16,
+    authority: String,
+    /// The server URL's path (no trailing `/`), before every request path.
+    prefix: String,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Transport {
+    fn new(server: &str) -> Result<Transport, CliError> {
+        let bad = || CliError::BadServer(server.to_string());
+        let uri: Uri = server.parse().map_err(|_| bad())?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad()),
+        };
+        let authority = uri.authority().ok_or_else(bad)?.as_str().to_string();
+        let host = uri
+            .host()
+            .ok_or_else(bad)?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https { Some(connector()?) } else { None };
+        Ok(Transport {
+            host,
+            port,
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_string(),
+            tls,
+        })
+    }
+
+    /// Sends `req` (its URI a path) on a new connection.
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
+        let (mut parts, body) = req.into_parts();
+        parts
+            .headers
+            .insert(HOST, self.authority.parse().map_err(|_| "bad host")?);
+        let req = Request::from_parts(parts, body);
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => exchange(TokioIo::new(tcp), req).await,
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|e| e.to_string())?;
+                let stream = connector.connect(name, tcp).await.map_err(|e| {
+                    let hint = if e.to_string().contains("certificate") {
+                        " (if the server's certificate is from a private CA, give that CA \
+                         with --ca-file or LATCH_CA_FILE)"
+                    } else {
+                        ""
+                    };
+                    format!("TLS: {e}{hint}")
+                })?;
+                exchange(TokioIo::new(stream), req).await
+            }
+        }
+    }
+}
+
+async fn exchange<T>(io: T, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+/// The TLS client config: TLS 1.2+, ring, the CA file's certificates or the system roots.
+fn connector() -> Result<tokio_rustls::TlsConnector, CliError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file() {
+        Some(path) => {
+            let bad = |reason: String| CliError::BadCaFile {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("holds no PEM certificate".into()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        // ring supports both versions; this cannot fail.
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 /// Talks to one server's admin API with one client's credentials.
 pub struct AdminClient {
     base: String,
     authorization: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Transport,
 }
 
 impl AdminClient {
@@ -77,15 +217,13 @@ impl AdminClient {
     }
 
     pub fn new(server: &str, id: &str, secret: &str) -> Result<AdminClient, CliError> {
-        if !server.starts_with("http://") {
-            return Err(CliError::BadServer(server.to_string()));
-        }
+        let http = Transport::new(server)?;
         let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let credentials = format!("{}:{}", encode(id), encode(secret));
         Ok(AdminClient {
             base: server.trim_end_matches('/').to_string(),
             authorization: format!("Basic {}", STANDARD.encode(credentials)),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http,
         })
     }
 
@@ -96,14 +234,13 @@ impl AdminClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, CliError> {
-        let url = format!("{}{}", self.base, path);
         let unreachable = |reason: String| CliError::Unreachable {
             server: self.base.clone(),
             reason,
         };
         let mut builder = Request::builder()
             .method(method)
-            .uri(&url)
+            .uri(format!("{}{path}", self.http.prefix))
             .header(AUTHORIZATION, &self.authorization);
         let payload = match body {
             Some(v) => {
@@ -115,11 +252,7 @@ impl AdminClient {
         let req = builder
             .body(Full::new(payload))
             .map_err(|_| CliError::BadServer(self.base.clone()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let resp = self.http.send(req).await.map_err(unreachable)?;
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -147,20 +280,15 @@ impl AdminClient {
 /// service manager's health check does. `Ok` only for a 200 within `timeout`; anything else
 /// (refused, 503 while the node fails closed, a timeout) is the reason it is not ready.
 pub async fn healthcheck(server: &str, timeout: Duration) -> Result<(), CliError> {
-    if !server.starts_with("http://") {
-        return Err(CliError::BadServer(server.to_string()));
-    }
-    let url = format!("{}/readyz", server.trim_end_matches('/'));
+    let http = Transport::new(server)?;
     let unreachable = |reason: String| CliError::Unreachable {
         server: server.to_string(),
         reason,
     };
-    let req = Request::get(&url)
+    let req = Request::get(format!("{}/readyz", http.prefix))
         .body(Full::new(Bytes::new()))
         .map_err(|_| CliError::BadServer(server.to_string()))?;
-    let http: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let resp = tokio::time::timeout(timeout, http.request(req))
+    let resp = tokio::time::timeout(timeout, http.send(req))
         .await
         .map_err(|_| {
             unreachable(format!(
@@ -168,7 +296,7 @@ pub async fn healthcheck(server: &str, timeout: Duration) -> Result<(), CliError
                 humantime::format_duration(timeout)
             ))
         })?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(unreachable)?;
     let status = resp.status();
     if status == hyper::StatusCode::OK {
         return Ok(());

@@ -71,6 +71,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// The Shared Signals transmitter (`[ssf]`).
     pub ssf: SsfConfig,
+    /// TLS on the main listener (`[tls]`); off unless both files are given.
+    pub tls: TlsConfig,
     /// Token Status List (`[status_list]`).
     pub status_list: StatusListConfig,
     /// SHA-256 (hex, first 16 chars) of the effective config, environment included:
@@ -83,6 +85,30 @@ pub struct Config {
 pub struct MetricsConfig {
     #[serde(default = "default_metrics_listen")]
     pub listen: SocketAddr,
+}
+
+/// `[tls]`: the main listener's certificate chain and private key (PEM files). Both or
+/// neither; read at start, by `latch check`, on SIGHUP and when the files change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// How often the files are compared with the ones in use.
+    #[serde(default = "d_2s", with = "duration")]
+    pub watch_interval: Duration,
+}
+
+impl TlsConfig {
+    /// The two files, when TLS is on.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -706,6 +732,8 @@ struct RawConfig {
     node: Option<NodeConfig>,
     ssf: Option<SsfConfig>,
     #[serde(default)]
+    tls: Option<TlsConfig>,
+    #[serde(default)]
     status_list: Option<StatusListConfig>,
 }
 
@@ -774,6 +802,7 @@ impl Config {
             trusted_issuers: raw.trusted_issuers,
             node: raw.node.unwrap_or_else(from_empty),
             ssf: raw.ssf.unwrap_or_else(from_empty),
+            tls: raw.tls.unwrap_or_else(from_empty),
             status_list: raw.status_list.unwrap_or_else(from_empty),
             digest,
         };
@@ -912,6 +941,28 @@ impl Config {
         }
         self.validate_subject_prefixes()?;
         self.ssf.validate(&self.clients, &self.limits)?;
+        let tls = &self.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "tls.key_file",
+                    "tls.cert_file and tls.key_file go together",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "tls.cert_file",
+                    "tls.cert_file and tls.key_file go together",
+                ))
+            }
+            _ => {}
+        }
+        if tls.watch_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "tls.watch_interval",
+                "must be at least 100ms",
+            ));
+        }
         self.status_list.validate()?;
         if let Some(i) = self.demo_secret_client() {
             if !self.listen.ip().is_loopback() {

@@ -13,6 +13,7 @@
 //! - [`store`]: the durable state behind one trait; `store::embedded` is SQLite.
 //! - [`http`]: routing, request parsing, client auth, the one error → response mapping.
 //! - [`server`]: accept loops, connection limits, request deadlines, graceful drain.
+//! - [`tls`]: the main listener's certificate, TLS versions, ALPN, reloads.
 //! - [`limits`]: per-node rate limits (GCRA), trusted proxies and the client address.
 //! - [`cli`]: the operator verbs that talk to a running server's admin API.
 //!
@@ -46,6 +47,7 @@ pub mod ssf;
 pub mod status;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod tokens;
 
 use app::follower::{Follower, FollowerConfig};
@@ -68,6 +70,8 @@ pub enum StartError {
     Key(#[from] keys::KeyError),
     #[error(transparent)]
     Keys(#[from] app::keys::KeysError),
+    #[error("cannot install the SIGHUP handler (TLS reloads): {source}")]
+    Signal { source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -77,7 +81,8 @@ pub enum StartError {
 
 /// Runs a node until `shutdown` resolves, then drains in-flight requests and returns.
 ///
-/// Prints `latch listening on http://ADDR (metrics on http://ADDR)` on stdout once both
+/// Prints `latch listening on http://ADDR (metrics on http://ADDR)` (`https://` for the
+/// main listener with `[tls]`) on stdout once both
 /// listeners are bound; `/readyz` answers 200 once keys and revocations are loaded.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let prometheus = metrics::install();
@@ -132,6 +137,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })
         .await?;
 
+    // TLS files are read before binding: a bad pair is a config error, as `latch check` says.
+    let certs = tls::Certs::load(&config.tls).map_err(config::ConfigError::from)?;
     let listener = bind(config.listen).await?;
     let metrics_listener = bind(config.metrics.listen).await?;
     let (addr, metrics_addr) = (local(&listener), local(&metrics_listener));
@@ -152,6 +159,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     reporter.report().await?;
     let node_id = reporter.id();
     let ssf = app::ssf::Ssf::new(&config)?;
+    let (acceptor, reloader) = match certs {
+        Some(certs) => {
+            let reload = tls::reloader(certs.clone(), config.tls.watch_interval, stop_rx.clone())
+                .map_err(|source| StartError::Signal { source })?;
+            (Some(tls::acceptor(certs)), Some(reload))
+        }
+        None => (None, None),
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     let status = app::status::StatusLists::new(&config, store.clone());
     let app = App::new(
         config,
@@ -169,8 +185,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
-    println!("latch listening on http://{addr} (metrics on http://{metrics_addr})");
+    println!("latch listening on {scheme}://{addr} (metrics on http://{metrics_addr})");
 
+    let reloading = reloader.map(tokio::spawn);
     let tasks = [
         reporting,
         tokio::spawn(follower.run(stop_rx.clone())),
@@ -188,15 +205,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 max_connections_per_ip: 64,
                 ..limits.clone()
             },
+            None,
             stop_rx.clone(),
         )),
     ];
-    let main = tokio::spawn(server::serve(listener, app, http::handle, limits, stop_rx));
+    let main = tokio::spawn(server::serve(
+        listener,
+        app,
+        http::handle,
+        limits,
+        acceptor,
+        stop_rx,
+    ));
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
     let _ = main.await;
-    for t in tasks {
+    for t in tasks.into_iter().chain(reloading) {
         let _ = t.await;
     }
     tracing::info!("stopped");

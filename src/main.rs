@@ -27,6 +27,10 @@ use latch::config::{format_duration, Config};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PEM file of the CA(s) that signed an https:// server's certificate (a private CA);
+    /// without it the system's roots are trusted.
+    #[arg(long, global = true, env = "LATCH_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +205,9 @@ enum StoreCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(path) = cli.ca_file {
+        cli::set_ca_file(path);
+    }
     match cli.command {
         Command::Serve(a) => serve(a.config),
         Command::Check(a) => check(a.config),
@@ -357,6 +364,21 @@ fn check(path: PathBuf) -> ExitCode {
         config.clients.len(),
         config.trusted_issuers.len()
     );
+    match latch::tls::check(&config.tls) {
+        Ok(Some(chain)) => println!(
+            "  tls on the main listener: {chain} certificate(s), key matches; reloaded on \
+             SIGHUP and file change"
+        ),
+        Ok(None) => println!("  tls off (plain http on the main listener)"),
+        Err(e) => {
+            eprintln!(
+                "latch: {}: {}",
+                path.display(),
+                latch::config::ConfigError::from(e)
+            );
+            return ExitCode::from(2);
+        }
+    }
     if config.has_demo_secret() {
         println!("  warning: demo secrets configured; latch will listen on loopback only");
     }
@@ -472,7 +494,7 @@ fn healthcheck(server: &str, timeout: std::time::Duration) -> ExitCode {
         .and_then(|rt| rt.block_on(cli::healthcheck(server, timeout)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ CliError::BadServer(_)) => {
+        Err(e @ (CliError::BadServer(_) | CliError::BadCaFile { .. })) => {
             eprintln!("latch: {e}");
             ExitCode::from(2)
         }

@@ -19,6 +19,12 @@ pub const SIGNING_KEYS: &str = "latch_signing_keys";
 pub const KEY_ROTATION_OVERDUE: &str = "latch_signing_key_rotation_overdue_seconds";
 pub const STORE_UP: &str = "latch_store_up";
 pub const CONNECTIONS_REFUSED: &str = "latch_connections_refused_total";
+/// TLS certificate reloads by result (ok, error) and trigger (signal, watch).
+pub const TLS_RELOADS: &str = "latch_tls_reloads_total";
+/// 1 while the newest certificate/key files were refused (the previous pair serves).
+pub const TLS_FILES_REJECTED: &str = "latch_tls_files_rejected";
+/// TLS handshakes that failed, by reason (error, timeout).
+pub const TLS_HANDSHAKE_FAILURES: &str = "latch_tls_handshake_failures_total";
 pub const KEY_RECORDS_REJECTED: &str = "latch_key_records_rejected_total";
 pub const REFRESH_RECORDS_REJECTED: &str = "latch_refresh_records_rejected_total";
 pub const STORE_EPOCH_CHANGES: &str = "latch_store_epoch_changes_total";
@@ -181,6 +187,18 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Connections closed at the connection cap, by reason (cap, per_ip)"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "TLS certificate reloads by result (ok, error) and trigger (signal, watch)"
+    );
+    describe_gauge!(
+        TLS_FILES_REJECTED,
+        "1 while the newest tls.cert_file/tls.key_file were refused and the previous pair serves"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes on the main listener that failed, by reason (error, timeout)"
     );
     describe_counter!(
         DEADLINES_TOTAL,

@@ -1,4 +1,6 @@
-//! Accept loops: HTTP/1.1 with keep-alive, a connection cap and a per-address share of it,
+//! Accept loops: HTTP/1.1 with keep-alive (and, over TLS, HTTP/2 when ALPN picks `h2`;
+//! the handshake is done in the connection's task, within `header_read_timeout`), a
+//! connection cap and a per-address share of it,
 //! deadlines for the whole request (headers, body, handler, response write), and a
 //! graceful drain on shutdown (in-flight requests finish; no new ones start).
 //!
@@ -20,10 +22,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -89,12 +91,20 @@ impl Drop for IpSlot {
     }
 }
 
-/// Serves `listener` with `handler` until `shutdown` flips, then drains.
+/// Streams an HTTP/2 connection may have open at once (each is a request).
+const H2_MAX_STREAMS: u32 = 64;
+
+/// How often an HTTP/2 connection is pinged.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+
+/// Serves `listener` with `handler` until `shutdown` flips, then drains. With `tls`, every
+/// connection is a TLS one (see [`crate::tls`]).
 pub async fn serve<H, F>(
     listener: TcpListener,
     app: App,
     handler: H,
     limits: ListenerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(App, Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
@@ -108,6 +118,13 @@ pub async fn serve<H, F>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    // HTTP/2 has no header read timeout in hyper: pings find a peer that went away (no
+    // answer within the write deadline closes the connection).
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(H2_PING_EVERY))
+        .keep_alive_timeout(limits.write_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -146,10 +163,42 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let service = service_fn(move |req| handler(app.clone(), req, ip));
         let io = DeadlineIo::new(stream, limits.write_timeout);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let (h1, h2, tls) = (builder.clone(), h2.clone(), tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(h1.serve_connection(TokioIo::new(io), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "TLS handshake failed");
+                                metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "reason" => "error")
+                                    .increment(1);
+                                return;
+                            }
+                            Err(_) => {
+                                metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "reason" => "timeout")
+                                    .increment(1);
+                                return;
+                            }
+                        };
+                    let h2_chosen = stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+                    let io = TokioIo::new(stream);
+                    if h2_chosen {
+                        watcher.watch(h2.serve_connection(io, service)).await
+                    } else {
+                        watcher.watch(h1.serve_connection(io, service)).await
+                    }
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(%error, "connection ended with an error");
             }
             drop(permit);

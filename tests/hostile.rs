@@ -566,6 +566,39 @@ async fn body_limit_boundary() {
     assert_eq!(r.status, 413, "max_body_bytes + 1: {}", r.text());
 }
 
+/// A client that sends a body somewhat over the limit gets its 413, every time: latch reads
+/// such a body to its end before answering (a connection closed with unread bytes is reset
+/// by the kernel, and the client would see the reset instead of the answer).
+#[tokio::test]
+async fn a_body_over_the_limit_gets_its_413_every_time() {
+    let s = TestServer::builder().start().await;
+    let rs = clients::rs_all();
+    let auth = basic(&rs.id, &rs.secret);
+    let big = format!("token={}", "a".repeat(64 * 1024));
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let r = s
+            .http
+            .try_request(
+                Method::POST,
+                "/introspect",
+                &[("content-type", FORM), ("authorization", &auth)],
+                big.clone().into_bytes(),
+            )
+            .await;
+        let key = match r {
+            Ok(r) => {
+                r.assert_error(413, "invalid_request");
+                "413".to_string()
+            }
+            Err(e) => e,
+        };
+        *answers.entry(key).or_insert(0) += 1;
+    }
+    assert_eq!(answers.get("413"), Some(&40), "{answers:?}");
+    assert!(s.is_active(&s.issue(&clients::orders(), &[]).await).await);
+}
+
 #[tokio::test]
 async fn chunked_body_over_limit_is_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2533,13 +2533,14 @@ async fn stalled_body(s: &TestServer, method: &str, path: &str, content_type: &s
     parse_response(&got).unwrap_or_else(|| panic!("{path}: {:?}", String::from_utf8_lossy(&got)))
 }
 
-/// A request that declares a 300 000-byte body and sends none: the answer to its head.
+/// A request that declares a 2 000 000-byte body (over the 1 MiB latch reads to drain a
+/// body over its limit) and sends none: the answer to its head.
 async fn declared_too_large(s: &TestServer, path: &str, authorization: &str) -> Resp {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Authorization: {authorization}\r\nContent-Length: 300000\r\n\r\n"
+         Authorization: {authorization}\r\nContent-Length: 2000000\r\n\r\n"
     );
     c.write_all(head.as_bytes()).await.unwrap();
     let mut got = Vec::new();

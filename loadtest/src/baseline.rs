@@ -170,6 +170,11 @@ impl BaselineServer {
         Ok(BaselineServer { child, url })
     }
 
+    /// The child's process id (for pinning and its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }

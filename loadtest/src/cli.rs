@@ -73,6 +73,18 @@ pub struct Common {
     /// Fixed request rate (req/s across all workers); without it the load is closed-loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Pin the server under test to these CPUs (`taskset -c` syntax: 0, 0-1, 0,2): the
+    /// baseline child, and latch itself when --target-pid names it. Disjoint from
+    /// --load-cpus, so the two do not compete for a core.
+    #[arg(long, value_parser = parse_cpus)]
+    pub server_cpus: Option<CpuList>,
+    /// Pin this generator (all its threads) to these CPUs.
+    #[arg(long, value_parser = parse_cpus)]
+    pub load_cpus: Option<CpuList>,
+    /// PID of the server under test: pinned with --server-cpus, and the CPU time it used
+    /// per phase is reported next to the generator's.
+    #[arg(long)]
+    pub target_pid: Option<u32>,
     /// Per-request timeout; a request that takes longer counts as an error.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -327,4 +339,19 @@ mod tests {
         assert_eq!((c.id.as_str(), c.secret.as_str()), ("a", "b:c"));
         assert!(parse_credentials("nocolon").is_err());
     }
+}
+
+/// A set of CPU numbers (`--server-cpus`, `--load-cpus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+impl std::fmt::Display for CpuList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text: Vec<String> = self.0.iter().map(usize::to_string).collect();
+        f.write_str(&text.join(","))
+    }
+}
+
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    crate::cpu::parse_cpu_list(s).map(CpuList)
 }

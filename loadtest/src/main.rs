@@ -5,6 +5,7 @@
 mod baseline;
 mod cli;
 mod client;
+mod cpu;
 mod plot;
 mod report;
 mod runner;
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
     }
     .clone()
     .resolve();
+    if let Err(e) = pin(&common) {
+        eprintln!("latch-load: {e}");
+        return ExitCode::from(2);
+    }
     let threads = common.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -72,6 +77,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// --load-cpus pins this process before its runtime starts (its threads inherit the mask);
+/// --server-cpus with --target-pid pins the server under test.
+fn pin(common: &Common) -> Result<(), String> {
+    if let (Some(server), Some(load)) = (&common.server_cpus, &common.load_cpus) {
+        if cpu::overlap(&server.0, &load.0) {
+            return Err(format!(
+                "--server-cpus {server} and --load-cpus {load} share a CPU"
+            ));
+        }
+    }
+    if let Some(load) = &common.load_cpus {
+        cpu::pin_self(&load.0)?;
+    }
+    if let (Some(server), Some(pid)) = (&common.server_cpus, common.target_pid) {
+        cpu::pin_process(pid, &server.0)?;
+    }
+    Ok(())
 }
 
 /// Prints and writes the report; decides the exit status.

@@ -661,3 +661,32 @@ fn audit_retention_is_at_least_a_day() {
     let e = load(GOOD, &[("LATCH_STORE__AUDIT_RETENTION", "forever")]).expect_err("bad");
     assert_eq!(e.key, "store.audit_retention");
 }
+
+#[test]
+fn tls_files_go_together_and_are_off_by_default() {
+    let c = load(GOOD, &[]).unwrap();
+    assert!(c.tls.files().is_none());
+    assert_eq!(c.tls.watch_interval, Duration::from_secs(2));
+    assert_eq!(
+        err_key(GOOD, &[("LATCH_TLS__CERT_FILE", "/etc/latch/cert.pem")]),
+        "tls.key_file"
+    );
+    assert_eq!(
+        err_key(GOOD, &[("LATCH_TLS__KEY_FILE", "/etc/latch/key.pem")]),
+        "tls.cert_file"
+    );
+    let both = [
+        ("LATCH_TLS__CERT_FILE", "/etc/latch/cert.pem"),
+        ("LATCH_TLS__KEY_FILE", "/etc/latch/key.pem"),
+    ];
+    // Validation does no IO: the files are read at start and by `latch check`.
+    let c = load(GOOD, &both).unwrap();
+    assert!(c.tls.files().is_some());
+    let mut fast = both.to_vec();
+    fast.push(("LATCH_TLS__WATCH_INTERVAL", "10ms"));
+    assert_eq!(err_key(GOOD, &fast), "tls.watch_interval");
+    assert_eq!(
+        err_key(GOOD, &[("LATCH_TLS__CERTFILE", "x")]),
+        "tls.certfile"
+    );
+}

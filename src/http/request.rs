@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
@@ -37,6 +37,12 @@ impl ClientAddr {
 
 /// Reads the whole body within `deadline` (total, not per chunk: a client trickling one
 /// byte at a time is cut off too), refusing more than `limit` bytes with 413.
+///
+/// A body over the limit is still read to its end, and thrown away, when it is at most
+/// [`DRAIN_MAX`] bytes: closing a connection with unread bytes in its receive buffer makes
+/// the kernel reset it, and the client may then see the reset instead of the 413 (seen
+/// as `IncompleteMessage` from hyper clients). Past `DRAIN_MAX` the 413 is sent at once and
+/// the connection closes: such a client is not worth the bandwidth.
 pub async fn read_body(
     req: Request<Incoming>,
     limit: usize,
@@ -48,21 +54,49 @@ pub async fn read_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > DRAIN_MAX) {
         return Err(ApiError::PayloadTooLarge);
     }
-    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
-    let Ok(collected) = collected else {
+    let read = tokio::time::timeout(deadline, read_within(body, limit as u64)).await;
+    let Ok(read) = read else {
         metrics::counter!(crate::metrics::DEADLINES_TOTAL, "phase" => "body").increment(1);
         return Err(ApiError::RequestTimeout);
     };
-    match collected {
-        Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
-        Err(_) => Err(ApiError::InvalidRequest(
-            "the request body could not be read".into(),
-        )),
+    read.map(|bytes| (parts, bytes))
+}
+
+/// The most bytes of a too-large body read and discarded before answering 413.
+pub const DRAIN_MAX: u64 = 1 << 20;
+
+/// The body's bytes if it has at most `limit`; 413 once it proves larger (after reading
+/// it to its end, up to [`DRAIN_MAX`]).
+async fn read_within(mut body: Incoming, limit: u64) -> Result<Bytes, ApiError> {
+    let unreadable = || ApiError::InvalidRequest("the request body could not be read".into());
+    // Most bodies arrive in one frame: kept as is, without a copy.
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| unreadable())?.into_data() else {
+            continue; // trailers carry nothing latch reads
+        };
+        seen += data.len() as u64;
+        if seen > DRAIN_MAX {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        if seen <= limit {
+            frames.push(data);
+        } else {
+            frames.clear();
+        }
     }
+    if seen > limit {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    Ok(match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.pop().unwrap_or_default(),
+        _ => frames.concat().into(),
+    })
 }
 
 /// Requires the media type `expected` (parameters such as charset are allowed).

@@ -50,9 +50,11 @@ pub struct TestServer {
     generation: u32,
 }
 
-/// Parses `latch listening on http://HOST:PORT (metrics on http://HOST:PORT)`.
+/// Parses `latch listening on http://HOST:PORT (metrics on http://HOST:PORT)` (`https://`
+/// for a main listener with TLS).
 pub fn parse_announce(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = line.trim().strip_prefix("latch listening on http://")?;
+    let rest = line.trim().strip_prefix("latch listening on ")?;
+    let rest = (rest.strip_prefix("http://")).or_else(|| rest.strip_prefix("https://"))?;
     let (main, rest) = rest.split_once(" (metrics on http://")?;
     let metrics = rest.strip_suffix(')')?;
     Some((main.parse().ok()?, metrics.parse().ok()?))

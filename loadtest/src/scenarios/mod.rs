@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::baseline::BaselineServer;
 use crate::cli::{BaselineFlags, Common};
 use crate::client::{token_form, Conn, Oauth, Target};
+use crate::cpu::{Meter, Usage};
 use crate::report::{Comparison, Report, Row, Timeline};
 use crate::runner::{run_phase, PhaseResult, Plan, Worker};
 
@@ -205,15 +206,24 @@ where
     let mut baseline_row = None;
     if flags.baseline {
         let server = BaselineServer::spawn(body_bytes, flags.baseline_threads).await?;
+        if let (Some(cpus), Some(pid)) = (&ctx.common.server_cpus, server.pid()) {
+            crate::cpu::pin_process(pid, &cpus.0)?;
+        }
         let target = Target::parse(&server.url)?;
+        let meter = Meter::start(server.pid());
         let result = run_phase(&ctx.plan("baseline"), &["baseline"], make(target, true)).await;
+        let usage = meter.stop();
         server.stop().await;
         let phase = result.map_err(|e| format!("baseline: {e}"))?;
-        baseline_row = Some(baseline_row_of(ctx, report, body_bytes, &phase));
+        let row = baseline_row_of(ctx, report, body_bytes, &phase);
+        note_cpu(report, "baseline", &row, &phase, usage);
+        baseline_row = Some(row);
     }
+    let meter = Meter::start(ctx.common.target_pid);
     let phase = run_phase(&ctx.plan(label), &[label], make(ctx.target.clone(), false))
         .await
         .map_err(|e| format!("{}: {e}", ctx.target.url))?;
+    let usage = meter.stop();
     let row = Row::from_op(
         label,
         &ctx.target.url,
@@ -221,6 +231,15 @@ where
         &phase,
         &phase.ops[0],
     );
+    note_cpu(report, "target", &row, &phase, usage);
+    if let Some(cpus) = &ctx.common.server_cpus {
+        report.detail("server_cpus", cpus.to_string());
+    }
+    if ctx.common.load_cpus.is_some() {
+        // What the kernel applied, not what was asked.
+        let applied = crate::cpu::current_affinity()?;
+        report.detail("load_cpus", crate::cli::CpuList(applied).to_string());
+    }
     report.timelines.push(Timeline::of(label, &phase));
     note_phase(report, ctx.common.concurrency, &phase);
     report.count(&row);
@@ -230,6 +249,31 @@ where
     }
     report.rows.push(row);
     Ok(())
+}
+
+/// CPU each side used in a phase (warm-up included), in total and per request answered
+/// in it: `{side}_server_cpu_s`, `{side}_server_cpu_us_per_request` (when the server's PID
+/// is known: the baseline child always, latch with --target-pid), `{side}_load_cpu_s`.
+fn note_cpu(report: &mut Report, side: &str, row: &Row, phase: &PhaseResult, usage: Usage) {
+    let requests = (row.requests + phase.warmup_requests).max(1) as f64;
+    if let Some(server) = usage.server {
+        report.detail(
+            &format!("{side}_server_cpu_s"),
+            round3(server.as_secs_f64()),
+        );
+        report.detail(
+            &format!("{side}_server_cpu_us_per_request"),
+            round3(server.as_secs_f64() * 1e6 / requests),
+        );
+    }
+    report.detail(
+        &format!("{side}_load_cpu_s"),
+        round3(usage.generator.as_secs_f64()),
+    );
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// The baseline's row, its timeline and answer size in the report.
