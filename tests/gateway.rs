@@ -4,7 +4,8 @@
 //! `Authorization`), then a real nginx (Debian's, `auth_request`) running the shipped
 //! `deploy/gateway/nginx.conf` in front of a small upstream: an active token passes with
 //! its subject forwarded, a revoked one is refused once revocation reaches the node, a
-//! missing scope is 403 and a missing token 401 with its challenge.
+//! missing scope is 403, a missing token 401 with its challenge, and with latch gone
+//! nginx refuses (500).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -609,6 +610,19 @@ async fn nginx_auth_request_in_front_of_a_service() {
     .await;
     let r = get("/orders/42", Some(reader.clone())).await;
     assert_eq!(r.header("www-authenticate").as_deref(), Some(INVALID));
+
+    // latch gone: nginx refuses (500), it never lets the request through.
+    let fresh = s
+        .issue(
+            &clients::orders(),
+            &[("scope", "orders:read"), ("audience", ORDERS_AUD)],
+        )
+        .await;
+    assert_eq!(get("/orders/42", Some(fresh.clone())).await.status, 200);
+    drop(s);
+    let r = get("/orders/42", Some(fresh)).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(!r.text().contains("x-latch-subject"), "{}", r.text());
 }
 
 // ---------------------------------------------------------------------------
