@@ -786,7 +786,13 @@ impl Config {
             .collect();
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top)".into() } else { key };
+            // An empty name (`[""]`, found by tests/fuzz.rs) would make an error that
+            // names no key at all.
+            let key = if key == "." || key.is_empty() {
+                "(top)".into()
+            } else {
+                key
+            };
             ConfigError::new(key, e.into_inner().to_string())
         })?;
         let config = Config {

@@ -1166,6 +1166,10 @@ async fn contracts(api: &Api, s: &TestServer) {
         assert_eq!(r.status, status, "{template}: {}", r.text());
         api.assert(Method::GET, template, &r);
     }
+    // A path that names no client (a `:` in the id; found by scripts/conformance).
+    let r = post("/admin/contracts/a%3Ab".into(), json!({}), admin.clone()).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    api.assert(Method::POST, "/admin/contracts/{client}", &r);
 
     // The registry: a new scope.
     let registry = get("/admin/scopes".into(), admin.clone()).await.json();

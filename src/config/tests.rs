@@ -97,6 +97,8 @@ fn errors_name_the_exact_key() {
             "tokens.access_ttl",
         ),
         ("", &[("LATCH_CLIENTS__5__ID", "x")], "clients.5.id"),
+        // A table with an empty name (found by tests/fuzz.rs).
+        ("[\"\"]", &[], "(top)"),
     ];
     for (extra, env, key) in cases {
         // Sections in `extra` must come before the [[clients]] array of GOOD.

@@ -342,6 +342,26 @@ pub fn require_role(client: &Client, role: Role) -> Result<(), ApiError> {
     }
 }
 
+/// Entry points for the fuzz harnesses (`tests/fuzz.rs`); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Client authentication without the rate limits and contracts of a node: parses an
+    /// `Authorization` header value and the form's credentials exactly as
+    /// [`authenticate`] does, and checks them against `clients`.
+    pub fn client_authentication(
+        clients: &Clients,
+        authorization: Option<&[u8]>,
+        form: Option<&Form>,
+    ) -> Result<(Arc<Client>, &'static str), ApiError> {
+        let basic = authorization.map(parse_basic);
+        // The id the limits would count, computed for its parsing, not its use.
+        let _ = presented_id(basic.as_ref(), form);
+        verify(clients, basic, form)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
