@@ -41,8 +41,9 @@ const OUTAGE: &str = "needs a store outage: outage_answers_match_the_openapi_doc
 /// Why it does not drive a 408 or 429.
 const LIMITS: &str = "needs tiny limits and deadlines: limit_answers_match_the_openapi_document";
 /// Operations that authenticate a client, so an auth-failure limit can refuse them (429).
-const AUTHENTICATED: [(&str, &str); 38] = [
+const AUTHENTICATED: [(&str, &str); 39] = [
     ("post", "/token"),
+    ("get", "/gateway/check"),
     ("post", "/introspect"),
     ("post", "/introspect/batch"),
     ("post", "/revoke"),
@@ -119,6 +120,7 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
     ("post", "/token", "503", OUTAGE),
     ("post", "/introspect", "503", OUTAGE),
     ("post", "/introspect/batch", "503", OUTAGE),
+    ("get", "/gateway/check", "503", OUTAGE),
     ("post", "/revoke", "503", OUTAGE),
     ("post", "/admin/revoke", "503", OUTAGE),
     ("post", "/admin/keys/rotate", "503", OUTAGE),
@@ -782,6 +784,72 @@ async fn real_answers_match_the_openapi_document() {
         }
     }
 
+    // --- /gateway/check ---
+    let gateway =
+        |bearer: Option<String>, client: ClientDef, more: Vec<(&'static str, &'static str)>| {
+            let s = &s;
+            async move {
+                let cred = basic(&client.id, &client.secret);
+                let mut headers = vec![("x-latch-client-authorization", cred.as_str())];
+                if let Some(b) = &bearer {
+                    headers.push(("authorization", b.as_str()));
+                }
+                headers.extend(more);
+                raw(s, Method::GET, "/gateway/check", &headers, b"").await
+            }
+        };
+    let bearer = Some(format!("Bearer {access}"));
+    /// (bearer, gateway client, more headers, status, error code)
+    type GatewayCase<'a> = (Option<String>, ClientDef, Params<'a>, u16, &'a str);
+    let gateway_cases: Vec<GatewayCase> = vec![
+        (bearer.clone(), rs.clone(), vec![], 200, ""),
+        (None, rs.clone(), vec![], 401, "invalid_token"),
+        (
+            Some("Bearer not-a-token".into()),
+            rs.clone(),
+            vec![],
+            401,
+            "invalid_token",
+        ),
+        (
+            bearer.clone(),
+            wrong_secret(&rs),
+            vec![],
+            401,
+            "invalid_client",
+        ),
+        (
+            bearer.clone(),
+            nobody.clone(),
+            vec![],
+            403,
+            "unauthorized_client",
+        ),
+        (
+            bearer.clone(),
+            rs.clone(),
+            vec![("x-latch-required-scope", "admin:everything")],
+            403,
+            "insufficient_scope",
+        ),
+        (
+            bearer.clone(),
+            rs.clone(),
+            vec![("x-latch-required-scope", "a\"b")],
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (bearer, client, more, status, code) in gateway_cases {
+        let r = gateway(bearer, client, more).await;
+        if status == 200 {
+            assert_eq!(r.status, 200, "{}", r.text());
+        } else {
+            r.assert_error(status, code);
+        }
+        api.assert(Method::GET, "/gateway/check", &r);
+    }
+
     // --- /introspect/batch ---
     let batch = |tokens: Value, client: ClientDef, prefer: Option<&'static str>| {
         let s = &s;
@@ -1015,6 +1083,11 @@ async fn real_answers_match_the_openapi_document() {
     let admin_auth = basic(&admin.id, &admin.secret);
     let receiver_auth = basic(&ssf_receiver().id, &ssf_receiver().secret);
     for (method, template) in api.operations() {
+        if template == "/gateway/check" {
+            // Answers every method the same (gateways forward the user's): no 405, and
+            // no body is read. tests/gateway.rs drives GET, POST, PUT and DELETE.
+            continue;
+        }
         let path = concrete(&template, &next).replace("{stream_id}", &poll_id);
         let documented = |m: &Method| {
             api.path_item(&template)
@@ -2389,6 +2462,17 @@ async fn outage_answers_match_the_openapi_document() {
         r.assert_error(503, "temporarily_unavailable");
         api.assert(Method::POST, path, &r);
     }
+    let (cred, bearer) = (
+        basic(&clients::rs_all().id, &clients::rs_all().secret),
+        format!("Bearer {token}"),
+    );
+    let headers = [
+        ("x-latch-client-authorization", cred.as_str()),
+        ("authorization", bearer.as_str()),
+    ];
+    let r = raw(s, Method::GET, "/gateway/check", &headers, b"").await;
+    r.assert_error(503, "temporarily_unavailable");
+    api.assert(Method::GET, "/gateway/check", &r);
     let key_path = format!("/admin/keys/{kid}/revoke");
     for (path, template, body) in [
         (
@@ -2751,6 +2835,15 @@ async fn limit_answers_match_the_openapi_document() {
         .await;
     r.assert_error(429, "slow_down");
     api.assert(Method::POST, "/introspect/batch", &r);
+    let cred = basic(&clients::rs_all().id, &clients::rs_all().secret);
+    let bearer = format!("Bearer {second}");
+    let headers = [
+        ("x-latch-client-authorization", cred.as_str()),
+        ("authorization", bearer.as_str()),
+    ];
+    let r = raw(&s, Method::GET, "/gateway/check", &headers, b"").await;
+    r.assert_error(429, "slow_down");
+    api.assert(Method::GET, "/gateway/check", &r);
     for (method, template, path, body) in ssf_requests("any-stream") {
         let r = ssf_request(&s, method.clone(), &path, body).await;
         r.assert_error(429, "slow_down");

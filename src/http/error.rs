@@ -77,10 +77,45 @@ pub enum ApiError {
     /// the stable `reason` code.
     #[error("{0}")]
     Elevation(crate::grants::Refused),
+    /// A bearer token refused at `/gateway/check` (RFC 6750 §3): 401, or 403 for an
+    /// insufficient scope, with its `WWW-Authenticate: Bearer` challenge.
+    #[error("{0}")]
+    Bearer(Bearer),
+    /// The gateway's own credential at `/gateway/check` failed, or its client lacks the
+    /// role: the inner error's answer, marked `X-Latch-Failure: gateway` so the gateway
+    /// can tell its own misconfiguration from a refused user token.
+    #[error("{0}")]
+    Gateway(Box<ApiError>),
     /// A bug or an impossible state. Logged in full; the client sees only `server_error`.
     #[error("{0}")]
     Internal(String),
 }
+
+/// Why a bearer token was refused (RFC 6750 §3.1).
+#[derive(Debug)]
+pub enum Bearer {
+    /// No bearer token at all: a challenge without an error code (RFC 6750 §3.1).
+    Missing,
+    /// `invalid_token`: malformed, unknown, expired, revoked, for another audience, or
+    /// for an audience the caller may not see; the description says which of the first
+    /// two only (the rest look alike, as at `/introspect`).
+    Invalid(&'static str),
+    /// `insufficient_scope` (403): the token lacks the scope named here.
+    InsufficientScope(String),
+}
+
+impl std::fmt::Display for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bearer::Missing => f.write_str("no bearer token"),
+            Bearer::Invalid(why) => f.write_str(why),
+            Bearer::InsufficientScope(_) => f.write_str("the token lacks a required scope"),
+        }
+    }
+}
+
+/// The header that says whose credential an answer of `/gateway/check` refuses.
+pub const FAILURE_HEADER: &str = "x-latch-failure";
 
 impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -120,12 +155,23 @@ impl ApiError {
             // `temporarily_unavailable` of a 503, which says latch cannot decide.
             RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            Bearer(b) => match b {
+                self::Bearer::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+                _ => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            },
+            Gateway(inner) => inner.status_and_code(),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         }
     }
 
     /// The response for this error.
     pub fn into_response(self) -> Response<Full<Bytes>> {
+        if let ApiError::Gateway(inner) = self {
+            let mut resp = inner.into_response();
+            resp.headers_mut()
+                .insert(FAILURE_HEADER, HeaderValue::from_static("gateway"));
+            return resp;
+        }
         let (status, code) = self.status_and_code();
         let description = match &self {
             ApiError::Internal(detail) => {
@@ -170,6 +216,22 @@ impl ApiError {
                 if let Ok(v) = HeaderValue::from_str(&nonce) {
                     headers.insert("dpop-nonce", v);
                 }
+            }
+            ApiError::Bearer(b) => {
+                let challenge = match &b {
+                    Bearer::Missing => "Bearer realm=\"latch\"".to_string(),
+                    Bearer::Invalid(why) => format!(
+                        "Bearer realm=\"latch\", error=\"invalid_token\", error_description=\"{why}\""
+                    ),
+                    Bearer::InsufficientScope(scope) => format!(
+                        "Bearer realm=\"latch\", error=\"insufficient_scope\", scope=\"{scope}\""
+                    ),
+                };
+                // The scope was checked to be NQCHARs; descriptions are constants.
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+                headers.insert(FAILURE_HEADER, HeaderValue::from_static("token"));
             }
             _ => {}
         }

@@ -23,6 +23,7 @@ use request::{read_body, require_content_type, ClientAddr, Form};
 pub mod admin;
 pub mod contracts;
 pub mod error;
+pub mod gateway;
 pub mod grants;
 pub mod introspection;
 pub mod nodes;
@@ -56,6 +57,8 @@ enum Route {
     AdminGrants,
     AdminNodes,
     AdminRevocation,
+    /// `/gateway/check`: forward authentication, any method.
+    Gateway,
     Healthz,
     Readyz,
     /// Token Status List: one list, and the aggregation of all.
@@ -71,7 +74,11 @@ impl Route {
     fn hot(self) -> bool {
         matches!(
             self,
-            Route::Token | Route::Introspect | Route::IntrospectBatch | Route::Jwks
+            Route::Token
+                | Route::Introspect
+                | Route::IntrospectBatch
+                | Route::Jwks
+                | Route::Gateway
         )
     }
 
@@ -95,6 +102,7 @@ impl Route {
             p if p == "/admin/grants" || p.starts_with("/admin/grants/") => Route::AdminGrants,
             p if p == "/grants" || p.starts_with("/grants/") => Route::Grants,
             "/admin/nodes" => Route::AdminNodes,
+            p if p == gateway::PATH || p.starts_with("/gateway/check/") => Route::Gateway,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/statuslists" => Route::StatusLists,
@@ -125,6 +133,7 @@ impl Route {
             Route::AdminGrants => "admin_grants",
             Route::AdminNodes => "admin_nodes",
             Route::AdminRevocation => "admin_revocation",
+            Route::Gateway => "gateway_check",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::StatusList => "status_list",
@@ -290,6 +299,11 @@ async fn dispatch(
     }
     if let Route::Ssf(endpoint) = route {
         return ssf::dispatch(app, endpoint, req, request_id).await;
+    }
+    if route == Route::Gateway {
+        // Any method (gateways forward the user's); the body is never read.
+        let (parts, _) = req.into_parts();
+        return gateway::check(app, &parts).await;
     }
     let allowed = route.method();
     if req.method().as_str() != allowed {
