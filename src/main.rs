@@ -127,18 +127,20 @@ struct Remote {
 #[derive(Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["subject", "session", "client", "token", "all"])))]
 struct RevokeArgs {
+    // Values may start with `-`: a jti or a session id is random base64url, so one in 32
+    // does (clap would otherwise read `--token -x…` as an unknown flag).
     /// The subject as latch writes it in tokens, or with --issuer the IdP's own sub.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     subject: Option<String>,
     /// With --subject: the trusted issuer whose sub it is (its subject_prefix applies).
     #[arg(long, requires = "subject")]
     issuer: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     session: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     client: Option<String>,
     /// A token's jti.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     token: Option<String>,
     /// Every token issued so far.
     #[arg(long)]
@@ -204,6 +206,16 @@ enum StoreCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A verb whose output goes to a pipe closed early (`latch audit | head`) ends
+        // quietly, as command-line tools do, instead of panicking in `println!`. The
+        // server keeps Rust's default (SIGPIPE ignored): a peer that goes away is an
+        // error on its socket, not the end of the process.
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging();
     if let Some(path) = cli.ca_file {
         cli::set_ca_file(path);

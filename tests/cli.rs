@@ -610,3 +610,45 @@ async fn redis_mode_refuses_to_start_without_a_kek() {
         "error does not name LATCH_KEK: {out} {err}"
     );
 }
+
+/// A jti, a session id or a subject may start with `-` (one random base64url jti in 32
+/// does): the CLI takes it as the value, not as a flag.
+#[tokio::test]
+async fn revoke_values_may_start_with_a_hyphen() {
+    let s = TestServer::builder().start().await;
+    let admin = clients::admin();
+    let creds = Some((admin.id.as_str(), admin.secret.as_str()));
+    for (flag, value) in [
+        ("--token", "-jti-starting-with-a-hyphen"),
+        ("--session", "-sid"),
+        ("--subject", "-someone"),
+    ] {
+        let (ok, out, err) = operator(
+            &s,
+            &["revoke", flag, value, "--reason", "hyphen", "--json"],
+            creds,
+        )
+        .await;
+        assert!(ok, "revoke {flag} {value}: {out} {err}");
+        let answer: Value = serde_json::from_str(&out).expect("JSON answer");
+        assert_eq!(answer["value"], value, "{out}");
+    }
+}
+
+/// A verb whose stdout is a pipe nobody reads (`latch gen-secret | true`) ends by SIGPIPE,
+/// quietly, as command-line tools do: no panic message.
+#[test]
+fn a_closed_stdout_ends_a_verb_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = latch_cmd()
+        .arg("gen-secret")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run latch gen-secret");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
+}
