@@ -168,24 +168,7 @@ async fn grant(
             };
             let mut claims = view.access_claims(&client.id, client, aud, scope);
             if let Some(g) = &grant {
-                view.elevate(&mut claims, g);
-                if claims.exp <= claims.iat {
-                    // The grant ends within this second: a token would be born expired.
-                    return Err(policy::elevation_not_active(&g.scope).into());
-                }
-                metrics::counter!(
-                    m::GRANT_TOKENS_ISSUED,
-                    "sensitive" => if g.sensitive { "true" } else { "false" }
-                )
-                .increment(1);
-                tracing::info!(
-                    target: "latch::grants",
-                    client = %client.id,
-                    grant = %g.id,
-                    scope = %g.scope,
-                    exp = claims.exp,
-                    "token issued under an elevation grant"
-                );
+                elevate(&view, client, &mut claims, g)?;
             }
             issue(
                 app,
@@ -615,24 +598,7 @@ async fn refresh(
     };
     let mut claims = view.access_claims(&record.sub, client, record.aud.clone(), scope);
     if let Some(g) = &grant {
-        view.elevate(&mut claims, g);
-        if claims.exp <= claims.iat {
-            // The grant ends within this second: a token would be born expired.
-            return Err(policy::elevation_not_active(&g.scope).into());
-        }
-        metrics::counter!(
-            m::GRANT_TOKENS_ISSUED,
-            "sensitive" => if g.sensitive { "true" } else { "false" }
-        )
-        .increment(1);
-        tracing::info!(
-            target: "latch::grants",
-            client = %client.id,
-            grant = %g.id,
-            scope = %g.scope,
-            exp = claims.exp,
-            "session token issued under an elevation grant"
-        );
+        elevate(&view, client, &mut claims, g)?;
     }
     claims.sid = Some(record.sid.clone());
     claims.username = record.username.clone();
@@ -776,4 +742,35 @@ async fn sync_revocations(app: &App) -> Result<(), Error> {
         Verdict::Live => Ok(()),
         _ => Err(Error::Unavailable("revocations not yet applied".into())),
     }
+}
+
+/// Claims of a token carrying `grant`'s scope (client credentials and session refresh
+/// alike): `exp` no later than the grant's end, refused if that leaves no lifetime,
+/// counted and logged.
+fn elevate(
+    view: &View<'_>,
+    client: &Client,
+    claims: &mut AccessClaims,
+    g: &crate::grants::Grant,
+) -> Result<(), Error> {
+    view.elevate(claims, g);
+    if claims.exp <= claims.iat {
+        // The grant ends within this second: a token would be born expired.
+        return Err(policy::elevation_not_active(&g.scope).into());
+    }
+    metrics::counter!(
+        m::GRANT_TOKENS_ISSUED,
+        "sensitive" => if g.sensitive { "true" } else { "false" }
+    )
+    .increment(1);
+    tracing::info!(
+        target: "latch::grants",
+        client = %client.id,
+        subject = %claims.sub,
+        grant = %g.id,
+        scope = %g.scope,
+        exp = claims.exp,
+        "token issued under an elevation grant"
+    );
+    Ok(())
 }
