@@ -808,3 +808,29 @@ async fn minimal_answers_say_only_active() {
             >= 1.0
     );
 }
+
+/// A batch limit set above 1 MiB is the limit: a 1.5 MB batch under a 4 MiB limit is
+/// answered (reading a too-large body to drain it must not cap what the limit allows).
+#[tokio::test]
+async fn a_batch_limit_over_one_mebibyte_is_honoured() {
+    let s = TestServer::builder()
+        .env("LATCH_INTROSPECTION__BATCH_MAX", "200")
+        .env("LATCH_INTROSPECTION__BATCH_MAX_BODY_BYTES", "4194304")
+        .start()
+        .await;
+    let rs = clients::rs_all();
+    let token = s.issue(&clients::orders(), &[]).await;
+    let big = "y".repeat(9_000);
+    let mut tokens: Vec<&str> = vec![&big; 169];
+    tokens.push(&token);
+    let body_len = serde_json::to_vec(&json!({ "tokens": tokens }))
+        .unwrap()
+        .len();
+    assert!(body_len > 1_500_000, "{body_len}");
+    let r = batch(&s, &rs, &tokens).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 170);
+    assert_eq!(results[169]["active"], true);
+    assert_eq!(results[0], json!({"active": false}));
+}

@@ -39,10 +39,10 @@ impl ClientAddr {
 /// Reads the whole body within `deadline` (total, not per chunk: a client trickling one
 /// byte at a time is cut off too), refusing more than `limit` bytes with 413.
 ///
-/// A body over the limit is still read to its end, and thrown away, when it is at most
-/// [`DRAIN_MAX`] bytes: closing a connection with unread bytes in its receive buffer makes
+/// A body over the limit is still read to its end, and thrown away, when it exceeds the
+/// limit by at most [`DRAIN_MAX`] bytes: closing a connection with unread bytes in its receive buffer makes
 /// the kernel reset it, and the client may then see the reset instead of the 413 (seen
-/// as `IncompleteMessage` from hyper clients). Past `DRAIN_MAX` the 413 is sent at once and
+/// as `IncompleteMessage` from hyper clients). Past that the 413 is sent at once and
 /// the connection closes: such a client is not worth the bandwidth.
 pub async fn read_body(
     req: Request<Incoming>,
@@ -55,10 +55,12 @@ pub async fn read_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_MAX) {
+    // At most this much is read: the body if it is within `limit`, else to drain it.
+    let cap = (limit as u64).saturating_add(DRAIN_MAX);
+    if declared.is_some_and(|n| n > cap) {
         return Err(ApiError::PayloadTooLarge);
     }
-    let read = tokio::time::timeout(deadline, read_within(body, limit as u64)).await;
+    let read = tokio::time::timeout(deadline, read_within(body, limit as u64, cap)).await;
     let Ok(read) = read else {
         metrics::counter!(crate::metrics::DEADLINES_TOTAL, "phase" => "body").increment(1);
         return Err(ApiError::RequestTimeout);
@@ -66,12 +68,12 @@ pub async fn read_body(
     read.map(|bytes| (parts, bytes))
 }
 
-/// The most bytes of a too-large body read and discarded before answering 413.
+/// How far past its limit a too-large body is read and discarded before answering 413.
 pub const DRAIN_MAX: u64 = 1 << 20;
 
 /// The body's bytes if it has at most `limit`; 413 once it proves larger (after reading
-/// it to its end, up to [`DRAIN_MAX`]).
-async fn read_within(mut body: Incoming, limit: u64) -> Result<Bytes, ApiError> {
+/// it to its end, up to `cap` = `limit` + [`DRAIN_MAX`] bytes in all).
+async fn read_within(mut body: Incoming, limit: u64, cap: u64) -> Result<Bytes, ApiError> {
     let unreadable = || ApiError::InvalidRequest("the request body could not be read".into());
     // Most bodies arrive in one frame: kept as is, without a copy.
     let mut frames: Vec<Bytes> = Vec::new();
@@ -81,7 +83,7 @@ async fn read_within(mut body: Incoming, limit: u64) -> Result<Bytes, ApiError> 
             continue; // trailers carry nothing latch reads
         };
         seen += data.len() as u64;
-        if seen > DRAIN_MAX {
+        if seen > cap {
             return Err(ApiError::PayloadTooLarge);
         }
         if seen <= limit {
