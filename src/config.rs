@@ -77,6 +77,8 @@ pub struct Config {
     pub status_list: StatusListConfig,
     /// DPoP proofs at the token endpoint (`[dpop]`).
     pub dpop: DpopConfig,
+    /// How the main listener's requests are run (`[runtime]`).
+    pub runtime: RuntimeConfig,
     /// SHA-256 (hex, first 16 chars) of the effective config, environment included:
     /// recorded in the audit log at every start, so config changes are visible there.
     pub digest: String,
@@ -578,6 +580,53 @@ pub struct StatusListConfig {
     pub commits_in_flight: usize,
 }
 
+/// `[runtime]`: the threads that serve the main listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `multi_thread` (one tokio runtime whose workers share every connection) or
+    /// `per_core` (one single-threaded runtime per worker, each with its own socket on
+    /// the listening port, `SO_REUSEPORT`).
+    #[serde(default)]
+    pub flavor: RuntimeFlavor,
+    /// Worker threads (`multi_thread`) or runtimes (`per_core`); 0 (the default): one per
+    /// CPU this process may run on.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeFlavor {
+    #[default]
+    MultiThread,
+    PerCore,
+}
+
+impl RuntimeConfig {
+    /// The most workers accepted: far more than any machine latch runs on has cores.
+    const MAX_WORKERS: usize = 256;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers > Self::MAX_WORKERS {
+            return Err(ConfigError::new(
+                "runtime.workers",
+                format!("must be 0 (one per CPU) to {}", Self::MAX_WORKERS),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The number of workers: `workers`, or the CPUs this process may run on (its
+    /// affinity mask and cgroup quota count; 1 if unknown).
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 /// `[dpop]`: DPoP (RFC 9449) proofs at `/token`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -779,6 +828,8 @@ struct RawConfig {
     status_list: Option<StatusListConfig>,
     #[serde(default)]
     dpop: Option<DpopConfig>,
+    #[serde(default)]
+    runtime: Option<RuntimeConfig>,
 }
 
 /// Top-level scalar keys that `LATCH_<KEY>` may override (everything else needs a section).
@@ -855,6 +906,7 @@ impl Config {
             tls: raw.tls.unwrap_or_else(from_empty),
             status_list: raw.status_list.unwrap_or_else(from_empty),
             dpop: raw.dpop.unwrap_or_else(from_empty),
+            runtime: raw.runtime.unwrap_or_else(from_empty),
             digest,
         };
         config.validate()?;
@@ -1016,6 +1068,7 @@ impl Config {
         }
         self.status_list.validate()?;
         self.dpop.validate()?;
+        self.runtime.validate()?;
         if let Some(i) = self.demo_secret_client() {
             if !self.listen.ip().is_loopback() {
                 return Err(ConfigError::new(

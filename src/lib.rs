@@ -55,7 +55,7 @@ use app::follower::{Follower, FollowerConfig};
 use app::keys::Keys;
 use app::nodes::{Identity, Reporter, ReporterConfig};
 use app::App;
-use config::{Config, StoreKind};
+use config::{Config, RuntimeFlavor, StoreKind};
 use keys::Kek;
 use revocation::Table;
 use store::{SharedStore, StoreError};
@@ -140,9 +140,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     // TLS files are read before binding: a bad pair is a config error, as `latch check` says.
     let certs = tls::Certs::load(&config.tls).map_err(config::ConfigError::from)?;
-    let listener = bind(config.listen).await?;
+    let listener = match config.runtime.flavor {
+        RuntimeFlavor::MultiThread => Main::Shared(bind(config.listen).await?),
+        RuntimeFlavor::PerCore => Main::PerCore(
+            server::bind_reuseport(config.listen, config.runtime.worker_count()).map_err(
+                |source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                },
+            )?,
+        ),
+    };
     let metrics_listener = bind(config.metrics.listen).await?;
-    let (addr, metrics_addr) = (local(&listener), local(&metrics_listener));
+    let (addr, metrics_addr) = (listener.local(), local(&metrics_listener));
     let limits = server::ListenerLimits {
         max_connections: config.limits.max_connections,
         max_connections_per_ip: config.limits.per_ip_connections(),
@@ -210,14 +220,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             stop_rx.clone(),
         )),
     ];
-    let main = tokio::spawn(server::serve(
-        listener,
-        app,
-        http::handle,
-        limits,
-        acceptor,
-        stop_rx,
-    ));
+    let main = match listener {
+        Main::Shared(listener) => tokio::spawn(server::serve(
+            listener,
+            app,
+            http::handle,
+            limits,
+            acceptor,
+            stop_rx,
+        )),
+        Main::PerCore(listeners) => {
+            let workers =
+                server::serve_per_core(listeners, app, http::handle, limits, acceptor, stop_rx)
+                    .map_err(|source| StartError::Listen { addr, source })?;
+            tokio::spawn(workers)
+        }
+    };
     shutdown.await;
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
@@ -288,6 +306,23 @@ pub async fn contract_drift(config: &Config) -> Result<Vec<String>, StartError> 
         &config.clients()?,
         time::now_ms(),
     ))
+}
+
+/// The main listener: one socket for the shared runtime, or one per worker of the
+/// `per_core` runtime (`[runtime]`).
+enum Main {
+    Shared(TcpListener),
+    PerCore(Vec<std::net::TcpListener>),
+}
+
+impl Main {
+    fn local(&self) -> std::net::SocketAddr {
+        match self {
+            Main::Shared(l) => local(l),
+            // `bind_reuseport` binds at least one.
+            Main::PerCore(ls) => ls[0].local_addr().expect("a bound listener has an address"),
+        }
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {

@@ -16,7 +16,7 @@ use latch::cli::{
     Cell::{Text, Time},
     CliError,
 };
-use latch::config::{format_duration, Config};
+use latch::config::{format_duration, Config, RuntimeFlavor};
 
 #[derive(Parser)]
 #[command(
@@ -291,10 +291,18 @@ fn serve(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `multi_thread`: one runtime, `workers` threads, for everything. `per_core`: this
+    // thread's runtime runs the node's background tasks and the metrics listener, and
+    // `latch::run` starts one single-threaded runtime per worker for the main listener.
+    let mut builder = match config.runtime.flavor {
+        RuntimeFlavor::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(config.runtime.worker_count());
+            b
+        }
+        RuntimeFlavor::PerCore => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("latch: cannot start the runtime: {e}");

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -28,7 +28,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Sleep;
 
@@ -97,6 +97,24 @@ const H2_MAX_STREAMS: u32 = 64;
 /// How often an HTTP/2 connection is pinged.
 const H2_PING_EVERY: Duration = Duration::from_secs(30);
 
+/// A listener's connection cap and per-address shares: one per listening address, shared
+/// by every accept loop serving it (the `per_core` runtime has one loop per worker, and
+/// `limits.max_connections` still bounds them together).
+#[derive(Clone)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+}
+
+impl Gate {
+    pub fn new(limits: &ListenerLimits) -> Gate {
+        Gate {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_ip: Arc::new(PerIp::default()),
+        }
+    }
+}
+
 /// Serves `listener` with `handler` until `shutdown` flips, then drains. With `tls`, every
 /// connection is a TLS one (see [`crate::tls`]).
 pub async fn serve<H, F>(
@@ -105,13 +123,29 @@ pub async fn serve<H, F>(
     handler: H,
     limits: ListenerLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(App, Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let gate = Gate::new(&limits);
+    serve_gated(listener, app, handler, limits, gate, tls, shutdown).await
+}
+
+/// [`serve`] with a [`Gate`] shared with other accept loops on the same address.
+pub async fn serve_gated<H, F>(
+    listener: TcpListener,
+    app: App,
+    handler: H,
+    limits: ListenerLimits,
+    gate: Gate,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(App, Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_ip = Arc::new(PerIp::default());
+    let Gate { permits, per_ip } = gate;
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -212,6 +246,90 @@ pub async fn serve<H, F>(
     {
         tracing::warn!("connections still open after the drain period; closing them");
     }
+}
+
+/// Binds `n` sockets to `addr`, all with `SO_REUSEPORT`, for the `per_core` runtime: the
+/// kernel spreads incoming connections over them (by a hash of the connection's
+/// addresses), so each worker accepts its own without waking another. The first bind
+/// decides the port when `addr`'s is 0. Linux lets only sockets of the same effective
+/// user share a port this way, so another user's process cannot take a share.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut bound = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n.max(1) {
+        let socket = match at {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(at)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        at = listener.local_addr()?;
+        bound.push(listener.into_std()?);
+    }
+    Ok(bound)
+}
+
+/// The accept backlog of every listening socket (tokio's default for `TcpListener::bind`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Serves each of `listeners` (from [`bind_reuseport`]) on its own thread with its own
+/// single-threaded runtime: a connection, its requests and its responses stay on the thread
+/// that accepted it, so no request wakes another thread. The connection cap is shared.
+/// The future returned resolves once every worker has drained after `shutdown` flips. Work the handlers hand to
+/// the node's background tasks (the store's connections, the follower) stays on the
+/// runtime that started them; only the request path moves.
+///
+/// Every worker's thread and runtime are started before this returns: an error here is a
+/// start-up error, never a listener that quietly serves on fewer workers.
+pub fn serve_per_core<H, F>(
+    listeners: Vec<std::net::TcpListener>,
+    app: App,
+    handler: H,
+    limits: ListenerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<impl Future<Output = ()> + Send + 'static>
+where
+    H: Fn(App, Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let gate = Gate::new(&limits);
+    let mut done = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (app, handler, limits, gate, tls, shutdown) = (
+            app.clone(),
+            handler.clone(),
+            limits.clone(),
+            gate.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("latch-core-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            serve_gated(listener, app, handler, limits, gate, tls, shutdown).await
+                        }
+                        Err(error) => tracing::error!(%error, "worker cannot take its socket"),
+                    }
+                });
+                let _ = tx.send(());
+            })?;
+        done.push(rx);
+    }
+    Ok(async move {
+        for rx in done {
+            let _ = rx.await;
+        }
+    })
 }
 
 // === impl DeadlineIo ===

@@ -170,7 +170,14 @@ impl App {
     /// A new request id, unique across nodes.
     pub fn next_request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.node_tag)
+        // Without the formatting machinery: this runs on every request.
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n);
+        let mut id = String::with_capacity(self.node_tag.len() + 1 + digits.len());
+        id.push_str(&self.node_tag);
+        id.push('-');
+        id.push_str(digits);
+        id
     }
 
     /// If `(rse, rsq)` is ahead of this node (another node stamped it from a newer view,
