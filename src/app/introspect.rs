@@ -10,7 +10,9 @@
 //! - [`introspect_batch`]: up to `introspection.batch_max` tokens through one view: one
 //!   instant, one freshness check, so a stale node refuses the whole batch, never a part.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use metrics::Counter;
 
 use tokio::time::Instant;
 
@@ -134,8 +136,7 @@ async fn decide(
     }
     match decision {
         Ok(claims) => {
-            metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "active", "reason" => "")
-                .increment(1);
+            count_decision(None);
             let deprecated = app
                 .contracts
                 .client(&claims.client_id, view.now_ms())
@@ -148,12 +149,36 @@ async fn decide(
             Ok(Answer::Access { claims, deprecated })
         }
         Err(reason) => {
-            metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "inactive", "reason" => reason.as_str())
-                .increment(1);
+            count_decision(Some(reason));
             tracing::debug!(reason = reason.as_str(), caller = %caller.id, "token inactive");
             Ok(Answer::Inactive)
         }
     }
+}
+
+/// Counts an access-token decision in `latch_introspections_total` (`None`: active). Each
+/// series is registered on first use and kept: introspection pays an atomic add, not a
+/// key build and registry look-up.
+fn count_decision(inactive: Option<Reason>) {
+    const SLOTS: usize = 32;
+    static SERIES: [OnceLock<Counter>; SLOTS + 1] = [const { OnceLock::new() }; SLOTS + 1];
+    let slot = match inactive {
+        None => SLOTS,
+        Some(reason) if (reason as usize) < SLOTS => reason as usize,
+        Some(reason) => {
+            metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "inactive", "reason" => reason.as_str())
+                .increment(1);
+            return;
+        }
+    };
+    SERIES[slot]
+        .get_or_init(|| match inactive {
+            None => metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "active", "reason" => ""),
+            Some(reason) => {
+                metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => "inactive", "reason" => reason.as_str())
+            }
+        })
+        .increment(1);
 }
 
 /// The record of an active refresh token, or `None` when it is inactive.

@@ -157,12 +157,22 @@ pub struct Signer {
     pub header_b64: String,
 }
 
+/// The base64url JWS header of every access token `kid` signs: `typ`, `alg`, `kid`.
+pub fn access_header_b64(alg: Alg, kid: &str) -> String {
+    let header = json!({"typ": ACCESS_TOKEN_TYP, "alg": alg.as_str(), "kid": kid});
+    material::b64url(header.to_string().as_bytes())
+}
+
 /// An immutable snapshot of every key.
 pub struct KeyRing {
     pub version: u64,
     /// Sorted by creation time.
     pub records: Vec<KeyRecord>,
     by_kid: HashMap<Kid, Arc<VerifyKey>>,
+    /// Every key by the base64url JWS header latch signs access tokens with under it
+    /// ([`access_header_b64`]): a token whose header segment is one of these, byte for
+    /// byte, names that key, its algorithm and the access-token type without a parse.
+    by_header: HashMap<String, Arc<VerifyKey>>,
     signer: Option<Arc<Signer>>,
     /// The rendered JWKS document.
     pub jwks: Bytes,
@@ -177,6 +187,7 @@ impl KeyRing {
             version: 0,
             records: vec![],
             by_kid: HashMap::new(),
+            by_header: HashMap::new(),
             signer: None,
             jwks: Bytes::from_static(br#"{"keys":[]}"#),
             known: BTreeMap::new(),
@@ -188,21 +199,21 @@ impl KeyRing {
     pub fn build(version: u64, mut records: Vec<KeyRecord>, kek: &Kek) -> KeyRing {
         records.sort_by_key(|r| (r.created_at_ms, r.kid.clone()));
         let mut by_kid = HashMap::new();
+        let mut by_header = HashMap::new();
         let mut signer = None;
         let mut published = Vec::new();
         for r in &records {
             match material::decoding_key(r.alg, &r.kid, &r.public_jwk) {
                 Ok(decoding) => {
-                    by_kid.insert(
-                        r.kid.clone(),
-                        Arc::new(VerifyKey {
-                            kid: r.kid.clone(),
-                            alg: r.alg,
-                            state: r.state,
-                            retires_at_ms: r.retires_at_ms,
-                            decoding,
-                        }),
-                    );
+                    let key = Arc::new(VerifyKey {
+                        kid: r.kid.clone(),
+                        alg: r.alg,
+                        state: r.state,
+                        retires_at_ms: r.retires_at_ms,
+                        decoding,
+                    });
+                    by_header.insert(access_header_b64(r.alg, &r.kid), key.clone());
+                    by_kid.insert(r.kid.clone(), key);
                 }
                 Err(error) => tracing::error!(%error, "key record skipped"),
             }
@@ -222,13 +233,11 @@ impl KeyRing {
                     .and_then(|der| material::SigningKey::from_der(r.alg, &r.kid, &der));
                 match key {
                     Ok(key) => {
-                        let header =
-                            json!({"typ": ACCESS_TOKEN_TYP, "alg": r.alg.as_str(), "kid": r.kid});
                         signer = Some(Arc::new(Signer {
                             kid: r.kid.clone(),
                             alg: r.alg,
                             key,
-                            header_b64: material::b64url(header.to_string().as_bytes()),
+                            header_b64: access_header_b64(r.alg, &r.kid),
                         }))
                     }
                     Err(error) => tracing::error!(%error, "active key cannot sign"),
@@ -244,6 +253,7 @@ impl KeyRing {
             version,
             records,
             by_kid,
+            by_header,
             signer,
             jwks: Bytes::from(jwks),
             known,
@@ -252,6 +262,12 @@ impl KeyRing {
 
     pub fn get(&self, kid: &str) -> Option<&Arc<VerifyKey>> {
         self.by_kid.get(kid)
+    }
+
+    /// The key whose access-token header is exactly `header_b64` (see
+    /// [`access_header_b64`]); `None` for any other header, which the caller then parses.
+    pub fn by_header(&self, header_b64: &str) -> Option<&Arc<VerifyKey>> {
+        self.by_header.get(header_b64)
     }
 
     pub fn signer(&self) -> Option<&Arc<Signer>> {

@@ -373,3 +373,53 @@ fn cached_tokens_are_checked_again_for_everything_that_can_change() {
         .decide(&tampered)
         .is_err());
 }
+
+/// latch's own header names its key without a parse; any other encoding of a header is
+/// parsed and held to the same rules; either way the key's algorithm verifies.
+#[test]
+fn own_headers_skip_the_parse_and_other_headers_are_parsed() {
+    let (active, der) = record(Alg::EdDSA, KeyState::Active);
+    let (next, _) = record(Alg::EdDSA, KeyState::Next);
+    let (_, stranger_der) = record(Alg::EdDSA, KeyState::Active);
+    let kid = active.kid.clone();
+    let ring = KeyRing::build(1, vec![active, next.clone()], &kek());
+    let table = test_table();
+    let v = verifier(&ring, &table);
+    let own = crate::keys::access_header_b64(Alg::EdDSA, &kid);
+    let good = sign(ring.signer().unwrap(), &claims()).unwrap();
+    assert!(good.starts_with(&format!("{own}.")));
+    assert_eq!(ring.by_header(&own).map(|k| &*k.kid), Some(&*kid));
+    assert_eq!(v.decide(&good).as_deref(), Ok(&claims()));
+
+    // The same fields in another order (jsonwebtoken writes `typ` first): not latch's
+    // bytes, so parsed; still latch's key, algorithm and type, so active.
+    let reordered = forge(
+        header(Alg::EdDSA, &kid, TYP),
+        &claims(),
+        &EncodingKey::from_ed_der(&der),
+    );
+    assert!(ring
+        .by_header(reordered.split('.').next().unwrap())
+        .is_none());
+    assert_eq!(v.decide(&reordered).as_deref(), Ok(&claims()));
+
+    // latch's exact header for the active key, signed by someone else's key.
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims()).unwrap());
+    let input = format!("{own}.{payload}");
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&stranger_der).unwrap();
+    let sig = URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes()).as_ref());
+    assert_eq!(
+        v.decide(&format!("{input}.{sig}")),
+        Err(Reason::BadSignature)
+    );
+    // A signature that is not base64url, and a fourth part.
+    assert_eq!(v.decide(&format!("{input}.!!")), Err(Reason::Malformed));
+    assert_eq!(v.decide(&format!("{good}.x")), Err(Reason::Malformed));
+
+    // latch's exact header of a key that does not sign yet: refused by its state.
+    let next_header = crate::keys::access_header_b64(Alg::EdDSA, &next.kid);
+    assert_eq!(
+        v.decide(&format!("{next_header}.{payload}.{sig}")),
+        Err(Reason::KeyNotSigning)
+    );
+}
