@@ -186,7 +186,7 @@ impl Client {
 /// The client registry. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Clients {
-    by_id: Arc<HashMap<ClientId, Arc<Client>>>,
+    by_id: Arc<HashMap<ClientId, Arc<Client>, foldhash::fast::RandomState>>,
 }
 
 impl Clients {

@@ -22,7 +22,6 @@ use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 use metrics::Counter;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::admin::parse_json;
 use super::error::{bytes_response, ApiError};
@@ -112,34 +111,6 @@ pub async fn batch(app: &App, parts: &Parts, body: &[u8]) -> Result<Resp, ApiErr
 // === rendering ===
 
 #[derive(Serialize)]
-struct AccessIntrospection<'a> {
-    active: bool,
-    scope: &'a str,
-    client_id: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    iss: &'a str,
-    exp: i64,
-    iat: i64,
-    nbf: i64,
-    jti: &'a str,
-    token_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    act: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<&'a str>,
-    /// The elevation grant the token's extra scope comes from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grant: Option<&'a str>,
-    /// RFC 9449 §6.2: the key a DPoP-bound token is bound to, for the resource server
-    /// to compare with the proof it received.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cnf: Option<&'a crate::tokens::Cnf>,
-}
-
-#[derive(Serialize)]
 struct RefreshIntrospection<'a> {
     active: bool,
     token_type: &'static str,
@@ -161,26 +132,7 @@ fn render(app: &App, answer: &Answer, detail: Detail) -> Result<Bytes, ApiError>
     let full = match (answer, detail) {
         (Answer::Inactive, _) => return Ok(Bytes::from_static(INACTIVE)),
         (_, Detail::Minimal) => return Ok(Bytes::from_static(ACTIVE)),
-        (Answer::Access { claims: c, .. }, Detail::Full) => {
-            serde_json::to_vec(&AccessIntrospection {
-                active: true,
-                scope: &c.scope,
-                client_id: &c.client_id,
-                sub: &c.sub,
-                aud: &c.aud,
-                iss: &c.iss,
-                exp: c.exp,
-                iat: c.iat,
-                nbf: c.nbf,
-                jti: &c.jti,
-                token_type: if c.cnf.is_some() { "DPoP" } else { "Bearer" },
-                sid: c.sid.as_deref(),
-                act: c.act.as_ref(),
-                username: c.username.as_deref(),
-                grant: c.grant.as_deref(),
-                cnf: c.cnf.as_ref(),
-            })
-        }
+        (Answer::Access { claims: c, .. }, Detail::Full) => return Ok(render_access(c)),
         (Answer::Refresh(r), Detail::Full) => serde_json::to_vec(&RefreshIntrospection {
             active: true,
             token_type: "refresh_token",
@@ -197,6 +149,115 @@ fn render(app: &App, answer: &Answer, detail: Detail) -> Result<Bytes, ApiError>
     };
     full.map(Bytes::from)
         .map_err(|e| ApiError::Internal(format!("rendering an introspection answer: {e}")))
+}
+
+/// An active access token's RFC 7662 answer, written directly: the member names are
+/// ours (written as they are), each string value is copied as is when it needs no escape
+/// (latch's own values, such as ids, URLs and scopes, never do) and escaped by serde_json
+/// otherwise. `tests` below hold it equal to serde_json's rendering of the same answer.
+fn render_access(c: &crate::tokens::AccessClaims) -> Bytes {
+    let mut w = JsonObject::with_capacity(
+        160 + c.scope.len()
+            + c.client_id.len()
+            + c.sub.len()
+            + c.aud.len()
+            + c.iss.len()
+            + c.jti.len(),
+    );
+    w.raw("active", "true");
+    w.str("scope", &c.scope);
+    w.str("client_id", &c.client_id);
+    w.str("sub", &c.sub);
+    w.str("aud", &c.aud);
+    w.str("iss", &c.iss);
+    w.int("exp", c.exp);
+    w.int("iat", c.iat);
+    w.int("nbf", c.nbf);
+    w.str("jti", &c.jti);
+    w.str(
+        "token_type",
+        if c.cnf.is_some() { "DPoP" } else { "Bearer" },
+    );
+    if let Some(sid) = &c.sid {
+        w.str("sid", sid);
+    }
+    if let Some(act) = &c.act {
+        w.value("act", act);
+    }
+    if let Some(username) = &c.username {
+        w.str("username", username);
+    }
+    // The elevation grant the token's extra scope comes from.
+    if let Some(grant) = &c.grant {
+        w.str("grant", grant);
+    }
+    // RFC 9449 §6.2: the key a DPoP-bound token is bound to, for the resource server to
+    // compare with the proof it received.
+    if let Some(cnf) = &c.cnf {
+        w.value("cnf", cnf);
+    }
+    w.finish()
+}
+
+/// A JSON object written member by member. Names are `&'static str` of ours and are
+/// never escaped; values go through [`JsonObject::str`] (escaped only when they need it)
+/// or serde_json.
+struct JsonObject {
+    out: Vec<u8>,
+}
+
+impl JsonObject {
+    fn with_capacity(n: usize) -> JsonObject {
+        let mut out = Vec::with_capacity(n);
+        out.push(b'{');
+        JsonObject { out }
+    }
+
+    fn name(&mut self, name: &'static str) {
+        debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        if self.out.len() > 1 {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    /// A value already in JSON form (`true`).
+    fn raw(&mut self, name: &'static str, json: &'static str) {
+        self.name(name);
+        self.out.extend_from_slice(json.as_bytes());
+    }
+
+    fn str(&mut self, name: &'static str, value: &str) {
+        self.name(name);
+        // JSON needs an escape only for '"', '\\' and control characters.
+        if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.out.push(b'"');
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.push(b'"');
+        } else {
+            // Writing a string into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut self.out, value);
+        }
+    }
+
+    fn int(&mut self, name: &'static str, value: i64) {
+        self.name(name);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    fn value(&mut self, name: &'static str, value: &impl Serialize) {
+        self.name(name);
+        // Our own claim types and serde_json values: serializing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.out, value);
+    }
+
+    fn finish(mut self) -> Bytes {
+        self.out.push(b'}');
+        Bytes::from(self.out)
+    }
 }
 
 /// The deprecation headers (`Deprecation`, `Sunset`, ...) of an active access token that
@@ -402,6 +463,68 @@ impl Detail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::{AccessClaims, Cnf};
+    use serde_json::{json, Value};
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            iss: "https://latch.test".into(),
+            sub: "alice".into(),
+            aud: "https://api".into(),
+            exp: 1_800_000_300,
+            iat: 1_800_000_000,
+            nbf: -5,
+            jti: "jti-1".into(),
+            client_id: "app".into(),
+            scope: "read write".into(),
+            sid: None,
+            act: None,
+            username: None,
+            rsq: 3,
+            rse: 7,
+            dcl: Vec::new(),
+            djt: Vec::new(),
+            cv: 0,
+            grant: None,
+            status: None,
+            cnf: None,
+        }
+    }
+
+    /// The direct writer gives valid JSON with exactly the members and values serde_json
+    /// gives, for plain values and for every kind that needs escaping.
+    #[test]
+    fn the_access_answer_is_the_json_serde_would_write() {
+        let plain = claims();
+        let got: Value = serde_json::from_slice(&render_access(&plain)).unwrap();
+        assert_eq!(
+            got,
+            json!({"active": true, "scope": "read write", "client_id": "app", "sub": "alice",
+                "aud": "https://api", "iss": "https://latch.test", "exp": 1_800_000_300i64,
+                "iat": 1_800_000_000i64, "nbf": -5, "jti": "jti-1", "token_type": "Bearer"})
+        );
+        let mut hostile = claims();
+        hostile.sub = "quote\" back\\slash \u{1} ctl \n nl é ünï \u{2028}".into();
+        hostile.username = Some("</script>\"x\":1".into());
+        hostile.sid = Some("s\t1".into());
+        hostile.grant = Some("g-1".into());
+        hostile.act = Some(json!({"sub": "a\"b", "act": {"sub": "c"}}));
+        hostile.cnf = Some(Cnf {
+            jkt: "thumb".into(),
+        });
+        let text = render_access(&hostile);
+        let got: Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(got["sub"], hostile.sub.as_str());
+        assert_eq!(got["username"], "</script>\"x\":1");
+        assert_eq!(got["sid"], "s\t1");
+        assert_eq!(got["grant"], "g-1");
+        assert_eq!(got["act"], json!({"sub": "a\"b", "act": {"sub": "c"}}));
+        assert_eq!(got["cnf"], json!({"jkt": "thumb"}));
+        assert_eq!(got["token_type"], "DPoP");
+        assert_eq!(got.as_object().unwrap().len(), 16);
+        // Control characters never reach the output unescaped.
+        assert!(!text.iter().any(|&b| b < 0x20), "{text:?}");
+    }
 
     fn headers(name: &'static str, values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -1,6 +1,7 @@
 //! Reading requests: the body under its size limit, content types, form parameters
 //! (RFC 6749 §3.2: none repeated), and client authentication (RFC 6749 §2.3.1).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,7 +139,17 @@ impl Form {
     /// decode to UTF-8 are refused.
     pub fn parse(body: &[u8]) -> Result<Form, ApiError> {
         let mut params: Vec<(String, String)> = Vec::new();
-        for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        // memchr, not a byte-by-byte split: a token is most of the body.
+        let mut rest = body;
+        while !rest.is_empty() {
+            let (pair, next) = match memchr::memchr(b'&', rest) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &b""[..]),
+            };
+            rest = next;
+            if pair.is_empty() {
+                continue;
+            }
             // The repeat check below is quadratic, and this runs before authentication:
             // a large body of distinct names would burn CPU that no deadline interrupts
             // (found by tests/redteam.rs). No OAuth request needs more than a handful.
@@ -147,7 +158,7 @@ impl Form {
                     "more than {MAX_PARAMS} form parameters"
                 )));
             }
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            let (name, value) = match memchr::memchr(b'=', pair) {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &b""[..]),
             };
@@ -191,11 +202,16 @@ impl Form {
 }
 
 fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
+    decoded(raw).map(Cow::into_owned)
+}
+
+/// A form-urlencoded component, decoded; borrowed when there is nothing to decode (tokens,
+/// client ids and most secrets are plain base64url).
+fn decoded(raw: &[u8]) -> Result<Cow<'_, str>, ApiError> {
     let invalid = || ApiError::InvalidRequest("the form body is not valid UTF-8".into());
-    // Tokens and most values are plain base64url: nothing to decode, one copy.
     if memchr::memchr2(b'%', b'+', raw).is_none() {
         return std::str::from_utf8(raw)
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .map_err(|_| invalid());
     }
     let plus_as_space: Vec<u8> = raw
@@ -203,7 +219,9 @@ fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
         .map(|&b| if b == b'+' { b' ' } else { b })
         .collect();
     let bytes: Vec<u8> = percent_decode(&plus_as_space).collect();
-    String::from_utf8(bytes).map_err(|_| invalid())
+    String::from_utf8(bytes)
+        .map(Cow::Owned)
+        .map_err(|_| invalid())
 }
 
 /// A parameter name fit for an error message: short and printable.
@@ -241,7 +259,7 @@ pub async fn authenticate_form(
                 .map_err(ApiError::from)
         }
         Err(e) => Err(e),
-        Ok(None) => verify(&app.clients, started.basic.clone(), Some(form)),
+        Ok(None) => verify(&app.clients, &started.basic, Some(form)),
     };
     started.finish(app, presented)
 }
@@ -260,7 +278,7 @@ pub fn authenticate(
             "client assertions are accepted at /token, /introspect and /revoke".into(),
         )),
         Some(Err(e)) => Err(e),
-        _ => verify(&app.clients, started.basic.clone(), form),
+        _ => verify(&app.clients, &started.basic, form),
     };
     started.finish(app, presented)
 }
@@ -361,10 +379,7 @@ fn presented_id<'a>(
 ) -> Option<std::borrow::Cow<'a, str>> {
     if let Some(basic) = basic {
         let (id, _) = basic.as_ref()?;
-        return Some(match decode_component(id.as_bytes()) {
-            Ok(decoded) => std::borrow::Cow::Owned(decoded),
-            Err(_) => std::borrow::Cow::Borrowed(id.as_str()),
-        });
+        return Some(decoded(id.as_bytes()).unwrap_or(Cow::Borrowed(id.as_str())));
     }
     form.and_then(|f| f.get("client_id"))
         .map(std::borrow::Cow::Borrowed)
@@ -373,7 +388,7 @@ fn presented_id<'a>(
 /// The configured client whose secret was presented, and how it was presented.
 fn verify(
     clients: &Clients,
-    basic: Basic,
+    basic: &Basic,
     form: Option<&Form>,
 ) -> Result<(Arc<Client>, &'static str), ApiError> {
     let in_body = form.and_then(|f| f.get("client_secret")).is_some();
@@ -383,8 +398,8 @@ fn verify(
                 "use one client authentication method, not two".into(),
             ));
         }
-        let (id, secret) = basic.ok_or(ApiError::InvalidClient)?;
-        return Ok((check(clients, &id, &secret)?, "client_secret_basic"));
+        let (id, secret) = basic.as_ref().ok_or(ApiError::InvalidClient)?;
+        return Ok((check(clients, id, secret)?, "client_secret_basic"));
     }
     if let Some(form) = form {
         if let (Some(id), Some(secret)) = (form.get("client_id"), form.get("client_secret")) {
@@ -399,13 +414,13 @@ fn verify(
 
 /// Basic credentials are form-urlencoded before base64 (RFC 6749 §2.3.1); clients that
 /// skip that step are common, so the raw form is tried when decoding changes nothing valid.
-fn check(clients: &Clients, id: &str, secret: &str) -> Result<Arc<Client>, ApiError> {
-    let decoded_id = decode_component(id.as_bytes()).unwrap_or_else(|_| id.to_string());
-    let decoded_secret = decode_component(secret.as_bytes()).unwrap_or_else(|_| secret.to_string());
+fn check<'a>(clients: &Clients, id: &'a str, secret: &'a str) -> Result<Arc<Client>, ApiError> {
+    let decode = |raw: &'a str| decoded(raw.as_bytes()).unwrap_or(Cow::Borrowed(raw));
+    let (decoded_id, decoded_secret) = (decode(id), decode(secret));
     if let Some(c) = clients.authenticate(&decoded_id, decoded_secret.as_bytes()) {
         return Ok(c);
     }
-    if (decoded_id.as_str(), decoded_secret.as_str()) != (id, secret) {
+    if (&*decoded_id, &*decoded_secret) != (id, secret) {
         if let Some(c) = clients.authenticate(id, secret.as_bytes()) {
             return Ok(c);
         }
@@ -419,10 +434,12 @@ fn parse_basic(header: &[u8]) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = STANDARD.decode(rest.trim()).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    Some((id.to_string(), secret.to_string()))
+    let mut decoded = String::from_utf8(STANDARD.decode(rest.trim()).ok()?).ok()?;
+    // One allocation for the two halves: the secret is split off the decoded buffer.
+    let colon = decoded.find(':')?;
+    let secret = decoded.split_off(colon + 1);
+    decoded.truncate(colon);
+    Some((decoded, secret))
 }
 
 /// Requires a role of an authenticated client.
@@ -452,7 +469,7 @@ pub mod fuzzing {
         let basic = authorization.map(parse_basic);
         // The id the limits would count, computed for its parsing, not its use.
         let _ = presented_id(basic.as_ref(), form);
-        verify(clients, basic, form)
+        verify(clients, &basic, form)
     }
 }
 

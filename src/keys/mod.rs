@@ -168,11 +168,11 @@ pub struct KeyRing {
     pub version: u64,
     /// Sorted by creation time.
     pub records: Vec<KeyRecord>,
-    by_kid: HashMap<Kid, Arc<VerifyKey>>,
+    by_kid: HashMap<Kid, Arc<VerifyKey>, foldhash::fast::RandomState>,
     /// Every key by the base64url JWS header latch signs access tokens with under it
     /// ([`access_header_b64`]): a token whose header segment is one of these, byte for
     /// byte, names that key, its algorithm and the access-token type without a parse.
-    by_header: HashMap<String, Arc<VerifyKey>>,
+    by_header: HashMap<String, Arc<VerifyKey>, foldhash::fast::RandomState>,
     signer: Option<Arc<Signer>>,
     /// The rendered JWKS document.
     pub jwks: Bytes,
@@ -186,8 +186,8 @@ impl KeyRing {
         KeyRing {
             version: 0,
             records: vec![],
-            by_kid: HashMap::new(),
-            by_header: HashMap::new(),
+            by_kid: HashMap::default(),
+            by_header: HashMap::default(),
             signer: None,
             jwks: Bytes::from_static(br#"{"keys":[]}"#),
             known: BTreeMap::new(),
@@ -198,8 +198,8 @@ impl KeyRing {
     /// active key's private half.
     pub fn build(version: u64, mut records: Vec<KeyRecord>, kek: &Kek) -> KeyRing {
         records.sort_by_key(|r| (r.created_at_ms, r.kid.clone()));
-        let mut by_kid = HashMap::new();
-        let mut by_header = HashMap::new();
+        let mut by_kid = HashMap::default();
+        let mut by_header = HashMap::default();
         let mut signer = None;
         let mut published = Vec::new();
         for r in &records {
