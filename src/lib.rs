@@ -140,6 +140,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     // TLS files are read before binding: a bad pair is a config error, as `latch check` says.
     let certs = tls::Certs::load(&config.tls).map_err(config::ConfigError::from)?;
+    let client_auth = match config.requests_client_certs() {
+        true => Some(Arc::new(
+            tls::ClientAuth::load(&config.tls).map_err(config::ConfigError::from)?,
+        )),
+        false => None,
+    };
     let listener = bind(config.listen).await?;
     let metrics_listener = bind(config.metrics.listen).await?;
     let (addr, metrics_addr) = (local(&listener), local(&metrics_listener));
@@ -164,7 +170,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(certs) => {
             let reload = tls::reloader(certs.clone(), config.tls.watch_interval, stop_rx.clone())
                 .map_err(|source| StartError::Signal { source })?;
-            (Some(tls::acceptor(certs)), Some(reload))
+            let listener = tls::Listener {
+                acceptor: tls::acceptor(certs, client_auth.is_some()),
+                client_auth,
+            };
+            (Some(listener), Some(reload))
         }
         None => (None, None),
     };

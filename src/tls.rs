@@ -19,6 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
+use crate::clients::PeerCert;
 use crate::config::{ConfigError, TlsConfig};
 use crate::metrics as m;
 
@@ -226,18 +227,151 @@ impl Certs {
     }
 }
 
-/// The acceptor of the main listener: TLS 1.3 and 1.2 (ring), no client certificates,
-/// ALPN `h2` then `http/1.1`.
-pub fn acceptor(certs: Arc<Certs>) -> tokio_rustls::TlsAcceptor {
+/// The acceptor of the main listener: TLS 1.3 and 1.2 (ring), ALPN `h2` then
+/// `http/1.1`. With `client_certs`, every client is asked for a certificate (RFC 8705);
+/// none is required, and any is accepted in the handshake once it proves possession of
+/// its key: whether it is trusted is decided per request ([`ClientAuth::peer`] and the
+/// client's configuration), so a self-signed certificate can reach its client's check.
+pub fn acceptor(certs: Arc<Certs>, client_certs: bool) -> tokio_rustls::TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         // ring supports both versions; this cannot fail.
-        .expect("ring supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
+        .expect("ring supports TLS 1.2 and 1.3");
+    let mut config = if client_certs {
+        builder
+            .with_client_cert_verifier(Arc::new(AnyClientCert {
+                algorithms: provider.signature_verification_algorithms,
+            }))
+            .with_cert_resolver(certs)
+    } else {
+        builder.with_no_client_auth().with_cert_resolver(certs)
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A TLS listener: its acceptor and, when it asks for client certificates, how their
+/// chains are judged.
+#[derive(Clone)]
+pub struct Listener {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub client_auth: Option<Arc<ClientAuth>>,
+}
+
+/// Asks for a client certificate, requires none, and accepts any well-formed one whose
+/// key signs the handshake (rustls checks that signature with ring, below). No CA names
+/// are sent: a client holding only a self-signed certificate must still offer it (Go's
+/// TLS stack, for one, sends nothing when its certificate matches none of the names).
+#[derive(Debug)]
+struct AnyClientCert {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        use x509_cert::der::Decode;
+        // Trust is decided later, per request; here only that it is a certificate.
+        x509_cert::Certificate::from_der(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// What a connection's client certificate is worth: its chain is validated by webpki
+/// (rustls's `WebPkiClientVerifier`: signatures, validity now, the client-auth key usage)
+/// against `tls.client_ca_file`. Without that file no chain is trusted, and only
+/// self-signed clients can authenticate by certificate.
+#[derive(Debug)]
+pub struct ClientAuth {
+    ca: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+impl ClientAuth {
+    /// Reads `tls.client_ca_file` when set.
+    pub fn load(config: &TlsConfig) -> Result<ClientAuth, TlsError> {
+        let Some(path) = &config.client_ca_file else {
+            return Ok(ClientAuth { ca: None });
+        };
+        let bad = |reason: String| TlsError {
+            key: "tls.client_ca_file",
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            let c = c.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("holds no PEM certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| bad(format!("not usable: {e}")))?;
+        Ok(ClientAuth { ca: Some(verifier) })
+    }
+
+    /// The client certificate of an established connection, if it presented one.
+    pub fn peer(&self, conn: &rustls::ServerConnection) -> Option<PeerCert> {
+        self.judge(conn.peer_certificates()?)
+    }
+
+    /// A presented chain (leaf first), judged now.
+    fn judge(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCert> {
+        let (leaf, intermediates) = chain.split_first()?;
+        let trusted = self.ca.as_ref().is_some_and(|v| {
+            v.verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+                .is_ok()
+        });
+        Some(PeerCert::new(leaf.to_vec(), trusted))
+    }
 }
 
 /// Installs the SIGHUP handler now (so a SIGHUP after the announce line is never the
@@ -271,11 +405,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn client_chains_are_trusted_only_under_the_configured_ca() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            (p.self_signed(&key).unwrap(), key)
+        };
+        let leaf = |issuer: &(rcgen::Certificate, KeyPair)| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, "svc");
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            CertificateDer::from(
+                p.signed_by(&key, &issuer.0, &issuer.1)
+                    .unwrap()
+                    .der()
+                    .to_vec(),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bad) = (ca("client CA"), ca("client CA"));
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, good.0.pem()).unwrap();
+        let config = TlsConfig {
+            cert_file: None,
+            key_file: None,
+            watch_interval: std::time::Duration::from_secs(2),
+            client_ca_file: Some(file),
+        };
+        let auth = ClientAuth::load(&config).unwrap();
+        let trusted = auth.judge(&[leaf(&good)]).unwrap();
+        assert!(trusted.chain_trusted);
+        assert!(!auth.judge(&[leaf(&bad)]).unwrap().chain_trusted);
+        assert!(auth.judge(&[]).is_none());
+        // Without a CA file nothing is trusted; the certificate is still reported.
+        let none = ClientAuth { ca: None };
+        assert!(!none.judge(&[leaf(&good)]).unwrap().chain_trusted);
+    }
+
+    #[test]
     fn both_or_neither_is_off_or_checked() {
         let off = TlsConfig {
             cert_file: None,
             key_file: None,
             watch_interval: std::time::Duration::from_secs(2),
+            client_ca_file: None,
         };
         assert_eq!(check(&off).unwrap(), None);
         let missing = TlsConfig {

@@ -133,8 +133,8 @@ struct AccessIntrospection<'a> {
     /// The elevation grant the token's extra scope comes from.
     #[serde(skip_serializing_if = "Option::is_none")]
     grant: Option<&'a str>,
-    /// RFC 9449 §6.2: the key a DPoP-bound token is bound to, for the resource server
-    /// to compare with the proof it received.
+    /// What the token is bound to, for the resource server to compare: the DPoP key
+    /// (`jkt`, RFC 9449 §6.2) or the client certificate (`x5t#S256`, RFC 8705 §3.2).
     #[serde(skip_serializing_if = "Option::is_none")]
     cnf: Option<&'a crate::tokens::Cnf>,
 }
@@ -173,7 +173,7 @@ fn render(app: &App, answer: &Answer, detail: Detail) -> Result<Bytes, ApiError>
                 iat: c.iat,
                 nbf: c.nbf,
                 jti: &c.jti,
-                token_type: if c.cnf.is_some() { "DPoP" } else { "Bearer" },
+                token_type: crate::tokens::Cnf::token_type(c.cnf.as_ref()),
                 sid: c.sid.as_deref(),
                 act: c.act.as_ref(),
                 username: c.username.as_deref(),
