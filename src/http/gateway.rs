@@ -260,8 +260,26 @@ fn forwarded_request(parts: &Parts) -> Option<(String, String)> {
     if proto != "https" && proto != "http" {
         return None;
     }
-    let host = text(FORWARDED_HOST)?;
-    let uri = text(FORWARDED_URI)?;
+    // Under `/gateway/check/...` (Envoy's `path_prefix`) the gateway sent the user's path
+    // and Host as its own: they stand in for the forwarded ones it does not send.
+    let appended = parts
+        .uri
+        .path()
+        .strip_prefix(PATH)
+        .filter(|rest| rest.starts_with('/'));
+    let host = match (one_header(parts, FORWARDED_HOST)?, appended) {
+        (Some(_), _) => text(FORWARDED_HOST)?,
+        (None, Some(_)) => match parts.uri.authority() {
+            Some(a) => a.as_str(),
+            None => text("host")?,
+        },
+        (None, None) => return None,
+    };
+    let uri = match (one_header(parts, FORWARDED_URI)?, appended) {
+        (Some(_), _) => text(FORWARDED_URI)?,
+        (None, Some(rest)) => rest,
+        (None, None) => return None,
+    };
     if !uri.starts_with('/') || host.contains(['/', '?', '#', '@']) {
         return None;
     }
