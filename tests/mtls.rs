@@ -198,10 +198,10 @@ async fn send(
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "127.0.0.1");
+    let mut b = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        b = b.header("host", "127.0.0.1");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -727,6 +727,41 @@ async fn a_dpop_bound_token_passes_the_gateway_only_with_a_fresh_proof_for_the_r
     assert_eq!(r.status, 200, "{}", r.text());
     let r = call(dpop_auth.clone(), with(&good)).await;
     refused(&r, "replayed proof");
+    // Envoy's form: the user's path appended to the check path, the user's Host kept,
+    // only X-Forwarded-Proto added.
+    let rs = clients::rs_all();
+    let cred = basic(&rs.id, &rs.secret);
+    let envoy = |proof: String| {
+        let (s, pki, cred, dpop_auth) = (&s, &pki, cred.clone(), dpop_auth.clone());
+        async move {
+            send(
+                s,
+                pki,
+                None,
+                Method::GET,
+                "/gateway/check/orders/1?expand=items",
+                &[
+                    ("host", "api.example"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-latch-client-authorization", &cred),
+                    ("authorization", &dpop_auth),
+                    ("dpop", &proof),
+                ],
+                "",
+            )
+            .await
+        }
+    };
+    let r = envoy(resource_proof(&key, "GET", url, Some(&token))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = envoy(resource_proof(
+        &key,
+        "GET",
+        "https://api.example/orders/2",
+        Some(&token),
+    ))
+    .await;
+    refused(&r, "envoy, wrong htu");
     // An unbound token presented as DPoP: refused.
     let plain = issue(&s, &pki, &orders).await;
     let proof = resource_proof(&key, "GET", url, Some(&plain));
