@@ -87,6 +87,10 @@ pub struct Config {
 pub struct MetricsConfig {
     #[serde(default = "default_metrics_listen")]
     pub listen: SocketAddr,
+    /// Serve the metrics listener over TLS with the main listener's `[tls]` certificate
+    /// (reloaded with it); no client certificates are asked for there.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// `[tls]`: the main listener's certificate chain and private key (PEM files). Both or
@@ -1024,6 +1028,12 @@ impl Config {
         self.validate_deadlines_and_rates()?;
         self.validate_node()?;
         self.validate_introspection()?;
+        if self.metrics.tls && self.tls.files().is_none() {
+            return Err(ConfigError::new(
+                "metrics.tls",
+                "needs tls.cert_file and tls.key_file (the metrics listener uses that certificate)",
+            ));
+        }
         if self.tls.client_ca_file.is_some() && self.tls.files().is_none() {
             return Err(ConfigError::new(
                 "tls.client_ca_file",

@@ -10,6 +10,7 @@
 //! {result="error"}` counts it (`latch_tls_files_rejected` is 1 until a good pair loads).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -119,6 +120,8 @@ pub fn check(config: &TlsConfig) -> Result<Option<usize>, TlsError> {
 #[derive(Debug)]
 pub struct Certs {
     current: ArcSwap<CertifiedKey>,
+    /// The notAfter (Unix seconds) of the leaf in use; `i64::MIN` when it cannot be read.
+    not_after: AtomicI64,
     cert_file: PathBuf,
     key_file: PathBuf,
     /// Digest of the files last tried (loaded or refused): unchanged files are not retried
@@ -130,6 +133,23 @@ impl ResolvesServerCert for Certs {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
     }
+}
+
+/// The notAfter (Unix seconds) of a pair's leaf certificate; `i64::MIN` when unreadable
+/// (rustls accepted it, so that would be an odd certificate: no gauge then).
+fn not_after(pair: &CertifiedKey) -> i64 {
+    use x509_cert::der::Decode;
+    pair.cert
+        .first()
+        .and_then(|leaf| x509_cert::Certificate::from_der(leaf).ok())
+        .map(|c| {
+            c.tbs_certificate
+                .validity
+                .not_after
+                .to_unix_duration()
+                .as_secs() as i64
+        })
+        .unwrap_or(i64::MIN)
 }
 
 /// What started a reload (the `trigger` metric label).
@@ -157,12 +177,24 @@ impl Certs {
         let files = Files::read(cert, key)?;
         let pair = files.parse(cert, key)?;
         metrics::gauge!(m::TLS_FILES_REJECTED).set(0.0);
-        Ok(Some(Arc::new(Certs {
+        let certs = Certs {
+            not_after: AtomicI64::new(not_after(&pair)),
             current: ArcSwap::from_pointee(pair),
             cert_file: cert.to_path_buf(),
             key_file: key.to_path_buf(),
             last_seen: Mutex::new(files.digest()),
-        })))
+        };
+        certs.publish_expiry();
+        Ok(Some(Arc::new(certs)))
+    }
+
+    /// Sets `latch_tls_certificate_expiry_seconds` for the certificate in use, now.
+    pub fn publish_expiry(&self) {
+        let at = self.not_after.load(Ordering::Relaxed);
+        if at != i64::MIN {
+            let left = at - crate::time::now_secs();
+            metrics::gauge!(m::TLS_CERT_EXPIRY).set(left as f64);
+        }
     }
 
     /// Re-reads the files. A signal always retries; the watcher only when the contents
@@ -178,7 +210,9 @@ impl Certs {
                 *seen = digest;
             }
             let pair = files.parse(&self.cert_file, &self.key_file)?;
+            self.not_after.store(not_after(&pair), Ordering::Relaxed);
             self.current.store(Arc::new(pair));
+            self.publish_expiry();
             Ok(true)
         });
         let result = match &outcome {
@@ -396,6 +430,8 @@ pub fn reloader(
             // File reads and parsing are blocking but small; keep them off the reactor.
             let c = certs.clone();
             let _ = tokio::task::spawn_blocking(move || c.reload(trigger)).await;
+            // The time left shrinks whether or not anything changed.
+            certs.publish_expiry();
         }
     })
 }
