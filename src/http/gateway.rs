@@ -355,3 +355,85 @@ fn one_way(
         (None, None) => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::builder().method("GET").uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_users_request_is_read_from_the_forwarded_headers_or_envoys_path() {
+        let fwd = [
+            ("x-forwarded-method", "POST"),
+            ("x-forwarded-proto", "HTTPS"),
+            ("x-forwarded-host", "API.example:8443"),
+            ("x-forwarded-uri", "/orders/1?x=1#f"),
+        ];
+        assert_eq!(
+            forwarded_request(&parts(PATH, &fwd)),
+            Some((
+                "POST".to_string(),
+                "https://api.example:8443/orders/1".to_string()
+            ))
+        );
+        // Envoy: the method and Host of the check, the path after the prefix.
+        let envoy = parts(
+            "/gateway/check/orders/2?y=2",
+            &[("x-forwarded-proto", "https"), ("host", "api.example")],
+        );
+        assert_eq!(
+            forwarded_request(&envoy),
+            Some((
+                "GET".to_string(),
+                "https://api.example/orders/2".to_string()
+            ))
+        );
+        // Without the prefix's path, the Host of the check is latch's own: not used.
+        assert_eq!(
+            forwarded_request(&parts(
+                PATH,
+                &[("x-forwarded-proto", "https"), ("host", "latch")]
+            )),
+            None
+        );
+        // A scheme other than http(s), a host with a path, a relative URI, a repeated
+        // header: nothing.
+        for (k, v) in [
+            ("x-forwarded-proto", "ftp"),
+            ("x-forwarded-host", "a.example/evil"),
+            ("x-forwarded-uri", "orders"),
+        ] {
+            let mut h: Vec<(&str, &str)> = fwd.iter().copied().filter(|(n, _)| *n != k).collect();
+            h.push((k, v));
+            assert_eq!(forwarded_request(&parts(PATH, &h)), None, "{k}: {v}");
+        }
+        let mut twice = fwd.to_vec();
+        twice.push(("x-forwarded-uri", "/other"));
+        assert_eq!(forwarded_request(&parts(PATH, &twice)), None);
+    }
+
+    #[test]
+    fn the_users_token_comes_as_bearer_or_dpop() {
+        let p = |v: &str| parts(PATH, &[("authorization", v)]);
+        assert_eq!(
+            presented(&p("Bearer abc")).unwrap(),
+            (Scheme::Bearer, "abc")
+        );
+        assert_eq!(presented(&p("dpop abc")).unwrap(), (Scheme::Dpop, "abc"));
+        assert!(matches!(
+            presented(&p("Basic abc")),
+            Err(ApiError::Bearer(Bearer::Missing))
+        ));
+        assert!(matches!(
+            presented(&p("DPoP a b")),
+            Err(ApiError::Bearer(Bearer::Invalid(_)))
+        ));
+    }
+}
