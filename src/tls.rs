@@ -2,12 +2,18 @@
 //! `tls.cert_file` / `tls.key_file`, TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`.
 //!
 //! The server config never changes; its certificate resolver ([`Certs`]) hands every new
-//! handshake the pair in use now, held in an `ArcSwap`. [`run_reload`] replaces that pair
+//! handshake the pair in use now, held in an `ArcSwap`. [`reloader`] replaces that pair
 //! on SIGHUP and when the files' contents change (compared every `tls.watch_interval`).
 //! Established connections keep the session they negotiated, so a reload drops none. A
 //! pair that cannot be read, parsed or whose key does not match the certificate is
 //! refused: the pair in use stays, an error is logged and `latch_tls_reloads_total
 //! {result="error"}` counts it (`latch_tls_files_rejected` is 1 until a good pair loads).
+//! `latch_tls_certificate_expiry_seconds` says how long the certificate in use has left.
+//!
+//! Mutual TLS (RFC 8705): with [`acceptor`]`(.., true)` every client is asked for a
+//! certificate and none is required; [`ClientAuth`] judges the chain a connection
+//! presented against `tls.client_ca_file`, and the accept loop hands the result to every
+//! request of that connection (`crate::clients::PeerCert`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};

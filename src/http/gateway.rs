@@ -6,8 +6,12 @@
 //!
 //! - The gateway's credential: `X-Latch-Client-Authorization: Basic ...` (the same
 //!   `client_secret_basic` credential `/introspect` takes in `Authorization`, which here
-//!   carries the user's token). Its failures are marked `X-Latch-Failure: gateway`.
-//! - The user's token: `Authorization: Bearer ...` (RFC 6750 §2.1).
+//!   carries the user's token), or mutual TLS on the gateway's own connection with
+//!   `X-Latch-Client-Id`. Its failures are marked `X-Latch-Failure: gateway`.
+//! - The user's token: `Authorization: Bearer ...` (RFC 6750 §2.1), or `DPoP ...` for a
+//!   DPoP-bound one. A bound token needs its proof (`bound`): the user's certificate
+//!   forwarded in `X-Latch-Client-Cert`, or a DPoP proof for the forwarded request
+//!   (`X-Forwarded-Method`, `-Proto`, `-Host`, `-Uri`).
 //! - Per-route requirements, from the gateway: `X-Latch-Required-Scope` (space-separated,
 //!   every one required) and `X-Latch-Required-Audience` (the token's `aud` must equal
 //!   it), or the query parameters `scope` and `audience` of the check URL. Giving one

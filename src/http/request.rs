@@ -1,5 +1,6 @@
 //! Reading requests: the body under its size limit, content types, form parameters
-//! (RFC 6749 §3.2: none repeated), and client authentication (RFC 6749 §2.3.1).
+//! (RFC 6749 §3.2: none repeated), and client authentication (RFC 6749 §2.3.1; RFC 7523
+//! assertions; RFC 8705 mutual TLS by the handshake's certificate, [`ClientCert`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
