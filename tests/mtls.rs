@@ -78,6 +78,8 @@ struct Leaf {
     der: Vec<u8>,
     pem: String,
     key: Vec<u8>,
+    /// The P-256 public key, uncompressed (0x04 || x || y).
+    public: Vec<u8>,
 }
 
 impl Leaf {
@@ -86,7 +88,19 @@ impl Leaf {
             der: cert.der().to_vec(),
             pem: cert.pem(),
             key: key.serialize_der(),
+            public: key.public_key_raw().to_vec(),
         }
+    }
+
+    /// A JWKS with this certificate's key and the certificate in `x5c` (RFC 8705 §2.2).
+    fn jwks(&self) -> Value {
+        use base64::Engine;
+        let std = base64::engine::general_purpose::STANDARD;
+        json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "c1",
+            "x": b64url(&self.public[1..33]), "y": b64url(&self.public[33..65]),
+            "x5c": [std.encode(&self.der)],
+        }]})
     }
 
     fn sha256_hex(&self) -> String {
@@ -370,6 +384,9 @@ async fn tls_client_auth_by_subject_or_san_and_self_signed_by_registration() {
         vec![SanType::URI("spiffe://latch.test/svc".try_into().unwrap())],
     );
     let own = self_signed("selfie");
+    let by_file = self_signed("selfie-file");
+    let by_jwks = self_signed("selfie-jwks");
+    std::fs::write(pki.path("selfie-file.pem"), &by_file.pem).unwrap();
     let s = start(
         &pki,
         vec![
@@ -382,6 +399,15 @@ async fn tls_client_auth_by_subject_or_san_and_self_signed_by_registration() {
                     "tls_client_certificate_sha256",
                     toml::Value::Array(vec![own.sha256_hex().into()]),
                 ),
+            mtls_client("selfie-file")
+                .with("self_signed_tls_client_auth", true)
+                .with(
+                    "tls_client_certificate_file",
+                    pki.path("selfie-file.pem").to_str().unwrap(),
+                ),
+            mtls_client("selfie-jwks")
+                .jwks(by_jwks.jwks())
+                .with("self_signed_tls_client_auth", true),
         ],
     )
     .await;
@@ -392,6 +418,8 @@ async fn tls_client_auth_by_subject_or_san_and_self_signed_by_registration() {
         ("pki-dns", &dns),
         ("pki-uri", &uri),
         ("selfie", &own),
+        ("selfie-file", &by_file),
+        ("selfie-jwks", &by_jwks),
     ] {
         let r = client_credentials(&s, &pki, Some(leaf), id).await;
         let token = access_token(&r);
@@ -412,13 +440,18 @@ async fn tls_client_auth_by_subject_or_san_and_self_signed_by_registration() {
     );
     let unregistered = self_signed("selfie");
     let self_made_dn = self_signed("pki-dn");
-    let cases: [(&str, Option<&Leaf>, &str); 8] = [
+    let cases: [(&str, Option<&Leaf>, &str); 9] = [
         ("pki-dn", Some(&foreign), "certificate from another CA"),
         ("pki-dn", Some(&wrong_subject), "right CA, wrong subject"),
         ("pki-dns", Some(&wrong_san), "right CA, wrong SAN"),
         ("selfie", Some(&unregistered), "unregistered self-signed"),
         ("pki-dn", Some(&self_made_dn), "self-signed for a CA client"),
         ("selfie", Some(&dn), "another client's certificate"),
+        (
+            "selfie-jwks",
+            Some(&by_file),
+            "another self-signed client's certificate",
+        ),
         ("pki-dn", None, "no certificate"),
         ("selfie", None, "no certificate"),
     ];
