@@ -25,17 +25,16 @@
 //! path to the check URL (Envoy's `path_prefix`); there the query is the user's and is
 //! not read, so requirements come from the headers only.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use hyper::http::request::Parts;
 use hyper::{Request, Response};
-
-use super::error::{empty_ok, ApiError, Bearer};
-use std::sync::Arc;
-
 use subtle::ConstantTimeEq;
 
+use super::error::{empty_ok, ApiError, Bearer};
 use super::request::{authenticate, authenticate_by_certificate, require_role, ClientAddr, Form};
 use crate::app::introspect::{self, Answer};
 use crate::app::App;
@@ -117,10 +116,7 @@ pub async fn check(app: &App, parts: &Parts) -> Result<Resp, ApiError> {
 /// `X-Latch-Client-Authorization` exactly as any client is by `Authorization`, or by
 /// mutual TLS: the certificate of the gateway's own TLS connection to latch, for the
 /// client named in `X-Latch-Client-Id` (RFC 8705 §2). Same rate limits either way.
-fn gateway_client(
-    app: &App,
-    parts: &Parts,
-) -> Result<std::sync::Arc<crate::clients::Client>, ApiError> {
+fn gateway_client(app: &App, parts: &Parts) -> Result<Arc<crate::clients::Client>, ApiError> {
     let credential = one_header(parts, CLIENT_AUTHORIZATION).ok_or(ApiError::InvalidClient)?;
     let client_id = one_header(parts, CLIENT_ID).ok_or(ApiError::InvalidClient)?;
     // Only the credential, the handshake's certificate and the attributed address go to
@@ -146,7 +142,7 @@ fn gateway_client(
     Ok(client)
 }
 
-/// A header that must not be repeated: `Err` when it is, `Ok(None)` when absent.
+/// A header that must not be repeated: `None` when it is, `Some(None)` when absent.
 fn one_header<'a>(parts: &'a Parts, name: &'static str) -> Option<Option<&'a HeaderValue>> {
     let mut values = parts.headers.get_all(name).iter();
     match (values.next(), values.next()) {
