@@ -106,7 +106,8 @@ pub struct TlsConfig {
     #[serde(default = "d_2s", with = "duration")]
     pub watch_interval: Duration,
     /// PEM CA certificates that issue client certificates for `tls_client_auth`
-    /// (RFC 8705 §2.1). Read at start. The listener asks every TLS client for a
+    /// (RFC 8705 §2.1). Read at start and reloaded with the certificate pair. The
+    /// listener asks every TLS client for a
     /// certificate (never requires one) when this is set or any client is configured
     /// for mutual TLS.
     #[serde(default)]

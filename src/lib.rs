@@ -168,8 +168,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let ssf = app::ssf::Ssf::new(&config)?;
     let (acceptor, metrics_acceptor, reloader) = match certs {
         Some(certs) => {
-            let reload = tls::reloader(certs.clone(), config.tls.watch_interval, stop_rx.clone())
-                .map_err(|source| StartError::Signal { source })?;
+            let reload = tls::reloader(
+                certs.clone(),
+                client_auth.clone(),
+                config.tls.watch_interval,
+                stop_rx.clone(),
+            )
+            .map_err(|source| StartError::Signal { source })?;
             // The same certificate resolver: one reload serves both listeners.
             let metrics_listener = config.metrics.tls.then(|| tls::Listener {
                 acceptor: tls::acceptor(certs.clone(), false),

@@ -141,6 +141,46 @@ impl ResolvesServerCert for Certs {
     }
 }
 
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+    out
+}
+
+fn read_ca(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError {
+        key: "tls.client_ca_file",
+        path: path.to_path_buf(),
+        reason: format!("cannot read: {e}"),
+    })
+}
+
+/// The verifier of the CA certificates in `pem` (read from `path`).
+fn roots(path: &Path, pem: &[u8]) -> Result<Roots, TlsError> {
+    let bad = |reason: String| TlsError {
+        key: "tls.client_ca_file",
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut store = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+        store
+            .add(c)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if store.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| bad(format!("not usable: {e}")))?;
+    Ok(Roots(verifier))
+}
+
 /// The notAfter (Unix seconds) of a pair's leaf certificate; `i64::MIN` when unreadable
 /// (rustls accepted it, so that would be an odd certificate: no gauge then).
 fn not_after(pair: &CertifiedKey) -> i64 {
@@ -361,41 +401,77 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
 /// What a connection's client certificate is worth: its chain is validated by webpki
 /// (rustls's `WebPkiClientVerifier`: signatures, validity now, the client-auth key usage)
 /// against `tls.client_ca_file`. Without that file no chain is trusted, and only
-/// self-signed clients can authenticate by certificate.
+/// self-signed clients can authenticate by certificate. The file is re-read with the
+/// certificate pair (SIGHUP, or its contents changed): a file that cannot be used is
+/// refused and the CAs in use stay.
 #[derive(Debug)]
 pub struct ClientAuth {
-    ca: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ca: arc_swap::ArcSwapOption<Roots>,
+    file: Option<PathBuf>,
+    /// Digest of the file last tried (as `Certs::last_seen`).
+    last_seen: Mutex<[u8; 32]>,
 }
+
+/// A verifier over the configured client CAs.
+#[derive(Debug)]
+struct Roots(Arc<dyn rustls::server::danger::ClientCertVerifier>);
 
 impl ClientAuth {
     /// Reads `tls.client_ca_file` when set.
     pub fn load(config: &TlsConfig) -> Result<ClientAuth, TlsError> {
         let Some(path) = &config.client_ca_file else {
-            return Ok(ClientAuth { ca: None });
+            return Ok(ClientAuth {
+                ca: arc_swap::ArcSwapOption::empty(),
+                file: None,
+                last_seen: Mutex::new([0; 32]),
+            });
         };
-        let bad = |reason: String| TlsError {
-            key: "tls.client_ca_file",
-            path: path.clone(),
-            reason,
+        let pem = read_ca(path)?;
+        let roots = roots(path, &pem)?;
+        Ok(ClientAuth {
+            ca: arc_swap::ArcSwapOption::from_pointee(roots),
+            file: Some(path.clone()),
+            last_seen: Mutex::new(sha256(&pem)),
+        })
+    }
+
+    /// Re-reads `tls.client_ca_file` (a signal always; the watcher only when its contents
+    /// changed). `Ok(true)` when new CAs are in use; on an error the old ones stay.
+    pub fn reload(&self, trigger: Trigger) -> Result<bool, TlsError> {
+        let Some(path) = &self.file else {
+            return Ok(false);
         };
-        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            let c = c.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
-            roots
-                .add(c)
-                .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+        let outcome = read_ca(path).and_then(|pem| {
+            let digest = sha256(&pem);
+            {
+                let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+                if trigger == Trigger::Watch && *seen == digest {
+                    return Ok(false);
+                }
+                *seen = digest;
+            }
+            self.ca.store(Some(Arc::new(roots(path, &pem)?)));
+            Ok(true)
+        });
+        match &outcome {
+            Ok(true) => tracing::info!(trigger = trigger.label(), "TLS client CAs reloaded"),
+            Ok(false) => {}
+            Err(error) => {
+                // A file that cannot be read is retried every interval; say so once.
+                let digest = sha256(error.to_string().as_bytes());
+                let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+                if trigger == Trigger::Signal || *seen != digest {
+                    *seen = digest;
+                    tracing::error!(
+                        trigger = trigger.label(),
+                        key = error.key,
+                        %error,
+                        "TLS client CAs not reloaded; the previous ones stay in use"
+                    );
+                }
+            }
         }
-        if roots.is_empty() {
-            return Err(bad("holds no PEM certificate".into()));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| bad(format!("not usable: {e}")))?;
-        Ok(ClientAuth { ca: Some(verifier) })
+        outcome
     }
 
     /// The client certificate of an established connection, if it presented one.
@@ -406,8 +482,8 @@ impl ClientAuth {
     /// A presented chain (leaf first), judged now.
     fn judge(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCert> {
         let (leaf, intermediates) = chain.split_first()?;
-        let trusted = self.ca.as_ref().is_some_and(|v| {
-            v.verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+        let trusted = self.ca.load().as_ref().is_some_and(|v| {
+            v.0.verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
                 .is_ok()
         });
         Some(PeerCert::new(leaf.to_vec(), trusted))
@@ -418,6 +494,7 @@ impl ClientAuth {
 /// default action, which ends the process) and returns the reload task.
 pub fn reloader(
     certs: Arc<Certs>,
+    client_auth: Option<Arc<ClientAuth>>,
     interval: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
@@ -434,8 +511,14 @@ pub fn reloader(
                 _ = stop.changed() => return,
             };
             // File reads and parsing are blocking but small; keep them off the reactor.
-            let c = certs.clone();
-            let _ = tokio::task::spawn_blocking(move || c.reload(trigger)).await;
+            let (c, ca) = (certs.clone(), client_auth.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = c.reload(trigger);
+                if let Some(ca) = ca {
+                    let _ = ca.reload(trigger);
+                }
+            })
+            .await;
             // The time left shrinks whether or not anything changed.
             certs.publish_expiry();
         }
@@ -484,7 +567,11 @@ mod tests {
         assert!(!auth.judge(&[leaf(&bad)]).unwrap().chain_trusted);
         assert!(auth.judge(&[]).is_none());
         // Without a CA file nothing is trusted; the certificate is still reported.
-        let none = ClientAuth { ca: None };
+        let none = ClientAuth::load(&TlsConfig {
+            client_ca_file: None,
+            ..config.clone()
+        })
+        .unwrap();
         assert!(!none.judge(&[leaf(&good)]).unwrap().chain_trusted);
     }
 

@@ -914,3 +914,55 @@ async fn check_refuses_mutual_tls_settings_that_cannot_work() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+#[tokio::test]
+async fn the_client_ca_file_is_reloaded_with_the_certificate() {
+    let pki = Pki::new();
+    let old = pki.client_ca.client("svc", vec![]);
+    let s = start(
+        &pki,
+        vec![mtls_client("svc").with("tls_client_auth_subject_dn", "CN=svc,O=latch test")],
+    )
+    .await;
+    assert_eq!(
+        client_credentials(&s, &pki, Some(&old), "svc").await.status,
+        200
+    );
+    // The client CA is replaced (atomically) and the process told.
+    let next_ca = Ca::new("latch mtls test client CA 2");
+    let new = next_ca.client("svc", vec![]);
+    assert_eq!(
+        client_credentials(&s, &pki, Some(&new), "svc").await.status,
+        401
+    );
+    let tmp = pki.path("client-ca.pem.tmp");
+    std::fs::write(&tmp, next_ca.cert.pem()).unwrap();
+    std::fs::rename(&tmp, pki.path("client-ca.pem")).unwrap();
+    s.signal("HUP");
+    eventually(DEADLINE, "the new client CA is in use", || async {
+        match client_credentials(&s, &pki, Some(&new), "svc").await.status {
+            StatusCode::OK => Ok(()),
+            st => Err(format!("{st}")),
+        }
+    })
+    .await;
+    // The old CA's certificates no longer authenticate.
+    let r = client_credentials(&s, &pki, Some(&old), "svc").await;
+    r.assert_error(401, "invalid_client");
+    // A broken file is refused; the CAs in use stay.
+    std::fs::write(&tmp, "not a certificate").unwrap();
+    std::fs::rename(&tmp, pki.path("client-ca.pem")).unwrap();
+    s.signal("HUP");
+    eventually(DEADLINE, "the refusal is logged", || async {
+        if s.diagnostics().contains("TLS client CAs not reloaded") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        client_credentials(&s, &pki, Some(&new), "svc").await.status,
+        200
+    );
+}
