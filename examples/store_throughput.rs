@@ -38,6 +38,7 @@ fn record(sid: &str) -> RefreshRecord {
         issued_at_ms: now,
         expires_at_ms: now + 30 * 86_400_000,
         jkt: None,
+        x5t_s256: None,
         mac: Some("x".repeat(43)),
     }
 }

@@ -10,8 +10,10 @@ use crate::ids::ClientId;
 use crate::limits::Rate;
 
 pub mod assertion;
+pub mod certificate;
 
 pub use assertion::ClientKeys;
+pub use certificate::{CertAuth, PeerCert};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
@@ -84,6 +86,9 @@ pub struct Client {
     has_secret: bool,
     /// Registered public keys for `private_key_jwt` (`None`: that method is unavailable).
     pub keys: Option<ClientKeys>,
+    /// Certificates it may authenticate with by mutual TLS (RFC 8705; empty: neither
+    /// `tls_client_auth` nor `self_signed_tls_client_auth` is available).
+    pub certs: CertAuth,
     pub grants: Vec<Grant>,
     /// Allowed scopes; also the default when a request names none.
     pub scopes: Vec<String>,
@@ -127,6 +132,7 @@ impl Client {
             secret_sha256,
             has_secret: true,
             keys: None,
+            certs: CertAuth::default(),
             grants: Vec::new(),
             scopes: Vec::new(),
             audiences: Vec::new(),
@@ -148,9 +154,15 @@ impl Client {
 
     /// A client with no secret: it authenticates only with `private_key_jwt`.
     pub fn without_secret(id: impl Into<String>, keys: ClientKeys) -> Client {
+        let mut c = Client::no_secret(id);
+        c.keys = Some(keys);
+        c
+    }
+
+    /// A client with no secret (set `keys` or `certs`, else nothing authenticates it).
+    pub fn no_secret(id: impl Into<String>) -> Client {
         let mut c = Client::new(id, [0; 32]);
         c.has_secret = false;
-        c.keys = Some(keys);
         c
     }
 
@@ -161,10 +173,13 @@ impl Client {
     }
 
     /// The methods it can authenticate with at all: the secret ones when it has a
-    /// secret, `private_key_jwt` when it has keys.
+    /// secret, `private_key_jwt` when it has keys, the mutual-TLS ones when it has
+    /// certificates of that kind.
     pub fn can_use(&self, method: &str) -> bool {
         match method {
             assertion::PRIVATE_KEY_JWT => self.keys.is_some(),
+            certificate::TLS_CLIENT_AUTH => self.certs.pki.is_some(),
+            certificate::SELF_SIGNED_TLS_CLIENT_AUTH => !self.certs.self_signed.is_empty(),
             _ => self.has_secret,
         }
     }

@@ -89,6 +89,10 @@ pub struct Config {
 pub struct MetricsConfig {
     #[serde(default = "default_metrics_listen")]
     pub listen: SocketAddr,
+    /// Serve the metrics listener over TLS with the main listener's `[tls]` certificate
+    /// (reloaded with it); no client certificates are asked for there.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// `[tls]`: the main listener's certificate chain and private key (PEM files). Both or
@@ -103,6 +107,13 @@ pub struct TlsConfig {
     /// How often the files are compared with the ones in use.
     #[serde(default = "d_2s", with = "duration")]
     pub watch_interval: Duration,
+    /// PEM CA certificates that issue client certificates for `tls_client_auth`
+    /// (RFC 8705 §2.1). Read at start and reloaded with the certificate pair. The
+    /// listener asks every TLS client for a
+    /// certificate (never requires one) when this is set or any client is configured
+    /// for mutual TLS.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl TlsConfig {
@@ -471,6 +482,30 @@ pub struct ClientConfig {
     /// ... or the JWKS inline (a TOML table or a JSON string).
     #[serde(default)]
     pub jwks: Option<toml::Value>,
+    /// `tls_client_auth` (RFC 8705 §2.1): a certificate issued under `tls.client_ca_file`
+    /// whose subject DN (RFC 4514) or one subject alternative name equals the one value
+    /// given here (at most one of the five, RFC 8705 §2.1.2).
+    #[serde(default)]
+    pub tls_client_auth_subject_dn: Option<String>,
+    #[serde(default)]
+    pub tls_client_auth_san_dns: Option<String>,
+    #[serde(default)]
+    pub tls_client_auth_san_uri: Option<String>,
+    #[serde(default)]
+    pub tls_client_auth_san_ip: Option<String>,
+    #[serde(default)]
+    pub tls_client_auth_san_email: Option<String>,
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): the client's registered
+    /// certificates are those of `tls_client_certificate_file`,
+    /// `tls_client_certificate_sha256` and the `x5c` of its JWKS.
+    #[serde(default)]
+    pub self_signed_tls_client_auth: bool,
+    /// PEM file of the client's self-signed certificate(s).
+    #[serde(default)]
+    pub tls_client_certificate_file: Option<PathBuf>,
+    /// SHA-256 of the client's self-signed certificate(s): hex, or base64url (`x5t#S256`).
+    #[serde(default)]
+    pub tls_client_certificate_sha256: Vec<String>,
     #[serde(default)]
     pub grants: Vec<String>,
     #[serde(default)]
@@ -493,6 +528,25 @@ pub struct ClientConfig {
     pub revoke_rate: Option<String>,
     #[serde(default)]
     pub revoke_burst: Option<u32>,
+}
+
+impl ClientConfig {
+    /// The `tls_client_auth_*` values given, by RFC 8705 §2.1.2 name.
+    pub fn tls_client_auth_subject(&self) -> Vec<(&'static str, &str)> {
+        [
+            (
+                "tls_client_auth_subject_dn",
+                &self.tls_client_auth_subject_dn,
+            ),
+            ("tls_client_auth_san_dns", &self.tls_client_auth_san_dns),
+            ("tls_client_auth_san_uri", &self.tls_client_auth_san_uri),
+            ("tls_client_auth_san_ip", &self.tls_client_auth_san_ip),
+            ("tls_client_auth_san_email", &self.tls_client_auth_san_email),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1027,6 +1081,18 @@ impl Config {
         self.validate_deadlines_and_rates()?;
         self.validate_node()?;
         self.validate_introspection()?;
+        if self.metrics.tls && self.tls.files().is_none() {
+            return Err(ConfigError::new(
+                "metrics.tls",
+                "needs tls.cert_file and tls.key_file (the metrics listener uses that certificate)",
+            ));
+        }
+        if self.tls.client_ca_file.is_some() && self.tls.files().is_none() {
+            return Err(ConfigError::new(
+                "tls.client_ca_file",
+                "needs TLS on the listener (tls.cert_file and tls.key_file)",
+            ));
+        }
         self.validate_clients()?;
         for (i, ti) in self.trusted_issuers.iter().enumerate() {
             if ti.issuer.is_empty() {
@@ -1260,6 +1326,81 @@ impl Config {
         Ok(())
     }
 
+    /// The RFC 8705 settings of `clients[i]`; true when it may authenticate by mutual TLS.
+    fn validate_client_certs(&self, i: usize, c: &ClientConfig) -> Result<bool, ConfigError> {
+        let key = |k: &str| format!("clients[{i}].{k}");
+        let subject = c.tls_client_auth_subject();
+        if subject.len() > 1 {
+            return Err(ConfigError::new(
+                key(subject[1].0),
+                format!(
+                    "give one of the tls_client_auth_* values, not {} and {}",
+                    subject[0].0, subject[1].0
+                ),
+            ));
+        }
+        if let Some((field, value)) = subject.first() {
+            crate::clients::certificate::SubjectMatch::parse(field, value)
+                .map_err(|reason| ConfigError::new(key(field), reason))?;
+            if self.tls.client_ca_file.is_none() {
+                return Err(ConfigError::new(
+                    key(field),
+                    "tls_client_auth needs tls.client_ca_file (the CA that issues client \
+                     certificates)",
+                ));
+            }
+        }
+        let registered =
+            c.tls_client_certificate_file.is_some() || !c.tls_client_certificate_sha256.is_empty();
+        if registered && !c.self_signed_tls_client_auth {
+            let k = if c.tls_client_certificate_file.is_some() {
+                "tls_client_certificate_file"
+            } else {
+                "tls_client_certificate_sha256"
+            };
+            return Err(ConfigError::new(
+                key(k),
+                "only with self_signed_tls_client_auth = true",
+            ));
+        }
+        for (j, t) in c.tls_client_certificate_sha256.iter().enumerate() {
+            if crate::clients::certificate::parse_thumbprint(t).is_none() {
+                return Err(ConfigError::new(
+                    format!("clients[{i}].tls_client_certificate_sha256[{j}]"),
+                    "must be a SHA-256: 64 hex characters or 43 base64url ones",
+                ));
+            }
+        }
+        if c.self_signed_tls_client_auth && !registered && c.jwks.is_none() && c.jwks_file.is_none()
+        {
+            return Err(ConfigError::new(
+                key("self_signed_tls_client_auth"),
+                "register the certificate: tls_client_certificate_file, \
+                 tls_client_certificate_sha256, or an x5c in jwks / jwks_file",
+            ));
+        }
+        let mtls = !subject.is_empty() || c.self_signed_tls_client_auth;
+        if mtls && self.tls.files().is_none() {
+            let k = subject
+                .first()
+                .map_or("self_signed_tls_client_auth", |s| s.0);
+            return Err(ConfigError::new(
+                key(k),
+                "mutual TLS needs TLS on the listener (tls.cert_file and tls.key_file)",
+            ));
+        }
+        Ok(mtls)
+    }
+
+    /// Whether the listener asks TLS clients for a certificate.
+    pub fn requests_client_certs(&self) -> bool {
+        self.tls.client_ca_file.is_some()
+            || self
+                .clients
+                .iter()
+                .any(|c| c.self_signed_tls_client_auth || !c.tls_client_auth_subject().is_empty())
+    }
+
     fn validate_clients(&self) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
@@ -1283,11 +1424,13 @@ impl Config {
                 ));
             }
             let has_keys = c.jwks_file.is_some() || c.jwks.is_some();
-            if c.secret_sha256.is_empty() && !has_keys {
+            let has_certs = self.validate_client_certs(i, c)?;
+            if c.secret_sha256.is_empty() && !has_keys && !has_certs {
                 return Err(ConfigError::new(
                     key("secret_sha256"),
                     "required (sha256 of the secret; see latch gen-secret) unless the client \
-                     has public keys (jwks or jwks_file) for private_key_jwt",
+                     has public keys (jwks or jwks_file) for private_key_jwt or is configured \
+                     for mutual TLS",
                 ));
             }
             if !c.secret_sha256.is_empty()

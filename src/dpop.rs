@@ -43,6 +43,9 @@ pub struct Proof {
     pub until_ms: i64,
     /// The `nonce` claim, if any (the caller checks it when nonces are required).
     pub nonce: Option<String>,
+    /// The `ath` claim, if any (RFC 9449 §4.3: required, and checked by the caller, when
+    /// the proof goes with an access token).
+    pub ath: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +60,8 @@ struct Claims {
     iat: Option<i64>,
     #[serde(default)]
     nonce: Option<String>,
+    #[serde(default)]
+    ath: Option<String>,
 }
 
 /// Checks a DPoP proof for a request with HTTP method `method`: `typ`, an asymmetric
@@ -134,7 +139,17 @@ pub fn verify(
         jti,
         until_ms: (iat + rules.max_age_secs + rules.leeway_secs + 1) * 1000,
         nonce: c.nonce,
+        ath: c.ath,
     })
+}
+
+/// The `ath` a proof sent with `access_token` must carry (RFC 9449 §4.2): base64url of
+/// the SHA-256 of the token's ASCII.
+pub fn ath(access_token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        access_token.as_bytes(),
+    ))
 }
 
 /// A URL without its query and fragment (RFC 9449 §4.3: they are ignored in `htu`).

@@ -83,8 +83,8 @@ pub enum StartError {
 /// Runs a node until `shutdown` resolves, then drains in-flight requests and returns.
 ///
 /// Prints `latch listening on http://ADDR (metrics on http://ADDR)` (`https://` for the
-/// main listener with `[tls]`) on stdout once both
-/// listeners are bound; `/readyz` answers 200 once keys and revocations are loaded.
+/// main listener with `[tls]`, and for the metrics one with `metrics.tls`) on stdout once
+/// both listeners are bound; `/readyz` answers 200 once keys and revocations are loaded.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let prometheus = metrics::install();
     let (store, kek) = open_store(&config).await?;
@@ -140,6 +140,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     // TLS files are read before binding: a bad pair is a config error, as `latch check` says.
     let certs = tls::Certs::load(&config.tls).map_err(config::ConfigError::from)?;
+    let client_auth = match config.requests_client_certs() {
+        true => Some(Arc::new(
+            tls::ClientAuth::load(&config.tls).map_err(config::ConfigError::from)?,
+        )),
+        false => None,
+    };
     let listener = match config.runtime.flavor {
         RuntimeFlavor::MultiThread => Main::Shared(bind(config.listen).await?),
         RuntimeFlavor::PerCore => Main::PerCore(
@@ -170,15 +176,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     reporter.report().await?;
     let node_id = reporter.id();
     let ssf = app::ssf::Ssf::new(&config)?;
-    let (acceptor, reloader) = match certs {
+    let (acceptor, metrics_acceptor, reloader) = match certs {
         Some(certs) => {
-            let reload = tls::reloader(certs.clone(), config.tls.watch_interval, stop_rx.clone())
-                .map_err(|source| StartError::Signal { source })?;
-            (Some(tls::acceptor(certs)), Some(reload))
+            let reload = tls::reloader(
+                certs.clone(),
+                client_auth.clone(),
+                config.tls.watch_interval,
+                stop_rx.clone(),
+            )
+            .map_err(|source| StartError::Signal { source })?;
+            // The same certificate resolver: one reload serves both listeners.
+            let metrics_listener = config.metrics.tls.then(|| tls::Listener {
+                acceptor: tls::acceptor(certs.clone(), false),
+                client_auth: None,
+            });
+            let listener = tls::Listener {
+                acceptor: tls::acceptor(certs, client_auth.is_some()),
+                client_auth,
+            };
+            (Some(listener), metrics_listener, Some(reload))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let metrics_scheme = if metrics_acceptor.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let status = app::status::StatusLists::new(&config, store.clone());
     let app = App::new(
         config,
@@ -196,7 +221,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     );
     tracing::info!(%addr, %metrics_addr, store = app.store.kind(), "latch started");
-    println!("latch listening on {scheme}://{addr} (metrics on http://{metrics_addr})");
+    println!("latch listening on {scheme}://{addr} (metrics on {metrics_scheme}://{metrics_addr})");
 
     let reloading = reloader.map(tokio::spawn);
     let tasks = [
@@ -216,7 +241,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 max_connections_per_ip: 64,
                 ..limits.clone()
             },
-            None,
+            metrics_acceptor,
             stop_rx.clone(),
         )),
     ];

@@ -400,6 +400,26 @@ fn check(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if config.requests_client_certs() {
+        match latch::tls::ClientAuth::load(&config.tls) {
+            Ok(_) => println!(
+                "  mutual TLS: client certificates requested{}",
+                if config.tls.client_ca_file.is_some() {
+                    "; chains checked against tls.client_ca_file"
+                } else {
+                    " (self-signed only: no tls.client_ca_file)"
+                }
+            ),
+            Err(e) => {
+                eprintln!(
+                    "latch: {}: {}",
+                    path.display(),
+                    latch::config::ConfigError::from(e)
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
     if config.has_demo_secret() {
         println!("  warning: demo secrets configured; latch will listen on loopback only");
     }

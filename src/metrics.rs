@@ -25,6 +25,8 @@ pub const TLS_RELOADS: &str = "latch_tls_reloads_total";
 pub const TLS_FILES_REJECTED: &str = "latch_tls_files_rejected";
 /// TLS handshakes that failed, by reason (error, timeout).
 pub const TLS_HANDSHAKE_FAILURES: &str = "latch_tls_handshake_failures_total";
+/// Seconds until the notAfter of the listener certificate in use (negative once expired).
+pub const TLS_CERT_EXPIRY: &str = "latch_tls_certificate_expiry_seconds";
 pub const KEY_RECORDS_REJECTED: &str = "latch_key_records_rejected_total";
 pub const REFRESH_RECORDS_REJECTED: &str = "latch_refresh_records_rejected_total";
 pub const STORE_EPOCH_CHANGES: &str = "latch_store_epoch_changes_total";
@@ -195,6 +197,10 @@ fn describe() {
     describe_gauge!(
         TLS_FILES_REJECTED,
         "1 while the newest tls.cert_file/tls.key_file were refused and the previous pair serves"
+    );
+    describe_gauge!(
+        TLS_CERT_EXPIRY,
+        "Seconds until the notAfter of the TLS certificate in use (set at load and reload, kept current every tls.watch_interval)"
     );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,

@@ -358,6 +358,7 @@ mod tests {
             issued_at_ms: 0,
             expires_at_ms: 1,
             jkt: None,
+            x5t_s256: None,
             mac: None,
         };
         assert!(session_allowed(&c, &r));

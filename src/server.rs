@@ -33,6 +33,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Sleep;
 
 use crate::app::App;
+use crate::clients::PeerCert;
 use crate::limits::Cidr;
 use crate::metrics as m;
 
@@ -122,7 +123,7 @@ pub async fn serve<H, F>(
     app: App,
     handler: H,
     limits: ListenerLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Listener>,
     shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(App, Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
@@ -139,7 +140,7 @@ pub async fn serve_gated<H, F>(
     handler: H,
     limits: ListenerLimits,
     gate: Gate,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Listener>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(App, Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
@@ -195,7 +196,16 @@ pub async fn serve_gated<H, F>(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let handler = handler.clone();
-        let service = service_fn(move |req| handler(app.clone(), req, ip));
+        // The handshake's client certificate rides on every request of the connection as
+        // an extension: only the accept loop can set it, no header can stand in for it.
+        let service = move |peer: Option<Arc<PeerCert>>| {
+            service_fn(move |mut req: Request<Incoming>| {
+                if let Some(p) = &peer {
+                    req.extensions_mut().insert(p.clone());
+                }
+                handler(app.clone(), req, ip)
+            })
+        };
         let io = DeadlineIo::new(stream, limits.write_timeout);
         let watcher = graceful.watcher();
         let (h1, h2, tls) = (builder.clone(), h2.clone(), tls.clone());
@@ -204,31 +214,41 @@ pub async fn serve_gated<H, F>(
             let served = match tls {
                 None => {
                     watcher
-                        .watch(h1.serve_connection(TokioIo::new(io), service))
+                        .watch(h1.serve_connection(TokioIo::new(io), service(None)))
                         .await
                 }
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%error, "TLS handshake failed");
-                                metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "reason" => "error")
-                                    .increment(1);
-                                return;
-                            }
-                            Err(_) => {
-                                metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "reason" => "timeout")
-                                    .increment(1);
-                                return;
-                            }
-                        };
-                    let h2_chosen = stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+                Some(tls) => {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        tls.acceptor.accept(io),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "reason" => "error")
+                                .increment(1);
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "reason" => "timeout")
+                                .increment(1);
+                            return;
+                        }
+                    };
+                    let conn = stream.get_ref().1;
+                    let h2_chosen = conn.alpn_protocol() == Some(crate::tls::ALPN_H2);
+                    let peer = tls
+                        .client_auth
+                        .as_ref()
+                        .and_then(|ca| ca.peer(conn))
+                        .map(Arc::new);
                     let io = TokioIo::new(stream);
                     if h2_chosen {
-                        watcher.watch(h2.serve_connection(io, service)).await
+                        watcher.watch(h2.serve_connection(io, service(peer))).await
                     } else {
-                        watcher.watch(h1.serve_connection(io, service)).await
+                        watcher.watch(h1.serve_connection(io, service(peer))).await
                     }
                 }
             };
@@ -288,7 +308,7 @@ pub fn serve_per_core<H, F>(
     app: App,
     handler: H,
     limits: ListenerLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Listener>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<impl Future<Output = ()> + Send + 'static>
 where

@@ -625,6 +625,78 @@ async fn nginx_auth_request_in_front_of_a_service() {
     assert!(!r.text().contains("x-latch-subject"), "{}", r.text());
 }
 
+/// The shipped nginx example forwards what a DPoP-bound token's proof is checked
+/// against (the user's method and URL, the DPoP header): a proof for the request passes,
+/// one for another path or replayed is refused with latch's DPoP challenge.
+#[tokio::test]
+async fn nginx_forwards_what_a_dpop_bound_token_is_checked_against() {
+    let Some(bin) = nginx_bin() else {
+        eprintln!("SKIPPED nginx_forwards_what_a_dpop_bound_token_is_checked_against: no nginx");
+        return;
+    };
+    let s = TestServer::builder().start().await;
+    let nginx = start_nginx(&bin, s.addr, upstream().await, &clients::rs_orders()).await;
+    let via = Http::new(nginx.addr);
+    let key = testkit::client_keys::ClientKey::ed25519("p");
+    let orders = clients::orders();
+    let auth = basic(&orders.id, &orders.secret);
+    let r = s
+        .http
+        .request(
+            Method::POST,
+            "/token",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", auth.as_str()),
+                ("dpop", key.dpop_proof(None).as_str()),
+            ],
+            form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "orders:read"),
+                ("audience", ORDERS_AUD),
+            ])
+            .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let proof = |path: &str| {
+        let header =
+            serde_json::json!({"typ": "dpop+jwt", "alg": key.alg(), "jwk": key.public_jwk()});
+        let claims = serde_json::json!({
+            "jti": format!("nginx-{path}-{}", now_secs()),
+            "htm": "GET",
+            "htu": format!("http://{}{path}", nginx.addr),
+            "iat": now_secs(),
+            "ath": b64url(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref()),
+        });
+        key.sign(&header, &claims)
+    };
+    let get = |proof: String| {
+        let (via, authz) = (&via, format!("DPoP {token}"));
+        async move {
+            via.request(
+                Method::GET,
+                "/orders/42?x=1",
+                &[("authorization", authz.as_str()), ("dpop", proof.as_str())],
+                Vec::new(),
+            )
+            .await
+        }
+    };
+    let good = proof("/orders/42");
+    let r = get(good.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(good).await;
+    assert_eq!(r.status, 401, "a replayed proof: {}", r.text());
+    assert!(r
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .starts_with("DPoP "));
+    let r = get(proof("/orders/43")).await;
+    assert_eq!(r.status, 401, "another path: {}", r.text());
+}
+
 // ---------------------------------------------------------------------------
 // The shipped examples agree with each other and with the endpoint
 // ---------------------------------------------------------------------------

@@ -324,6 +324,7 @@ fn record(sid: &str) -> RefreshRecord {
         issued_at_ms: now,
         expires_at_ms: now + 3_600_000,
         jkt: None,
+        x5t_s256: None,
         mac: None,
     }
 }

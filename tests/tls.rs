@@ -586,3 +586,65 @@ async fn the_cli_talks_https_with_a_ca_file_and_says_why_not_without() {
     assert!(!st.success(), "keys list without the CA: {out}");
     assert!(err.contains("--ca-file"), "{err}");
 }
+
+#[tokio::test]
+async fn the_metrics_listener_serves_tls_with_the_same_certificate_and_its_expiry_gauge() {
+    let pki = Pki::new();
+    // A leaf whose notAfter is known: 2100-01-01T00:00:00Z.
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "dated");
+    p.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    let cert = p.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
+    write_atomic(&pki.key_file(), &key.serialize_pem());
+    write_atomic(&pki.cert_file(), &cert.pem());
+    const NOT_AFTER: i64 = 4_102_444_800;
+    let s = TestServer::builder()
+        .raw_toml(&format!("{}[metrics]\ntls = true\n", pki.toml("2s")))
+        .start_no_ready()
+        .await;
+    let config = client_config(&pki, &[&rustls::version::TLS13], &[b"http/1.1"]);
+    let scrape = || {
+        let (config, addr) = (config.clone(), s.metrics_addr);
+        async move {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let der = peer_leaf(&tls);
+            let mut sender = h1(tls).await;
+            let (st, body) = h1_send(&mut sender, request("GET", "/metrics", "", None)).await;
+            if st != StatusCode::OK {
+                return Err(format!("metrics {st}"));
+            }
+            Ok::<_, String>((der, String::from_utf8_lossy(&body).into_owned()))
+        }
+    };
+    let (der, text) = try_eventually(STARTUP_DEADLINE, scrape)
+        .await
+        .unwrap_or_else(|e| panic!("no metrics over TLS: {e}\n{}", s.diagnostics()));
+    assert_eq!(der, cert.der().to_vec(), "the main listener's certificate");
+    let value: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("latch_tls_certificate_expiry_seconds "))
+        .unwrap_or_else(|| panic!("no expiry gauge in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let left = NOT_AFTER - now;
+    assert!(
+        (value as i64) <= left + 1 && (value as i64) >= left - 600,
+        "gauge {value}, expected about {left}"
+    );
+    // Plain HTTP on the metrics port gets no answer.
+    let plain = Http::new(s.metrics_addr).try_get("/metrics", None).await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP answered on the TLS metrics listener"
+    );
+}

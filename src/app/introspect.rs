@@ -38,7 +38,8 @@ pub enum Answer {
         claims: Arc<AccessClaims>,
         deprecated: Vec<crate::clients::Deprecated>,
     },
-    Refresh(RefreshRecord),
+    /// Boxed: a refresh record is several times the size of the other answers.
+    Refresh(Box<RefreshRecord>),
     Inactive,
 }
 
@@ -122,7 +123,7 @@ async fn decide(
         };
         metrics::counter!(m::INTROSPECTIONS_TOTAL, "result" => result, "reason" => "refresh_token")
             .increment(1);
-        return Ok(answer.map_or(Answer::Inactive, Answer::Refresh));
+        return Ok(answer.map_or(Answer::Inactive, |r| Answer::Refresh(Box::new(r))));
     }
     let decide = || view.decide_for(caller, token);
     let mut decision = decide();

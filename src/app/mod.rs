@@ -219,7 +219,19 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
         .collect();
     scopes.sort_unstable();
     scopes.dedup();
-    let auth_methods = crate::contracts::AUTH_METHODS;
+    // The mutual-TLS methods only where the listener can use them: self-signed when it
+    // asks for client certificates, tls_client_auth when it also has a client CA.
+    let mtls = config.requests_client_certs();
+    let auth_methods: Vec<&str> = crate::contracts::AUTH_METHODS
+        .into_iter()
+        .filter(|m| match *m {
+            crate::clients::certificate::TLS_CLIENT_AUTH => {
+                mtls && config.tls.client_ca_file.is_some()
+            }
+            crate::clients::certificate::SELF_SIGNED_TLS_CLIENT_AUTH => mtls,
+            _ => true,
+        })
+        .collect();
     let assertion_algs = crate::clients::assertion::ALGORITHMS;
     let mut doc = json!({
         "issuer": config.issuer,
@@ -244,6 +256,10 @@ fn metadata(config: &Config, signing_algs: &[&str]) -> serde_json::Value {
         "introspection_signing_alg_values_supported": signing_algs,
         "dpop_signing_alg_values_supported": crate::dpop::ALGORITHMS,
     });
+    if mtls {
+        // RFC 8705 §3.3: tokens of mutual-TLS clients are bound to their certificate.
+        doc["tls_client_certificate_bound_access_tokens"] = json!(true);
+    }
     if config.status_list.enabled {
         // draft-ietf-oauth-status-list §9 (Status List Aggregation).
         doc["status_list_aggregation_endpoint"] = json!(format!("{base}/statuslists"));

@@ -16,7 +16,7 @@ use crate::policy;
 use crate::revocation::{NewRevocation, RevocationKind, Verdict};
 use crate::sessions::{self, RefreshRecord, Rotation};
 use crate::time::now_ms;
-use crate::tokens::AccessClaims;
+use crate::tokens::{AccessClaims, Cnf};
 
 pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -82,7 +82,7 @@ pub async fn token(
     client: &Client,
     req: TokenRequest<'_>,
     request_id: &str,
-    binding: Option<&str>,
+    binding: Option<&Cnf>,
 ) -> Result<Issued, Error> {
     let requested = match req {
         TokenRequest::ClientCredentials { scope, .. }
@@ -143,7 +143,7 @@ async fn grant(
     client: &Client,
     req: TokenRequest<'_>,
     request_id: &str,
-    binding: Option<&str>,
+    binding: Option<&Cnf>,
 ) -> Result<Issued, Error> {
     policy::not_suspended(client)?;
     if !client.has_grant(req.grant()) {
@@ -284,15 +284,13 @@ async fn issue(
     claims: &AccessClaims,
     grant: Grant,
     refresh_token: Option<String>,
-    binding: Option<&str>,
+    binding: Option<&Cnf>,
 ) -> Result<Issued, Error> {
     let bound;
     let claims = match binding {
-        Some(jkt) => {
+        Some(cnf) => {
             bound = AccessClaims {
-                cnf: Some(crate::tokens::Cnf {
-                    jkt: jkt.to_string(),
-                }),
+                cnf: Some(cnf.clone()),
                 ..claims.clone()
             };
             &bound
@@ -310,11 +308,7 @@ async fn issue(
         scope: claims.scope.clone(),
         refresh_token,
         grant,
-        token_type: if claims.cnf.is_some() {
-            "DPoP"
-        } else {
-            "Bearer"
-        },
+        token_type: Cnf::token_type(claims.cnf.as_ref()),
         deprecated: deprecated_in(client, claims),
     })
 }
@@ -344,7 +338,7 @@ async fn exchange(
     client: &Client,
     x: Exchange<'_>,
     request_id: &str,
-    binding: Option<&str>,
+    binding: Option<&Cnf>,
 ) -> Result<Issued, Error> {
     let subject_token = required("subject_token", x.subject_token)?;
     // RFC 8693 §2.1 `requested_token_type`: latch issues access tokens (JWTs) only.
@@ -379,7 +373,7 @@ async fn open_session(
     assertion: &str,
     x: Exchange<'_>,
     request_id: &str,
-    binding: Option<&str>,
+    binding: Option<&Cnf>,
 ) -> Result<Issued, Error> {
     let now = now_ms();
     app.fresh(now)?;
@@ -427,7 +421,8 @@ async fn open_session(
     claims.username = a.username;
     let refresh_token = sessions::new_refresh_token();
     let mut record = view.refresh_record(&claims);
-    record.jkt = binding.map(str::to_string);
+    record.jkt = binding.and_then(Cnf::jkt).map(str::to_string);
+    record.x5t_s256 = binding.and_then(Cnf::x5t_s256).map(str::to_string);
     sessions::seal(
         app.keys.refresh_record_mac(),
         &sessions::hash(&refresh_token),
@@ -471,7 +466,7 @@ async fn delegate(
     client: &Client,
     subject_token: &str,
     x: Exchange<'_>,
-    binding: Option<&str>,
+    binding: Option<&Cnf>,
 ) -> Result<Issued, Error> {
     // The view's stamp is read before the subject token's revocation check.
     let view = app.fresh(now_ms())?;
@@ -542,7 +537,7 @@ async fn refresh(
     token: &str,
     scope: Option<&str>,
     request_id: &str,
-    binding: Option<&str>,
+    binding: Option<&Cnf>,
 ) -> Result<Issued, Error> {
     let now = now_ms();
     app.fresh(now)?;
@@ -567,10 +562,18 @@ async fn refresh(
     if spent {
         return Err(reuse(app, &key, &record, request_id).await);
     }
-    if record.jkt.is_some() && record.jkt.as_deref() != binding {
+    if record.jkt.is_some() && record.jkt.as_deref() != binding.and_then(Cnf::jkt) {
         tracing::info!(client = %client.id, "refresh without a proof by the session's DPoP key");
         return Err(Error::InvalidGrant(
             "the refresh token is bound to a DPoP key; send a proof by that key",
+        ));
+    }
+    // RFC 8705 §3: a session opened over mutual TLS is refreshed only with the same
+    // certificate (the record is MAC-covered: a store writer cannot move the binding).
+    if record.x5t_s256.is_some() && record.x5t_s256.as_deref() != binding.and_then(Cnf::x5t_s256) {
+        tracing::info!(client = %client.id, "refresh without the session's client certificate");
+        return Err(Error::InvalidGrant(
+            "the refresh token is bound to a client certificate; present that certificate",
         ));
     }
     // The view's stamp is read before the session's revocation check.

@@ -244,6 +244,7 @@ impl View<'_> {
             issued_at_ms: self.now_ms,
             expires_at_ms: self.now_ms + self.app.config.tokens.refresh_ttl.as_millis() as i64,
             jkt: None,
+            x5t_s256: None,
             mac: None,
         }
     }

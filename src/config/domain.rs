@@ -4,10 +4,56 @@
 //! (and by `latch check`), never during validation.
 
 use super::{Config, ConfigError};
-use crate::clients::{Client, ClientKeys, Clients, Grant, Role};
+use crate::clients::certificate::{self, SubjectMatch};
+use crate::clients::{CertAuth, Client, ClientKeys, Clients, Grant, Role};
 use crate::keys::KeyPolicy;
 use crate::limits::{Rate, RateLimits};
 use crate::sessions::trusted::{IssuerSpec, TrustedIssuers};
+
+/// The RFC 8705 certificates of `clients[i]` (validated; the files are read here). A
+/// self-signed client must end up with at least one registered certificate.
+fn cert_auth(
+    i: usize,
+    c: &super::ClientConfig,
+    jwks: Option<&(String, String)>,
+) -> Result<CertAuth, ConfigError> {
+    let key = |k: &str| format!("clients[{i}].{k}");
+    let pki = match c.tls_client_auth_subject().first() {
+        Some((field, value)) => Some(
+            SubjectMatch::parse(field, value)
+                .map_err(|reason| ConfigError::new(key(field), reason))?,
+        ),
+        None => None,
+    };
+    let mut self_signed = Vec::new();
+    if c.self_signed_tls_client_auth {
+        for t in &c.tls_client_certificate_sha256 {
+            self_signed.extend(certificate::parse_thumbprint(t));
+        }
+        if let Some(path) = &c.tls_client_certificate_file {
+            let k = key("tls_client_certificate_file");
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(k.clone(), format!("{}: cannot read: {e}", path.display()))
+            })?;
+            let found = certificate::thumbprints_of_pem(&pem)
+                .map_err(|reason| ConfigError::new(k, format!("{}: {reason}", path.display())))?;
+            self_signed.extend(found);
+        }
+        if let Some((k, text)) = jwks {
+            let found = certificate::thumbprints_of_jwks(text)
+                .map_err(|reason| ConfigError::new(k.clone(), reason))?;
+            self_signed.extend(found);
+        }
+        if self_signed.is_empty() {
+            return Err(ConfigError::new(
+                key("self_signed_tls_client_auth"),
+                "no certificate registered: the JWKS has no x5c, and neither \
+                 tls_client_certificate_file nor tls_client_certificate_sha256 is given",
+            ));
+        }
+    }
+    Ok(CertAuth { pki, self_signed })
+}
 
 /// A validated rate setting (`"off"` and invalid, which validation refused, are `None`).
 fn rate(text: &str, burst: u32) -> Option<Rate> {
@@ -21,14 +67,17 @@ impl Config {
         let limits = &self.limits;
         let mut clients = Vec::with_capacity(self.clients.len());
         for (i, c) in self.clients.iter().enumerate() {
-            let keys = match jwks_text(&c.jwks_file, &c.jwks, &format!("clients[{i}]"))? {
+            let jwks = jwks_text(&c.jwks_file, &c.jwks, &format!("clients[{i}]"))?;
+            let keys = match &jwks {
                 Some((key, text)) => {
-                    Some(ClientKeys::parse(&text).map_err(|reason| ConfigError::new(key, reason))?)
+                    Some(ClientKeys::parse(text).map_err(|reason| ConfigError::new(key, reason))?)
                 }
                 None => None,
             };
+            let certs = cert_auth(i, c, jwks.as_ref())?;
             let mut client = match (c.secret_sha256.is_empty(), keys) {
                 (true, Some(keys)) => Client::without_secret(c.id.clone(), keys),
+                (true, None) => Client::no_secret(c.id.clone()),
                 (_, keys) => {
                     let mut secret = [0u8; 32];
                     for (i, byte) in secret.iter_mut().enumerate() {
@@ -40,6 +89,7 @@ impl Config {
                     client
                 }
             };
+            client.certs = certs;
             client.grants = c.grants.iter().filter_map(|g| Grant::parse(g)).collect();
             client.scopes = c.scopes.clone();
             client.audiences = c.audiences.clone();

@@ -36,10 +36,12 @@ pub const MAX_SCOPES: usize = 10_000;
 /// How far ahead an amendment may be scheduled.
 pub const MAX_SCHEDULE_MS: i64 = 366 * 24 * 3600 * 1000;
 /// Client authentication methods a contract may accept.
-pub const AUTH_METHODS: [&str; 3] = [
+pub const AUTH_METHODS: [&str; 5] = [
     "client_secret_basic",
     "client_secret_post",
     "private_key_jwt",
+    "tls_client_auth",
+    "self_signed_tls_client_auth",
 ];
 
 /// The name of the registry document.

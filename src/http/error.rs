@@ -102,13 +102,16 @@ pub enum Bearer {
     Invalid(&'static str),
     /// `insufficient_scope` (403): the token lacks the scope named here.
     InsufficientScope(String),
+    /// `invalid_token` for a DPoP-bound token (RFC 9449 §7.1): no proof, or one that
+    /// fails; the challenge is `DPoP` with the accepted algorithms.
+    Dpop(&'static str),
 }
 
 impl std::fmt::Display for Bearer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Bearer::Missing => f.write_str("no bearer token"),
-            Bearer::Invalid(why) => f.write_str(why),
+            Bearer::Invalid(why) | Bearer::Dpop(why) => f.write_str(why),
             Bearer::InsufficientScope(_) => f.write_str("the token lacks a required scope"),
         }
     }
@@ -225,6 +228,10 @@ impl ApiError {
                     ),
                     Bearer::InsufficientScope(scope) => format!(
                         "Bearer realm=\"latch\", error=\"insufficient_scope\", scope=\"{scope}\""
+                    ),
+                    Bearer::Dpop(why) => format!(
+                        "DPoP realm=\"latch\", error=\"invalid_token\", error_description=\"{why}\", algs=\"{}\"",
+                        crate::dpop::ALGORITHMS.join(" ")
                     ),
                 };
                 // The scope was checked to be NQCHARs; descriptions are constants.

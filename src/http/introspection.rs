@@ -191,8 +191,8 @@ fn render_access(c: &crate::tokens::AccessClaims) -> Bytes {
     if let Some(grant) = &c.grant {
         w.str("grant", grant);
     }
-    // RFC 9449 §6.2: the key a DPoP-bound token is bound to, for the resource server to
-    // compare with the proof it received.
+    // What the token is bound to, for the resource server to compare: the DPoP key
+    // (`jkt`, RFC 9449 §6.2) or the client certificate (`x5t#S256`, RFC 8705 §3.2).
     if let Some(cnf) = &c.cnf {
         w.value("cnf", cnf);
     }

@@ -11,11 +11,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::error::{bytes_response, json_response, ApiError};
-use super::request::{authenticate_form, Form};
+use super::request::{authenticate_form, authenticate_form_method, ClientCert, Form};
 use crate::app::revoke::revoke_token;
 use crate::app::token::{self, Exchange, Issued, TokenRequest, TYPE_ACCESS_TOKEN};
 use crate::app::App;
+use crate::clients::certificate::is_mtls;
 use crate::clients::{Deprecated, Grant};
+use crate::tokens::Cnf;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -39,8 +41,21 @@ pub async fn token(
     form: &Form,
     request_id: &str,
 ) -> Result<Resp, ApiError> {
-    let client = authenticate_form(app, parts, form).await?;
+    let (client, method) = authenticate_form_method(app, parts, form).await?;
     let proof = dpop_header(parts)?;
+    // A mutual-TLS client's tokens are bound to the certificate of this handshake
+    // (RFC 8705 §3). One binding per token: a DPoP proof beside it is refused, before
+    // its jti is spent.
+    let certificate = match (is_mtls(method), ClientCert::of(parts)) {
+        (true, Some(cert)) => Some(cert.x5t_s256()),
+        _ => None,
+    };
+    if certificate.is_some() && proof.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "a token is bound to one thing: this client's certificate or a DPoP key, not both"
+                .into(),
+        ));
+    }
     let grant_type = form.required("grant_type")?;
     let grant = Grant::parse(grant_type).ok_or(ApiError::UnsupportedGrantType)?;
     let req = match grant {
@@ -61,8 +76,13 @@ pub async fn token(
             resource: form.optional("resource"),
         }),
     };
-    let binding = crate::app::dpop::check_proof(app, proof, parts.method.as_str()).await?;
-    let issued: Issued = token::token(app, &client, req, request_id, binding.as_deref()).await?;
+    let binding = match certificate {
+        Some(x5t_s256) => Some(Cnf::X5t { x5t_s256 }),
+        None => crate::app::dpop::check_proof(app, proof, parts.method.as_str())
+            .await?
+            .map(|jkt| Cnf::Jkt { jkt }),
+    };
+    let issued: Issued = token::token(app, &client, req, request_id, binding.as_ref()).await?;
     let deprecated = issued.deprecated.clone();
     let body = TokenResponse {
         access_token: &issued.access_token,

@@ -1,5 +1,6 @@
 //! Reading requests: the body under its size limit, content types, form parameters
-//! (RFC 6749 §3.2: none repeated), and client authentication (RFC 6749 §2.3.1).
+//! (RFC 6749 §3.2: none repeated), and client authentication (RFC 6749 §2.3.1; RFC 7523
+//! assertions; RFC 8705 mutual TLS by the handshake's certificate, [`ClientCert`]).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,7 +20,7 @@ use percent_encoding::percent_decode;
 use super::error::ApiError;
 use crate::app::App;
 use crate::clients::assertion::{JWT_BEARER, PRIVATE_KEY_JWT};
-use crate::clients::{Client, Clients, Role};
+use crate::clients::{Client, Clients, PeerCert, Role};
 use crate::time::now_ms;
 
 /// The address a request is attributed to (see `limits::client_address`), set by
@@ -249,6 +250,18 @@ pub async fn authenticate_form(
     parts: &Parts,
     form: &Form,
 ) -> Result<Arc<Client>, ApiError> {
+    authenticate_form_method(app, parts, form)
+        .await
+        .map(|(c, _)| c)
+}
+
+/// [`authenticate_form`], also saying which method authenticated the client (the token
+/// endpoint binds what it issues to the certificate of a mutual-TLS client).
+pub async fn authenticate_form_method(
+    app: &App,
+    parts: &Parts,
+    form: &Form,
+) -> Result<(Arc<Client>, &'static str), ApiError> {
     let started = Started::new(app, parts, Some(form))?;
     let presented = match assertion_of(form, started.basic.is_some()) {
         Ok(Some(assertion)) => {
@@ -259,7 +272,12 @@ pub async fn authenticate_form(
                 .map_err(ApiError::from)
         }
         Err(e) => Err(e),
-        Ok(None) => verify(&app.clients, &started.basic, Some(form)),
+        Ok(None) => verify(
+            &app.clients,
+            &started.basic,
+            Some(form),
+            ClientCert::of(parts),
+        ),
     };
     started.finish(app, presented)
 }
@@ -278,9 +296,38 @@ pub fn authenticate(
             "client assertions are accepted at /token, /introspect and /revoke".into(),
         )),
         Some(Err(e)) => Err(e),
-        _ => verify(&app.clients, &started.basic, form),
+        _ => verify(&app.clients, &started.basic, form, ClientCert::of(parts)),
     };
-    started.finish(app, presented)
+    started.finish(app, presented).map(|(c, _)| c)
+}
+
+/// Authenticates client `client_id` by the certificate of the request's TLS handshake
+/// alone (RFC 8705 §2; the gateway's `X-Latch-Client-Id`), under the same rate limits
+/// and contract as every other method.
+pub fn authenticate_by_certificate(
+    app: &App,
+    parts: &Parts,
+    client_id: &str,
+) -> Result<Arc<Client>, ApiError> {
+    let form = Form {
+        params: vec![("client_id".to_string(), client_id.to_string())],
+    };
+    let started = Started::new(app, parts, Some(&form))?;
+    let presented = match ClientCert::of(parts) {
+        Some(cert) => by_certificate(&app.clients, client_id, cert),
+        None => Err(ApiError::InvalidClient),
+    };
+    started.finish(app, presented).map(|(c, _)| c)
+}
+
+/// The client certificate of the request's TLS handshake (set by the accept loop as a
+/// request extension; see `crate::server`).
+pub struct ClientCert;
+
+impl ClientCert {
+    pub fn of(parts: &Parts) -> Option<&PeerCert> {
+        parts.extensions.get::<Arc<PeerCert>>().map(|c| &**c)
+    }
 }
 
 /// An authentication under way: the rate limits passed, the credentials not yet checked.
@@ -319,7 +366,7 @@ impl<'a> Started<'a> {
         self,
         app: &App,
         presented: Result<(Arc<Client>, &'static str), ApiError>,
-    ) -> Result<Arc<Client>, ApiError> {
+    ) -> Result<(Arc<Client>, &'static str), ApiError> {
         let result = presented.and_then(|(configured, method)| {
             // The rights come from the contract in force; it may also narrow the methods.
             let client = app
@@ -327,7 +374,7 @@ impl<'a> Started<'a> {
                 .client(&configured.id, self.now)
                 .ok_or(ApiError::InvalidClient)?;
             if client.accepts_auth_method(method) {
-                Ok(client)
+                Ok((client, method))
             } else {
                 tracing::debug!(client = %client.id, method, "authentication method not in the contract");
                 Err(ApiError::InvalidClient)
@@ -385,11 +432,14 @@ fn presented_id<'a>(
         .map(std::borrow::Cow::Borrowed)
 }
 
-/// The configured client whose secret was presented, and how it was presented.
+/// The configured client whose secret was presented, and how it was presented. A form
+/// naming a `client_id` with no secret is mutual TLS (RFC 8705 §2) when the handshake
+/// carried a certificate.
 fn verify(
     clients: &Clients,
     basic: &Basic,
     form: Option<&Form>,
+    cert: Option<&PeerCert>,
 ) -> Result<(Arc<Client>, &'static str), ApiError> {
     let in_body = form.and_then(|f| f.get("client_secret")).is_some();
     if let Some(basic) = basic {
@@ -408,8 +458,28 @@ fn verify(
                 .ok_or(ApiError::InvalidClient)?;
             return Ok((client, "client_secret_post"));
         }
+        if let (Some(id), Some(cert)) = (form.get("client_id"), cert) {
+            return by_certificate(clients, id, cert);
+        }
     }
     Err(ApiError::InvalidClient)
+}
+
+/// Client `id`, if `cert` authenticates it (`tls_client_auth` or
+/// `self_signed_tls_client_auth`).
+fn by_certificate(
+    clients: &Clients,
+    id: &str,
+    cert: &PeerCert,
+) -> Result<(Arc<Client>, &'static str), ApiError> {
+    let client = clients.get(id).ok_or(ApiError::InvalidClient)?;
+    match client.certs.authenticates(cert) {
+        Some(method) => Ok((client.clone(), method)),
+        None => {
+            tracing::debug!(client = %client.id, "client certificate does not authenticate this client");
+            Err(ApiError::InvalidClient)
+        }
+    }
 }
 
 /// Basic credentials are form-urlencoded before base64 (RFC 6749 §2.3.1); clients that
@@ -469,7 +539,7 @@ pub mod fuzzing {
         let basic = authorization.map(parse_basic);
         // The id the limits would count, computed for its parsing, not its use.
         let _ = presented_id(basic.as_ref(), form);
-        verify(clients, &basic, form)
+        verify(clients, &basic, form, None)
     }
 }
 

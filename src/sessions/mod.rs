@@ -128,6 +128,7 @@ mod tests {
             issued_at_ms: 1,
             expires_at_ms: 2,
             jkt: None,
+            x5t_s256: None,
             mac: None,
         }
     }

@@ -26,6 +26,11 @@ pub struct RefreshRecord {
     /// must carry a proof by that key (RFC 9449 §5). Absent: not bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jkt: Option<String>,
+    /// The client certificate (`x5t#S256`, RFC 8705 §3.1) the session was opened with
+    /// over mutual TLS: every refresh must be authenticated by that certificate. Absent:
+    /// not bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
     /// HMAC-SHA256 (key derived from the KEK) over the token hash and this record's JSON
     /// without this field (`sessions::seal`): every other field, present or future, is
     /// covered, and a record cannot be moved to another token's hash.

@@ -1224,6 +1224,7 @@ mod tests {
             issued_at_ms: now_ms(),
             expires_at_ms: now_ms() + 60_000,
             jkt: None,
+            x5t_s256: None,
             mac: None,
         }
     }

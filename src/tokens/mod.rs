@@ -72,15 +72,50 @@ pub struct AccessClaims {
     /// Where the token's status is published (Token Status List): its list and index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// The key the token is bound to (RFC 9449 §6.1 `cnf.jkt`): a DPoP-bound token.
+    /// What the token is bound to (RFC 7800 `cnf`): a DPoP key or a client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Cnf>,
 }
 
-/// The `cnf` of a DPoP-bound token (RFC 9449 §6.1): the RFC 7638 thumbprint of its key.
+/// The `cnf` of a bound token: exactly one binding, never both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cnf {
-    pub jkt: String,
+#[serde(untagged, deny_unknown_fields)]
+pub enum Cnf {
+    /// DPoP (RFC 9449 §6.1): the RFC 7638 thumbprint of the proof key.
+    Jkt { jkt: String },
+    /// Mutual TLS (RFC 8705 §3.1): base64url SHA-256 of the client's leaf certificate
+    /// (DER), from the handshake of the request that issued the token.
+    X5t {
+        #[serde(rename = "x5t#S256")]
+        x5t_s256: String,
+    },
+}
+
+impl Cnf {
+    /// The DPoP key thumbprint, for a DPoP-bound token.
+    pub fn jkt(&self) -> Option<&str> {
+        match self {
+            Cnf::Jkt { jkt } => Some(jkt),
+            Cnf::X5t { .. } => None,
+        }
+    }
+
+    /// The certificate thumbprint, for a certificate-bound token.
+    pub fn x5t_s256(&self) -> Option<&str> {
+        match self {
+            Cnf::X5t { x5t_s256 } => Some(x5t_s256),
+            Cnf::Jkt { .. } => None,
+        }
+    }
+
+    /// The `token_type` of a token bound this way (RFC 9449 §5: `DPoP`; RFC 8705 keeps
+    /// `Bearer`).
+    pub fn token_type(cnf: Option<&Cnf>) -> &'static str {
+        match cnf {
+            Some(Cnf::Jkt { .. }) => "DPoP",
+            _ => "Bearer",
+        }
+    }
 }
 
 /// The `status` claim of an access token (draft §6.1).

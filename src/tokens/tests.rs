@@ -423,3 +423,28 @@ fn own_headers_skip_the_parse_and_other_headers_are_parsed() {
         Err(Reason::KeyNotSigning)
     );
 }
+
+#[test]
+fn cnf_is_one_binding_in_its_rfc_shape() {
+    let jkt: Cnf = serde_json::from_str(r#"{"jkt":"abc"}"#).unwrap();
+    assert_eq!(jkt, Cnf::Jkt { jkt: "abc".into() });
+    assert_eq!(jkt.jkt(), Some("abc"));
+    assert_eq!(Cnf::token_type(Some(&jkt)), "DPoP");
+    let x5t: Cnf = serde_json::from_str(r#"{"x5t#S256":"def"}"#).unwrap();
+    assert_eq!(x5t.x5t_s256(), Some("def"));
+    assert_eq!(x5t.jkt(), None);
+    assert_eq!(Cnf::token_type(Some(&x5t)), "Bearer");
+    assert_eq!(Cnf::token_type(None), "Bearer");
+    assert_eq!(
+        serde_json::to_string(&x5t).unwrap(),
+        r#"{"x5t#S256":"def"}"#
+    );
+    // Both, neither, or something else: not a binding latch wrote.
+    for bad in [
+        r#"{"jkt":"abc","x5t#S256":"def"}"#,
+        r#"{}"#,
+        r#"{"x5t":"def"}"#,
+    ] {
+        assert!(serde_json::from_str::<Cnf>(bad).is_err(), "{bad}");
+    }
+}

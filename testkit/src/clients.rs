@@ -26,6 +26,8 @@ pub struct ClientDef {
     pub jwks_file: Option<String>,
     /// No `secret_sha256` in the file: the client has only its keys.
     pub no_secret: bool,
+    /// More keys of the entry, as written (the mutual-TLS settings, for one).
+    pub extra: Vec<(String, toml::Value)>,
 }
 
 /// The `[[clients]]` entry as written.
@@ -52,6 +54,8 @@ struct Entry<'a> {
     revoke_rate: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     revoke_burst: Option<u32>,
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<&'a str, &'a toml::Value>,
 }
 
 pub const ORDERS_AUD: &str = "https://orders.example";
@@ -83,7 +87,14 @@ impl ClientDef {
             jwks: None,
             jwks_file: None,
             no_secret: false,
+            extra: vec![],
         }
+    }
+
+    /// One more key of the entry (`tls_client_auth_subject_dn = "CN=svc"`, ...).
+    pub fn with(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.extra.push((key.to_string(), value.into()));
+        self
     }
 
     /// Registers public keys (a JWKS, written inline) for `private_key_jwt`.
@@ -162,6 +173,7 @@ impl Serialize for ClientDef {
             token_burst: self.token_burst,
             revoke_rate: self.revoke_rate.as_deref(),
             revoke_burst: self.revoke_burst,
+            extra: self.extra.iter().map(|(k, v)| (k.as_str(), v)).collect(),
         }
         .serialize(s)
     }

@@ -55,7 +55,8 @@ pub struct TestServer {
 pub fn parse_announce(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let rest = line.trim().strip_prefix("latch listening on ")?;
     let rest = (rest.strip_prefix("http://")).or_else(|| rest.strip_prefix("https://"))?;
-    let (main, rest) = rest.split_once(" (metrics on http://")?;
+    let (main, rest) = rest.split_once(" (metrics on ")?;
+    let rest = (rest.strip_prefix("http://")).or_else(|| rest.strip_prefix("https://"))?;
     let metrics = rest.strip_suffix(')')?;
     Some((main.parse().ok()?, metrics.parse().ok()?))
 }
