@@ -174,10 +174,7 @@ fn render_access(c: &crate::tokens::AccessClaims) -> Bytes {
     w.int("iat", c.iat);
     w.int("nbf", c.nbf);
     w.str("jti", &c.jti);
-    w.str(
-        "token_type",
-        if c.cnf.is_some() { "DPoP" } else { "Bearer" },
-    );
+    w.str("token_type", crate::tokens::Cnf::token_type(c.cnf.as_ref()));
     if let Some(sid) = &c.sid {
         w.str("sid", sid);
     }
@@ -509,7 +506,7 @@ mod tests {
         hostile.sid = Some("s\t1".into());
         hostile.grant = Some("g-1".into());
         hostile.act = Some(json!({"sub": "a\"b", "act": {"sub": "c"}}));
-        hostile.cnf = Some(Cnf {
+        hostile.cnf = Some(Cnf::Jkt {
             jkt: "thumb".into(),
         });
         let text = render_access(&hostile);
@@ -521,6 +518,14 @@ mod tests {
         assert_eq!(got["act"], json!({"sub": "a\"b", "act": {"sub": "c"}}));
         assert_eq!(got["cnf"], json!({"jkt": "thumb"}));
         assert_eq!(got["token_type"], "DPoP");
+        // A certificate-bound token stays a bearer token (RFC 8705 §3).
+        let mut bound = claims();
+        bound.cnf = Some(Cnf::X5t {
+            x5t_s256: "print".into(),
+        });
+        let bound: Value = serde_json::from_slice(&render_access(&bound)).unwrap();
+        assert_eq!(bound["cnf"], json!({"x5t#S256": "print"}));
+        assert_eq!(bound["token_type"], "Bearer");
         assert_eq!(got.as_object().unwrap().len(), 16);
         // Control characters never reach the output unescaped.
         assert!(!text.iter().any(|&b| b < 0x20), "{text:?}");
