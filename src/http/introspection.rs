@@ -38,6 +38,7 @@ const JSON: &str = "application/json";
 const INACTIVE: &[u8] = br#"{"active":false}"#;
 const ACTIVE: &[u8] = br#"{"active":true}"#;
 const PREFERENCE_APPLIED: &str = "preference-applied";
+static PREFER: hyper::header::HeaderName = hyper::header::HeaderName::from_static("prefer");
 
 // === /introspect ===
 
@@ -228,8 +229,12 @@ impl JsonObject {
 
     fn str(&mut self, name: &'static str, value: &str) {
         self.name(name);
-        // JSON needs an escape only for '"', '\\' and control characters.
-        if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // JSON needs an escape only for '"', '\\' and control characters. A fold without
+        // early exit, so the compiler checks many bytes per instruction.
+        let needs_escape = value.bytes().fold(false, |any, b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if !needs_escape {
             self.out.push(b'"');
             self.out.extend_from_slice(value.as_bytes());
             self.out.push(b'"');
@@ -430,7 +435,7 @@ impl Detail {
     /// case-insensitive, values may be quoted). Any other value, or none, is `Full`.
     fn of(headers: &HeaderMap) -> Detail {
         let preferences = headers
-            .get_all("prefer")
+            .get_all(&PREFER)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','));

@@ -36,6 +36,9 @@ pub mod status;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const REQUEST_ID: &str = "x-request-id";
+/// The request-id header as a name: looked up without parsing its text per request.
+static REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Which endpoint a request is for; also the `endpoint` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +231,7 @@ pub async fn handle(
     // The id's own buffer becomes the header's (no copy); it was checked to be visible
     // ASCII when it came from the caller, and is ours otherwise.
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(request_id)) {
-        resp.headers_mut().insert(REQUEST_ID, v);
+        resp.headers_mut().insert(REQUEST_ID_NAME.clone(), v);
     }
     let status = status_index(resp.status());
     route_series(route, status, started.elapsed().as_secs_f64());
@@ -265,7 +268,7 @@ fn route_series(route: Route, status: usize, seconds: f64) {
 fn attribute(app: &App, req: &mut Request<Incoming>, peer: IpAddr) -> IpAddr {
     let forwarded = req
         .headers()
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok());
     let address = crate::limits::client_address(peer, forwarded, &app.limits.proxies);
@@ -301,7 +304,7 @@ async fn within_deadline(
 
 /// A caller-supplied request id, if it is short and plain enough to log and echo.
 fn incoming_request_id(req: &Request<Incoming>) -> Option<String> {
-    let v = req.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let v = req.headers().get(&REQUEST_ID_NAME)?.to_str().ok()?;
     let ok = !v.is_empty()
         && v.len() <= 64
         && v.bytes()
