@@ -130,7 +130,10 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("latch-startup-{}", std::process::id()));
     let t = Instant::now();
     seed(&dir, n);
-    println!("seeded {n} revocations in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "seeded {n} revocations in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let mut times: Vec<f64> = Vec::new();
     for run in 1..=runs {
         let (listening, ready, entries) = start(&latch, &dir);

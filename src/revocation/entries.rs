@@ -114,6 +114,18 @@ impl<'a> Record<'a> {
         self.value_and_end().0
     }
 
+    /// Whether this record is `value`'s: the lengths first, so most other values cost
+    /// no read of their bytes.
+    fn is(&self, value: &[u8]) -> bool {
+        let at = self.start + 12;
+        let short = u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]]);
+        if short == LONG {
+            return self.value() == value;
+        }
+        let from = self.start + HEADER;
+        short as usize == value.len() && &self.bytes[from..from + value.len()] == value
+    }
+
     fn found(&self) -> Found {
         Found {
             seq: self.seq(),
@@ -126,8 +138,8 @@ impl<'a> Record<'a> {
 fn push(records: &mut Vec<u8>, value: &str, seq: u64, expires_s: u32) -> u32 {
     let start = records.len();
     debug_assert_eq!(start % 4, 0);
-    let word = u32::try_from(start / 4)
-        .expect("a revocation table shard holds at most 16 GiB of records");
+    let word =
+        u32::try_from(start / 4).expect("a revocation table shard holds at most 16 GiB of records");
     records.extend_from_slice(&seq.to_le_bytes());
     records.extend_from_slice(&expires_s.to_le_bytes());
     match u16::try_from(value.len()) {
@@ -215,7 +227,7 @@ impl Entries {
         let records = &shard.records;
         shard
             .index
-            .find(hash, |w| Record::at(records, *w).value() == value.as_bytes())
+            .find(hash, |w| Record::at(records, *w).is(value.as_bytes()))
             .map(|w| Record::at(records, *w).found())
     }
 
@@ -229,7 +241,7 @@ impl Entries {
         let records = &shard.records;
         let slot = shard.index.entry(
             hash,
-            |w| Record::at(records, *w).value() == value.as_bytes(),
+            |w| Record::at(records, *w).is(value.as_bytes()),
             |w| self.hash(Record::at(records, *w).value()),
         );
         match slot {
@@ -243,22 +255,6 @@ impl Entries {
             Slot::Vacant(vacant) => {
                 vacant.insert(push(&mut shard.records, value, seq, expires_s));
             }
-        }
-    }
-
-    /// Makes room for `additional` more values of about `value_len` bytes, spread over
-    /// the shards (a load that knows its size grows each shard once).
-    pub fn reserve(&self, additional: usize, value_len: usize) {
-        let per_shard = additional.div_ceil(self.shards.len());
-        let record = (HEADER + value_len).next_multiple_of(4);
-        for i in 0..self.shards.len() {
-            let mut guard = self.write(i);
-            let shard = &mut *guard;
-            let records = &shard.records;
-            shard
-                .index
-                .reserve(per_shard, |w| self.hash(Record::at(records, *w).value()));
-            shard.records.reserve(per_shard * record);
         }
     }
 
@@ -307,7 +303,9 @@ impl Entries {
     }
 
     pub fn len(&self) -> usize {
-        (0..self.shards.len()).map(|i| self.read(i).index.len()).sum()
+        (0..self.shards.len())
+            .map(|i| self.read(i).index.len())
+            .sum()
     }
 }
 
@@ -330,7 +328,11 @@ mod tests {
         assert_eq!(e.get("j"), None, "a prefix is another value");
         assert_eq!(e.get("j1 "), None);
         e.insert("j1", 3, 99_000);
-        assert_eq!(e.get("j1").map(|f| f.seq), Some(5), "a lower seq changes nothing");
+        assert_eq!(
+            e.get("j1").map(|f| f.seq),
+            Some(5),
+            "a lower seq changes nothing"
+        );
         e.insert("j1", 9, 20_000);
         assert_eq!(
             e.get("j1"),
@@ -372,7 +374,6 @@ mod tests {
             let expires = if i % 2 == 1 { 2_000 } else { 9_000 };
             e.insert(&format!("value-{i}"), i + 1, expires);
         }
-        e.reserve(5_000, 12);
         assert_eq!(e.sweep(1_999), 0);
         assert_eq!(e.sweep(2_000), 5_000);
         assert_eq!(e.len(), 5_000);
