@@ -178,10 +178,17 @@ impl Shard {
     }
 }
 
+/// A shard alone on its cache lines (128 bytes: adjacent-line prefetch pairs them), so
+/// readers taking one shard's lock on one core do not invalidate another's on another
+/// core (as `DashMap` pads its shards).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(RwLock<Shard>);
+
 /// Revocation entries of one kind, sharded for concurrent readers and writers.
 #[derive(Debug)]
 pub(super) struct Entries {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[Padded]>,
     /// `64 - log2(shards)`: the shard is taken from the hash's bits below the top 7, which
     /// the index uses within a shard.
     shift: u32,
@@ -194,7 +201,7 @@ impl Default for Entries {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let n = (cores * 4).next_power_of_two().max(2);
         Entries {
-            shards: (0..n).map(|_| RwLock::default()).collect(),
+            shards: (0..n).map(|_| Padded::default()).collect(),
             shift: 64 - n.trailing_zeros(),
             hasher: foldhash::fast::RandomState::default(),
         }
@@ -213,11 +220,11 @@ impl Entries {
     }
 
     fn read(&self, i: usize) -> RwLockReadGuard<'_, Shard> {
-        self.shards[i].read().unwrap_or_else(|p| p.into_inner())
+        self.shards[i].0.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write(&self, i: usize) -> RwLockWriteGuard<'_, Shard> {
-        self.shards[i].write().unwrap_or_else(|p| p.into_inner())
+        self.shards[i].0.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The entry for `value`, if any.
