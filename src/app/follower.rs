@@ -175,12 +175,27 @@ impl Follower {
 
     /// Reads the log after `after` up to at least `head`, then moves `applied` to it.
     /// Revocations older than the retention are skipped: no live token can match them.
-    async fn catch_up(&self, head: &Head, mut after: u64, live: bool) -> Result<(), StoreError> {
+    /// The next chunk is read (on the store's side: a blocking thread or the network)
+    /// while this one is applied.
+    async fn catch_up(&self, head: &Head, after: u64, live: bool) -> Result<(), StoreError> {
         let now = now_ms();
         let retention = self.table.retention();
         let since = now - retention.longest_ms();
-        while after < head.revocation_seq {
-            let batch = self.store.revocations_after(after, since, CHUNK).await?;
+        let read = |after: u64| {
+            let store = self.store.clone();
+            tokio::spawn(async move { store.revocations_after(after, since, CHUNK).await })
+        };
+        let mut next = (after < head.revocation_seq).then(|| read(after));
+        while let Some(reading) = next.take() {
+            let batch = reading
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("log read failed: {e}")))??;
+            next = match batch.last() {
+                Some(last) if batch.len() == CHUNK && last.seq < head.revocation_seq => {
+                    Some(read(last.seq))
+                }
+                _ => None,
+            };
             for e in &batch {
                 // Token entries outlive only the access-token cap: older ones match nothing.
                 if e.revoked_at_ms + retention.for_kind(e.kind) <= now {
@@ -190,10 +205,6 @@ impl Follower {
                 if live {
                     observe_propagation(e.revoked_at_ms);
                 }
-            }
-            match batch.last() {
-                Some(last) if batch.len() == CHUNK => after = last.seq,
-                _ => break,
             }
         }
         self.table.set_applied(head.revocation_seq);

@@ -92,6 +92,8 @@ struct FakeStore {
     feed_live: AtomicBool,
     /// How many `head` calls were answered.
     heads: AtomicUsize,
+    /// Log reads that still succeed before every further one fails (`usize::MAX`: all).
+    log_reads_left: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -121,6 +123,7 @@ impl FakeStore {
             appends_failing: AtomicBool::new(false),
             feed_live: AtomicBool::new(true),
             heads: AtomicUsize::new(0),
+            log_reads_left: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -191,6 +194,11 @@ impl FakeStore {
 
     fn set_appends_failing(&self, on: bool) {
         self.appends_failing.store(on, Ordering::SeqCst);
+    }
+
+    /// `n` more log reads succeed, then every one fails.
+    fn fail_log_reads_after(&self, n: usize) {
+        self.log_reads_left.store(n, Ordering::SeqCst);
     }
 
     fn set_feed_live(&self, on: bool) {
@@ -278,6 +286,14 @@ impl Store for FakeStore {
         since_ms: i64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<RevocationEvent>, StoreError>> {
+        let left = self.log_reads_left.load(Ordering::SeqCst);
+        if left == 0 {
+            let down = StoreError::Unavailable("fake log read fails".into());
+            return Box::pin(std::future::ready(Err(down)));
+        }
+        if left != usize::MAX {
+            self.log_reads_left.store(left - 1, Ordering::SeqCst);
+        }
         self.answer(move |s| {
             Ok(s.log
                 .iter()
@@ -612,6 +628,32 @@ async fn the_initial_load_reads_a_log_longer_than_one_chunk() {
             Verdict::Revoked
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_whose_later_chunk_fails_is_neither_applied_to_the_head_nor_fresh() {
+    start_clock();
+    let store = FakeStore::new(E1);
+    let n = CHUNK as u64 * 3;
+    for i in 1..=n {
+        store.log(Token, &format!("j{i}"));
+    }
+    // The first chunk is read; the read of the second (issued while the first is
+    // applied) fails.
+    store.fail_log_reads_after(1);
+    let table = Arc::new(Table::new(RETENTION));
+    assert!(follower(&store, &table).load().await.is_err());
+    assert_eq!(table.applied(), 0, "applied stays below what was not read");
+    assert!(!table.is_fresh(now_ms(), MAX_STALENESS_MS));
+    assert!(table.len() <= CHUNK, "nothing past the first chunk");
+    // Stamps at the head are not valid on this node: it waits or answers inactive.
+    assert_eq!(table.validity(Point::new(E1, n)), Verdict::StampAhead);
+    // Once reads succeed again, the load reaches the head.
+    store.fail_log_reads_after(usize::MAX);
+    follower(&store, &table).load().await.unwrap();
+    assert_eq!(table.applied(), n);
+    assert_eq!(table.len(), n as usize);
+    assert!(table.is_fresh(now_ms(), MAX_STALENESS_MS));
 }
 
 #[tokio::test(start_paused = true)]

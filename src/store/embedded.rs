@@ -517,11 +517,18 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?;
             let rows = stmt
                 .query_map(params![after as i64, since_ms, limit as i64], |r| {
-                    let kind: String = r.get(1)?;
+                    // Borrowed from the row: no allocation per entry for the kind.
+                    let kind = match r.get_ref(1)? {
+                        rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+                        _ => None,
+                    };
                     Ok(RevocationEvent {
                         seq: r.get::<_, i64>(0)? as u64,
-                        // Rows are only ever written from a parsed kind.
-                        kind: RevocationKind::parse(&kind).unwrap_or(RevocationKind::All),
+                        // Rows are only ever written from a parsed kind; anything else
+                        // revokes everything (fail closed), as before.
+                        kind: kind
+                            .and_then(RevocationKind::parse)
+                            .unwrap_or(RevocationKind::All),
                         value: r.get(2)?,
                         revoked_at_ms: r.get(3)?,
                     })
