@@ -45,13 +45,26 @@ fn listening_sockets(port: u16) -> usize {
 #[tokio::test]
 async fn per_core_workers_share_one_node() {
     let s = per_core().start().await;
-    // One thread and one listening socket per worker.
-    let names = thread_names(s.pid());
-    let cores: HashSet<&String> = names
-        .iter()
-        .filter(|n| n.starts_with("latch-core-"))
-        .collect();
-    assert_eq!(cores.len(), WORKERS, "threads: {names:?}");
+    // One thread and one listening socket per worker. The sockets are bound before the
+    // node says it listens; the threads start right after (a new thread carries the
+    // process's name until it names itself), so they are waited for.
+    let pid = s.pid();
+    eventually(
+        DEADLINE,
+        "one latch-core thread per worker",
+        || async move {
+            let names = thread_names(pid);
+            let cores: HashSet<&String> = names
+                .iter()
+                .filter(|n| n.starts_with("latch-core-"))
+                .collect();
+            match cores.len() {
+                WORKERS => Ok(()),
+                _ => Err(format!("threads: {names:?}")),
+            }
+        },
+    )
+    .await;
     assert_eq!(listening_sockets(s.addr.port()), WORKERS);
 
     // Many connections (the kernel spreads them over the workers): tokens issued on any
