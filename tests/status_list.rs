@@ -57,13 +57,34 @@ fn path_of(uri: &str) -> String {
 async fn fetch_list(node: &TestServer, uri: &str) -> Vec<u8> {
     // A node that is briefly stale on a loaded machine answers 503, as it should; a
     // validator tries again. Anything else must be the list.
-    let r = eventually(DEADLINE, "a 200 for the list", || async {
-        let r = node.get(&path_of(uri), None).await;
-        match r.status.as_u16() {
-            503 => Err(format!("503: {}", r.text())),
-            _ => Ok(r),
-        }
-    })
+    // A list signed just before a key revocation reached the node names a key its JWKS,
+    // fetched just after, no longer lists: a validator refuses that list and fetches
+    // again, and so does this.
+    let (r, jwks) = eventually(
+        DEADLINE,
+        "a 200 for the list, its key in the JWKS",
+        || async {
+            let r = node.get(&path_of(uri), None).await;
+            if r.status.as_u16() == 503 {
+                return Err(format!("503: {}", r.text()));
+            }
+            if r.status != 200 {
+                return Ok((r, Value::Null));
+            }
+            let (header, _, _) = decode_jwt(&r.text());
+            let jwks = node.jwks().await;
+            let listed = jwks["keys"]
+                .as_array()
+                .is_some_and(|keys| keys.iter().any(|k| k["kid"] == header["kid"]));
+            match listed {
+                true => Ok((r, jwks)),
+                false => Err(format!(
+                    "kid {} not in the JWKS (yet or any more)",
+                    header["kid"]
+                )),
+            }
+        },
+    )
     .await;
     assert_eq!(r.status, 200, "{uri}: {}", r.text());
     assert_eq!(
@@ -80,7 +101,6 @@ async fn fetch_list(node: &TestServer, uri: &str) -> Vec<u8> {
     let ttl = claims["ttl"].as_u64().expect("ttl");
     assert!(max_age <= ttl, "max-age {max_age} above ttl {ttl}");
     assert_eq!(header["typ"], "statuslist+jwt");
-    let jwks = node.jwks().await;
     let jwk = jwks["keys"]
         .as_array()
         .unwrap()
