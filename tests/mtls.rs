@@ -966,3 +966,55 @@ async fn the_client_ca_file_is_reloaded_with_the_certificate() {
         200
     );
 }
+
+/// A gateway's failed certificate authentications count against the client id it names,
+/// as every other method's do: a gateway cannot try certificates for a client id without
+/// end (the address's own limit is set far above here, so only the id's can refuse).
+#[tokio::test]
+async fn failed_gateway_certificates_count_against_the_named_client() {
+    let pki = Pki::new();
+    let gateway = ClientDef::new("gw")
+        .without_secret()
+        .roles(&["introspect"])
+        .with("tls_client_auth_subject_dn", "CN=gateway,O=latch test");
+    let s = start_with(&pki, vec![gateway], |b| {
+        b.config(|c| {
+            c.limits.auth_failure_rate = Some("3/m".into());
+            c.limits.auth_failure_burst = Some(3);
+            c.limits.auth_failure_ip_rate = Some("1000/m".into());
+            c.limits.auth_failure_ip_burst = Some(1000);
+        })
+    })
+    .await;
+    let token = issue(&s, &pki, &clients::orders()).await;
+    let bearer = format!("Bearer {token}");
+    let other = pki.client_ca.client("not-gateway", vec![]);
+    let h = [
+        ("authorization", bearer.as_str()),
+        ("x-latch-client-id", "gw"),
+    ];
+    let mut statuses = Vec::new();
+    let mut limited = String::new();
+    for _ in 0..6 {
+        let r = send(
+            &s,
+            &pki,
+            Some(&other),
+            Method::GET,
+            "/gateway/check",
+            &h,
+            "",
+        )
+        .await;
+        statuses.push(r.status.as_u16());
+        if r.status == 429 {
+            limited = r.text();
+        }
+    }
+    assert_eq!(&statuses[..3], &[401, 401, 401], "{statuses:?}");
+    assert!(
+        statuses[3..].contains(&429),
+        "failures past the client's burst are rate limited: {statuses:?}"
+    );
+    assert!(limited.contains("auth_failure_client"), "{limited}");
+}

@@ -309,10 +309,8 @@ pub fn authenticate_by_certificate(
     parts: &Parts,
     client_id: &str,
 ) -> Result<Arc<Client>, ApiError> {
-    let form = Form {
-        params: vec![("client_id".to_string(), client_id.to_string())],
-    };
-    let started = Started::new(app, parts, Some(&form))?;
+    // No Basic header here: the id comes from the caller (the gateway's X-Latch-Client-Id).
+    let started = Started::begin(app, parts, None, Started::counted(app, Some(client_id)))?;
     let presented = match ClientCert::of(parts) {
         Some(cert) => by_certificate(&app.clients, client_id, cert),
         None => Err(ApiError::InvalidClient),
@@ -340,16 +338,32 @@ struct Started<'a> {
 
 impl<'a> Started<'a> {
     fn new(app: &'a App, parts: &Parts, form: Option<&Form>) -> Result<Started<'a>, ApiError> {
-        let address = ClientAddr::of(parts);
         // The Basic header is parsed once: for the per-id limit and for the check itself.
         let basic = parts
             .headers
             .get(AUTHORIZATION)
             .map(|h| parse_basic(h.as_bytes()));
-        let counted = presented_id(basic.as_ref(), form)
-            .and_then(|id| app.clients.get(&id))
+        let counted = Started::counted(app, presented_id(basic.as_ref(), form).as_deref());
+        Started::begin(app, parts, basic, counted)
+    }
+
+    /// The configured client a presented id names, when failures count against it (not
+    /// an admin's).
+    fn counted(app: &'a App, id: Option<&str>) -> Option<&'a str> {
+        id.and_then(|id| app.clients.get(id))
             .filter(|c| !c.has_role(Role::Admin))
-            .map(|c| c.id.as_str());
+            .map(|c| c.id.as_str())
+    }
+
+    /// The limits for a request whose failures count against `counted` (and its address),
+    /// with its `basic` credentials.
+    fn begin(
+        app: &'a App,
+        parts: &Parts,
+        basic: Basic,
+        counted: Option<&'a str>,
+    ) -> Result<Started<'a>, ApiError> {
+        let address = ClientAddr::of(parts);
         let now = now_ms();
         app.limits.before_auth(address, counted, now)?;
         Ok(Started {
