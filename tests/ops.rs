@@ -356,18 +356,6 @@ async fn audit_is_logged_as_json_and_secrets_never_are() {
     assert!(!logs.contains(&t), "an access token appears in the logs");
 }
 
-/// Sends one keep-alive request on `stream` and reads the status line's code.
-async fn status_on(stream: &mut tokio::net::TcpStream) -> Option<u16> {
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
-    let mut buf = vec![0u8; 1024];
-    let n = stream.read(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-}
-
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
     let s = TestServer::builder()
@@ -380,24 +368,13 @@ async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
         .await;
     // Two kept-alive connections hold both slots (once the harness's own pooled
     // connection from the readiness check has been let go).
-    let served = |label: &'static str| {
-        let addr = s.addr;
-        try_eventually(DEADLINE, move || async move {
-            let mut conn = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            match status_on(&mut conn).await {
-                Some(200) => Ok(conn),
-                other => Err(format!("{label}: {other:?}")),
-            }
-        })
-    };
+    let served = |label: &'static str| served_connection(s.addr, label);
     let a = served("first").await.unwrap();
     let mut b = served("second").await.unwrap();
     // A third is closed without an answer.
     let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     assert_eq!(
-        status_on(&mut c).await,
+        healthz_on(&mut c).await,
         None,
         "a third connection was served"
     );
@@ -405,7 +382,7 @@ async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
     drop(a);
     assert!(served("after release").await.is_ok());
     // The held connection still works.
-    assert_eq!(status_on(&mut b).await, Some(200));
+    assert_eq!(healthz_on(&mut b).await, Some(200));
 }
 
 #[tokio::test]

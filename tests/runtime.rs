@@ -6,7 +6,6 @@ use std::collections::HashSet;
 
 use testkit::clients;
 use testkit::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WORKERS: usize = 3;
 
@@ -113,17 +112,6 @@ async fn per_core_workers_share_one_node() {
     );
 }
 
-async fn status_on(stream: &mut tokio::net::TcpStream) -> Option<u16> {
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
-    let mut buf = vec![0u8; 1024];
-    let n = stream.read(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-}
-
 /// The cap is the node's, not each worker's: with three workers and a cap of two, the
 /// third kept-alive connection is refused whichever worker the kernel hands it to.
 #[tokio::test]
@@ -135,32 +123,21 @@ async fn per_core_workers_share_the_connection_cap() {
         })
         .start()
         .await;
-    let served = |label: &'static str| {
-        let addr = s.addr;
-        try_eventually(DEADLINE, move || async move {
-            let mut conn = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            match status_on(&mut conn).await {
-                Some(200) => Ok(conn),
-                other => Err(format!("{label}: {other:?}")),
-            }
-        })
-    };
+    let served = |label: &'static str| served_connection(s.addr, label);
     let a = served("first").await.unwrap();
     let mut b = served("second").await.unwrap();
     // Several more tries, so that some land on each of the three sockets: none is served.
     for _ in 0..9 {
         let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
         assert_eq!(
-            status_on(&mut c).await,
+            healthz_on(&mut c).await,
             None,
             "a connection over the cap was served"
         );
     }
     drop(a);
     assert!(served("after release").await.is_ok());
-    assert_eq!(status_on(&mut b).await, Some(200));
+    assert_eq!(healthz_on(&mut b).await, Some(200));
 }
 
 #[tokio::test]

@@ -231,3 +231,36 @@ impl Http {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 }
+
+/// Sends one keep-alive `GET /healthz` on a raw `stream` and reads the status line's
+/// code; `None` when the server closed the connection or answered nothing readable (a
+/// connection over the cap is closed unanswered).
+pub async fn healthz_on(stream: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// A raw connection to `addr` that was served (`/healthz` answered 200), retried until
+/// [`crate::DEADLINE`]: held open, it keeps a connection slot.
+pub async fn served_connection(
+    addr: SocketAddr,
+    label: &str,
+) -> Result<tokio::net::TcpStream, String> {
+    crate::poll::try_eventually(crate::DEADLINE, || async {
+        let mut conn = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        match healthz_on(&mut conn).await {
+            Some(200) => Ok(conn),
+            other => Err(format!("{label}: {other:?}")),
+        }
+    })
+    .await
+}
