@@ -727,6 +727,52 @@ async fn refresh_token_reuse_revokes_the_whole_session() {
     assert_active(s, &b2.access, "bystander after a restart").await;
 }
 
+/// A rotation answered 503 because no replica confirmed it is undone: the client's
+/// retry (what a 503 with Retry-After asks for) rotates once the replica is back, and
+/// is not taken for reuse that would log the user out. The undo does not weaken reuse
+/// detection: the token spent by the confirmed rotation is reuse as before.
+#[tokio::test]
+async fn an_unconfirmed_rotation_is_undone_so_the_retry_is_no_reuse() {
+    let redis = RedisProcess::start().await;
+    let mut replica = RedisProcess::replica_of(&redis).await;
+    let idp = main_idp();
+    let s = session_config(&idp)
+        .redis(&redis)
+        .config(|c| {
+            c.store.min_replicas_ack = Some(1);
+            c.store.replica_ack_timeout = Some(ms(200));
+        })
+        .start()
+        .await;
+    let opened = open_on(&s, &idp, "alice", &[]).await;
+
+    replica.stop();
+    for attempt in 0..2 {
+        let r = refresh_resp(&s, &idp_hook(), &opened.refresh, &[]).await;
+        r.assert_error(503, "temporarily_unavailable");
+        assert!(r.header("retry-after").is_some(), "attempt {attempt}");
+    }
+    let _replica = RedisProcess::replica_of(&redis).await;
+
+    // The same token, retried (503s too, as a client does while the replica catches
+    // up): a rotation of the same session, not reuse.
+    let next = session_from(
+        &refresh_settled(&s, &opened.refresh).await,
+        "the retried refresh",
+    );
+    assert_eq!(next.sid, opened.sid);
+    assert_active(&s, &opened.access, "the session's first access token").await;
+    assert_active(&s, &next.access, "the retried refresh's access token").await;
+    let next2 = session_from(&refresh_settled(&s, &next.refresh).await, "refresh again");
+    assert_eq!(next2.sid, opened.sid);
+
+    // Spent by a confirmed rotation: presenting it again is reuse, the session dies.
+    let r = refresh_settled(&s, &opened.refresh).await;
+    r.assert_error(400, "invalid_grant");
+    assert_inactive(&s, &next2.access, "after reuse").await;
+    assert_refresh_refused(&s, &next2.refresh, "after reuse").await;
+}
+
 #[tokio::test]
 async fn concurrent_refreshes_exactly_one_wins() {
     let env = start().await;

@@ -356,6 +356,21 @@ redis.call('PEXPIREAT', KEYS[2], ARGV[2])
 return {1}
 ";
 
+/// Undoes a rotation whose successor was never handed out (its confirmation failed):
+/// the old token is live again and the successor gone, so the client's retry of the
+/// 503 rotates instead of reading as reuse. Only if the successor is there and unspent
+/// (so this call's own rotation ran: its key is new and random) and the family is not
+/// marked reused (a presentation in between was reuse and stays so).
+/// KEYS: rt:<old> rt:<new> [fam]. Returns 1 if undone.
+const RELEASE_REFRESH: &str = "
+if redis.call('HGET', KEYS[2], 'used') ~= '0' then return 0 end
+if redis.call('HGET', KEYS[1], 'used') ~= '1' then return 0 end
+if KEYS[3] and redis.call('HEXISTS', KEYS[3], 'reused') == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'used', '0')
+return 1
+";
+
 /// Marks the family reused if this token is spent. KEYS: rt:<hash> fam.
 /// Returns 1 if marked (now or before).
 const MARK_REUSED: &str = "
@@ -502,6 +517,7 @@ struct Inner {
     open_session: Script,
     read_refresh: Script,
     rotate_refresh: Script,
+    release_refresh: Script,
     mark_reused: Script,
     report_node: Script,
     node_ids: Script,
@@ -627,6 +643,7 @@ impl RedisStore {
             open_session: Script::new(OPEN_SESSION),
             read_refresh: Script::new(READ_REFRESH),
             rotate_refresh: script(&format!("{MARK_FAMILY}{ROTATE_REFRESH}")),
+            release_refresh: Script::new(RELEASE_REFRESH),
             mark_reused: script(&format!("{MARK_FAMILY}{MARK_REUSED}")),
             report_node: script(REPORT_NODE),
             node_ids: script(NODE_IDS),
@@ -675,6 +692,27 @@ impl RedisStore {
         if self.inner.replication.min_acks > 0 {
             if let Err(error) = self.await_replicas(conn, key).await {
                 tracing::warn!(%error, what, "session write not confirmed by replicas");
+            }
+        }
+    }
+
+    /// After a rotation that is answered 503 (its reply lost, or its replicas short):
+    /// undoes it if it ran and its successor is unseen ([`RELEASE_REFRESH`]), so the
+    /// client's retry is a rotation, not reuse that logs the user out. Best effort: if
+    /// the undo cannot be made either, the token stays spent and the retry fails closed
+    /// (reuse, the session revoked), as before.
+    async fn release(&self, conn: &mut Conn, old_rt: &str, new_rt: &str, fam: Option<&str>) {
+        let mut invocation = self.inner.release_refresh.key(old_rt);
+        invocation.key(new_rt);
+        if let Some(fam) = fam {
+            invocation.key(fam);
+        }
+        match invocation.invoke_async::<i64>(conn).await {
+            Ok(1) => tracing::info!("unconfirmed refresh-token rotation undone; a retry rotates"),
+            Ok(_) => {}
+            Err(error) => {
+                let error = redact(&error.to_string());
+                tracing::warn!(%error, "unconfirmed refresh-token rotation not undone; a retry is reuse");
             }
         }
     }
@@ -1535,13 +1573,21 @@ impl Store for RedisStore {
                 if let Some(fam) = &fam {
                     invocation.key(fam);
                 }
-                v = invocation
+                let reply = invocation
                     .arg(encode_refresh(&new)?)
                     .arg(new.expires_at_ms)
                     .arg((new.expires_at_ms - new.issued_at_ms).max(1000))
                     .invoke_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
+                    .await;
+                v = match reply {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // The script may have run before the reply was lost.
+                        self.release(&mut conn, &old_rt, &new_rt, fam.as_deref())
+                            .await;
+                        return Err(unavailable(e));
+                    }
+                };
                 let unknown = v
                     .first()
                     .and_then(|x| redis::from_redis_value_ref::<i64>(x).ok())
@@ -1569,7 +1615,11 @@ impl Store for RedisStore {
                     // shard's replicas have both (fewer: 503; the old token is spent and
                     // the session fails closed, see docs/ARCHITECTURE.md).
                     if self.inner.replication.min_acks > 0 {
-                        self.await_replicas(&mut conn, &old_rt).await?;
+                        if let Err(e) = self.await_replicas(&mut conn, &old_rt).await {
+                            self.release(&mut conn, &old_rt, &new_rt, fam.as_deref())
+                                .await;
+                            return Err(e);
+                        }
                     }
                     Ok(Rotation::Rotated)
                 }
