@@ -740,7 +740,9 @@ async fn an_unconfirmed_rotation_is_undone_so_the_retry_is_no_reuse() {
         .redis(&redis)
         .config(|c| {
             c.store.min_replicas_ack = Some(1);
-            c.store.replica_ack_timeout = Some(ms(200));
+            // Under half of max_staleness (2 s); long enough for a healthy replica on a
+            // loaded machine (200 ms once failed the node's start-up writes).
+            c.store.replica_ack_timeout = Some(ms(900));
         })
         .start()
         .await;
@@ -771,6 +773,37 @@ async fn an_unconfirmed_rotation_is_undone_so_the_retry_is_no_reuse() {
     r.assert_error(400, "invalid_grant");
     assert_inactive(&s, &next2.access, "after reuse").await;
     assert_refresh_refused(&s, &next2.refresh, "after reuse").await;
+}
+
+/// A refresh whose access token cannot be issued (its status-list record cannot be
+/// written: the list is gone from the store) answers 503 and leaves the refresh token
+/// live: the access token is made before the rotation, so the retry rotates.
+#[tokio::test]
+async fn a_refresh_that_cannot_issue_leaves_its_token_live() {
+    let redis = RedisProcess::start().await;
+    let idp = main_idp();
+    let s = session_config(&idp).redis(&redis).start().await;
+    let opened = open_on(&s, &idp, "alice", &[]).await;
+    let uri = claims_of(&opened.access)["status"]["status_list"]["uri"]
+        .as_str()
+        .expect("a status list in the access token")
+        .to_string();
+    let list = uri.rsplit('/').next().unwrap();
+    let removed: i64 = redis.cmd(&["DEL", &format!("{{latch:sl:{list}}}")]).await;
+    assert_eq!(removed, 1, "the list's key");
+
+    let r = refresh_resp(&s, &idp_hook(), &opened.refresh, &[]).await;
+    r.assert_error(503, "temporarily_unavailable");
+    // The node has abandoned that list; the retry issues into a new one and rotates.
+    let next = refresh_ok(&s, &opened.refresh).await;
+    assert_eq!(next.sid, opened.sid);
+    assert_ne!(
+        claims_of(&next.access)["status"]["status_list"]["uri"],
+        uri.as_str(),
+        "a new list"
+    );
+    assert_active(&s, &next.access, "the retried refresh's access token").await;
+    refresh_ok(&s, &next.refresh).await;
 }
 
 #[tokio::test]
@@ -1887,10 +1920,11 @@ async fn sessions_spread_over_the_masters_and_a_lost_master_fails_closed_only_it
     for s in &elsewhere {
         // A client retries a 503 as its Retry-After says: right after a master dies the
         // cluster client can fail one command (fail closed) before it reroutes.
-        let next = session_from(
-            &refresh_settled(b, &s.live).await,
-            "session on a live shard",
-        );
+        let r = refresh_settled(b, &s.live).await;
+        if r.status != 200 {
+            eprintln!("node B:\n{}", b.diagnostics());
+        }
+        let next = session_from(&r, "session on a live shard");
         moved_on.push(next.refresh);
         assert!(a.is_active(&s.access).await, "access token of a live shard");
     }

@@ -92,6 +92,9 @@ pub async fn token(
     let result = grant(app, client, req, request_id, binding).await;
     match &result {
         Ok(issued) => {
+            // Counted here, once the grant is complete: a refresh signs its access token
+            // before it rotates, and a refused rotation issues nothing.
+            metrics::counter!(m::TOKENS_ISSUED_TOTAL, "grant" => issued.grant.label()).increment(1);
             metrics::counter!(m::CONTRACT_DECISIONS, "reason" => "granted").increment(1);
             for d in &issued.deprecated {
                 metrics::counter!(m::CONTRACT_DEPRECATED_USE, "name" => d.name.clone())
@@ -301,7 +304,6 @@ async fn issue(
         Some(lists) => lists.sign_recorded(view, claims).await?,
         None => view.sign(claims)?,
     };
-    metrics::counter!(m::TOKENS_ISSUED_TOTAL, "grant" => grant.label()).increment(1);
     Ok(Issued {
         access_token,
         expires_in: (claims.exp - claims.iat).max(0) as u64,
@@ -435,19 +437,23 @@ async fn open_session(
         reason: format!("subject {} from {} (IdP sub {})", a.sub, a.iss, a.idp_sub),
         request_id: request_id.to_string(),
     };
-    app.store
-        .open_session(sessions::store_key(&refresh_token), record, audit)
-        .await?;
-    issue(
+    // The access token before the session, so that a session is never stored without
+    // its answer having been made (a failed issuance leaves no session behind).
+    let mut issued = issue(
         app,
         &view,
         client,
         &claims,
         Grant::TokenExchange,
-        Some(refresh_token),
+        None,
         binding,
     )
-    .await
+    .await?;
+    app.store
+        .open_session(sessions::store_key(&refresh_token), record, audit)
+        .await?;
+    issued.refresh_token = Some(refresh_token);
+    Ok(issued)
 }
 
 /// A service acting for a user: a down-scoped token for another audience, with the
@@ -615,22 +621,27 @@ async fn refresh(
         ..record.clone()
     };
     sessions::seal(app.keys.refresh_record_mac(), &next_hash, &mut next);
+    // The access token first (signed, its status record durable), the rotation last:
+    // once the old token is spent nothing may fail, or the client's retry of the 503
+    // would read as reuse and revoke the session. Unused if the rotation refuses.
+    let mut issued = issue(
+        app,
+        &view,
+        client,
+        &claims,
+        Grant::RefreshToken,
+        None,
+        binding,
+    )
+    .await?;
     match app
         .store
         .rotate_refresh(key.clone(), sessions::store_key(&next_token), next)
         .await?
     {
         Rotation::Rotated => {
-            issue(
-                app,
-                &view,
-                client,
-                &claims,
-                Grant::RefreshToken,
-                Some(next_token),
-                binding,
-            )
-            .await
+            issued.refresh_token = Some(next_token);
+            Ok(issued)
         }
         Rotation::Reused(r) if sessions::authentic(app.keys.refresh_record_mac(), &hash, &r) => {
             Err(reuse(app, &key, &r, request_id).await)

@@ -371,6 +371,9 @@ redis.call('HSET', KEYS[1], 'used', '0')
 return 1
 ";
 
+/// How long a 503 answer waits, at most, for [`RedisStore::release`] to undo its rotation.
+const RELEASE_BUDGET: Duration = Duration::from_secs(1);
+
 /// Marks the family reused if this token is spent. KEYS: rt:<hash> fam.
 /// Returns 1 if marked (now or before).
 const MARK_REUSED: &str = "
@@ -698,21 +701,36 @@ impl RedisStore {
 
     /// After a rotation that is answered 503 (its reply lost, or its replicas short):
     /// undoes it if it ran and its successor is unseen ([`RELEASE_REFRESH`]), so the
-    /// client's retry is a rotation, not reuse that logs the user out. Best effort: if
-    /// the undo cannot be made either, the token stays spent and the retry fails closed
-    /// (reuse, the session revoked), as before.
+    /// client's retry is a rotation, not reuse that logs the user out. The 503 waits for
+    /// it: a few tries within [`RELEASE_BUDGET`] (the failure that lost the rotation's
+    /// reply, such as a Cluster client rerouting after a master died, often fails the
+    /// next command too; the script is idempotent). If no try succeeds, the token stays
+    /// spent and the retry fails closed (reuse, the session revoked), as before.
     async fn release(&self, conn: &mut Conn, old_rt: &str, new_rt: &str, fam: Option<&str>) {
-        let mut invocation = self.inner.release_refresh.key(old_rt);
-        invocation.key(new_rt);
-        if let Some(fam) = fam {
-            invocation.key(fam);
-        }
-        match invocation.invoke_async::<i64>(conn).await {
+        let tries = async {
+            let mut pause = Duration::from_millis(25);
+            loop {
+                let mut invocation = self.inner.release_refresh.key(old_rt);
+                invocation.key(new_rt);
+                if let Some(fam) = fam {
+                    invocation.key(fam);
+                }
+                match invocation.invoke_async::<i64>(conn).await {
+                    Ok(undone) => return undone,
+                    Err(error) => {
+                        let error = redact(&error.to_string());
+                        tracing::debug!(%error, "undoing an unconfirmed rotation failed; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(RELEASE_BUDGET, tries).await {
             Ok(1) => tracing::info!("unconfirmed refresh-token rotation undone; a retry rotates"),
             Ok(_) => {}
-            Err(error) => {
-                let error = redact(&error.to_string());
-                tracing::warn!(%error, "unconfirmed refresh-token rotation not undone; a retry is reuse");
+            Err(_) => {
+                tracing::warn!("unconfirmed refresh-token rotation not undone; a retry is reuse")
             }
         }
     }
