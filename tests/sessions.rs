@@ -806,6 +806,37 @@ async fn a_refresh_that_cannot_issue_leaves_its_token_live() {
     refresh_ok(&s, &next.refresh).await;
 }
 
+/// A session opening that fails after its assertion was claimed (here: the access token's
+/// status-list record cannot be written) releases the claim: the IdP hook's retry of the
+/// 503 with the same assertion opens the session, and only one.
+#[tokio::test]
+async fn a_session_opening_that_fails_lets_its_assertion_be_retried() {
+    let redis = RedisProcess::start().await;
+    let idp = main_idp();
+    let s = session_config(&idp).redis(&redis).start().await;
+    let first = open_on(&s, &idp, "alice", &[]).await;
+    let uri = claims_of(&first.access)["status"]["status_list"]["uri"]
+        .as_str()
+        .expect("a status list in the access token")
+        .to_string();
+    let list = uri.rsplit('/').next().unwrap();
+    let removed: i64 = redis.cmd(&["DEL", &format!("{{latch:sl:{list}}}")]).await;
+    assert_eq!(removed, 1, "the list's key");
+
+    let assertion = idp.assertion("bob");
+    let r = exchange(&s, &idp_hook(), &assertion, &[]).await;
+    r.assert_error(503, "temporarily_unavailable");
+    let opened = session_from(
+        &exchange(&s, &idp_hook(), &assertion, &[]).await,
+        "the retried opening",
+    );
+    assert_active(&s, &opened.access, "the retried opening's access token").await;
+    refresh_ok(&s, &opened.refresh).await;
+    // Answered once: now the assertion is spent.
+    let r = exchange(&s, &idp_hook(), &assertion, &[]).await;
+    r.assert_error(400, "invalid_grant");
+}
+
 #[tokio::test]
 async fn concurrent_refreshes_exactly_one_wins() {
     let env = start().await;

@@ -196,6 +196,7 @@ contract! {
         audit_records_past_their_retention_are_pruned_and_the_newest_stays,
         every_change_is_audited_with_the_change,
         claim_once_is_true_once_then_false_until_expiry,
+        a_released_claim_can_be_made_again,
         of_concurrent_claims_of_one_key_exactly_one_wins,
         contract_amendments_compare_and_set_on_the_version_and_travel_in_the_log,
         of_concurrent_amendments_of_one_document_exactly_one_wins,
@@ -880,6 +881,19 @@ async fn claim_once_is_true_once_then_false_until_expiry(store: SharedStore) {
     wait_until_clock_passes(soon + 1).await;
     assert!(store.claim_once("jti-c".into(), hour).await.unwrap());
     assert!(!store.claim_once("jti-c".into(), hour).await.unwrap());
+}
+
+async fn a_released_claim_can_be_made_again(store: SharedStore) {
+    let hour = now_ms() + 3_600_000;
+    assert!(store.claim_once("jti-r".into(), hour).await.unwrap());
+    store.release_claim("jti-r".into()).await.unwrap();
+    assert!(store.claim_once("jti-r".into(), hour).await.unwrap());
+    assert!(!store.claim_once("jti-r".into(), hour).await.unwrap());
+    // Releasing one key leaves the others claimed; releasing nothing is no error.
+    assert!(store.claim_once("jti-s".into(), hour).await.unwrap());
+    store.release_claim("jti-r".into()).await.unwrap();
+    store.release_claim("jti-never".into()).await.unwrap();
+    assert!(!store.claim_once("jti-s".into(), hour).await.unwrap());
 }
 
 async fn of_concurrent_claims_of_one_key_exactly_one_wins(store: SharedStore) {

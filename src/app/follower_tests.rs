@@ -357,6 +357,10 @@ impl Store for FakeStore {
         self.answer(|_| not_faked())
     }
 
+    fn release_claim(&self, _: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.answer(|_| not_faked())
+    }
+
     fn open_session(
         &self,
         _: String,

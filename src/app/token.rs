@@ -413,47 +413,59 @@ async fn open_session(
     // its `exp` or its maximum age, whichever comes first, plus leeway.
     let replay_key = sessions::hash(&format!("{}\n{}", a.iss, a.jti));
     let until = sessions::trusted::replay_until_ms(a.exp, a.iat, leeway as i64);
-    if !app.store.claim_once(replay_key, until).await? {
+    if !app.store.claim_once(replay_key.clone(), until).await? {
         tracing::debug!(client = %client.id, "assertion replayed");
         return Err(Error::InvalidGrant("the assertion was already used"));
     }
-    let view = app.fresh(now)?;
-    let mut claims = view.access_claims(&a.sub, client, aud, scope);
-    claims.sid = Some(crate::tokens::random_id());
-    claims.username = a.username;
-    let refresh_token = sessions::new_refresh_token();
-    let mut record = view.refresh_record(&claims);
-    record.jkt = binding.and_then(Cnf::jkt).map(str::to_string);
-    record.x5t_s256 = binding.and_then(Cnf::x5t_s256).map(str::to_string);
-    sessions::seal(
-        app.keys.refresh_record_mac(),
-        &sessions::hash(&refresh_token),
-        &mut record,
-    );
-    let audit = NewAudit {
-        actor: client.id.to_string(),
-        action: "session_create".into(),
-        target: format!("session:{}", record.sid),
-        reason: format!("subject {} from {} (IdP sub {})", a.sub, a.iss, a.idp_sub),
-        request_id: request_id.to_string(),
-    };
-    // The access token before the session, so that a session is never stored without
-    // its answer having been made (a failed issuance leaves no session behind).
-    let mut issued = issue(
-        app,
-        &view,
-        client,
-        &claims,
-        Grant::TokenExchange,
-        None,
-        binding,
-    )
-    .await?;
-    app.store
-        .open_session(sessions::store_key(&refresh_token), record, audit)
+    let opened: Result<Issued, Error> = async {
+        let view = app.fresh(now)?;
+        let mut claims = view.access_claims(&a.sub, client, aud, scope);
+        claims.sid = Some(crate::tokens::random_id());
+        claims.username = a.username;
+        let refresh_token = sessions::new_refresh_token();
+        let mut record = view.refresh_record(&claims);
+        record.jkt = binding.and_then(Cnf::jkt).map(str::to_string);
+        record.x5t_s256 = binding.and_then(Cnf::x5t_s256).map(str::to_string);
+        sessions::seal(
+            app.keys.refresh_record_mac(),
+            &sessions::hash(&refresh_token),
+            &mut record,
+        );
+        let audit = NewAudit {
+            actor: client.id.to_string(),
+            action: "session_create".into(),
+            target: format!("session:{}", record.sid),
+            reason: format!("subject {} from {} (IdP sub {})", a.sub, a.iss, a.idp_sub),
+            request_id: request_id.to_string(),
+        };
+        // The access token before the session, so that a session is never stored without
+        // its answer having been made (a failed issuance leaves no session behind).
+        let mut issued = issue(
+            app,
+            &view,
+            client,
+            &claims,
+            Grant::TokenExchange,
+            None,
+            binding,
+        )
         .await?;
-    issued.refresh_token = Some(refresh_token);
-    Ok(issued)
+        app.store
+            .open_session(sessions::store_key(&refresh_token), record, audit)
+            .await?;
+        issued.refresh_token = Some(refresh_token);
+        Ok(issued)
+    }
+    .await;
+    if opened.is_err() {
+        // Nothing was answered for this assertion: it may be presented again (the IdP
+        // hook's retry of the 503). Best effort: a claim that stays makes that retry a
+        // replay, as before.
+        if let Err(error) = app.store.release_claim(replay_key).await {
+            tracing::warn!(%error, "could not release the claim of an assertion whose session failed");
+        }
+    }
+    opened
 }
 
 /// A service acting for a user: a down-scoped token for another audience, with the

@@ -661,6 +661,14 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn release_claim(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.with_conn(move |conn, _| {
+            conn.execute("DELETE FROM seen WHERE key = ?1", params![key])
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
     fn open_session(
         &self,
         key: String,

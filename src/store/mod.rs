@@ -235,6 +235,10 @@ pub trait Store: Send + Sync + 'static {
     /// Records `key` until `until_ms` if it is not recorded yet; `false` if it was (replay).
     fn claim_once(&self, key: String, until_ms: i64) -> BoxFuture<'_, Result<bool, StoreError>>;
 
+    /// Forgets the claim of `key`, by the caller whose [`Store::claim_once`] won it and
+    /// then answered nothing for it (its request failed), so that a retry may claim it.
+    fn release_claim(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// Stores the first refresh token of a new session, with its audit record.
     ///
     /// Refresh tokens are named by their store key (`sessions::store_key`:

@@ -1499,9 +1499,25 @@ impl Store for RedisStore {
             // A claim lost in a failover would let the assertion open a second session:
             // it counts only once its shard's replicas have it, like a revocation.
             if set.is_some() && self.inner.replication.min_acks > 0 {
-                self.await_replicas(&mut conn, &key).await?;
+                if let Err(e) = self.await_replicas(&mut conn, &key).await {
+                    // Answered 503: the claim is released so the retry can make it.
+                    let _: Result<i64, _> =
+                        redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+                    return Err(e);
+                }
             }
             Ok(set.is_some())
+        })
+    }
+
+    fn release_claim(&self, key: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let _: i64 = redis::cmd("DEL")
+                .arg(seen_key(&key))
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(())
         })
     }
 
