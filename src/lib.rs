@@ -204,7 +204,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     } else {
         "http"
     };
-    let status = app::status::StatusLists::new(&config, store.clone());
+    let status =
+        app::status::StatusLists::new(&config, store.clone(), keys.status_record_mac().clone());
     let app = App::new(
         config,
         app::Parts {

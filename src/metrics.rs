@@ -67,6 +67,7 @@ pub const SSF_DELIVERY_LAG: &str = "latch_ssf_delivery_lag_seconds";
 pub const STATUS_LISTS_OPENED: &str = "latch_status_lists_opened_total";
 /// Status List Tokens this node rendered (not counting re-served renderings).
 pub const STATUS_LISTS_RENDERED: &str = "latch_status_lists_rendered_total";
+pub const STATUS_RECORDS_REJECTED: &str = "latch_status_records_rejected_total";
 /// Group commits of status-list records (store writes), by `result` (`ok`, `failed`).
 pub const STATUS_COMMITS: &str = "latch_status_commits_total";
 /// Status-list records written; divided by `latch_status_commits_total`, the mean batch.
@@ -135,6 +136,10 @@ fn describe() {
     describe_counter!(TOKENS_ISSUED_TOTAL, "Access tokens issued by grant");
     describe_counter!(STATUS_LISTS_OPENED, "Status lists this node opened");
     describe_counter!(STATUS_LISTS_RENDERED, "Status List Tokens rendered");
+    describe_counter!(
+        STATUS_RECORDS_REJECTED,
+        "Stored status-list records not used (their index reads INVALID), by reason (once per index per process)"
+    );
     describe_counter!(
         STATUS_COMMITS,
         "Group commits of status-list records by result"

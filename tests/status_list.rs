@@ -616,3 +616,70 @@ async fn a_grant_revoked_or_ended_flips_the_bits_of_its_tokens() {
     sees_revoked(reader, &elevated[0].1, "grant ended by the clock").await;
     assert_eq!(bit(reader, &plain).await, 0, "ordinary tokens stay VALID");
 }
+
+/// Someone who can write to Redis but holds no KEK edits a revoked token's record (its
+/// `jti` replaced, so the revocation would no longer match it) and strips another
+/// record's MAC. A node that reads the list afterwards uses neither: both indices read
+/// INVALID (fail closed), the untouched record reads VALID, and the refusals are counted.
+#[tokio::test]
+async fn a_record_changed_in_the_store_reads_invalid() {
+    let redis = RedisProcess::start().await;
+    let idp = Idp::new("https://idp.test").kid("idp-1");
+    let a = setup(&idp).redis(&redis).start().await;
+    let orders = clients::orders();
+    let (changed, stripped, untouched) = (
+        a.issue(&orders, &[]).await,
+        a.issue(&orders, &[]).await,
+        a.issue(&orders, &[]).await,
+    );
+    let (uri, _) = status_of(&changed);
+    assert!(
+        [&stripped, &untouched]
+            .iter()
+            .all(|t| status_of(t).0 == uri),
+        "one list"
+    );
+    let key = format!("{{latch:sl:{}}}", uri.rsplit('/').next().unwrap());
+    // Replaces the record of `token` (a member of the list's sorted set, scored by its
+    // index) with what `edit` makes of it.
+    let rewrite = |token: &str, edit: fn(&str, &str) -> String| {
+        let (key, redis) = (key.clone(), &redis);
+        let idx = status_of(token).1.to_string();
+        let jti = decode_jwt(token).1["jti"].as_str().unwrap().to_string();
+        async move {
+            let members: Vec<String> = redis.cmd(&["ZRANGEBYSCORE", &key, &idx, &idx]).await;
+            assert_eq!(members.len(), 1, "one record at {idx}");
+            let edited = edit(&members[0], &jti);
+            assert_ne!(edited, members[0]);
+            let _: i64 = redis.cmd(&["ZREM", &key, &members[0]]).await;
+            let _: i64 = redis.cmd(&["ZADD", &key, &idx, &edited]).await;
+        }
+    };
+    rewrite(&changed, |record, jti| record.replace(jti, "forged-jti")).await;
+    rewrite(&stripped, |record, _| {
+        record
+            .split_once('.')
+            .expect("a MAC before the record")
+            .1
+            .to_string()
+    })
+    .await;
+
+    let r = a
+        .post_form("/revoke", &[("token", &changed)], orders.auth())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A node that has not read the list yet.
+    let b = setup(&idp).redis(&redis).start().await;
+    assert_eq!(
+        bit(&b, &changed).await,
+        1,
+        "the revoked token with a forged jti"
+    );
+    assert_eq!(bit(&b, &stripped).await, 1, "a record without its MAC");
+    assert_eq!(bit(&b, &untouched).await, 0, "an untouched record");
+    let series =
+        |reason: &str| format!("latch_status_records_rejected_total{{reason=\"{reason}\"}}");
+    assert_eq!(b.metric(&series("bad_mac")).await, 1.0);
+    assert_eq!(b.metric(&series("unauthenticated")).await, 1.0);
+}

@@ -65,6 +65,11 @@ impl Keys {
         self.kek.refresh_record_mac()
     }
 
+    /// The key that authenticates status-list records (derived from the KEK).
+    pub fn status_record_mac(&self) -> &ring::hmac::Key {
+        self.kek.status_record_mac()
+    }
+
     /// The current snapshot.
     pub fn ring(&self) -> Arc<KeyRing> {
         self.ring.load_full()

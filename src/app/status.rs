@@ -53,6 +53,8 @@ pub struct StatusLists {
     commits: mpsc::UnboundedSender<Pending>,
     /// What this node knows of each list it rendered.
     cache: DashMap<ListId, Arc<tokio::sync::Mutex<ListCache>>>,
+    /// Authenticates stored records ([`Record::seal`]), derived from the KEK.
+    mac: ring::hmac::Key,
 }
 
 /// A list this node issues into.
@@ -81,6 +83,8 @@ struct ListCache {
     records: Vec<Option<Box<Record>>>,
     /// The lowest index without a record: the next load starts here.
     first_gap: u64,
+    /// Indices whose stored record was refused (reported once each).
+    rejected: Vec<u64>,
     rendered: Option<Rendered>,
 }
 
@@ -97,8 +101,13 @@ pub struct ListToken {
 }
 
 impl StatusLists {
-    /// `None` when `[status_list] enabled = false`. Starts the committer.
-    pub fn new(config: &Config, store: SharedStore) -> Option<Arc<StatusLists>> {
+    /// `None` when `[status_list] enabled = false`. Starts the committer. `mac`
+    /// authenticates the records (the KEK's status-record key).
+    pub fn new(
+        config: &Config,
+        store: SharedStore,
+        mac: ring::hmac::Key,
+    ) -> Option<Arc<StatusLists>> {
         let sl = &config.status_list;
         if !sl.enabled {
             return None;
@@ -115,6 +124,7 @@ impl StatusLists {
             opening: tokio::sync::Mutex::new(()),
             commits: tx,
             cache: DashMap::new(),
+            mac,
         });
         tokio::spawn(commit_loop(
             store,
@@ -209,11 +219,12 @@ impl StatusLists {
             },
         });
         let (token, kid) = view.sign_with_kid(&claims)?;
+        let record = Record::new(&kid, &claims).seal(&self.mac, list.meta.id, idx);
         let (done, durable) = oneshot::channel();
         let pending = Pending {
             list,
             idx,
-            record: Record::new(&kid, &claims).encode(),
+            record,
             done,
         };
         if self.commits.send(pending).is_err() {
@@ -242,8 +253,17 @@ impl StatusLists {
             if idx >= loaded.meta.size {
                 continue;
             }
-            let Some(record) = Record::decode(&text) else {
-                continue;
+            let record = match Record::open(&self.mac, id, idx, &text) {
+                Ok(record) => record,
+                Err(why) => {
+                    if !cache.rejected.contains(&idx) {
+                        cache.rejected.push(idx);
+                        tracing::warn!(list = %id, idx, reason = why.as_str(), "status-list record refused; its index reads INVALID");
+                        metrics::counter!(m::STATUS_RECORDS_REJECTED, "reason" => why.as_str())
+                            .increment(1);
+                    }
+                    continue;
+                }
             };
             let point = record.claims.stamp().point();
             if app.table.validity(point) == crate::revocation::Verdict::StampAhead

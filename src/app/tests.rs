@@ -197,7 +197,8 @@ async fn node() -> Node {
     follower.load().await.unwrap();
     let trusted = config.trusted_issuers().unwrap();
     let ssf = super::ssf::Ssf::new(&config).unwrap();
-    let status = super::status::StatusLists::new(&config, store.clone());
+    let status =
+        super::status::StatusLists::new(&config, store.clone(), keys.status_record_mac().clone());
     let app = App::new(
         config,
         super::Parts {
@@ -280,7 +281,11 @@ impl Node {
                 grants: self.app.grants.clone(),
                 node_id: "test-node-2".into(),
                 ssf: super::ssf::Ssf::new(&self.app.config).unwrap(),
-                status: super::status::StatusLists::new(&self.app.config, self.app.store.clone()),
+                status: super::status::StatusLists::new(
+                    &self.app.config,
+                    self.app.store.clone(),
+                    self.app.keys.status_record_mac().clone(),
+                ),
             },
         )
     }
@@ -1458,7 +1463,10 @@ async fn a_record_that_lands_late_reads_valid_at_the_next_fetch() {
             "orders:read".into(),
         );
         let (_, kid) = view.sign_with_kid(&claims).unwrap();
-        (i, Record::new(&kid, &claims).encode())
+        (
+            i,
+            Record::new(&kid, &claims).seal(n.app.keys.status_record_mac(), meta.id, i),
+        )
     };
     let (r0, r1, r2) = (record(0), record(1), record(2));
     n.app

@@ -229,15 +229,17 @@ impl SigningKey {
 /// unrelated key: records MAC'd under one never verify under another.
 pub const KEY_RECORD_MAC_INFO: &[u8] = b"latch key-record mac v1";
 pub const REFRESH_RECORD_MAC_INFO: &[u8] = b"latch refresh-record mac v1";
+pub const STATUS_RECORD_MAC_INFO: &[u8] = b"latch status-record mac v1";
 
 /// The key-encryption key: AES-256-GCM over private keys at rest, the kid as associated
 /// data so a sealed key cannot be moved to another record. It also yields, through HKDF,
-/// the HMAC-SHA256 keys that authenticate stored key and refresh-token records: whoever
-/// can write to the store but does not hold the KEK cannot forge either.
+/// the HMAC-SHA256 keys that authenticate stored key, refresh-token and status-list
+/// records: whoever can write to the store but does not hold the KEK cannot forge any.
 pub struct Kek {
     key: LessSafeKey,
     key_record_mac: hmac::Key,
     refresh_record_mac: hmac::Key,
+    status_record_mac: hmac::Key,
 }
 
 /// HKDF-SHA256 (ring) from the KEK to an HMAC-SHA256 key, separated by `info`.
@@ -258,6 +260,7 @@ impl Kek {
             key: LessSafeKey::new(unbound),
             key_record_mac: derive_mac_key(bytes, KEY_RECORD_MAC_INFO),
             refresh_record_mac: derive_mac_key(bytes, REFRESH_RECORD_MAC_INFO),
+            status_record_mac: derive_mac_key(bytes, STATUS_RECORD_MAC_INFO),
         })
     }
 
@@ -269,6 +272,11 @@ impl Kek {
     /// The key that authenticates stored refresh-token records.
     pub fn refresh_record_mac(&self) -> &hmac::Key {
         &self.refresh_record_mac
+    }
+
+    /// The key that authenticates stored status-list records.
+    pub fn status_record_mac(&self) -> &hmac::Key {
+        &self.status_record_mac
     }
 
     /// Parses base64 (standard or URL-safe, padding optional) of 32 bytes.

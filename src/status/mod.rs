@@ -16,6 +16,7 @@ use std::io::Write;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use ring::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -133,14 +134,56 @@ impl Record {
         }
     }
 
-    pub fn encode(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    /// The stored form of this record at `idx` of `list`: `<mac>.<json>`, the MAC an
+    /// HMAC-SHA256 (base64url) under `key` over the list id, the index and the JSON. A
+    /// store writer without the KEK can then neither plant a record nor change one (give
+    /// a revoked token's index another subject or `jti`) nor move one to another index.
+    pub fn seal(&self, key: &hmac::Key, list: ListId, idx: u64) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        let tag = hmac::sign(key, mac_input(list, idx, &json).as_bytes());
+        let mut out = URL_SAFE_NO_PAD.encode(tag.as_ref());
+        out.push('.');
+        out.push_str(&json);
+        out
     }
 
-    /// `None` for anything that is not a record latch wrote (treated as absent: INVALID).
-    pub fn decode(s: &str) -> Option<Record> {
-        serde_json::from_str(s).ok()
+    /// The record stored at `idx` of `list`, if latch wrote it there (its MAC verifies,
+    /// constant-time, ring); else why not. Either way not a record: the index reads
+    /// INVALID.
+    pub fn open(key: &hmac::Key, list: ListId, idx: u64, stored: &str) -> Result<Record, Rejected> {
+        let (tag, json) = stored.split_once('.').ok_or(Rejected::Unauthenticated)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| Rejected::Unauthenticated)?;
+        hmac::verify(key, mac_input(list, idx, json).as_bytes(), &tag)
+            .map_err(|_| Rejected::BadMac)?;
+        serde_json::from_str(json).map_err(|_| Rejected::Malformed)
     }
+}
+
+/// Why a stored status-list record is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// No MAC (written by a latch before records were authenticated, or by someone else).
+    Unauthenticated,
+    /// A MAC that does not verify for this list and index.
+    BadMac,
+    /// Authentic but not a record this version reads.
+    Malformed,
+}
+
+impl Rejected {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Unauthenticated => "unauthenticated",
+            Rejected::BadMac => "bad_mac",
+            Rejected::Malformed => "malformed",
+        }
+    }
+}
+
+fn mac_input(list: ListId, idx: u64, json: &str) -> String {
+    format!("latch status record v1\n{list}\n{idx}\n{json}")
 }
 
 /// A list's statuses, one bit per index, every bit `INVALID` until set valid.

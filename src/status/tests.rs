@@ -108,11 +108,50 @@ fn a_record_keeps_what_a_revocation_matches_and_drops_the_status() {
         }),
         cnf: None,
     };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
     let r = Record::new("kid1", &claims);
-    let back = Record::decode(&r.encode()).unwrap();
+    let stored = r.seal(&key, ListId(9), 4);
+    let back = Record::open(&key, ListId(9), 4, &stored).unwrap();
     assert_eq!(back.claims.status, None);
     assert_eq!(back.claims.jti, "j1");
     assert_eq!(back.claims.sid.as_deref(), Some("s1"));
     assert_eq!(back.kid, "kid1");
-    assert_eq!(Record::decode("{not json"), None);
+
+    // Moved to another index or list, signed by another key, changed, or without a MAC:
+    // not a record.
+    let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[8u8; 32]);
+    assert_eq!(
+        Record::open(&key, ListId(9), 5, &stored),
+        Err(Rejected::BadMac)
+    );
+    assert_eq!(
+        Record::open(&key, ListId(10), 4, &stored),
+        Err(Rejected::BadMac)
+    );
+    assert_eq!(
+        Record::open(&other, ListId(9), 4, &stored),
+        Err(Rejected::BadMac)
+    );
+    let changed = stored.replace("\"j1\"", "\"j2\"");
+    assert_ne!(changed, stored);
+    assert_eq!(
+        Record::open(&key, ListId(9), 4, &changed),
+        Err(Rejected::BadMac)
+    );
+    let json = stored.split_once('.').unwrap().1;
+    assert_eq!(
+        Record::open(&key, ListId(9), 4, json),
+        Err(Rejected::Unauthenticated)
+    );
+    assert_eq!(
+        Record::open(&key, ListId(9), 4, "!!.{}"),
+        Err(Rejected::Unauthenticated)
+    );
+    // Authentic but not a record.
+    let tag = ring::hmac::sign(&key, b"latch status record v1\n0000000000000009\n4\n{}");
+    let odd = format!("{}.{{}}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+    assert_eq!(
+        Record::open(&key, ListId(9), 4, &odd),
+        Err(Rejected::Malformed)
+    );
 }
