@@ -216,6 +216,8 @@ pub enum Limit {
     AuthFailureAddress,
     /// A Shared Signals verification requested within `ssf.min_verification_interval`.
     SsfVerification,
+    /// An address that asked for too many status lists that do not exist.
+    StatusListMiss,
 }
 
 impl Limit {
@@ -226,6 +228,7 @@ impl Limit {
             Limit::AuthFailureClient => "auth_failure_client",
             Limit::AuthFailureAddress => "auth_failure_address",
             Limit::SsfVerification => "ssf_verification",
+            Limit::StatusListMiss => "status_list_miss",
         }
     }
 }
@@ -244,6 +247,9 @@ pub struct RateLimits {
     revoke: Limiter<Box<str>>,
     auth_client: Limiter<Box<str>>,
     auth_address: Limiter<IpAddr>,
+    /// Requests for status lists that do not exist, per address (each costs store
+    /// reads); a bucket of its own, at the per-address failure rate.
+    status_miss: Limiter<IpAddr>,
     auth_client_rate: Option<Rate>,
     auth_address_rate: Option<Rate>,
     /// `limits.trusted_proxies`.
@@ -264,6 +270,7 @@ impl RateLimits {
             revoke: Limiter::default(),
             auth_client: Limiter::default(),
             auth_address: Limiter::default(),
+            status_miss: Limiter::default(),
             auth_client_rate,
             auth_address_rate,
             proxies,
@@ -309,6 +316,27 @@ impl RateLimits {
         }
         if let (Some(rate), Some(id)) = (self.auth_client_rate, client) {
             let _ = self.auth_client.check(&Box::from(id), now_ms, rate);
+        }
+    }
+}
+
+impl RateLimits {
+    /// Before looking a status list up: refused while `address` has used up its misses
+    /// (at `limits.auth_failure_ip_rate`, in a bucket of its own). Counts nothing.
+    pub fn before_status_list(&self, address: IpAddr, now_ms: i64) -> Result<(), Limited> {
+        match self.auth_address_rate {
+            Some(rate) => self
+                .status_miss
+                .would_pass(&limit_key(address), now_ms, rate)
+                .map_err(|w| limited(Limit::StatusListMiss, w)),
+            None => Ok(()),
+        }
+    }
+
+    /// After a status list was not found: one miss for `address`.
+    pub fn status_list_missed(&self, address: IpAddr, now_ms: i64) {
+        if let Some(rate) = self.auth_address_rate {
+            let _ = self.status_miss.check(&limit_key(address), now_ms, rate);
         }
     }
 }

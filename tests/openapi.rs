@@ -181,7 +181,10 @@ fn takes_json(template: &str) -> bool {
 /// Whether [`NOT_DRIVEN`] (or, for 408 and 429, [`LIMITS`]) excuses an answer.
 fn excused(method: &str, template: &str, status: &str) -> bool {
     let limited = match status {
-        "429" => AUTHENTICATED.contains(&(method, template)),
+        "429" => {
+            AUTHENTICATED.contains(&(method, template))
+                || (method, template) == ("get", "/statuslists/{list_id}")
+        }
         "408" => WITH_BODY.contains(&method) && AUTHENTICATED.contains(&(method, template)),
         _ => false,
     };
@@ -2849,6 +2852,15 @@ async fn limit_answers_match_the_openapi_document() {
         r.assert_error(429, "slow_down");
         api.assert(method, template, &r);
     }
+
+    // 429 for lists that do not exist, in a bucket of its own at the same rate: one
+    // miss uses it up, then every list request from this address is refused.
+    let r = s.get("/statuslists/0000000000000000", None).await;
+    r.assert_error(404, "not_found");
+    let r = s.get("/statuslists/0000000000000001", None).await;
+    r.assert_error(429, "slow_down");
+    assert!(r.header("retry-after").is_some());
+    api.assert(Method::GET, "/statuslists/{list_id}", &r);
 
     let covered = api.covered.lock().unwrap().clone();
     for (method, template) in api.operations() {

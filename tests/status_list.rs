@@ -394,6 +394,47 @@ async fn list_requests_that_name_no_list_are_refused_clearly() {
     assert_eq!(r.header("allow").as_deref(), Some("GET"));
 }
 
+/// Each request for a list that does not exist costs the store reads, and lists are
+/// public: an address that asks for too many is refused (429 with Retry-After) until its
+/// bucket refills, whatever list it asks for then; other addresses, and authentication
+/// from the same address, are not affected.
+#[tokio::test]
+async fn an_address_asking_for_lists_that_do_not_exist_is_slowed_down() {
+    let idp = Idp::new("https://idp.test");
+    let s = setup(&idp)
+        .config(|c| {
+            c.limits.auth_failure_ip_rate = Some("1/h".into());
+            c.limits.auth_failure_ip_burst = Some(3);
+        })
+        .start()
+        .await;
+    let token = s.issue(&clients::orders(), &[]).await;
+    // A list that exists costs nothing from the bucket.
+    for _ in 0..5 {
+        assert_eq!(bit(&s, &token).await, 0);
+    }
+    for i in 0..3 {
+        s.get(&format!("/statuslists/000000000000000{i}"), None)
+            .await
+            .assert_error(404, "not_found");
+    }
+    let r = s.get("/statuslists/0000000000000009", None).await;
+    r.assert_error(429, "slow_down");
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait > 0, "{wait}");
+    let (uri, _) = status_of(&token);
+    s.get(&path_of(&uri), None)
+        .await
+        .assert_error(429, "slow_down");
+    assert_eq!(
+        s.metric("latch_rate_limited_total{endpoint=\"status_list\",limit=\"status_list_miss\"}")
+            .await,
+        2.0
+    );
+    // Client authentication from the same address is counted apart.
+    assert!(s.is_active(&token).await);
+}
+
 #[tokio::test]
 async fn lists_can_be_turned_off() {
     let s = TestServer::builder()

@@ -359,7 +359,7 @@ async fn dispatch(
             Route::Readyz => Ok(readyz(app)),
             Route::StatusList => {
                 let id = status::list_path(parts.uri.path()).unwrap_or_default();
-                status::list(app, id).await
+                status::list(app, &parts, id).await
             }
             Route::StatusLists => status::aggregation(app).await,
             Route::AdminKeys => admin::list_keys(app, &parts),

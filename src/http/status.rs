@@ -7,9 +7,13 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
+use hyper::http::request::Parts;
+
 use super::error::{bytes_response, ApiError};
-use crate::app::App;
+use super::request::ClientAddr;
+use crate::app::{App, Error};
 use crate::status::{ListId, MEDIA_TYPE};
+use crate::time::now_ms;
 
 /// `/statuslists/{id}` → the id as given (checked by [`list`]).
 pub fn list_path(path: &str) -> Option<&str> {
@@ -17,12 +21,26 @@ pub fn list_path(path: &str) -> Option<&str> {
 }
 
 /// `GET /statuslists/{id}`: the list as this node decides it now, cacheable for `ttl`.
-pub async fn list(app: &App, raw_id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+/// Public, and a list this node has not seen costs store reads: an address that asks
+/// for lists that do not exist too often is refused (429) until its bucket refills.
+pub async fn list(
+    app: &App,
+    parts: &Parts,
+    raw_id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let lists = app.status.as_ref().ok_or(ApiError::NotFound)?;
     let id = ListId::parse(raw_id).ok_or_else(|| {
         ApiError::InvalidRequest("a status list id is 16 lowercase hex digits".into())
     })?;
-    let token = lists.render(app, id).await?;
+    let address = ClientAddr::of(parts);
+    app.limits.before_status_list(address, now_ms())?;
+    let token = match lists.render(app, id).await {
+        Err(Error::NotFound(why)) => {
+            app.limits.status_list_missed(address, now_ms());
+            return Err(ApiError::NoSuch(why));
+        }
+        other => other?,
+    };
     Ok(bytes_response(
         StatusCode::OK,
         token.jwt,
