@@ -179,7 +179,6 @@ async fn grant(
                 client,
                 &claims,
                 Grant::ClientCredentials,
-                None,
                 binding,
             )
             .await
@@ -278,15 +277,15 @@ fn elevated_session(
     Ok((granted, grant))
 }
 
-/// Signs `claims` and counts the issuance. With status lists on, the token gets its
-/// index and is answered only once its record is durable.
+/// Signs `claims` (bound to `binding`, if any). With status lists on, the token gets its
+/// index and is returned only once its record is durable. The grant adds the refresh
+/// token, if it has one, once nothing can fail any more.
 async fn issue(
     app: &App,
     view: &View<'_>,
     client: &Client,
     claims: &AccessClaims,
     grant: Grant,
-    refresh_token: Option<String>,
     binding: Option<&Cnf>,
 ) -> Result<Issued, Error> {
     let bound;
@@ -308,7 +307,7 @@ async fn issue(
         access_token,
         expires_in: (claims.exp - claims.iat).max(0) as u64,
         scope: claims.scope.clone(),
-        refresh_token,
+        refresh_token: None,
         grant,
         token_type: Cnf::token_type(claims.cnf.as_ref()),
         deprecated: deprecated_in(client, claims),
@@ -440,16 +439,7 @@ async fn open_session(
         };
         // The access token before the session, so that a session is never stored without
         // its answer having been made (a failed issuance leaves no session behind).
-        let mut issued = issue(
-            app,
-            &view,
-            client,
-            &claims,
-            Grant::TokenExchange,
-            None,
-            binding,
-        )
-        .await?;
+        let mut issued = issue(app, &view, client, &claims, Grant::TokenExchange, binding).await?;
         app.store
             .open_session(sessions::store_key(&refresh_token), record, audit)
             .await?;
@@ -535,16 +525,7 @@ async fn delegate(
     claims.dcl.push(subject.client_id.clone());
     claims.djt = subject.djt.clone();
     claims.djt.push(subject.jti.clone());
-    issue(
-        app,
-        &view,
-        client,
-        &claims,
-        Grant::TokenExchange,
-        None,
-        binding,
-    )
-    .await
+    issue(app, &view, client, &claims, Grant::TokenExchange, binding).await
 }
 
 // === refresh_token grant ===
@@ -636,16 +617,7 @@ async fn refresh(
     // The access token first (signed, its status record durable), the rotation last:
     // once the old token is spent nothing may fail, or the client's retry of the 503
     // would read as reuse and revoke the session. Unused if the rotation refuses.
-    let mut issued = issue(
-        app,
-        &view,
-        client,
-        &claims,
-        Grant::RefreshToken,
-        None,
-        binding,
-    )
-    .await?;
+    let mut issued = issue(app, &view, client, &claims, Grant::RefreshToken, binding).await?;
     match app
         .store
         .rotate_refresh(key.clone(), sessions::store_key(&next_token), next)
