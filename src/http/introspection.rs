@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::admin::parse_json;
 use super::error::{bytes_response, ApiError};
+use super::json::JsonObject;
 use super::request::{authenticate, authenticate_form, require_role, Form};
 use crate::app::introspect::{self, Answer};
 use crate::app::App;
@@ -195,71 +196,6 @@ fn render_access(c: &crate::tokens::AccessClaims) -> Bytes {
         w.value("cnf", cnf);
     }
     w.finish()
-}
-
-/// A JSON object written member by member. Names are `&'static str` of ours and are
-/// never escaped; values go through [`JsonObject::str`] (escaped only when they need it)
-/// or serde_json.
-struct JsonObject {
-    out: Vec<u8>,
-}
-
-impl JsonObject {
-    fn with_capacity(n: usize) -> JsonObject {
-        let mut out = Vec::with_capacity(n);
-        out.push(b'{');
-        JsonObject { out }
-    }
-
-    fn name(&mut self, name: &'static str) {
-        debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
-        if self.out.len() > 1 {
-            self.out.push(b',');
-        }
-        self.out.push(b'"');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    /// A value already in JSON form (`true`).
-    fn raw(&mut self, name: &'static str, json: &'static str) {
-        self.name(name);
-        self.out.extend_from_slice(json.as_bytes());
-    }
-
-    fn str(&mut self, name: &'static str, value: &str) {
-        self.name(name);
-        // JSON needs an escape only for '"', '\\' and control characters. A fold without
-        // early exit, so the compiler checks many bytes per instruction.
-        let needs_escape = value.bytes().fold(false, |any, b| {
-            any | (b < 0x20) | (b == b'"') | (b == b'\\')
-        });
-        if !needs_escape {
-            self.out.push(b'"');
-            self.out.extend_from_slice(value.as_bytes());
-            self.out.push(b'"');
-        } else {
-            // Writing a string into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut self.out, value);
-        }
-    }
-
-    fn int(&mut self, name: &'static str, value: i64) {
-        self.name(name);
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    }
-
-    fn value(&mut self, name: &'static str, value: &impl Serialize) {
-        self.name(name);
-        // Our own claim types and serde_json values: serializing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.out, value);
-    }
-
-    fn finish(mut self) -> Bytes {
-        self.out.push(b'}');
-        Bytes::from(self.out)
-    }
 }
 
 /// The deprecation headers (`Deprecation`, `Sunset`, ...) of an active access token that

@@ -28,6 +28,7 @@ pub mod error;
 pub mod gateway;
 pub mod grants;
 pub mod introspection;
+mod json;
 pub mod nodes;
 pub mod oauth;
 pub mod request;
