@@ -1646,8 +1646,9 @@ impl Store for RedisStore {
                 (1, _) => {
                     // A spend lost in a failover would make the old token spendable again
                     // next to its successor: the successor is handed out only once the
-                    // shard's replicas have both (fewer: 503; the old token is spent and
-                    // the session fails closed, see docs/ARCHITECTURE.md).
+                    // shard's replicas have both (fewer: 503, and the rotation is undone
+                    // where it can be, so the client's retry rotates; see
+                    // docs/ARCHITECTURE.md, "Sessions on a sharded store").
                     if self.inner.replication.min_acks > 0 {
                         if let Err(e) = self.await_replicas(&mut conn, &old_rt).await {
                             self.release(&mut conn, &old_rt, &new_rt, fam.as_deref())
