@@ -280,10 +280,13 @@ fn init_logging() {
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
-        eprintln!("latch: {}: {e}", path.display());
-        ExitCode::from(2)
-    })
+    Config::load(path).map_err(|e| refused(path, e))
+}
+
+/// A configuration that cannot work: says why, naming the file, and exits 2.
+fn refused(path: &std::path::Path, why: impl std::fmt::Display) -> ExitCode {
+    eprintln!("latch: {}: {why}", path.display());
+    ExitCode::from(2)
 }
 
 fn serve(path: PathBuf) -> ExitCode {
@@ -323,10 +326,7 @@ fn serve(path: PathBuf) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // A trusted issuer's JWKS that cannot be read or parsed is a config error, as
         // `latch check` reports it.
-        Err(e @ latch::StartError::Config(_)) => {
-            eprintln!("latch: {}: {e}", path.display());
-            ExitCode::from(2)
-        }
+        Err(e @ latch::StartError::Config(_)) => refused(&path, e),
         Err(e) => {
             eprintln!("latch: {e}");
             ExitCode::FAILURE
@@ -356,8 +356,7 @@ fn check(path: PathBuf) -> ExitCode {
     // Validation does no IO; the trusted issuers' JWKS files are read here, as at start.
     // So are the JWKS files of private_key_jwt clients.
     if let Err(e) = config.trusted_issuers().and_then(|_| config.clients()) {
-        eprintln!("latch: {}: {e}", path.display());
-        return ExitCode::from(2);
+        return refused(&path, e);
     }
     println!("{}: ok", path.display());
     println!(
@@ -391,14 +390,7 @@ fn check(path: PathBuf) -> ExitCode {
              SIGHUP and file change"
         ),
         Ok(None) => println!("  tls off (plain http on the main listener)"),
-        Err(e) => {
-            eprintln!(
-                "latch: {}: {}",
-                path.display(),
-                latch::config::ConfigError::from(e)
-            );
-            return ExitCode::from(2);
-        }
+        Err(e) => return refused(&path, latch::config::ConfigError::from(e)),
     }
     if config.requests_client_certs() {
         match latch::tls::ClientAuth::load(&config.tls) {
@@ -410,14 +402,7 @@ fn check(path: PathBuf) -> ExitCode {
                     " (self-signed only: no tls.client_ca_file)"
                 }
             ),
-            Err(e) => {
-                eprintln!(
-                    "latch: {}: {}",
-                    path.display(),
-                    latch::config::ConfigError::from(e)
-                );
-                return ExitCode::from(2);
-            }
+            Err(e) => return refused(&path, latch::config::ConfigError::from(e)),
         }
     }
     if config.has_demo_secret() {

@@ -406,26 +406,11 @@ mod tests {
 
     fn claims() -> AccessClaims {
         AccessClaims {
-            iss: "https://latch.test".into(),
-            sub: "alice".into(),
-            aud: "https://api".into(),
-            exp: 1_800_000_300,
-            iat: 1_800_000_000,
             nbf: -5,
-            jti: "jti-1".into(),
-            client_id: "app".into(),
             scope: "read write".into(),
             sid: None,
-            act: None,
-            username: None,
-            rsq: 3,
             rse: 7,
-            dcl: Vec::new(),
-            djt: Vec::new(),
-            cv: 0,
-            grant: None,
-            status: None,
-            cnf: None,
+            ..crate::tokens::tests::claims()
         }
     }
 

@@ -386,4 +386,4 @@ pub fn random_id() -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

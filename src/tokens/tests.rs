@@ -35,7 +35,8 @@ fn record(alg: Alg, state: KeyState) -> (KeyRecord, Vec<u8>) {
     (r, g.private_der)
 }
 
-fn claims() -> AccessClaims {
+/// Claims of a plain access token; other modules' tests start from these.
+pub(crate) fn claims() -> AccessClaims {
     AccessClaims {
         iss: ISS.into(),
         sub: "alice".into(),
