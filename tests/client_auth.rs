@@ -7,7 +7,6 @@
 //! proofs: wrong `htm`/`htu`, replayed (on another node too), too old, a bad signature,
 //! `alg: none`, a private key in the header, two headers.
 
-use hyper::Method;
 use serde_json::{json, Value};
 use testkit::client_keys::{jwks, token_endpoint, ClientKey, JWT_BEARER};
 use testkit::clients::ORDERS_AUD;
@@ -359,38 +358,10 @@ async fn check_refuses_a_client_without_secret_or_keys_and_a_bad_jwks() {
 
 // === DPoP ===
 
-/// A `/token` request of `client` with `params` and these `DPoP` header values.
-async fn token_dpop_with(
-    s: &TestServer,
-    client: &ClientDef,
-    params: &[(&str, &str)],
-    proofs: &[&str],
-) -> Resp {
-    let auth = basic(&client.id, &client.secret);
-    let mut headers = vec![
-        ("content-type", "application/x-www-form-urlencoded"),
-        ("authorization", auth.as_str()),
-    ];
-    for p in proofs {
-        headers.push(("dpop", p));
-    }
-    s.http
-        .request(Method::POST, "/token", &headers, form(params).into_bytes())
-        .await
-}
-
 /// A client_credentials request of `client` with these `DPoP` header values.
 async fn token_dpop(s: &TestServer, client: &ClientDef, proofs: &[&str]) -> Resp {
-    let auth = basic(&client.id, &client.secret);
-    let mut headers = vec![
-        ("content-type", "application/x-www-form-urlencoded"),
-        ("authorization", auth.as_str()),
-    ];
-    for p in proofs {
-        headers.push(("dpop", p));
-    }
-    let body = form(&[("grant_type", "client_credentials")]).into_bytes();
-    s.http.request(Method::POST, "/token", &headers, body).await
+    s.token_with_dpop(client, &[("grant_type", "client_credentials")], proofs)
+        .await
 }
 
 #[tokio::test]
@@ -567,7 +538,9 @@ async fn a_session_opened_with_dpop_refreshes_only_with_a_proof_by_its_key() {
         ("subject_token", assertion.as_str()),
         ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
     ];
-    let r = token_dpop_with(&s, &hook, &open, &[&key.dpop_proof(None)]).await;
+    let r = s
+        .token_with_dpop(&hook, &open, &[&key.dpop_proof(None)])
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["token_type"], "DPoP");
     let refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
@@ -576,12 +549,16 @@ async fn a_session_opened_with_dpop_refreshes_only_with_a_proof_by_its_key() {
         ("refresh_token", refresh.as_str()),
     ];
     // Another key, or no proof: refused, and the refresh token is not spent.
-    let r = token_dpop_with(&s, &hook, &params, &[&other.dpop_proof(None)]).await;
+    let r = s
+        .token_with_dpop(&hook, &params, &[&other.dpop_proof(None)])
+        .await;
     r.assert_error(400, "invalid_grant");
-    let r = token_dpop_with(&s, &hook, &params, &[]).await;
+    let r = s.token_with_dpop(&hook, &params, &[]).await;
     r.assert_error(400, "invalid_grant");
     // The session's key: a new access token bound to it.
-    let r = token_dpop_with(&s, &hook, &params, &[&key.dpop_proof(None)]).await;
+    let r = s
+        .token_with_dpop(&hook, &params, &[&key.dpop_proof(None)])
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let token = r.json()["access_token"].as_str().unwrap().to_string();
     assert_eq!(decode_jwt(&token).1["cnf"]["jkt"], key.thumbprint());

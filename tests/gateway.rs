@@ -638,24 +638,15 @@ async fn nginx_forwards_what_a_dpop_bound_token_is_checked_against() {
     let nginx = start_nginx(&bin, s.addr, upstream().await, &clients::rs_orders()).await;
     let via = Http::new(nginx.addr);
     let key = testkit::client_keys::ClientKey::ed25519("p");
-    let orders = clients::orders();
-    let auth = basic(&orders.id, &orders.secret);
     let r = s
-        .http
-        .request(
-            Method::POST,
-            "/token",
+        .token_with_dpop(
+            &clients::orders(),
             &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("authorization", auth.as_str()),
-                ("dpop", key.dpop_proof(None).as_str()),
-            ],
-            form(&[
                 ("grant_type", "client_credentials"),
                 ("scope", "orders:read"),
                 ("audience", ORDERS_AUD),
-            ])
-            .into_bytes(),
+            ],
+            &[&key.dpop_proof(None)],
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());

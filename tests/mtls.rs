@@ -300,11 +300,21 @@ async fn gateway_check(
 
 /// A client-credentials token for a secret client, over TLS.
 async fn issue(s: &TestServer, pki: &Pki, client: &ClientDef) -> String {
+    issue_presenting(s, pki, None, client).await
+}
+
+/// [`issue`], the connection presenting `cert` (authentication is still by the secret).
+async fn issue_presenting(
+    s: &TestServer,
+    pki: &Pki,
+    cert: Option<&Leaf>,
+    client: &ClientDef,
+) -> String {
     let auth = basic(&client.id, &client.secret);
     let r = send(
         s,
         pki,
-        None,
+        cert,
         Method::POST,
         "/token",
         &[
@@ -476,22 +486,7 @@ async fn tls_client_auth_by_subject_or_san_and_self_signed_by_registration() {
     r.assert_error(400, "invalid_request");
 
     // A secret client presenting a certificate: authenticated by its secret, not bound.
-    let orders = clients::orders();
-    let auth = basic(&orders.id, &orders.secret);
-    let r = send(
-        &s,
-        &pki,
-        Some(&dn),
-        Method::POST,
-        "/token",
-        &[
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("authorization", &auth),
-        ],
-        &form(&[("grant_type", "client_credentials")]),
-    )
-    .await;
-    let token = access_token(&r);
+    let token = issue_presenting(&s, &pki, Some(&dn), &clients::orders()).await;
     assert!(decode_jwt(&token).1.get("cnf").is_none());
 
     // Metadata says so.

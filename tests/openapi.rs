@@ -40,6 +40,9 @@ const UNKNOWN_REFRESH: &str = "rt.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const OUTAGE: &str = "needs a store outage: outage_answers_match_the_openapi_document";
 /// Why it does not drive a 408 or 429.
 const LIMITS: &str = "needs tiny limits and deadlines: limit_answers_match_the_openapi_document";
+/// Public operations with a per-address limit of their own (429): status lists that do
+/// not exist.
+const LIMITED_PUBLIC: [(&str, &str); 1] = [("get", "/statuslists/{list_id}")];
 /// Operations that authenticate a client, so an auth-failure limit can refuse them (429).
 const AUTHENTICATED: [(&str, &str); 39] = [
     ("post", "/token"),
@@ -183,7 +186,7 @@ fn excused(method: &str, template: &str, status: &str) -> bool {
     let limited = match status {
         "429" => {
             AUTHENTICATED.contains(&(method, template))
-                || (method, template) == ("get", "/statuslists/{list_id}")
+                || LIMITED_PUBLIC.contains(&(method, template))
         }
         "408" => WITH_BODY.contains(&method) && AUTHENTICATED.contains(&(method, template)),
         _ => false,

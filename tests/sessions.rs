@@ -784,12 +784,8 @@ async fn a_refresh_that_cannot_issue_leaves_its_token_live() {
     let idp = main_idp();
     let s = session_config(&idp).redis(&redis).start().await;
     let opened = open_on(&s, &idp, "alice", &[]).await;
-    let uri = claims_of(&opened.access)["status"]["status_list"]["uri"]
-        .as_str()
-        .expect("a status list in the access token")
-        .to_string();
-    let list = uri.rsplit('/').next().unwrap();
-    let removed: i64 = redis.cmd(&["DEL", &format!("{{latch:sl:{list}}}")]).await;
+    let list = testkit::redis::status_list_key(&opened.access);
+    let removed: i64 = redis.cmd(&["DEL", &list]).await;
     assert_eq!(removed, 1, "the list's key");
 
     let r = refresh_resp(&s, &idp_hook(), &opened.refresh, &[]).await;
@@ -798,8 +794,8 @@ async fn a_refresh_that_cannot_issue_leaves_its_token_live() {
     let next = refresh_ok(&s, &opened.refresh).await;
     assert_eq!(next.sid, opened.sid);
     assert_ne!(
-        claims_of(&next.access)["status"]["status_list"]["uri"],
-        uri.as_str(),
+        testkit::redis::status_list_key(&next.access),
+        list,
         "a new list"
     );
     assert_active(&s, &next.access, "the retried refresh's access token").await;
@@ -815,12 +811,8 @@ async fn a_session_opening_that_fails_lets_its_assertion_be_retried() {
     let idp = main_idp();
     let s = session_config(&idp).redis(&redis).start().await;
     let first = open_on(&s, &idp, "alice", &[]).await;
-    let uri = claims_of(&first.access)["status"]["status_list"]["uri"]
-        .as_str()
-        .expect("a status list in the access token")
-        .to_string();
-    let list = uri.rsplit('/').next().unwrap();
-    let removed: i64 = redis.cmd(&["DEL", &format!("{{latch:sl:{list}}}")]).await;
+    let list = testkit::redis::status_list_key(&first.access);
+    let removed: i64 = redis.cmd(&["DEL", &list]).await;
     assert_eq!(removed, 1, "the list's key");
 
     let assertion = idp.assertion("bob");

@@ -680,7 +680,7 @@ async fn a_record_changed_in_the_store_reads_invalid() {
             .all(|t| status_of(t).0 == uri),
         "one list"
     );
-    let key = format!("{{latch:sl:{}}}", uri.rsplit('/').next().unwrap());
+    let key = testkit::redis::status_list_key(&changed);
     // Replaces the record of `token` (a member of the list's sorted set, scored by its
     // index) with what `edit` makes of it.
     let rewrite = |token: &str, edit: fn(&str, &str) -> String| {

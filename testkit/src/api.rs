@@ -54,6 +54,26 @@ impl TestServer {
         self.post_form("/token", &params, client.auth()).await
     }
 
+    /// `POST /token` as `client` (Basic) with the form `params` and one `DPoP` header
+    /// per proof (RFC 9449); the full response.
+    pub async fn token_with_dpop(
+        &self,
+        client: &ClientDef,
+        params: &[(&str, &str)],
+        proofs: &[&str],
+    ) -> Resp {
+        let auth = crate::http::basic(&client.id, &client.secret);
+        let mut headers = vec![
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", auth.as_str()),
+        ];
+        headers.extend(proofs.iter().map(|p| ("dpop", *p)));
+        let body = crate::http::form(params).into_bytes();
+        self.http
+            .request(hyper::Method::POST, "/token", &headers, body)
+            .await
+    }
+
     /// client_credentials token; panics unless 200.
     pub async fn issue(&self, client: &ClientDef, extra: &[(&str, &str)]) -> String {
         let r = self.token_resp(client, extra).await;

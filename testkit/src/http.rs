@@ -264,3 +264,24 @@ pub async fn served_connection(
     })
     .await
 }
+
+/// Checks a node at `addr` whose connection cap is two (`limits.max_connections = 2`):
+/// two held connections are served, `over` more are each closed unanswered, releasing
+/// one slot lets a new connection in, and the held one still answers. `over` above one
+/// spreads the refused tries over a per-core node's sockets.
+pub async fn assert_cap_of_two(addr: SocketAddr, over: usize) {
+    let a = served_connection(addr, "first").await.unwrap();
+    let mut b = served_connection(addr, "second").await.unwrap();
+    for i in 0..over {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(
+            healthz_on(&mut c).await,
+            None,
+            "connection {} over the cap was served",
+            i + 1
+        );
+    }
+    drop(a);
+    assert!(served_connection(addr, "after release").await.is_ok());
+    assert_eq!(healthz_on(&mut b).await, Some(200), "the held connection");
+}

@@ -76,7 +76,9 @@ pub mod prelude {
     pub use crate::cli::{latch_cmd, latch_cmd_async, run_cli};
     pub use crate::clients::{self, sha256_hex, ClientDef};
     pub use crate::config::{days, hours, mins, ms, secs, Alg, Config, StoreKind, TrustedIssuer};
-    pub use crate::http::{basic, form, healthz_on, served_connection, Http, Resp};
+    pub use crate::http::{
+        assert_cap_of_two, basic, form, healthz_on, served_connection, Http, Resp,
+    };
     pub use crate::issuers::Idp;
     pub use crate::jwt::{
         attacker_ed25519, aud_list, b64url, b64url_decode, decode_jwt, encode_part, kid_of,

@@ -19,6 +19,17 @@ pub struct RedisProcess {
     generation: u32,
 }
 
+/// The Redis key of the status list an access token names (`status.status_list.uri`):
+/// one sorted set per list, `{latch:sl:<id>}` (docs/ARCHITECTURE.md), for tests that
+/// tamper with it.
+pub fn status_list_key(token: &str) -> String {
+    let claims = crate::jwt::decode_jwt(token).1;
+    let uri = claims["status"]["status_list"]["uri"]
+        .as_str()
+        .expect("a status list in the access token");
+    format!("{{latch:sl:{}}}", uri.rsplit('/').next().unwrap())
+}
+
 /// A free loopback port, as the OS hands it out (it may be taken again before use).
 pub fn free_port() -> u16 {
     loop {
